@@ -1,0 +1,1 @@
+"""driftax.diffusion (see DESIGN.md)."""

@@ -1,0 +1,39 @@
+"""Energies: the common energy/score interface, every reference target, adapters and metrics of fit."""
+
+from ._adapters import (
+    FromLogDensity as FromLogDensity,
+    NumPyroEnergy as NumPyroEnergy,
+    from_log_density as from_log_density,
+    from_numpyro as from_numpyro,
+    to_logdensity_fn as to_logdensity_fn,
+)
+from ._base import (
+    AbstractEnergy as AbstractEnergy,
+    AbstractKnownMoments as AbstractKnownMoments,
+    AbstractKnownNormalizer as AbstractKnownNormalizer,
+    AbstractSampleable as AbstractSampleable,
+    normalized_log_density as normalized_log_density,
+)
+from ._compose import (
+    Conditioned as Conditioned,
+    GeometricPath as GeometricPath,
+    PullBack as PullBack,
+    SumEnergy as SumEnergy,
+    Tempered as Tempered,
+)
+from ._gaussian import (
+    Gaussian as Gaussian,
+    gaussian as gaussian,
+    ill_conditioned_gaussian as ill_conditioned_gaussian,
+)
+from ._mixture import (
+    GMM40_FAB_SCALE as GMM40_FAB_SCALE,
+    GaussianMixture as GaussianMixture,
+    GaussianPathLike as GaussianPathLike,
+    NoisedGaussianMixture as NoisedGaussianMixture,
+    four_mode_gmm as four_mode_gmm,
+    gaussian_mixture as gaussian_mixture,
+    gmm9 as gmm9,
+    gmm25 as gmm25,
+    gmm40 as gmm40,
+)

@@ -1,0 +1,159 @@
+"""The energy/score interface every part of driftax speaks.
+
+An energy acts on ONE unbatched point `x` of shape `event_shape`; batching is done with `jax.vmap`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Array, Key, Point, Scalar, Shape
+
+
+def check_event(x: Array, event_shape: Shape, name: str = "x") -> Array:
+    """Return `x` as a float array after checking (at trace time) that its shape is `event_shape`.
+
+    Raises a `ValueError` naming the argument when the shape is wrong.
+    """
+    x = jnp.asarray(x)
+    if tuple(x.shape) != tuple(event_shape):
+        raise ValueError(
+            f"`{name}` must have the energy's event shape {tuple(event_shape)} (one unbatched "
+            f"point), got shape {tuple(x.shape)}; batch with jax.vmap."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def check_finite(value, name: str) -> np.ndarray:
+    """Eagerly check that a concrete parameter is finite; return it as a NumPy array.
+
+    Raises a `ValueError` naming the parameter otherwise. Traced values are passed through.
+    """
+    if isinstance(value, jax.core.Tracer):
+        return value  # type: ignore[return-value]
+    arr = np.asarray(value, dtype=float)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must be finite, got {value!r}.")
+    return arr
+
+
+def check_positive(value, name: str, *, strict: bool = True) -> np.ndarray:
+    """Eagerly check that a concrete parameter is finite and positive (or non-negative)."""
+    arr = check_finite(value, name)
+    if isinstance(arr, jax.core.Tracer):
+        return arr
+    bad = np.any(arr <= 0) if strict else np.any(arr < 0)
+    if bad:
+        kind = "positive" if strict else "non-negative"
+        raise ValueError(f"`{name}` must be {kind}, got {value!r}.")
+    return arr
+
+
+def check_sample_shape(shape) -> Shape:
+    """Normalise a `sample` shape argument (int or tuple of non-negative ints)."""
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except TypeError as e:
+        raise TypeError(f"`shape` must be an int or a tuple of ints, got {shape!r}.") from e
+    if any(s < 0 for s in shape):
+        raise ValueError(f"`shape` must be non-negative, got {shape!r}.")
+    return shape
+
+
+class AbstractEnergy(eqx.Module):
+    """An unnormalized density on a fixed event shape, in the physics convention.
+
+    Subclasses implement `log_density(x)` for ONE unbatched point `x` of shape `event_shape`
+    and set the field `event_shape`. Everything else (`energy`, `score`, `value_and_score`) is
+    derived here by autodiff, once.
+
+    **Example:**
+
+    ```python
+    import jax.numpy as jnp
+    import driftax as dx
+
+    target = dx.energies.gaussian(jnp.zeros(3))
+    logp, score = target.value_and_score(jnp.ones(3))
+    ```
+    """
+
+    event_shape: eqx.AbstractVar[Shape]
+
+    @abc.abstractmethod
+    def log_density(self, x: Point) -> Scalar:
+        """Unnormalized log density of ONE unbatched point `x` (shape `event_shape`); a scalar."""
+
+    def energy(self, x: Point) -> Scalar:
+        """`-log_density(x)`."""
+        return -self.log_density(x)
+
+    def score(self, x: Point) -> Point:
+        """`∇ log_density(x)`, same shape as `x`."""
+        return jax.grad(self.log_density)(x)
+
+    def value_and_score(self, x: Point) -> tuple[Scalar, Point]:
+        """`(log_density(x), score(x))` with one autodiff pass (what samplers call)."""
+        return jax.value_and_grad(self.log_density)(x)
+
+    @property
+    def dim(self) -> int:
+        """Number of scalar coordinates of one point (`prod(event_shape)`)."""
+        return math.prod(self.event_shape)
+
+
+class AbstractSampleable(AbstractEnergy):
+    """Marker: the target can produce exact independent draws."""
+
+    @abc.abstractmethod
+    def sample(self, key: Key, shape: Shape | int = ()) -> Array:
+        """Exact draws of shape `(*shape, *event_shape)`.
+
+        **Arguments:**
+
+        - `key`: a JAX PRNG key.
+        - `shape`: the leading batch shape (an int or tuple).
+        """
+
+
+class AbstractKnownNormalizer(AbstractEnergy):
+    """Marker: `log Z = log ∫ exp(log_density(x)) dx` is known exactly (or to quadrature precision)."""
+
+    @property
+    @abc.abstractmethod
+    def log_normalizer(self) -> Scalar:
+        """log Z of `exp(log_density)` over the target's domain."""
+
+
+class AbstractKnownMoments(AbstractEnergy):
+    """Marker: ground-truth `mean` and (elementwise) `variance` are known."""
+
+    @property
+    @abc.abstractmethod
+    def mean(self) -> Array:
+        """Ground-truth mean, shape `event_shape`."""
+
+    @property
+    @abc.abstractmethod
+    def variance(self) -> Array:
+        """Ground-truth elementwise variance, shape `event_shape`."""
+
+
+def normalized_log_density(energy: AbstractKnownNormalizer, x: Point) -> Scalar:
+    """`log_density(x) - log_normalizer`: the normalized log density of a target with known log Z."""
+    return energy.log_density(x) - energy.log_normalizer
+
+
+def event_shape_of(example) -> Shape:
+    """The shape of an example point."""
+    return tuple(np.shape(example))

@@ -1,0 +1,1 @@
+"""driftax.flows (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""driftax.samplers (see DESIGN.md)."""
