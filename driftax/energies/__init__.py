@@ -14,6 +14,17 @@ from ._base import (
     AbstractSampleable as AbstractSampleable,
     normalized_log_density as normalized_log_density,
 )
+from ._classic import (
+    Banana as Banana,
+    Funnel as Funnel,
+    ManyWell as ManyWell,
+    RezendeMohamed as RezendeMohamed,
+    banana as banana,
+    double_well_2d as double_well_2d,
+    funnel as funnel,
+    many_well as many_well,
+    rezende as rezende,
+)
 from ._compose import (
     Conditioned as Conditioned,
     GeometricPath as GeometricPath,
