@@ -108,8 +108,8 @@ class Conditioned(AbstractEnergy):
     """
 
     base: AbstractEnergy
-    fixed_index: np.ndarray = eqx.field(static=True)
-    free_index: np.ndarray = eqx.field(static=True)
+    fixed_index: tuple[int, ...] = eqx.field(static=True)
+    free_index: tuple[int, ...] = eqx.field(static=True)
     values: Array
 
     def __init__(self, base: AbstractEnergy, index, values):
@@ -135,19 +135,20 @@ class Conditioned(AbstractEnergy):
             raise ValueError(
                 f"`values` must have shape {idx.shape} like `index`, got {np.shape(vals)}."
             )
-        self.fixed_index = idx
-        self.free_index = np.setdiff1d(np.arange(d), idx)
+        self.fixed_index = tuple(int(i) for i in idx)
+        self.free_index = tuple(int(i) for i in np.setdiff1d(np.arange(d), idx))
         self.values = jnp.asarray(vals, dtype=jnp.result_type(float))
 
     @property
     def event_shape(self) -> Shape:
-        return (int(self.free_index.size),)
+        return (len(self.free_index),)
 
     def embed(self, x: Point) -> Point:
         """The full point: free coordinates from `x`, fixed ones from `values`."""
         x = check_event(x, self.event_shape)
         full = jnp.zeros(self.base.event_shape, x.dtype)
-        return full.at[self.free_index].set(x).at[self.fixed_index].set(self.values.astype(x.dtype))
+        free, fixed = jnp.asarray(self.free_index), jnp.asarray(self.fixed_index)
+        return full.at[free].set(x).at[fixed].set(self.values.astype(x.dtype))
 
     def log_density(self, x: Point) -> Scalar:
         return self.base.log_density(self.embed(x))
