@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
