@@ -37,6 +37,13 @@ from ._gaussian import (
     gaussian as gaussian,
     ill_conditioned_gaussian as ill_conditioned_gaussian,
 )
+from ._lattice import (
+    Phi4Chain as Phi4Chain,
+    Phi4Lattice as Phi4Lattice,
+    U1Lattice as U1Lattice,
+    phi4 as phi4,
+    u1_lattice as u1_lattice,
+)
 from ._mixture import (
     GMM40_FAB_SCALE as GMM40_FAB_SCALE,
     GaussianMixture as GaussianMixture,
