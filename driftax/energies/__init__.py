@@ -55,3 +55,12 @@ from ._mixture import (
     gmm25 as gmm25,
     gmm40 as gmm40,
 )
+from ._particles import (
+    AbstractParticleSystem as AbstractParticleSystem,
+    LennardJonesCluster as LennardJonesCluster,
+    PairDoubleWell as PairDoubleWell,
+    dw4 as dw4,
+    lj13 as lj13,
+    lj55 as lj55,
+)
+from ._registry import TargetInfo as TargetInfo, reference_targets as reference_targets
