@@ -63,4 +63,3 @@ from ._particles import (
     lj13 as lj13,
     lj55 as lj55,
 )
-from ._registry import TargetInfo as TargetInfo, reference_targets as reference_targets
