@@ -44,6 +44,39 @@ from ._lattice import (
     phi4 as phi4,
     u1_lattice as u1_lattice,
 )
+from ._metrics import (
+    MMDResult as MMDResult,
+    energy_distance as energy_distance,
+    median_heuristic as median_heuristic,
+    mmd as mmd,
+)
+from ._metrics_bias import (
+    BiasSquared as BiasSquared,
+    bias_squared as bias_squared,
+    gradients_to_threshold as gradients_to_threshold,
+    running_bias_squared as running_bias_squared,
+    running_moments as running_moments,
+)
+from ._metrics_logz import (
+    ImportanceESS as ImportanceESS,
+    LogZEstimate as LogZEstimate,
+    elbo as elbo,
+    eubo as eubo,
+    importance_ess as importance_ess,
+    log_z_importance as log_z_importance,
+)
+from ._metrics_modes import ModeCoverage as ModeCoverage, mode_coverage as mode_coverage
+from ._metrics_ot import (
+    SinkhornResult as SinkhornResult,
+    energy_w2 as energy_w2,
+    gaussian_w2 as gaussian_w2,
+    interatomic_distance_w2 as interatomic_distance_w2,
+    sinkhorn_divergence as sinkhorn_divergence,
+    sinkhorn_w2 as sinkhorn_w2,
+    sliced_wasserstein as sliced_wasserstein,
+    wasserstein2_1d as wasserstein2_1d,
+    wasserstein2_exact as wasserstein2_exact,
+)
 from ._mixture import (
     GMM40_FAB_SCALE as GMM40_FAB_SCALE,
     GaussianMixture as GaussianMixture,
