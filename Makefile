@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m driftax.demo --out out
+	$(PY) benchmarks/demo --out out
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,64 @@
+"""Generic conformance over every reference target of TARGETS.md (the registry)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import driftax.energies as de
+
+REGISTRY = de.reference_targets()
+TARGETS_MD_NAMES = {
+    "gaussian", "ill_conditioned_gaussian", "gaussian_mixture", "gmm40", "gmm25", "gmm9",
+    "four_mode_gmm", "funnel", "banana", "many_well", "double_well_2d", "rezende_u1", "rezende_u2",
+    "rezende_u3", "rezende_u4", "dw4", "lj13", "lj55", "phi4", "u1_lattice", "logistic_regression",
+    "lgcp",
+}  # fmt: skip
+
+
+def test_registry_covers_targets_md():
+    assert set(REGISTRY) == TARGETS_MD_NAMES
+
+
+def _points(energy, n=4):
+    key = jax.random.key(0)
+    if isinstance(energy, de.AbstractSampleable):
+        return energy.sample(key, n)
+    return 0.3 * jax.random.normal(key, (n, *energy.event_shape))
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS_MD_NAMES))
+def test_target_conformance(name):
+    info = REGISTRY[name]
+    energy = info.build_small()
+    assert isinstance(energy, de.AbstractEnergy)
+    xs = _points(energy)
+    assert xs.shape == (4, *energy.event_shape)
+    lp_batch, score_batch = jax.jit(jax.vmap(energy.value_and_score))(xs)
+    assert lp_batch.shape == (4,) and score_batch.shape == xs.shape
+    assert np.all(np.isfinite(lp_batch)) and np.all(np.isfinite(score_batch))
+    lp0 = energy.log_density(xs[0])
+    assert lp0.shape == ()
+    np.testing.assert_allclose(lp_batch[0], lp0, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(energy.energy(xs[0]), -lp0, rtol=1e-6)
+    # The score is the gradient: a directional finite difference agrees.
+    v = jax.random.normal(jax.random.key(1), energy.event_shape)
+    with jax.enable_x64(True):
+        e64 = info.build_small()
+        x64 = jnp.asarray(xs[0], jnp.float64)
+        h = 1e-6
+        fd = (e64.log_density(x64 + h * v) - e64.log_density(x64 - h * v)) / (2 * h)
+        np.testing.assert_allclose(jnp.vdot(e64.score(x64), v), fd, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="event shape"):
+        energy.log_density(jnp.zeros((*energy.event_shape, 2)))
+    if isinstance(energy, de.AbstractSampleable):
+        a = energy.sample(jax.random.key(7), 3)
+        b = energy.sample(jax.random.key(7), 3)
+        np.testing.assert_array_equal(a, b)
+        assert energy.sample(jax.random.key(7)).shape == energy.event_shape
+    if isinstance(energy, de.AbstractKnownMoments):
+        assert energy.mean.shape == energy.event_shape
+        assert energy.variance.shape == energy.event_shape
+        assert np.all(np.asarray(energy.variance) > 0)
+    if isinstance(energy, de.AbstractKnownNormalizer):
+        assert np.isfinite(energy.log_normalizer)
