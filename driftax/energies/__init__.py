@@ -96,3 +96,4 @@ from ._particles import (
     lj13 as lj13,
     lj55 as lj55,
 )
+from ._registry import TargetInfo as TargetInfo, reference_targets as reference_targets
