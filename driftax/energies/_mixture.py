@@ -284,9 +284,13 @@ def four_mode_gmm(d: int = 16) -> GaussianMixture:
 class GaussianPathLike(Protocol):
     """Anything with `alpha(t)` and `sigma(t)`: the Gaussian path `x_t = alpha(t) x + sigma(t) eps`."""
 
-    def alpha(self, t): ...
+    def alpha(self, t):
+        """The signal scale `alpha(t)`."""
+        ...
 
-    def sigma(self, t): ...
+    def sigma(self, t):
+        """The noise scale `sigma(t)`."""
+        ...
 
 
 def _value_and_derivative(fn, t):
