@@ -14,6 +14,14 @@ from ._base import (
     AbstractSampleable as AbstractSampleable,
     normalized_log_density as normalized_log_density,
 )
+from ._bayes import (
+    LGCP as LGCP,
+    LogisticRegression as LogisticRegression,
+    breast_cancer_data as breast_cancer_data,
+    lgcp as lgcp,
+    lgcp_points as lgcp_points,
+    logistic_regression as logistic_regression,
+)
 from ._classic import (
     Banana as Banana,
     Funnel as Funnel,
