@@ -1,1 +1,33 @@
-"""driftax.diffusion (see DESIGN.md)."""
+"""Diffusion models and stochastic interpolants: Gaussian paths, parameterization conversions,
+time grids, fixed-step ODE/SDE solvers, adaptive solves and likelihoods through diffrax,
+training losses and guidance."""
+
+from ._grid import check_grid as check_grid, time_grid as time_grid
+from ._model import ParameterizedField as ParameterizedField
+from ._path import (
+    EDM as EDM,
+    GVP as GVP,
+    VE as VE,
+    VP as VP,
+    AbstractPath as AbstractPath,
+    CosineVP as CosineVP,
+    LinearInterpolant as LinearInterpolant,
+    SubVP as SubVP,
+    TrigonometricInterpolant as TrigonometricInterpolant,
+)
+from ._solve import (
+    Solution as Solution,
+    default_schedule as default_schedule,
+    integrate as integrate,
+    solve as solve,
+)
+from ._solvers import (
+    DDIM as DDIM,
+    AbstractSolver as AbstractSolver,
+    DPMSolverPP2M as DPMSolverPP2M,
+    DPMSolverPP3M as DPMSolverPP3M,
+    Euler as Euler,
+    EulerMaruyama as EulerMaruyama,
+    Heun as Heun,
+    UniPC as UniPC,
+)

@@ -1,0 +1,256 @@
+"""`solve`: integrate a batch from `t_noise` to `t_data` with a fixed-step solver (one scan)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Array, Key
+from ._grid import SCHEDULES, _check_num_steps, check_grid, time_grid
+from ._model import ParameterizedField
+from ._path import AbstractPath, check_parameterization
+from ._solvers import AbstractSolver
+
+
+class Solution(eqx.Module):
+    """The result of [`integrate`][]: final points, the grid, optional trajectory, and failures.
+
+    - `x`: the batch at `t_data`, shape `(batch, *event_shape)`.
+    - `ts`: the time grid, shape `(num_steps + 1,)`.
+    - `trajectory`: `(num_steps + 1, batch, *event_shape)` if requested, else `None`.
+    - `failed_step`: per example, the first step whose output was not finite, or `-1`.
+    - `num_field_evals`: field evaluations per example.
+    """
+
+    x: Array
+    ts: Array
+    trajectory: Array | None
+    failed_step: Array
+    num_field_evals: int = eqx.field(static=True)
+
+    @property
+    def num_failed(self) -> Array:
+        """How many examples ended non-finite."""
+        return jnp.sum(self.failed_step >= 0)
+
+
+def default_schedule(path: AbstractPath) -> str:
+    """`"log_snr"` where the path's log-SNR is finite at both ends, else `"uniform"`."""
+    lams = np.asarray(path.half_log_snr(jnp.asarray([path.t_noise, path.t_data])))
+    return "log_snr" if np.all(np.isfinite(lams)) else "uniform"
+
+
+def _check_x_init(x_init) -> Array:
+    if isinstance(x_init, jax.core.Tracer):
+        return x_init
+    x = jnp.asarray(x_init)
+    if x.ndim < 1:
+        raise ValueError(
+            f"`x_init` must be a batch of shape (batch, *event_shape), got shape {x.shape}."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError("`x_init` must be finite.")
+    return x
+
+
+def _check_field(field, path, parameterization):
+    if not callable(field):
+        raise TypeError(f"`field` must be a callable field(t, x), got {type(field).__name__}.")
+    declared = getattr(field, "parameterization", None)
+    if isinstance(declared, str) and declared != parameterization:
+        raise ValueError(
+            f"`parameterization={parameterization!r}` does not match the model's declared "
+            f"parameterization {declared!r}."
+        )
+    declared_path = getattr(field, "path", None)
+    if isinstance(declared_path, AbstractPath) and type(declared_path) is not type(path):
+        raise ValueError(
+            f"the model was built for a {type(declared_path).__name__} path but `path` is a "
+            f"{type(path).__name__}: the parameterizations would not match."
+        )
+
+
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)
+def _integrate(
+    solver: AbstractSolver,
+    model: ParameterizedField,
+    x_init: Array,
+    keys: Array,
+    ts: Array,
+    save_trajectory: bool,
+):
+    num_steps = ts.shape[0] - 1
+    state = jax.vmap(lambda x: solver.init(model, ts[0], x))(x_init)
+    batch = x_init.shape[0]
+
+    def body(carry, i):
+        x, state, failed = carry
+        t0, t1 = ts[i], ts[i + 1]
+        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+
+        def one(x, s, k):
+            return solver.step(model, t0, t1, x, s, key=k, index=i, num_steps=num_steps)
+
+        x1, state1 = jax.vmap(one)(x, state, step_keys)
+        finite = jnp.all(jnp.isfinite(x1.reshape(batch, -1)), axis=1)
+        failed = jnp.where((failed < 0) & ~finite, i.astype(jnp.int32), failed)
+        return (x1, state1, failed), (x1 if save_trajectory else None)
+
+    failed0 = jnp.full((batch,), -1, jnp.int32)
+    (x, _, failed), traj = jax.lax.scan(body, (x_init, state, failed0), jnp.arange(num_steps))
+    if save_trajectory:
+        traj = jnp.concatenate([x_init[None], traj], axis=0)
+    return x, traj, failed
+
+
+def integrate(
+    solver: AbstractSolver,
+    field: Callable,
+    path: AbstractPath,
+    x_init: Array,
+    *,
+    num_steps: int | None = None,
+    parameterization: str = "score",
+    key: Key | None = None,
+    schedule: str | None = None,
+    ts: Array | None = None,
+    save_trajectory: bool = False,
+) -> Solution:
+    """Like [`solve`][] but returns a [`Solution`][] (trajectory, grid, failures) and never raises
+    on non-finite outputs: it reports them in `Solution.failed_step`.
+
+    Give either `num_steps` (with an optional `schedule`, see [`time_grid`][]) or an explicit
+    grid `ts` of times from the noise end towards the data end.
+    """
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(
+            f"`solver` must be a driftax.diffusion AbstractSolver, got {type(solver).__name__}."
+        )
+    if not isinstance(path, AbstractPath):
+        raise TypeError(
+            f"`path` must be a driftax.diffusion AbstractPath, got {type(path).__name__}."
+        )
+    check_parameterization(parameterization)
+    _check_field(field, path, parameterization)
+    x_init = _check_x_init(x_init)
+    if ts is None:
+        if num_steps is None:
+            raise ValueError("give `num_steps` (or an explicit time grid `ts`).")
+        num_steps = _check_num_steps(num_steps)
+        sched = default_schedule(path) if schedule is None else schedule
+        if sched not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {sched!r}.")
+        ts_arr = time_grid(path, num_steps, sched)
+    else:
+        if schedule is not None:
+            raise ValueError("give either `schedule` or `ts`, not both.")
+        ts_np = check_grid(path, ts)
+        if num_steps is not None and num_steps != ts_np.shape[0] - 1:
+            raise ValueError(
+                f"`num_steps={num_steps}` does not match the grid `ts` ({ts_np.shape[0] - 1} steps)."
+            )
+        num_steps = ts_np.shape[0] - 1
+        ts_arr = jnp.asarray(ts_np, x_init.dtype)
+    ts_arr = ts_arr.astype(x_init.dtype)
+    nfe = num_steps * solver.evals_per_step
+    if nfe < solver.order:
+        raise ValueError(
+            f"{type(solver).__name__} has order {solver.order} and needs at least {solver.order} "
+            f"field evaluations; num_steps={num_steps} gives {nfe}."
+        )
+    if parameterization in ("score", "noise"):
+        alphas = np.asarray(path.alpha(ts_arr))
+        if np.any(alphas == 0):
+            raise ValueError(
+                f"parameterization={parameterization!r} carries no information about the data "
+                f"where alpha(t) = 0 (t = {float(ts_arr[np.argmax(alphas == 0)])}); use a "
+                "'velocity' or 'data' model there, or move `t_noise` inside the path's domain."
+            )
+    if solver.exponential:
+        lams = np.asarray(path.half_log_snr(ts_arr))
+        if np.any(np.isnan(lams)) or not np.all(np.isfinite(lams[1:-1])):
+            raise ValueError(
+                f"{type(solver).__name__} steps in log-SNR, which must be finite at every "
+                "interior time of the grid (only the two ends may be infinite)."
+            )
+        if not np.all(np.diff(lams) > 0):
+            raise ValueError(
+                f"{type(solver).__name__} needs the log-SNR to increase strictly along the grid."
+            )
+    if key is None:
+        if solver.stochastic:
+            raise ValueError(f"`key` is required: {type(solver).__name__} is stochastic.")
+        key = jax.random.key(0)
+    keys = jax.random.split(key, x_init.shape[0])
+    model = ParameterizedField(field=field, path=path, parameterization=parameterization)
+    x, traj, failed = _integrate(solver, model, x_init, keys, ts_arr, bool(save_trajectory))
+    return Solution(x=x, ts=ts_arr, trajectory=traj, failed_step=failed, num_field_evals=nfe)
+
+
+def solve(
+    solver: AbstractSolver,
+    field: Callable,
+    path: AbstractPath,
+    x_init: Array,
+    *,
+    num_steps: int | None = None,
+    parameterization: str = "score",
+    key: Key | None = None,
+    schedule: str | None = None,
+    ts: Array | None = None,
+    throw: bool = True,
+) -> Array:
+    """Integrate a batch `x_init` from `path.t_noise` to `path.t_data` with a fixed-step solver.
+
+    **Arguments:**
+
+    - `solver`: any [`AbstractSolver`][] (`Euler()`, `Heun()`, `DDIM()`, `DPMSolverPP2M()`,
+      `DPMSolverPP3M()`, `UniPC()`, `EulerMaruyama()`, `PredictorCorrector(...)`).
+    - `field`: `field(t, x)` for ONE unbatched `x`, returning the named `parameterization`.
+    - `path`: the probability path (`VP()`, `EDM()`, `LinearInterpolant()`, ...).
+    - `x_init`: the batch at `t_noise`, shape `(batch, *event_shape)`.
+    - `num_steps`: number of steps (the NFE is `num_steps * solver.evals_per_step`).
+    - `parameterization`: `"score"`, `"noise"`, `"data"` or `"velocity"`.
+    - `key`: PRNG key, required by stochastic solvers.
+    - `schedule`: the time grid (`"uniform"`, `"log_snr"`, `"karras"`, `"quadratic"`); default
+      `"log_snr"` where the log-SNR is finite at both ends, else `"uniform"`.
+    - `ts`: an explicit grid instead of `num_steps`/`schedule`.
+    - `throw`: raise if any output is not finite (otherwise use [`integrate`][] to inspect).
+
+    **Returns:** the batch at `t_data`, shape `(batch, *event_shape)`.
+
+    The loop is one `lax.scan` compiled once per (solver, field, path, shapes): a second call
+    with the same shapes does not retrace.
+    """
+    sol = integrate(
+        solver,
+        field,
+        path,
+        x_init,
+        num_steps=num_steps,
+        parameterization=parameterization,
+        key=key,
+        schedule=schedule,
+        ts=ts,
+    )
+    if throw and isinstance(sol.failed_step, jax.core.Tracer):
+        return eqx.error_if(
+            sol.x, jnp.any(sol.failed_step >= 0), "solve: samples became non-finite."
+        )
+    if throw:
+        bad = np.asarray(sol.failed_step)
+        if np.any(bad >= 0):
+            first = int(bad[bad >= 0].min())
+            raise RuntimeError(
+                f"{int(np.sum(bad >= 0))} of {bad.shape[0]} samples became non-finite (first at "
+                f"step {first} of {sol.ts.shape[0] - 1}); the field returned non-finite values "
+                "or the solver diverged. Use `integrate(...)` to inspect the failures."
+            )
+    return sol.x

@@ -1,0 +1,535 @@
+"""Fixed-step solvers for the probability-flow ODE and the reverse SDE of a Gaussian path.
+
+Every solver acts on ONE unbatched point; `solve` scans it over a time grid and vmaps it over
+the batch. Exponential integrators (DDIM, DPM-Solver++, UniPC) work in the half log-SNR
+`lambda = log(alpha / sigma)` with the data prediction; Euler and Heun integrate `dx/dt` in the
+path's own time.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._custom_types import Array, Key, Point, Scalar
+from ._model import ParameterizedField
+
+State = Any
+
+
+class AbstractSolver(eqx.Module):
+    """A fixed-step solver: `init` once, then `step` from `t0` to `t1` for each grid interval.
+
+    Solvers act on ONE unbatched point `x`; `driftax.diffusion.solve` scans `step` over a time
+    grid (one `lax.scan`) and vmaps it over a batch.
+
+    Properties every solver declares: `order` (global order of accuracy for smooth fields),
+    `evals_per_step` (field evaluations per step), `stochastic` (whether `step` uses `key`) and
+    `exponential` (whether it works in log-SNR, which then must be finite on the grid).
+    """
+
+    @property
+    @abc.abstractmethod
+    def order(self) -> int:
+        """Global order of accuracy."""
+
+    @property
+    @abc.abstractmethod
+    def evals_per_step(self) -> int:
+        """Field evaluations per step."""
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether `step` draws noise (then `solve` needs a `key`)."""
+        return False
+
+    @property
+    def exponential(self) -> bool:
+        """Whether the solver steps in the half log-SNR."""
+        return False
+
+    @abc.abstractmethod
+    def init(self, model: ParameterizedField, t0: Scalar, x0: Point) -> State:
+        """The solver state before the first step (multistep history, ...)."""
+
+    @abc.abstractmethod
+    def step(
+        self,
+        model: ParameterizedField,
+        t0: Scalar,
+        t1: Scalar,
+        x0: Point,
+        state: State,
+        *,
+        key: Key,
+        index: Array,
+        num_steps: int,
+    ) -> tuple[Point, State]:
+        """One step from `(t0, x0)` to `t1`.
+
+        **Arguments:**
+
+        - `model`: the field with its path and parameterization (see `ParameterizedField`).
+        - `t0`, `t1`: the step's times; `x0`: ONE unbatched point at `t0`.
+        - `state`: the solver state from `init` or the previous step.
+        - `key`: a PRNG key for this step (ignored by deterministic solvers).
+        - `index`: the step number (from 0); `num_steps`: the number of steps of the grid.
+
+        **Returns:** `(x1, new_state)`.
+        """
+
+
+def _coeffs(path, t):
+    return path.alpha(t), path.sigma(t), path.half_log_snr(t)
+
+
+# ------------------------------------------------------------------------------ Euler, Heun
+
+
+class Euler(AbstractSolver):
+    """Explicit Euler on the probability-flow ODE `dx/dt = v(t, x)` (order 1, 1 NFE/step)."""
+
+    @property
+    def order(self) -> int:
+        return 1
+
+    @property
+    def evals_per_step(self) -> int:
+        return 1
+
+    def init(self, model, t0, x0):
+        return None
+
+    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+        return x0 + (t1 - t0) * model.velocity(t0, x0), None
+
+
+class Heun(AbstractSolver):
+    """Heun's method (explicit trapezoid) on the probability-flow ODE (order 2, 2 NFE/step), with
+    the optional "churn" of Karras et al. (2022, Algorithm 2).
+
+    With `churn > 0` each step first raises the noise level `sigma/alpha` by a factor
+    `1 + gamma`, `gamma = min(churn / num_steps, sqrt(2) - 1)` when `sigma/alpha` lies in
+    `[s_tmin, s_tmax]`, adding fresh noise scaled by `s_noise`, then takes the Heun step: a
+    stochastic sampler that needs a `key`.
+    """
+
+    churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = float("inf")
+    s_noise: float = 1.0
+
+    @property
+    def order(self) -> int:
+        return 2
+
+    @property
+    def evals_per_step(self) -> int:
+        return 2
+
+    @property
+    def stochastic(self) -> bool:
+        return self.churn > 0
+
+    def init(self, model, t0, x0):
+        return None
+
+    def __check_init__(self):
+        if not self.churn >= 0:
+            raise ValueError(f"`churn` must be >= 0, got {self.churn}.")
+        if not self.s_noise >= 0:
+            raise ValueError(f"`s_noise` must be >= 0, got {self.s_noise}.")
+
+    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+        if self.churn > 0:
+            path = model.path
+            a0, s0, lam0 = _coeffs(path, t0)
+            level = jnp.exp(-lam0)
+            gamma = jnp.where(
+                (level >= self.s_tmin) & (level <= self.s_tmax),
+                jnp.minimum(self.churn / num_steps, jnp.sqrt(2.0) - 1.0),
+                0.0,
+            )
+            lo, hi = path.domain
+            t_hat = jnp.clip(path.t_from_half_log_snr(lam0 - jnp.log1p(gamma)), lo, hi)
+            t_hat = jnp.where(gamma > 0, t_hat, t0)
+            level_hat = jnp.exp(-path.half_log_snr(t_hat))
+            extra = jnp.sqrt(jnp.maximum(level_hat**2 - level**2, 0.0))
+            z = jax.random.normal(key, x0.shape, x0.dtype)
+            x0 = path.alpha(t_hat) * (x0 / a0 + self.s_noise * extra * z)
+            t0 = t_hat
+        h = t1 - t0
+        v0 = model.velocity(t0, x0)
+        x_pred = x0 + h * v0
+        v1 = model.velocity(t1, x_pred)
+        return x0 + 0.5 * h * (v0 + v1), None
+
+
+# ---------------------------------------------------------------------------------- DDIM
+
+
+class DDIM(AbstractSolver):
+    """DDIM (Song, Meng, Ermon 2021), the first-order exponential integrator in the data
+    prediction (= DPM-Solver++ 1). With `eta > 0` it adds fresh noise (`eta = 1`: ancestral
+    DDPM sampling, a discretisation of the reverse SDE) and needs a `key`.
+    """
+
+    eta: float = 0.0
+
+    @property
+    def order(self) -> int:
+        return 1
+
+    @property
+    def evals_per_step(self) -> int:
+        return 1
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
+    @property
+    def exponential(self) -> bool:
+        return True
+
+    def __check_init__(self):
+        if not self.eta >= 0:
+            raise ValueError(f"`eta` must be >= 0, got {self.eta}.")
+
+    def init(self, model, t0, x0):
+        return None
+
+    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+        path = model.path
+        a0, s0, lam0 = _coeffs(path, t0)
+        a1, s1, lam1 = _coeffs(path, t1)
+        d = model.data(t0, x0)
+        h = lam1 - lam0
+        if self.eta == 0:
+            return (s1 / s0) * x0 - a1 * jnp.expm1(-h) * d, None
+        eps = (x0 - a0 * d) / s0
+        c = jnp.minimum(self.eta * s1 * jnp.sqrt(-jnp.expm1(-2.0 * h)), s1)
+        z = jax.random.normal(key, x0.shape, x0.dtype)
+        return a1 * d + jnp.sqrt(s1**2 - c**2) * eps + c * z, None
+
+
+# -------------------------------------------------------------------- multistep machinery
+
+
+class _History(eqx.Module):
+    """The last few data predictions and their half log-SNRs (most recent first)."""
+
+    data: Array  # (size, *event)
+    lam: Array  # (size,)
+    count: Array  # number of valid entries
+
+
+def _empty_history(size: int, x0: Point) -> _History:
+    return _History(
+        data=jnp.zeros((size, *x0.shape), x0.dtype),
+        lam=jnp.zeros((size,), x0.dtype),
+        count=jnp.zeros((), jnp.int32),
+    )
+
+
+def _push(hist: _History, d: Point, lam: Scalar) -> _History:
+    size = hist.lam.shape[0]
+    data = jnp.concatenate([d[None], hist.data[:-1]], axis=0)
+    lams = jnp.concatenate([jnp.reshape(lam, (1,)), hist.lam[:-1]], axis=0)
+    count = jnp.where(jnp.isfinite(lam), jnp.minimum(hist.count + 1, size), 0).astype(jnp.int32)
+    return _History(data=data, lam=lams, count=count.astype(jnp.int32))
+
+
+def _safe_entries(hist: _History, lam_now: Scalar, h: Scalar, d_now: Point):
+    """History entries with invalid ones replaced by finite dummies (never selected)."""
+    size = hist.lam.shape[0]
+    idx = jnp.arange(size)
+    valid = idx < hist.count
+    dummy_lam = lam_now - (idx + 1) * h
+    lam = jnp.where(valid, hist.lam, dummy_lam)
+    data = jnp.where(valid.reshape((size,) + (1,) * d_now.ndim), hist.data, d_now[None])
+    return data, lam
+
+
+def _effective_order(order, count_prev, index, num_steps, lower_order_final, finite_h):
+    k = jnp.minimum(order, count_prev + 1)
+    if lower_order_final and num_steps < 15:
+        k = jnp.minimum(k, num_steps - index)
+    k = jnp.where(finite_h, k, 1)
+    return jnp.maximum(k, 1)
+
+
+def _select(k, candidates):
+    out = candidates[0]
+    for j, c in enumerate(candidates[1:], start=2):
+        out = jnp.where(k == j, c, out)
+    return out
+
+
+class _AbstractDPMSolverPP(AbstractSolver):
+    """Multistep DPM-Solver++ (Lu et al. 2022) in the data prediction; warm-up with lower
+    orders; with `lower_order_final`, the last steps use lower orders when `num_steps < 15`."""
+
+    lower_order_final: eqx.AbstractVar[bool]
+
+    @property
+    def evals_per_step(self) -> int:
+        return 1
+
+    @property
+    def exponential(self) -> bool:
+        return True
+
+    def init(self, model, t0, x0):
+        return _empty_history(self.order - 1, x0)
+
+    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+        path = model.path
+        _, s0, lam0 = _coeffs(path, t0)
+        a1, s1, lam1 = _coeffs(path, t1)
+        d0 = model.data(t0, x0)
+        h = lam1 - lam0
+        finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
+        k = _effective_order(
+            self.order, state.count, index, num_steps, self.lower_order_final, finite_h
+        )
+        hs = jnp.where(finite_h, h, 1.0)
+        lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
+        prev, prev_lam = _safe_entries(state, lam0s, hs, d0)
+        phi1 = jnp.expm1(-h)
+        base = (s1 / s0) * x0 - a1 * phi1 * d0
+        cands = [base]
+        r0 = (lam0s - prev_lam[0]) / hs
+        d1_0 = (d0 - prev[0]) / r0
+        phi1s = jnp.expm1(-hs)
+        if self.order == 2:
+            cands.append(base - 0.5 * a1 * phi1s * d1_0)
+        if self.order >= 3:
+            cands.append(base - 0.5 * a1 * phi1s * d1_0)
+            r1 = (prev_lam[0] - prev_lam[1]) / hs
+            d1_1 = (prev[0] - prev[1]) / r1
+            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            # Taylor terms of D(lambda) integrated against e^(lambda - lambda_1): d1 ~ h D',
+            # d2 ~ h^2 D''/2, and the quadratic term integrates to -h^2 phi3 D'' = -2 phi3 d2.
+            # (The factor 2 is needed for third order; without it the method is second order.)
+            phi2 = phi1s / hs + 1.0
+            phi3 = phi2 / hs - 0.5
+            cands.append(base + a1 * phi2 * d1 - 2.0 * a1 * phi3 * d2)
+        x1 = _select(k, cands)
+        return x1, _push(state, d0, lam0)
+
+
+class DPMSolverPP2M(_AbstractDPMSolverPP):
+    """DPM-Solver++(2M): second-order multistep exponential integrator, 1 NFE/step."""
+
+    lower_order_final: bool = True
+
+    @property
+    def order(self) -> int:
+        return 2
+
+
+class DPMSolverPP3M(_AbstractDPMSolverPP):
+    """DPM-Solver++(3M): third-order multistep exponential integrator, 1 NFE/step."""
+
+    lower_order_final: bool = True
+
+    @property
+    def order(self) -> int:
+        return 3
+
+
+# ---------------------------------------------------------------------------------- UniPC
+
+
+def _unipc_rb(k: int, h: Scalar, rks: list, variant: str):
+    """UniPC's `R` (k×k, rows `rks^(i-1)`), `b` and `B(h)` for order `k` (data prediction)."""
+    hh = -h
+    h_phi_1 = jnp.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1.0
+    b_h = hh if variant == "bh1" else jnp.expm1(hh)
+    rks_all = jnp.stack([*rks, jnp.ones_like(h)])
+    rows, bs = [], []
+    factorial = 1.0
+    for i in range(1, k + 1):
+        rows.append(rks_all ** (i - 1))
+        bs.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    return jnp.stack(rows), jnp.stack(bs), h_phi_1, b_h
+
+
+class _UniPCState(eqx.Module):
+    hist: _History
+    x_prev: Array
+    s_prev: Array
+    order_prev: Array
+
+
+class UniPC(AbstractSolver):
+    """UniPC (Zhao et al. 2023): multistep predictor UniP-`order` with the corrector UniC, which
+    reuses the next step's field evaluation (1 NFE/step, order `order + 1` with the corrector).
+    `variant` is `"bh2"` (default) or `"bh1"`; data prediction.
+    """
+
+    solver_order: int = eqx.field(default=2, static=True)
+    variant: str = eqx.field(default="bh2", static=True)
+    corrector: bool = eqx.field(default=True, static=True)
+    lower_order_final: bool = eqx.field(default=True, static=True)
+
+    def __check_init__(self):
+        if self.solver_order not in (1, 2, 3):
+            raise ValueError(f"`solver_order` must be 1, 2 or 3, got {self.solver_order!r}.")
+        if self.variant not in ("bh1", "bh2"):
+            raise ValueError(f"`variant` must be 'bh1' or 'bh2', got {self.variant!r}.")
+
+    @property
+    def order(self) -> int:
+        return self.solver_order + 1 if self.corrector else self.solver_order
+
+    @property
+    def evals_per_step(self) -> int:
+        return 1
+
+    @property
+    def exponential(self) -> bool:
+        return True
+
+    def init(self, model, t0, x0):
+        return _UniPCState(
+            hist=_empty_history(self.solver_order, x0),
+            x_prev=x0,
+            s_prev=jnp.ones((), x0.dtype),
+            order_prev=jnp.zeros((), jnp.int32),
+        )
+
+    def _update(self, k: int, x, s0, lam0, m0, prev, prev_lam, a1, s1, h, d_t=None):
+        """`x_{t1}` from base `x` at `(s0, lam0)` with model `m0`, order `k`; if `d_t` is given,
+        the corrector (which uses the model `d_t` at t1)."""
+        rks = [(prev_lam[i] - lam0) / h for i in range(k - 1)]
+        d1s = [(prev[i] - m0) / rks[i] for i in range(k - 1)]
+        r, b, h_phi_1, b_h = _unipc_rb(k, h, rks, self.variant)
+        x_lin = (s1 / s0) * x - a1 * h_phi_1 * m0
+        if d_t is None:  # predictor
+            if k == 1:
+                return x_lin
+            rhos = jnp.array([0.5], x.dtype) if k == 2 else jnp.linalg.solve(r[:-1, :-1], b[:-1])
+            res = sum(rhos[j] * d1s[j] for j in range(k - 1))
+            return x_lin - a1 * b_h * res
+        rhos = jnp.array([0.5], x.dtype) if k == 1 else jnp.linalg.solve(r, b)
+        res = sum((rhos[j] * d1s[j] for j in range(k - 1)), jnp.zeros_like(x))
+        return x_lin - a1 * b_h * (res + rhos[-1] * (d_t - m0))
+
+    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+        path = model.path
+        a0, s0, lam0 = _coeffs(path, t0)
+        a1, s1, lam1 = _coeffs(path, t1)
+        d0 = model.data(t0, x0)
+        hist = state.hist
+        lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
+        # Corrector: fix x0 (predicted at the last step from x_prev) with the new evaluation d0.
+        if self.corrector:
+            lam_p = hist.lam[0]
+            hc = lam0s - lam_p
+            ok = (hist.count >= 1) & jnp.isfinite(lam0) & (state.order_prev >= 1)
+            hcs = jnp.where(ok, hc, 1.0)
+            older = _History(
+                data=hist.data[1:], lam=hist.lam[1:], count=jnp.maximum(hist.count - 1, 0)
+            )
+            prev, prev_lam = _safe_entries(older, lam_p, hcs, hist.data[0])
+            cands = [
+                self._update(
+                    k,
+                    state.x_prev,
+                    state.s_prev,
+                    lam_p,
+                    hist.data[0],
+                    prev,
+                    prev_lam,
+                    a0,
+                    s0,
+                    hcs,
+                    d_t=d0,
+                )
+                for k in range(1, self.solver_order + 1)
+            ]
+            x_corr = _select(state.order_prev, cands)
+            x0 = jnp.where(ok, x_corr, x0)
+        # Predictor from the corrected x0 with the history including d0.
+        h = lam1 - lam0
+        finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
+        hs = jnp.where(finite_h, h, 1.0)
+        k = _effective_order(
+            self.solver_order, hist.count, index, num_steps, self.lower_order_final, finite_h
+        )
+        prev, prev_lam = _safe_entries(hist, lam0s, hs, d0)
+        cands = [
+            self._update(kk, x0, s0, lam0s, d0, prev, prev_lam, a1, s1, hs)
+            for kk in range(1, self.solver_order + 1)
+        ]
+        x1 = _select(k, cands)
+        # An infinite step (sigma(t1) = 0 or alpha(t0) = 0) is the exact first-order limit.
+        x1 = jnp.where(finite_h, x1, (s1 / s0) * x0 - a1 * jnp.expm1(-h) * d0)
+        new_state = _UniPCState(
+            hist=_push(hist, d0, lam0), x_prev=x0, s_prev=s0, order_prev=k.astype(jnp.int32)
+        )
+        return x1, new_state
+
+
+# ---------------------------------------------------------------------------- SDE solvers
+
+
+def _epsilon_at(epsilon, path, t):
+    if epsilon is None:
+        return path.epsilon(t)
+    if callable(epsilon):
+        return jnp.asarray(epsilon(t))
+    return jnp.asarray(epsilon, jnp.result_type(float))
+
+
+class EulerMaruyama(AbstractSolver):
+    """Euler–Maruyama for the family of reverse SDEs with the path's marginals:
+    `dx = (v + eps(t) s) dtau + sqrt(2 eps(t)) dW`, `tau` running from noise to data (`v` the
+    probability-flow velocity, `s` the score).
+
+    `epsilon` is `None` (the path's own reverse SDE, `eps = g^2 / 2`, see
+    `AbstractPath.epsilon`), a non-negative number, or a callable `t -> eps(t)`: the tunable
+    diffusion of stochastic interpolants. `epsilon=0` is the Euler ODE solver.
+    Strong order 1/2, weak order 1; 1 NFE/step.
+    """
+
+    epsilon: float | Callable | None = None
+
+    def __check_init__(self):
+        e = self.epsilon
+        if e is not None and not callable(e):
+            if not (isinstance(e, (int, float)) and e >= 0):
+                raise ValueError(f"`epsilon` must be None, a number >= 0 or a callable, got {e!r}.")
+
+    @property
+    def order(self) -> int:
+        return 1
+
+    @property
+    def evals_per_step(self) -> int:
+        return 1
+
+    @property
+    def stochastic(self) -> bool:
+        return True
+
+    def init(self, model, t0, x0):
+        return None
+
+    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+        v, s = model.get_many(t0, x0, ("velocity", "score"))
+        dt = t1 - t0
+        eps = _epsilon_at(self.epsilon, model.path, t0)
+        z = jax.random.normal(key, x0.shape, x0.dtype)
+        return x0 + dt * v + eps * jnp.abs(dt) * s + jnp.sqrt(2.0 * eps * jnp.abs(dt)) * z, None
