@@ -69,6 +69,7 @@ def _truth(mean, variance, second_moment_variance, d: int, dtype):
     return mu, var, var + mu**2, var2
 
 
+@jax.jit
 def _bias_from_moments(m1, m2, mu, var, second, var2) -> BiasSquared:
     b1 = (m1 - mu) ** 2 / var
     b2 = (m2 - second) ** 2 / var2
@@ -137,6 +138,11 @@ def running_moments(chain) -> tuple[Array, Array]:
             f"num_steps, d >= 1, got {chain.shape}."
         )
     check_finite_array(chain, "chain")
+    return _running_moments(chain)
+
+
+@jax.jit
+def _running_moments(chain: Array) -> tuple[Array, Array]:
     if chain.ndim == 3:
         s1 = jnp.mean(chain, axis=0)
         s2 = jnp.mean(chain**2, axis=0)
@@ -201,8 +207,13 @@ def gradients_to_threshold(running_bias, grads_per_step=1, threshold: float = 0.
         raise ValueError(f"`threshold` must be positive, got {threshold!r}.")
     if is_concrete(grads_per_step) and not float(grads_per_step) > 0:
         raise ValueError(f"`grads_per_step` must be positive, got {grads_per_step!r}.")
+    return _crossing(b, jnp.asarray(grads_per_step, b.dtype), jnp.asarray(threshold, b.dtype))
+
+
+@jax.jit
+def _crossing(b: Array, grads_per_step: Array, threshold: Array) -> Scalar:
     above = ~(b < threshold)  # NaN counts as above
     idx = jnp.arange(1, b.shape[0] + 1)
     last_above = jnp.max(jnp.where(above, idx, 0))  # 1-based step count, 0 if never above
     steps = (last_above + 1).astype(b.dtype)
-    return jnp.where(above[-1], jnp.inf, steps * jnp.asarray(grads_per_step, b.dtype))
+    return jnp.where(above[-1], jnp.inf, steps * grads_per_step)

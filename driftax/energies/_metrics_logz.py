@@ -59,6 +59,7 @@ def _log_weights(log_w, name: str, *, allow_neg_inf: bool) -> Float[Array, " n"]
     return log_w
 
 
+@jax.jit
 def _ess(log_w: Array) -> Array:
     return jnp.exp(2.0 * jax.nn.logsumexp(log_w) - jax.nn.logsumexp(2.0 * log_w))
 
@@ -97,6 +98,11 @@ def log_z_importance(log_w) -> LogZEstimate:
     **Returns:** a [`LogZEstimate`][].
     """
     log_w = _log_weights(log_w, "log_w", allow_neg_inf=True)
+    return _log_mean_exp(log_w)
+
+
+@jax.jit
+def _log_mean_exp(log_w: Array) -> LogZEstimate:
     n = log_w.shape[0]
     value = jax.nn.logsumexp(log_w) - jnp.log(n)
     if n < 2:
@@ -105,6 +111,7 @@ def log_z_importance(log_w) -> LogZEstimate:
     return LogZEstimate(value=value, stderr=jnp.sqrt(rel_var))
 
 
+@jax.jit
 def _mean_and_se(v: Array) -> LogZEstimate:
     n = v.shape[0]
     value = jnp.mean(v)

@@ -102,8 +102,20 @@ def mode_coverage(
             raise ValueError(f"`max_distance` must be finite and positive, got {max_distance!r}.")
 
     dtype = jnp.result_type(x.dtype, centres.dtype)
-    x = x.astype(dtype)
-    centres = centres.astype(dtype)
+    max_d = None if max_distance is None else jnp.asarray(max_distance, dtype)
+    return _coverage(
+        x.astype(dtype),
+        centres.astype(dtype),
+        mixture,
+        max_d,
+        jnp.asarray(min_count, dtype),
+        assignment,
+    )
+
+
+@eqx.filter_jit
+def _coverage(x, centres, mixture, max_distance, min_count, assignment) -> ModeCoverage:
+    dtype = x.dtype
     k = centres.shape[0]
     sq = jax.vmap(lambda xi: jnp.sum((xi - centres) ** 2, axis=-1))(x)  # (n, K)
     if assignment == "nearest":
@@ -115,7 +127,7 @@ def mode_coverage(
     if max_distance is None:
         keep = jnp.ones(x.shape[0], dtype)
     else:
-        keep = (jnp.min(sq, axis=-1) <= jnp.asarray(max_distance, dtype) ** 2).astype(dtype)
+        keep = (jnp.min(sq, axis=-1) <= max_distance**2).astype(dtype)
     counts = jnp.sum(member * keep[:, None], axis=0)
     total = jnp.sum(counts)
     weights = counts / jnp.where(total > 0, total, 1.0)
