@@ -62,7 +62,7 @@ def test_phi4_chain_transfer_matrix_vs_brute_force_n2(x64):
 @pytest.mark.parametrize("boundary", ["dirichlet", "periodic"])
 def test_phi4_chain_transfer_matrix_vs_brute_force_n3(x64, boundary):
     target = de.phi4(3, a=0.5, b=0.3, beta=2.0, boundary=boundary)
-    log_z, mean, var = _grid_quadrature(target, 6.0, 241)
+    log_z, mean, var = _grid_quadrature(target, 6.0, 161)
     np.testing.assert_allclose(target.log_normalizer, log_z, rtol=0, atol=1e-8)
     np.testing.assert_allclose(target.mean, mean, atol=1e-8)
     np.testing.assert_allclose(target.variance, var, atol=1e-8)
