@@ -1,1 +1,48 @@
-"""driftax.samplers (see DESIGN.md)."""
+"""Samplers: MCMC kernels on the integrator core, adaptation, the `sample` driver, diagnostics."""
+
+from ._adaptation import (
+    AbstractAdaptation as AbstractAdaptation,
+    ChEESAdaptation as ChEESAdaptation,
+    NoAdaptation as NoAdaptation,
+    StepSizeAdaptation as StepSizeAdaptation,
+    WindowAdaptation as WindowAdaptation,
+    default_adaptation as default_adaptation,
+)
+from ._base import (
+    MAX_ENERGY_ERROR as MAX_ENERGY_ERROR,
+    AbstractSampler as AbstractSampler,
+    Info as Info,
+    KineticState as KineticState,
+    MCMCState as MCMCState,
+)
+from ._diagnostics import ess as ess, mcse as mcse, rhat as rhat
+from ._driver import SampleResult as SampleResult, sample as sample
+from ._hamiltonian import (
+    HMC as HMC,
+    MALA as MALA,
+    ULA as ULA,
+    ChEESHMC as ChEESHMC,
+    ChEESState as ChEESState,
+    RandomWalk as RandomWalk,
+)
+from ._integrators import (
+    BAOAB as BAOAB,
+    OBABO as OBABO,
+    UBU as UBU,
+    AbstractIntegrator as AbstractIntegrator,
+    IntegratorState as IntegratorState,
+    Leapfrog as Leapfrog,
+    McLachlan as McLachlan,
+    Yoshida as Yoshida,
+)
+from ._kinetic import (
+    RandomizedMidpoint as RandomizedMidpoint,
+    UnderdampedLangevin as UnderdampedLangevin,
+)
+from ._metrics import (
+    AbstractMetric as AbstractMetric,
+    DenseMetric as DenseMetric,
+    DiagonalMetric as DiagonalMetric,
+    IdentityMetric as IdentityMetric,
+)
+from ._nuts import NUTS as NUTS

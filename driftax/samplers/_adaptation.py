@@ -1,0 +1,481 @@
+"""Warmup adaptation of a batch of chains: dual-averaging step size, Stan-style windowed metric
+estimation (per chain or pooled across chains), the energy-error criterion of unadjusted
+samplers, and ChEES trajectory-length adaptation for `ChEESHMC`.
+
+An adaptation acts on a *batched* sampler (one copy of every array hyperparameter per chain)
+inside the compiled warmup loop: `init` → `update` once per warmup step → `finalize`.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Array, PyTree
+from ._base import AbstractSampler, Info
+from ._hamiltonian import ChEESHMC
+from ._metrics import AbstractMetric, DenseMetric, DiagonalMetric, IdentityMetric
+
+# ---------------------------------------------------------------------------------------------
+# Dual averaging (Nesterov 2009; Hoffman & Gelman 2014, Algorithm 5)
+# ---------------------------------------------------------------------------------------------
+
+
+class DualAveragingState(eqx.Module):
+    """State of the dual-averaging step-size search (all scalars)."""
+
+    log_step: Array
+    log_step_avg: Array
+    h_bar: Array
+    mu: Array
+    count: Array
+
+
+def dual_averaging_init(step_size, shrink_factor: float = 10.0) -> DualAveragingState:
+    """Start dual averaging at `step_size`, shrinking towards `shrink_factor · step_size`
+    (10 as in Stan for adjusted samplers; unadjusted ones use a cautious 2, since a step size
+    far too large makes them unstable rather than merely rejected)."""
+    log_step = jnp.log(step_size)
+    zero = jnp.zeros_like(log_step)
+    return DualAveragingState(
+        log_step=log_step,
+        log_step_avg=log_step,
+        h_bar=zero,
+        mu=math.log(shrink_factor) + log_step,
+        count=zero,
+    )
+
+
+def dual_averaging_update(
+    state: DualAveragingState, statistic, gamma=0.05, t0=10.0, kappa=0.75
+) -> DualAveragingState:
+    """One update with `statistic = target - observed` for an acceptance rate (positive: the
+    step is too large, it shrinks)."""
+    t = state.count + 1.0
+    eta = 1.0 / (t + t0)
+    statistic = jnp.where(jnp.isfinite(statistic), statistic, -1.0)
+    h_bar = (1.0 - eta) * state.h_bar + eta * statistic
+    log_step = state.mu - jnp.sqrt(t) / gamma * h_bar
+    w = t ** (-kappa)
+    log_step_avg = w * log_step + (1.0 - w) * state.log_step_avg
+    return DualAveragingState(
+        log_step=log_step, log_step_avg=log_step_avg, h_bar=h_bar, mu=state.mu, count=t
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Welford moments (diagonal or dense), per chain, combinable across chains
+# ---------------------------------------------------------------------------------------------
+
+
+class WelfordState(eqx.Module):
+    """Running count, mean and centred second moment (elementwise or a matrix) of flat points."""
+
+    count: Array
+    mean: Array
+    m2: Array
+
+
+def welford_init(dim: int, dense: bool, dtype) -> WelfordState:
+    m2 = jnp.zeros((dim, dim) if dense else (dim,), dtype)
+    return WelfordState(count=jnp.zeros((), dtype), mean=jnp.zeros(dim, dtype), m2=m2)
+
+
+def welford_update(state: WelfordState, x: Array, weight=1.0) -> WelfordState:
+    """Add one flat point `x` (with `weight` 0 or 1)."""
+    count = state.count + weight
+    delta = x - state.mean
+    mean = state.mean + weight * delta / jnp.maximum(count, 1.0)
+    delta2 = x - mean
+    if state.m2.ndim == 2:
+        m2 = state.m2 + weight * jnp.outer(delta2, delta)
+    else:
+        m2 = state.m2 + weight * delta * delta2
+    return WelfordState(count=count, mean=mean, m2=m2)
+
+
+def welford_pool(states: WelfordState) -> WelfordState:
+    """Combine per-chain Welford states (leading chain axis) into one."""
+    n = states.count
+    total = jnp.sum(n)
+    mean = jnp.sum(n[:, None] * states.mean, axis=0) / jnp.maximum(total, 1.0)
+    d = states.mean - mean
+    if states.m2.ndim == 3:
+        m2 = jnp.sum(states.m2, axis=0) + jnp.einsum("c,ci,cj->ij", n, d, d)
+    else:
+        m2 = jnp.sum(states.m2, axis=0) + jnp.sum(n[:, None] * d**2, axis=0)
+    return WelfordState(count=total, mean=mean, m2=m2)
+
+
+def regularized_covariance(state: WelfordState) -> Array:
+    """Stan's regularized estimate: `n/(n+5) · Σ̂ + 10⁻³ · 5/(n+5) · I`."""
+    n = state.count
+    cov = state.m2 / jnp.maximum(n - 1.0, 1.0)
+    shrink = 1e-3 * 5.0 / (n + 5.0)
+    if cov.ndim == 2:
+        cov = 0.5 * (cov + cov.T)
+        return (n / (n + 5.0)) * cov + shrink * jnp.eye(cov.shape[0], dtype=cov.dtype)
+    return (n / (n + 5.0)) * cov + shrink
+
+
+# ---------------------------------------------------------------------------------------------
+# Stan's warmup schedule
+# ---------------------------------------------------------------------------------------------
+
+
+def window_schedule(
+    num_warmup: int, init_buffer: int = 75, term_buffer: int = 50, base_window: int = 25
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stan's windowed schedule: `(in_slow_window, window_ends)` boolean arrays of length
+    `num_warmup` — a fast initial buffer, slow windows doubling in size, a fast terminal buffer.
+    Fewer than 20 steps: no metric windows."""
+    slow = np.zeros(num_warmup, bool)
+    ends = np.zeros(num_warmup, bool)
+    if num_warmup < 20:
+        return slow, ends
+    if init_buffer + base_window + term_buffer > num_warmup:
+        init_buffer = int(0.15 * num_warmup)
+        term_buffer = int(0.1 * num_warmup)
+        base_window = num_warmup - init_buffer - term_buffer
+    start, size = init_buffer, base_window
+    last = num_warmup - term_buffer
+    while start < last:
+        end = start + size
+        if end + 2 * size > last:  # the next window would not fit: stretch this one
+            end = last
+        slow[start:end] = True
+        ends[end - 1] = True
+        start, size = end, 2 * size
+    return slow, ends
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptations
+# ---------------------------------------------------------------------------------------------
+
+
+def _flat(x):
+    return x.reshape(x.shape[0], -1)
+
+
+def _event_size(states) -> int:
+    return math.prod(states.position.shape[1:])
+
+
+def step_size_statistic(sampler: AbstractSampler, infos: Info, target, dim: int, pooled: bool):
+    """The dual-averaging statistic `target - observed` per chain (or pooled).
+
+    Adjusted samplers: the acceptance rate. Unadjusted samplers: the step size should make the
+    energy error's variance per dimension equal to `target`, i.e. `Var[ΔE] = v = d·target`.
+    Squared errors are heavy-tailed, so the bounded statistic `exp(-|ΔE|)` is used instead: for
+    `ΔE ~ N(0, v)` its mean is `2 e^{v/2} Φ(-√v)`, which is the value aimed at.
+    """
+    if sampler.is_adjusted:
+        observed = jnp.where(jnp.isfinite(infos.acceptance_rate), infos.acceptance_rate, 0.0)
+        aim = target
+    else:
+        e = infos.energy_error
+        observed = jnp.where(jnp.isfinite(e), jnp.exp(-jnp.abs(e)), 0.0)
+        v = dim * target
+        aim = jnp.exp(jnp.log(2.0) + 0.5 * v + jax.scipy.special.log_ndtr(-jnp.sqrt(v)))
+    stat = aim - (jnp.mean(observed) if pooled else observed)
+    return jnp.broadcast_to(stat, infos.acceptance_rate.shape)
+
+
+class AbstractAdaptation(eqx.Module):
+    """Tunes a batch of chains' hyperparameters during warmup (inside the compiled loop)."""
+
+    def prepare(self, sampler: AbstractSampler, event_shape) -> AbstractSampler:
+        """Called eagerly once before compiling: fix the sampler's structure (e.g. give it a
+        diagonal metric to adapt). Default: unchanged."""
+        return sampler
+
+    @abc.abstractmethod
+    def init(self, samplers: AbstractSampler, states: PyTree, num_warmup: int) -> PyTree:
+        """The adaptation state for a batched sampler and batched states."""
+
+    @abc.abstractmethod
+    def update(
+        self, samplers: AbstractSampler, astate: PyTree, states: PyTree, infos: Info, i: Array
+    ) -> tuple[AbstractSampler, PyTree]:
+        """After warmup step `i`: new batched sampler and adaptation state."""
+
+    def finalize(self, samplers: AbstractSampler, astate: PyTree) -> AbstractSampler:
+        """The sampler to use after warmup. Default: the last one."""
+        return samplers
+
+
+class NoAdaptation(AbstractAdaptation):
+    """Keep the hyperparameters as given (warmup steps are burn-in only)."""
+
+    def init(self, samplers, states, num_warmup):
+        return None
+
+    def update(self, samplers, astate, states, infos, i):
+        return samplers, astate
+
+
+class _WindowState(eqx.Module):
+    da: DualAveragingState
+    welford: WelfordState
+    slow: Array
+    ends: Array
+
+
+def _shrink(sampler) -> float:
+    return 10.0 if sampler.is_adjusted else 2.0
+
+
+def _set_step_size(samplers, step_size):
+    return eqx.tree_at(lambda s: s.step_size, samplers, step_size.astype(samplers.step_size.dtype))
+
+
+def _metric_from(kind: str, cov: Array, event_shape) -> AbstractMetric:
+    if kind == "dense":
+        return DenseMetric(cov)
+    return DiagonalMetric(cov.reshape(event_shape))
+
+
+class WindowAdaptation(AbstractAdaptation):
+    """Stan-style warmup: dual-averaging step size throughout, and the metric (inverse mass =
+    estimated covariance) re-estimated at the end of doubling slow windows, after which dual
+    averaging restarts.
+
+    **Arguments:**
+
+    - `metric`: `"diagonal"` (default), `"dense"`, or `None` (step size only, keep the metric).
+    - `target`: target acceptance rate (adjusted samplers; default: the sampler's own), or the
+      target energy-error variance per dimension (unadjusted samplers; default `5e-4`).
+    - `pooled`: share one step size and one metric across chains, estimated from all of them.
+    """
+
+    metric: Literal["diagonal", "dense"] | None = "diagonal"
+    target: float | None = None
+    pooled: bool = False
+
+    def __check_init__(self):
+        if self.metric not in ("diagonal", "dense", None):
+            raise ValueError(f"`metric` must be 'diagonal', 'dense' or None, got {self.metric!r}.")
+
+    def _target(self, sampler) -> float:
+        if self.target is not None:
+            return self.target
+        return sampler.default_target_acceptance if sampler.is_adjusted else 5e-4
+
+    def prepare(self, sampler, event_shape):
+        if self.metric is None or not hasattr(sampler, "metric"):
+            return sampler
+        m = sampler.metric
+        size = math.prod(event_shape)
+        dtype = jnp.result_type(float)
+        if self.metric == "diagonal" and not isinstance(m, DiagonalMetric):
+            if isinstance(m, IdentityMetric):
+                return eqx.tree_at(
+                    lambda s: s.metric, sampler, DiagonalMetric(jnp.ones(event_shape, dtype))
+                )
+            raise ValueError(
+                "`WindowAdaptation(metric='diagonal')` needs an identity or diagonal metric."
+            )
+        if self.metric == "dense" and not isinstance(m, DenseMetric):
+            if isinstance(m, DiagonalMetric):
+                return eqx.tree_at(
+                    lambda s: s.metric, sampler, DenseMetric(jnp.diag(m.inverse_mass.reshape(-1)))
+                )
+            return eqx.tree_at(lambda s: s.metric, sampler, DenseMetric(jnp.eye(size, dtype=dtype)))
+        return sampler
+
+    def init(self, samplers, states, num_warmup):
+        slow, ends = window_schedule(num_warmup)
+        if self.metric is None:
+            slow[:] = False
+            ends[:] = False
+        num_chains = states.position.shape[0]
+        dim = _event_size(states)
+        dtype = states.position.dtype
+        welford = jax.vmap(lambda _: welford_init(dim, self.metric == "dense", dtype))(
+            jnp.arange(num_chains)
+        )
+        return _WindowState(
+            da=jax.vmap(lambda h: dual_averaging_init(h, _shrink(samplers)))(samplers.step_size),
+            welford=welford,
+            slow=jnp.asarray(slow),
+            ends=jnp.asarray(ends),
+        )
+
+    def update(self, samplers, astate: _WindowState, states, infos, i):
+        dim = _event_size(states)
+        event_shape = states.position.shape[1:]
+        target = self._target(samplers)
+        stat = step_size_statistic(samplers, infos, target, dim, self.pooled)
+        da = jax.vmap(dual_averaging_update)(astate.da, stat)
+        samplers = _set_step_size(samplers, jnp.exp(da.log_step))
+        if self.metric is None:
+            return samplers, eqx.tree_at(lambda a: a.da, astate, da)
+        slow, end = astate.slow[i], astate.ends[i]
+        x = _flat(states.position).astype(astate.welford.mean.dtype)
+        welford = jax.vmap(lambda w, xi: welford_update(w, xi, slow.astype(xi.dtype)))(
+            astate.welford, x
+        )
+
+        def new_metric(samplers, welford, da):
+            if self.pooled:
+                pooled = welford_pool(welford)
+                cov = regularized_covariance(pooled)
+                cov = jnp.broadcast_to(cov, (x.shape[0], *cov.shape))
+            else:
+                cov = jax.vmap(regularized_covariance)(welford)
+            metric = jax.vmap(lambda c: _metric_from(self.metric, c, event_shape))(cov)
+            samplers = eqx.tree_at(lambda s: s.metric, samplers, metric)
+            # restart dual averaging around the current step size
+            da = jax.vmap(lambda h: dual_averaging_init(h, _shrink(samplers)))(samplers.step_size)
+            welford = jax.vmap(lambda w: welford_init(dim, self.metric == "dense", w.mean.dtype))(
+                welford
+            )
+            return samplers, welford, da
+
+        samplers, welford, da = jax.lax.cond(
+            end, new_metric, lambda s, w, d: (s, w, d), samplers, welford, da
+        )
+        return samplers, _WindowState(da=da, welford=welford, slow=astate.slow, ends=astate.ends)
+
+    def finalize(self, samplers, astate: _WindowState):
+        return _set_step_size(samplers, jnp.exp(astate.da.log_step_avg))
+
+
+def StepSizeAdaptation(target: float | None = None, pooled: bool = False) -> WindowAdaptation:
+    """Dual-averaging step size only (the metric is kept): `WindowAdaptation(metric=None)`."""
+    return WindowAdaptation(metric=None, target=target, pooled=pooled)
+
+
+class _ChEESState(eqx.Module):
+    window: _WindowState
+    log_length: Array
+    log_length_avg: Array
+    adam_m: Array
+    adam_v: Array
+    count: Array
+
+
+class ChEESAdaptation(AbstractAdaptation):
+    """Joint adaptation of `ChEESHMC` across ALL chains (Hoffman, Radul & Sountsov 2021).
+
+    The step size follows dual averaging on the harmonic mean of the chains' acceptance rates;
+    the trajectory length does gradient ascent (Adam) on the ChEES criterion
+    `E[(‖x' - x̄‖² - ‖x - x̄‖²)²]/4`, estimated from all chains' proposals; a diagonal metric is
+    estimated from all chains in Stan windows when `metric="diagonal"`.
+
+    **Arguments:** `target` (acceptance, default 0.651), `learning_rate` (Adam on log length),
+    `metric` (`"diagonal"` or `None`), `initial_length` (in units of the initial step size).
+    """
+
+    target: float = 0.651
+    learning_rate: float = 0.025
+    metric: Literal["diagonal"] | None = "diagonal"
+
+    def _window(self) -> WindowAdaptation:
+        return WindowAdaptation(metric=self.metric, target=self.target, pooled=True)
+
+    def prepare(self, sampler, event_shape):
+        if not isinstance(sampler, ChEESHMC):
+            raise TypeError("`ChEESAdaptation` adapts `ChEESHMC` only.")
+        return self._window().prepare(sampler, event_shape)
+
+    def init(self, samplers, states, num_warmup):
+        length = samplers.trajectory_length
+        zero = jnp.zeros_like(length[0])
+        log_len = jnp.log(length[0])
+        return _ChEESState(
+            window=self._window().init(samplers, states, num_warmup),
+            log_length=log_len,
+            log_length_avg=log_len,
+            adam_m=zero,
+            adam_v=zero,
+            count=zero,
+        )
+
+    def update(self, samplers, astate: _ChEESState, states, infos, i):
+        acc = jnp.where(jnp.isfinite(infos.acceptance_rate), infos.acceptance_rate, 0.0)
+        ok = ~infos.is_divergent
+        # step size: dual averaging on the harmonic mean acceptance over non-divergent chains
+        inv = jnp.where(ok, 1.0 / jnp.maximum(acc, 1e-10), 0.0)
+        harmonic = jnp.sum(ok) / jnp.maximum(jnp.sum(inv), 1e-10)
+        fake = eqx.tree_at(
+            lambda f: f.acceptance_rate, infos, jnp.broadcast_to(harmonic, acc.shape)
+        )
+        samplers, window = self._window().update(samplers, astate.window, states, fake, i)
+        # trajectory length: ChEES gradient over all chains
+        ex = infos.extras
+        x0 = _flat(ex["start_position"])
+        x1 = _flat(ex["proposed_position"])
+        p1 = _flat(ex["proposed_momentum"])
+        w = jnp.where(ok, acc, 0.0)
+        x1_mean = jnp.sum(w[:, None] * x1, axis=0) / jnp.maximum(jnp.sum(w), 1e-10)
+        x0_mean = jnp.mean(x0, axis=0)
+        metric = samplers.metric
+        if isinstance(metric, DiagonalMetric):
+            scale = _flat(metric.inverse_mass)  # whiten positions by the metric
+        else:
+            scale = jnp.ones_like(x0)
+        c1, c0 = x1 - x1_mean, x0 - x0_mean
+        diff = jnp.sum(c1**2 / scale, axis=1) - jnp.sum(c0**2 / scale, axis=1)
+        # <x' - x̄', dx'/dT> with dx'/dT the velocity; in whitened coordinates this pairing is
+        # <x' - x̄', p'> for any diagonal metric (position and momentum are conjugate).
+        g_chain = diff * jnp.sum(c1 * p1, axis=1)
+        t = ex["jitter"][0] * jnp.exp(astate.log_length)
+        g = t * jnp.sum(jnp.where(ok, w * g_chain, 0.0)) / (jnp.sum(w) + 1e-10)
+        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        # Adam ascent on log length
+        b1, b2 = 0.9, 0.999
+        count = astate.count + 1.0
+        m = b1 * astate.adam_m + (1 - b1) * g
+        v = b2 * astate.adam_v + (1 - b2) * g**2
+        m_hat, v_hat = m / (1 - b1**count), v / (1 - b2**count)
+        update = jnp.clip(self.learning_rate * m_hat / (jnp.sqrt(v_hat) + 1e-8), -0.35, 0.35)
+        log_len = astate.log_length + update
+        step = samplers.step_size[0]
+        max_len = step * samplers.max_num_steps
+        log_len = jnp.clip(log_len, jnp.log(step), jnp.log(max_len))
+        wavg = count ** (-0.6)
+        log_len_avg = wavg * log_len + (1 - wavg) * astate.log_length_avg
+        samplers = eqx.tree_at(
+            lambda s: s.trajectory_length,
+            samplers,
+            jnp.broadcast_to(jnp.exp(log_len), samplers.trajectory_length.shape).astype(
+                samplers.trajectory_length.dtype
+            ),
+        )
+        return samplers, _ChEESState(
+            window=window,
+            log_length=log_len,
+            log_length_avg=log_len_avg,
+            adam_m=m,
+            adam_v=v,
+            count=count,
+        )
+
+    def finalize(self, samplers, astate: _ChEESState):
+        samplers = self._window().finalize(samplers, astate.window)
+        step = samplers.step_size[0]
+        length = jnp.clip(jnp.exp(astate.log_length_avg), step, step * samplers.max_num_steps)
+        return eqx.tree_at(
+            lambda s: s.trajectory_length,
+            samplers,
+            jnp.broadcast_to(length, samplers.trajectory_length.shape).astype(
+                samplers.trajectory_length.dtype
+            ),
+        )
+
+
+def default_adaptation(sampler: AbstractSampler) -> AbstractAdaptation:
+    """The adaptation `driftax.sample` uses when `adaptation="auto"`."""
+    if isinstance(sampler, ChEESHMC):
+        return ChEESAdaptation()
+    if hasattr(sampler, "step_size"):
+        return WindowAdaptation(metric="diagonal" if hasattr(sampler, "metric") else None)
+    return NoAdaptation()

@@ -1,0 +1,525 @@
+"""`driftax.sample`: warmup + sampling of many chains, compiled once, with diagnostics."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Array, Key, PyTree
+from ..energies._base import AbstractEnergy
+from . import _diagnostics as diag
+from ._adaptation import AbstractAdaptation, NoAdaptation, default_adaptation
+from ._base import AbstractSampler, Info
+
+# ---------------------------------------------------------------------------------------------
+# Progress bar (host callback; absent from the compiled graph when off)
+# ---------------------------------------------------------------------------------------------
+
+_BARS: dict[int, object] = {}
+_BAR_IDS = itertools.count(1)
+
+
+def _tick(bar_id, done):
+    bar = _BARS.get(int(bar_id))
+    if bar is not None:
+        done = int(done)
+        if done > bar.n:
+            bar.update(done - bar.n)
+
+
+# ---------------------------------------------------------------------------------------------
+# The result
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SampleResult:
+    """What `driftax.sample` returns.
+
+    - `samples`: `(num_chains, num_steps // thin, *event_shape)` (or `None` with
+      `store_samples=False`).
+    - `info`: an `Info` whose fields are `(num_chains, num_steps // thin)` arrays (the step that
+      produced each kept sample; `num_grad_evals` counts the whole thinning block).
+    - `mean`, `variance`: streaming per-chain moments over ALL sampling steps (bounded memory).
+    - `sampler`: the adapted sampler, one copy of every array hyperparameter per chain;
+      `final_state`: the chains' last states — pass the result as `x0` to resume.
+    - counts: `num_divergent`, `num_grad_evals` (sampling phase, all chains),
+      `num_divergent_warmup`, `num_grad_evals_warmup`; `acceptance_rate` per chain.
+    - diagnostics (ArviZ, computed on demand): `ess` (bulk), `ess_tail`, `rhat` (rank-normalized
+      split), `mcse_mean`, `mcse_sd`; `summary()` and `to_arviz()`.
+    """
+
+    samples: Array | None
+    info: Info | None
+    mean: Array
+    variance: Array
+    sampler: AbstractSampler
+    final_state: PyTree
+    num_chains: int
+    num_steps: int
+    num_warmup: int
+    thin: int
+    num_divergent: int
+    num_grad_evals: int
+    num_divergent_warmup: int
+    num_grad_evals_warmup: int
+    acceptance_rate: np.ndarray
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    def _needs_samples(self):
+        if self.samples is None:
+            raise ValueError("this result has no stored samples (`store_samples=False`).")
+        return self.samples
+
+    def _diag(self, name, fn):
+        if name not in self._cache:
+            self._cache[name] = fn(self._needs_samples())
+        return self._cache[name]
+
+    @property
+    def ess(self) -> np.ndarray:
+        """Bulk effective sample size per coordinate (all chains together)."""
+        return self._diag("ess", lambda s: diag.ess(s, "bulk"))
+
+    @property
+    def ess_tail(self) -> np.ndarray:
+        """Tail effective sample size per coordinate."""
+        return self._diag("ess_tail", lambda s: diag.ess(s, "tail"))
+
+    @property
+    def rhat(self) -> np.ndarray:
+        """Rank-normalized split R-hat per coordinate."""
+        return self._diag("rhat", diag.rhat)
+
+    @property
+    def mcse_mean(self) -> np.ndarray:
+        """Monte Carlo standard error of the posterior mean per coordinate."""
+        return self._diag("mcse_mean", lambda s: diag.mcse(s, "mean"))
+
+    @property
+    def mcse_sd(self) -> np.ndarray:
+        """Monte Carlo standard error of the posterior standard deviation per coordinate."""
+        return self._diag("mcse_sd", lambda s: diag.mcse(s, "sd"))
+
+    @property
+    def step_size(self) -> Array:
+        """The (adapted) step size of each chain."""
+        return self.sampler.step_size
+
+    def to_arviz(self):
+        """An `arviz.InferenceData` with the samples as variable `x` and per-step
+        `sample_stats` (`acceptance_rate`, `diverging`, `energy_error`, `n_steps`)."""
+        az = diag._arviz()
+        x = np.asarray(self._needs_samples())
+        stats = None
+        if self.info is not None:
+            stats = dict(
+                acceptance_rate=np.asarray(self.info.acceptance_rate),
+                diverging=np.asarray(self.info.is_divergent),
+                energy_error=np.asarray(self.info.energy_error),
+                n_steps=np.asarray(self.info.num_grad_evals),
+            )
+        return az.from_dict(posterior={"x": x}, sample_stats=stats)
+
+    def summary(self, max_rows: int = 20) -> str:
+        """A table of mean, sd, MCSE, bulk/tail ESS and R-hat per coordinate (first `max_rows`),
+        with the run's counts; returned as a string (and printable)."""
+        x = np.asarray(self._needs_samples(), dtype=np.float64)
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        mean, sd = flat.mean(axis=(0, 1)), flat.std(axis=(0, 1))
+        cols = [
+            mean,
+            sd,
+            self.mcse_mean.reshape(-1),
+            self.ess.reshape(-1),
+            self.ess_tail.reshape(-1),
+            self.rhat.reshape(-1),
+        ]
+        lines = [
+            f"{'':>8} {'mean':>10} {'sd':>10} {'mcse':>10} {'ess_bulk':>10} {'ess_tail':>10} {'r_hat':>7}"
+        ]
+        for i in range(min(flat.shape[-1], max_rows)):
+            m, s, e, b, t, r = (c[i] for c in cols)
+            lines.append(
+                f"{'x[' + str(i) + ']':>8} {m:10.4f} {s:10.4f} {e:10.4f} {b:10.1f} {t:10.1f} {r:7.3f}"
+            )
+        if flat.shape[-1] > max_rows:
+            lines.append(f"... ({flat.shape[-1] - max_rows} more coordinates)")
+        lines.append(
+            f"chains={self.num_chains} steps={self.num_steps} warmup={self.num_warmup} thin={self.thin} "
+            f"acceptance={float(np.mean(self.acceptance_rate)):.3f} divergent={self.num_divergent} "
+            f"grad_evals={self.num_grad_evals} (+{self.num_grad_evals_warmup} warmup) "
+            f"min_ess={float(np.min(self.ess)):.1f} max_rhat={float(np.max(self.rhat)):.3f}"
+        )
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled core
+# ---------------------------------------------------------------------------------------------
+
+
+class _Config(eqx.Module):
+    num_chains: int = eqx.field(static=True)
+    num_warmup: int = eqx.field(static=True)
+    num_steps: int = eqx.field(static=True)
+    thin: int = eqx.field(static=True)
+    store_samples: bool = eqx.field(static=True)
+    progress_every: int = eqx.field(static=True)  # 0: no progress bar
+    sharding: object = eqx.field(static=True)
+
+
+def _constrain(tree, sharding):
+    if sharding is None:
+        return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+@eqx.filter_jit
+def _init_states(sampler, energy, x0s):
+    return jax.vmap(lambda x: sampler.init(energy, x))(x0s)
+
+
+@eqx.debug.assert_max_traces(max_traces=None)
+@eqx.filter_jit
+def _run(samplers, energy, states, key, bar_id, adaptation, cfg: _Config):
+    num_chains = cfg.num_chains
+    k_warm, k_samp = jax.random.split(key)
+
+    def step_all(samplers, states, k):
+        keys = jax.random.split(k, num_chains)
+        states, infos = jax.vmap(lambda s, st, kk: s.step(energy, st, key=kk))(
+            samplers, states, keys
+        )
+        return _constrain(states, cfg.sharding), infos
+
+    def tick(i, offset):
+        if cfg.progress_every:
+            done = i + 1 + offset
+
+            def cb():
+                jax.debug.callback(_tick, bar_id, done)
+
+            jax.lax.cond(
+                (done % cfg.progress_every == 0) | (done == cfg.num_warmup + cfg.num_steps),
+                cb,
+                lambda: None,
+            )
+
+    zero_i = jnp.zeros(num_chains, jnp.int32)
+    # ---- warmup ----
+    if cfg.num_warmup > 0:
+        astate = adaptation.init(samplers, states, cfg.num_warmup)
+
+        def warm_body(carry, i):
+            samplers, states, astate, grads, divs = carry
+            states, infos = step_all(samplers, states, jax.random.fold_in(k_warm, i))
+            samplers, astate = adaptation.update(samplers, astate, states, infos, i)
+            tick(i, 0)
+            return (
+                samplers,
+                states,
+                astate,
+                grads + infos.num_grad_evals,
+                divs + infos.is_divergent,
+            ), None
+
+        (samplers, states, astate, w_grads, w_divs), _ = jax.lax.scan(
+            warm_body,
+            (samplers, states, astate, zero_i, zero_i),
+            jnp.arange(cfg.num_warmup),
+        )
+        samplers = adaptation.finalize(samplers, astate)
+    else:
+        w_grads, w_divs = zero_i, zero_i
+
+    # ---- sampling ----
+    pos = states.position
+    dtype = pos.dtype
+    moments0 = (jnp.zeros_like(pos), jnp.zeros_like(pos))
+    tot0 = (zero_i, zero_i, jnp.zeros(num_chains, dtype))
+
+    def one_step(carry, j):
+        states, (mean, m2), (grads, divs, acc), n = carry
+        states, infos = step_all(samplers, states, jax.random.fold_in(k_samp, j))
+        n = n + 1.0
+        x = states.position.astype(dtype)
+        delta = x - mean
+        mean = mean + delta / n
+        m2 = m2 + delta * (x - mean)
+        tot = (
+            grads + infos.num_grad_evals,
+            divs + infos.is_divergent,
+            acc + infos.acceptance_rate.astype(dtype),
+        )
+        tick(j, cfg.num_warmup)
+        return (states, (mean, m2), tot, n), infos
+
+    def block(carry, i):
+        if cfg.thin == 1:
+            carry, infos = one_step(carry, i)
+            grads = infos.num_grad_evals
+            div = infos.is_divergent
+        else:
+            grads0, divs0 = carry[2][0], carry[2][1]
+            carry, infos = _thin_loop(one_step, carry, i, cfg.thin)
+            grads = carry[2][0] - grads0
+            div = carry[2][1] > divs0
+        out_info = Info(
+            acceptance_rate=infos.acceptance_rate,
+            is_divergent=div,
+            energy_error=infos.energy_error,
+            num_grad_evals=grads,
+        )
+        out = (carry[0].position if cfg.store_samples else None, out_info)
+        return carry, out
+
+    n_kept = cfg.num_steps // cfg.thin
+    carry0 = (states, moments0, tot0, jnp.zeros((), dtype))
+    carry, (samples, infos) = jax.lax.scan(block, carry0, jnp.arange(n_kept))
+    states, (mean, m2), (grads, divs, acc), n = carry
+    variance = m2 / jnp.maximum(n - 1.0, 1.0)
+    swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
+    samples = None if samples is None else swap(samples)
+    infos = jax.tree.map(swap, infos)
+    return dict(
+        samples=samples,
+        info=infos,
+        mean=mean,
+        variance=variance,
+        sampler=samplers,
+        final_state=states,
+        grads=grads,
+        divs=divs,
+        acceptance=acc / cfg.num_steps,
+        warm_grads=w_grads,
+        warm_divs=w_divs,
+    )
+
+
+def _thin_loop(one_step, carry, i, thin):
+    """Run `thin` steps; return the carry and the infos of the last one."""
+
+    def body(c, k):
+        c, infos = one_step(c, i * thin + k)
+        return c, infos
+
+    carry, infos = jax.lax.scan(body, carry, jnp.arange(thin))
+    return carry, jax.tree.map(lambda a: a[-1], infos)
+
+
+# ---------------------------------------------------------------------------------------------
+# The front door
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _broadcast_chains(tree, num_chains):
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_chains, *jnp.shape(a))), tree)
+
+
+def sample(
+    sampler: AbstractSampler,
+    energy: AbstractEnergy,
+    x0,
+    *,
+    key: Key,
+    num_steps: int,
+    num_warmup: int | None = None,
+    num_chains: int | None = None,
+    thin: int = 1,
+    adaptation: AbstractAdaptation | str | None = "auto",
+    store_samples: bool = True,
+    progress: bool = False,
+    shard: bool | None = None,
+) -> SampleResult:
+    """Run `num_chains` chains of `sampler` on `energy`: warmup with adaptation, then
+    `num_steps` sampling steps, all compiled once (a second call with the same shapes and
+    settings reuses the compiled loop).
+
+    **Arguments:**
+
+    - `sampler`: an `AbstractSampler` (its hyperparameters are the starting point of warmup).
+    - `energy`: the target, an `AbstractEnergy`.
+    - `x0`: one point (`event_shape`: every chain starts there), one point per chain
+      (`(num_chains, *event_shape)`), or a previous `SampleResult` to resume from (its final
+      states and adapted sampler; `num_warmup` then defaults to 0).
+    - `key`: a JAX PRNG key (same key → bitwise-identical results).
+    - `num_steps`: sampling steps per chain (after warmup); must be a multiple of `thin`.
+    - `num_warmup`: adaptation steps per chain (default 1000, or 0 when resuming).
+    - `num_chains`: number of chains (default: the leading axis of a batched `x0`, else 4).
+    - `thin`: keep every `thin`-th sample (moments still use every step).
+    - `adaptation`: `"auto"` (a sensible default per sampler: windowed diagonal metric and
+      dual averaging; ChEES for `ChEESHMC`), `None` (no adaptation), or an `AbstractAdaptation`.
+    - `store_samples`: if `False`, keep only streaming moments and counts (bounded memory).
+    - `progress`: show a tqdm progress bar (zero cost when `False`).
+    - `shard`: shard chains over all devices (`None`: when more than one device is visible and
+      `num_chains` divides evenly; `True`: require it).
+
+    **Returns:** a `SampleResult`.
+
+    **Example:**
+
+    ```python
+    import jax, jax.numpy as jnp
+    import driftax as dx
+
+    target = dx.energies.gaussian(jnp.zeros(3))
+    result = dx.sample(dx.samplers.NUTS(step_size=0.5), target, jnp.zeros(3),
+                       key=jax.random.key(0), num_steps=200, num_warmup=200, num_chains=2)
+    result.samples.shape  # (2, 200, 3)
+    ```
+    """
+    if not isinstance(sampler, AbstractSampler):
+        raise TypeError(f"`sampler` must be an AbstractSampler, got {type(sampler).__name__}.")
+    if not isinstance(energy, AbstractEnergy):
+        raise TypeError(f"`energy` must be a driftax AbstractEnergy, got {type(energy).__name__}.")
+    num_steps = _check_int(num_steps, "num_steps", 1)
+    thin = _check_int(thin, "thin", 1)
+    if num_steps % thin:
+        raise ValueError(f"`num_steps` ({num_steps}) must be a multiple of `thin` ({thin}).")
+    event_shape = tuple(energy.event_shape)
+    resume = isinstance(x0, SampleResult)
+    if num_warmup is None:
+        num_warmup = 0 if resume else 1000
+    num_warmup = _check_int(num_warmup, "num_warmup", 0)
+
+    if adaptation == "auto":
+        adaptation = default_adaptation(sampler)
+    elif adaptation is None:
+        adaptation = NoAdaptation()
+    elif not isinstance(adaptation, AbstractAdaptation):
+        raise TypeError(
+            f"`adaptation` must be 'auto', None or an AbstractAdaptation, got {adaptation!r}."
+        )
+
+    if resume:
+        prev = x0
+        if type(prev.sampler) is not type(sampler):
+            raise TypeError(
+                f"resuming a {type(prev.sampler).__name__} run with a {type(sampler).__name__}."
+            )
+        if tuple(prev.final_state.position.shape[1:]) != event_shape:
+            raise ValueError(
+                f"the result to resume has event shape {prev.final_state.position.shape[1:]}, "
+                f"the energy {event_shape}."
+            )
+        if num_chains is not None and num_chains != prev.num_chains:
+            raise ValueError(
+                f"`num_chains` ({num_chains}) differs from the result's ({prev.num_chains})."
+            )
+        num_chains = prev.num_chains
+        samplers, states = prev.sampler, prev.final_state
+    else:
+        x0 = np.asarray(x0) if not isinstance(x0, jax.Array) else x0
+        shape = tuple(np.shape(x0))
+        if shape == event_shape:
+            num_chains = 4 if num_chains is None else _check_int(num_chains, "num_chains", 1)
+            x0s = jnp.broadcast_to(jnp.asarray(x0), (num_chains, *event_shape))
+        elif shape[1:] == event_shape and len(shape) == len(event_shape) + 1:
+            if num_chains is not None and num_chains != shape[0]:
+                raise ValueError(
+                    f"`num_chains` ({num_chains}) differs from x0's leading axis ({shape[0]})."
+                )
+            num_chains = shape[0]
+            x0s = jnp.asarray(x0)
+        else:
+            raise ValueError(
+                f"`x0` must have the energy's event shape {event_shape} or "
+                f"(num_chains, *{event_shape}), got shape {shape}."
+            )
+        if not jnp.issubdtype(x0s.dtype, jnp.floating):
+            x0s = x0s.astype(jnp.result_type(float))
+        if not np.all(np.isfinite(np.asarray(x0s))):
+            raise ValueError("`x0` must be finite.")
+        sampler = adaptation.prepare(sampler, event_shape)
+
+    sharding = None
+    devices = jax.devices()
+    if shard is None:
+        shard = len(devices) > 1 and num_chains % len(devices) == 0
+    if shard:
+        if num_chains % len(devices):
+            raise ValueError(
+                f"`num_chains` ({num_chains}) must be divisible by the number of devices "
+                f"({len(devices)}) to shard chains; pass shard=False or change num_chains."
+            )
+        mesh = jax.sharding.Mesh(np.array(devices), ("chains",))
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chains"))
+
+    if not resume:
+        if sharding is not None:
+            x0s = jax.device_put(x0s, sharding)
+        states = _init_states(sampler, energy, x0s)
+        bad = ~np.isfinite(np.asarray(states.log_density))
+        score = getattr(states, "score", None)
+        if score is not None:
+            bad |= ~np.all(np.isfinite(np.asarray(score).reshape(num_chains, -1)), axis=1)
+        if np.any(bad):
+            raise ValueError(
+                "the log density (or its score) is not finite at `x0` for chain(s) "
+                f"{np.flatnonzero(bad).tolist()}."
+            )
+        samplers = _broadcast_chains(sampler, num_chains)
+    if sharding is not None:
+        samplers = jax.device_put(samplers, sharding)
+        states = jax.device_put(states, sharding)
+
+    bar, bar_id, every = None, 0, 0
+    total = num_warmup + num_steps
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar_id = next(_BAR_IDS)
+        bar = tqdm(total=total, desc=type(sampler).__name__)
+        _BARS[bar_id] = bar
+        every = max(1, total // 100)
+    cfg = _Config(
+        num_chains=num_chains,
+        num_warmup=num_warmup,
+        num_steps=num_steps,
+        thin=thin,
+        store_samples=store_samples,
+        progress_every=every,
+        sharding=sharding,
+    )
+    try:
+        out = _run(samplers, energy, states, key, jnp.asarray(bar_id, jnp.int32), adaptation, cfg)
+        if bar is not None:
+            jax.block_until_ready(out)
+            jax.effects_barrier()
+    finally:
+        if bar is not None:
+            bar.close()
+            _BARS.pop(bar_id, None)
+
+    def total_of(a):
+        return int(np.sum(np.asarray(a, dtype=np.int64)))
+
+    return SampleResult(
+        samples=out["samples"],
+        info=out["info"],
+        mean=out["mean"],
+        variance=out["variance"],
+        sampler=out["sampler"],
+        final_state=out["final_state"],
+        num_chains=num_chains,
+        num_steps=num_steps,
+        num_warmup=num_warmup,
+        thin=thin,
+        num_divergent=total_of(out["divs"]),
+        num_grad_evals=total_of(out["grads"]),
+        num_divergent_warmup=total_of(out["warm_divs"]),
+        num_grad_evals_warmup=total_of(out["warm_grads"]),
+        acceptance_rate=np.asarray(out["acceptance"]),
+    )

@@ -1,0 +1,341 @@
+"""Position-only kernels built on the integrator core and the MH module: random-walk
+Metropolis, ULA, MALA, HMC and the many-chain ChEES-HMC."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._custom_types import Array, Key
+from ..energies._base import AbstractEnergy
+from ._base import (
+    MAX_ENERGY_ERROR,
+    AbstractSampler,
+    Info,
+    KineticState,
+    MCMCState,
+    all_finite,
+    check_hyper,
+    float_leaf,
+    init_position,
+    select,
+)
+from ._integrators import AbstractIntegrator, Leapfrog, as_integrator, hamiltonian
+from ._metrics import AbstractMetric, IdentityMetric
+from ._mh import metropolis_hastings
+
+
+def _hamiltonian_integrator(v):
+    return as_integrator(v, stochastic=False)
+
+
+def _check_metric(metric) -> None:
+    if not isinstance(metric, AbstractMetric):
+        raise TypeError(f"`metric` must be an AbstractMetric, got {type(metric).__name__}.")
+
+
+def _to_kinetic(state: MCMCState, momentum: Array) -> KineticState:
+    return KineticState(
+        position=state.position,
+        momentum=momentum,
+        log_density=state.log_density,
+        score=state.score,
+    )
+
+
+def _to_mcmc(z: KineticState) -> MCMCState:
+    return MCMCState(position=z.position, log_density=z.log_density, score=z.score)
+
+
+def integrate(
+    integrator: AbstractIntegrator,
+    energy: AbstractEnergy,
+    metric: AbstractMetric,
+    z: KineticState,
+    step_size,
+    num_steps,
+) -> KineticState:
+    """`num_steps` integrator steps (a static int, or a traced one for jittered trajectories)."""
+
+    def body(_, z):
+        return integrator.step(energy, metric, z, step_size)[0]
+
+    if isinstance(num_steps, int) and num_steps == 1:
+        return body(0, z)
+    return jax.lax.fori_loop(0, num_steps, body, z)
+
+
+def hamiltonian_proposal(
+    integrator, energy, metric, state: MCMCState, step_size, num_steps, key: Key
+) -> tuple[KineticState, KineticState, Array, Array]:
+    """Draw a momentum and integrate: returns `(start, end, energy_error, valid)`."""
+    p0 = metric.sample_momentum(key, state.position)
+    z0 = _to_kinetic(state, p0)
+    z1 = integrate(integrator, energy, metric, z0, step_size, num_steps)
+    delta = hamiltonian(metric, z1) - hamiltonian(metric, z0)
+    valid = all_finite(z1.log_density, z1.score, z1.position)
+    return z0, z1, delta, valid
+
+
+def _adjusted_step(integrator, energy, metric, state, step_size, num_steps, key, n_grad):
+    key_p, key_mh = jax.random.split(key)
+    _, z1, delta, valid = hamiltonian_proposal(
+        integrator, energy, metric, state, step_size, num_steps, key_p
+    )
+    new, acc, _, div = metropolis_hastings(key_mh, -delta, _to_mcmc(z1), state, valid=valid)
+    info = Info(
+        acceptance_rate=acc,
+        is_divergent=div,
+        energy_error=jnp.where(valid, delta, jnp.inf),
+        num_grad_evals=jnp.asarray(n_grad, jnp.int32),
+    )
+    return new, info, z1
+
+
+class RandomWalk(AbstractSampler):
+    """Random-walk Metropolis: propose `x + step_size · M^{-1/2} ξ`, accept by Metropolis.
+
+    Gradient-free (`num_grad_evals = 0`); the metric's inverse mass is the proposal covariance
+    shape. **Arguments:** `step_size` (proposal scale), `metric` (default identity).
+    """
+
+    step_size: Array = eqx.field(converter=float_leaf)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+
+    default_target_acceptance: ClassVar[float] = 0.234
+
+    def __check_init__(self):
+        check_hyper(self.step_size, "step_size")
+        _check_metric(self.metric)
+
+    def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
+        x0, logp, _ = init_position(energy, x0, with_score=False)
+        return MCMCState(position=x0, log_density=logp, score=None)
+
+    def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
+        k1, k2 = jax.random.split(key)
+        xi = jax.random.normal(k1, jnp.shape(state.position), jnp.result_type(state.position))
+        y = state.position + self.step_size * self.metric.position_noise(xi)
+        logp_y = energy.log_density(y)
+        proposal = MCMCState(position=y, log_density=logp_y, score=None)
+        delta = state.log_density - logp_y
+        new, acc, _, div = metropolis_hastings(k2, -delta, proposal, state)
+        info = Info(
+            acceptance_rate=acc,
+            is_divergent=div,
+            energy_error=delta,
+            num_grad_evals=jnp.asarray(0, jnp.int32),
+        )
+        return new, info
+
+
+class MALA(AbstractSampler):
+    """Metropolis-adjusted Langevin: propose `y = x + h M⁻¹∇log π(x) + √(2h) M^{-1/2} ξ`.
+
+    Built as one leapfrog step of size `√(2h)` from a fresh momentum (the same proposal and the
+    same Metropolis ratio), so it shares the integrator and MH code with HMC. 1 gradient/step.
+    """
+
+    step_size: Array = eqx.field(converter=float_leaf)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+
+    default_target_acceptance: ClassVar[float] = 0.574
+
+    def __check_init__(self):
+        check_hyper(self.step_size, "step_size")
+        _check_metric(self.metric)
+
+    def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
+        x0, logp, score = init_position(energy, x0)
+        return MCMCState(position=x0, log_density=logp, score=score)
+
+    def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
+        eps = jnp.sqrt(2.0 * self.step_size)
+        new, info, _ = _adjusted_step(Leapfrog(), energy, self.metric, state, eps, 1, key, 1)
+        return new, info
+
+
+class ULA(AbstractSampler):
+    """The unadjusted Langevin algorithm: `x ← x + h M⁻¹∇log π(x) + √(2h) M^{-1/2} ξ`.
+
+    Biased by `O(h)`; no accept/reject, except that a step to a non-finite log density or score
+    is rejected and counted divergent. `energy_error` is minus the MALA log ratio of the move
+    (the statistic its step size is adapted on). 1 gradient per step.
+    """
+
+    step_size: Array = eqx.field(converter=float_leaf)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+
+    is_adjusted: ClassVar[bool] = False
+
+    def __check_init__(self):
+        check_hyper(self.step_size, "step_size")
+        _check_metric(self.metric)
+
+    def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
+        x0, logp, score = init_position(energy, x0)
+        return MCMCState(position=x0, log_density=logp, score=score)
+
+    def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
+        eps = jnp.sqrt(2.0 * self.step_size)
+        _, z1, delta, valid = hamiltonian_proposal(
+            Leapfrog(), energy, self.metric, state, eps, 1, key
+        )
+        ok = valid & (jnp.abs(delta) < MAX_ENERGY_ERROR)
+        new = select(ok, _to_mcmc(z1), state)
+        info = Info(
+            acceptance_rate=ok.astype(jnp.result_type(delta)),
+            is_divergent=~ok,
+            energy_error=jnp.where(ok, delta, jnp.inf),
+            num_grad_evals=jnp.asarray(1, jnp.int32),
+        )
+        return new, info
+
+
+class HMC(AbstractSampler):
+    """Hamiltonian Monte Carlo with a static trajectory of `num_integration_steps` steps.
+
+    **Arguments:**
+
+    - `step_size`: integrator step size.
+    - `num_integration_steps`: steps per trajectory (static).
+    - `metric`: the mass matrix (`IdentityMetric`, `DiagonalMetric`, `DenseMetric`).
+    - `integrator`: `"leapfrog"` (default), `"mclachlan"`, `"yoshida"` or an instance.
+    - `jitter_step_size`: relative jitter `j`: each trajectory uses `h·U(1-j, 1+j)`.
+    - `jitter_num_steps`: if `True`, each trajectory uses `U{1, …, num_integration_steps}` steps.
+    """
+
+    step_size: Array = eqx.field(converter=float_leaf)
+    num_integration_steps: int = eqx.field(static=True, default=10)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+    integrator: AbstractIntegrator = eqx.field(
+        default_factory=Leapfrog, converter=_hamiltonian_integrator
+    )
+    jitter_step_size: float = eqx.field(static=True, default=0.0)
+    jitter_num_steps: bool = eqx.field(static=True, default=False)
+
+    def __check_init__(self):
+        check_hyper(self.step_size, "step_size")
+        _check_metric(self.metric)
+        if not isinstance(self.num_integration_steps, int) or self.num_integration_steps < 1:
+            raise ValueError(
+                f"`num_integration_steps` must be a positive int, got {self.num_integration_steps!r}."
+            )
+        if not 0.0 <= self.jitter_step_size < 1.0:
+            raise ValueError(
+                f"`jitter_step_size` must be in [0, 1), got {self.jitter_step_size!r}."
+            )
+
+    def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
+        x0, logp, score = init_position(energy, x0)
+        return MCMCState(position=x0, log_density=logp, score=score)
+
+    def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
+        key, k_h, k_n = jax.random.split(key, 3)
+        h = self.step_size
+        if self.jitter_step_size > 0:
+            j = self.jitter_step_size
+            h = h * jax.random.uniform(k_h, (), jnp.result_type(h), 1.0 - j, 1.0 + j)
+        n = self.num_integration_steps
+        if self.jitter_num_steps:
+            n = jax.random.randint(k_n, (), 1, n + 1)
+        n_grad = n * self.integrator.num_grad_evals
+        new, info, _ = _adjusted_step(
+            self.integrator, energy, self.metric, state, h, n, key, n_grad
+        )
+        return new, info
+
+
+class ChEESState(eqx.Module):
+    """State of `ChEESHMC`: the chain's position (with cached log density and score) and the
+    iteration counter that indexes the trajectory-length jitter (shared by all chains)."""
+
+    position: Array
+    log_density: Array
+    score: Array
+    iteration: Array
+
+
+def halton(i, base: int = 2, max_bits: int = 20):
+    """The `i`-th element (from 1) of the van der Corput / Halton sequence in `base`, in (0, 1)."""
+    i = jnp.asarray(i, jnp.int32)
+    f, r = 1.0, 0.0
+
+    def body(_, carry):
+        i, f, r = carry
+        f = f / base
+        return i // base, f, r + f * (i % base)
+
+    _, _, r = jax.lax.fori_loop(0, max_bits, body, (i, f, r))
+    return r
+
+
+class ChEESHMC(AbstractSampler):
+    """Jittered HMC for many chains on an accelerator (Hoffman, Radul & Sountsov 2021).
+
+    Every trajectory has length `u · trajectory_length` with `u` from a Halton sequence of the
+    iteration counter, so all chains of a `vmap` take the same number of steps (no control-flow
+    divergence). Tune `step_size` and `trajectory_length` jointly across chains with
+    `ChEESAdaptation` (the default adaptation in `driftax.sample`).
+
+    **Arguments:** `step_size`, `trajectory_length`, `metric`, `integrator` (Hamiltonian),
+    `max_num_steps` (static cap on steps per trajectory).
+    """
+
+    step_size: Array = eqx.field(converter=float_leaf)
+    trajectory_length: Array = eqx.field(converter=float_leaf, default=1.0)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+    integrator: AbstractIntegrator = eqx.field(
+        default_factory=Leapfrog, converter=_hamiltonian_integrator
+    )
+    max_num_steps: int = eqx.field(static=True, default=1000)
+
+    default_target_acceptance: ClassVar[float] = 0.651
+
+    def __check_init__(self):
+        check_hyper(self.step_size, "step_size")
+        check_hyper(self.trajectory_length, "trajectory_length")
+        _check_metric(self.metric)
+
+    def init(self, energy: AbstractEnergy, x0: Array) -> ChEESState:
+        x0, logp, score = init_position(energy, x0)
+        return ChEESState(
+            position=x0, log_density=logp, score=score, iteration=jnp.asarray(0, jnp.int32)
+        )
+
+    def jitter(self, iteration) -> Array:
+        """The trajectory-length fraction `u ∈ (0, 1)` used at `iteration`."""
+        return halton(iteration + 1)
+
+    def step(self, energy: AbstractEnergy, state: ChEESState, *, key: Key):
+        u = self.jitter(state.iteration)
+        n = jnp.ceil(u * self.trajectory_length / self.step_size).astype(jnp.int32)
+        n = jnp.clip(n, 1, self.max_num_steps)
+        mcmc = MCMCState(position=state.position, log_density=state.log_density, score=state.score)
+        n_grad = n * self.integrator.num_grad_evals
+        new, info, z1 = _adjusted_step(
+            self.integrator, energy, self.metric, mcmc, self.step_size, n, key, n_grad
+        )
+        new_state = ChEESState(
+            position=new.position,
+            log_density=new.log_density,
+            score=new.score,
+            iteration=state.iteration + 1,
+        )
+        extras = dict(
+            jitter=u,
+            start_position=state.position,
+            proposed_position=z1.position,
+            proposed_momentum=z1.momentum,
+        )
+        info = Info(
+            acceptance_rate=info.acceptance_rate,
+            is_divergent=info.is_divergent,
+            energy_error=info.energy_error,
+            num_grad_evals=info.num_grad_evals,
+            extras=extras,
+        )
+        return new_state, info

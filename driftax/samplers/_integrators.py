@@ -1,0 +1,309 @@
+"""One splitting core for Hamiltonian and underdamped Langevin dynamics.
+
+The dynamics `dx = M⁻¹p dt`, `dp = ∇log π(x) dt - γ p dt + √(2γ) M^{1/2} dW` is split into
+
+- **B** (kick): `p ← p + h ∇log π(x)`;
+- **A** (drift): `x ← x + h M⁻¹ p`;
+- **O** (Ornstein–Uhlenbeck, exact): `p ← e^{-γh} p + √(1 - e^{-2γh}) M^{1/2} ξ`;
+- **U** (the exact flow of A and O together, with the correlated Gaussian increments of
+  `(x, p)`), used by UBU and the kinetic randomized midpoint method.
+
+An integrator is a static sequence of these steps with coefficients (fractions of the step
+size). The core evaluates a gradient only when a kick needs the score at a position that moved
+(and once at the end, so the state always carries the score of its position); the number of
+gradients per step is therefore a static property of the scheme. Every sampler that moves
+with Hamiltonian or Langevin dynamics (HMC, NUTS, MALA, ULA, ChEES-HMC, underdamped Langevin,
+randomized midpoint) goes through the functions in this file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._custom_types import Array, Key, Scalar
+from ..energies._base import AbstractEnergy
+from ._base import KineticState
+from ._metrics import AbstractMetric
+
+IntegratorState = KineticState
+"""The state integrators act on: position, momentum, and the position's log density and score."""
+
+# ---------------------------------------------------------------------------------------------
+# The elementary steps
+# ---------------------------------------------------------------------------------------------
+
+
+def refresh(energy: AbstractEnergy, state: KineticState) -> KineticState:
+    """Recompute `(log_density, score)` at the state's position (one gradient)."""
+    logp, score = energy.value_and_score(state.position)
+    return KineticState(
+        position=state.position, momentum=state.momentum, log_density=logp, score=score
+    )
+
+
+def kick(state: KineticState, h, score: Array | None = None) -> KineticState:
+    """B: `p ← p + h ∇log π` (with the state's cached score unless `score` is given)."""
+    g = state.score if score is None else score
+    return eqx.tree_at(lambda s: s.momentum, state, state.momentum + h * g)
+
+
+def drift(state: KineticState, metric: AbstractMetric, h) -> KineticState:
+    """A: `x ← x + h M⁻¹ p` (leaves `log_density`/`score` stale: call `refresh` after)."""
+    return eqx.tree_at(
+        lambda s: s.position, state, state.position + h * metric.velocity(state.momentum)
+    )
+
+
+def ou(state: KineticState, metric: AbstractMetric, h, friction, key: Key) -> KineticState:
+    """O: the exact Ornstein–Uhlenbeck flow of the momentum over time `h`."""
+    eta = jnp.exp(-friction * h)
+    xi = jax.random.normal(key, jnp.shape(state.momentum), jnp.result_type(state.momentum))
+    noise = metric.momentum_noise(xi)
+    p = eta * state.momentum + jnp.sqrt(-jnp.expm1(-2.0 * friction * h)) * noise
+    return eqx.tree_at(lambda s: s.momentum, state, p)
+
+
+def _cubic_remainder(u):
+    """`f(u) = u - 2(1 - e^{-u}) + (1 - e^{-2u})/2`, accurate for small `u` too."""
+    direct = u + 2.0 * jnp.expm1(-u) - 0.5 * jnp.expm1(-2.0 * u)
+    us = jnp.minimum(u, 0.1)
+    series = sum(
+        ((-1) ** k * (2.0 - 2.0 ** (k - 1)) / math.factorial(k)) * us**k for k in range(3, 13)
+    )
+    return jnp.where(u < 0.1, series, direct)
+
+
+def linear_flow_coefficients(h, friction):
+    """Coefficients of the exact flow of `dx = v dt, dv = -γ v dt + √(2γ) dW` over time `h`
+    (unit mass): returns `(eta, x_from_v, std_v, x_from_noise_v, std_x_given_v)` with
+
+    `v' = eta v + std_v ξ₁`, `x' = x + x_from_v v + x_from_noise_v ξ₁ + std_x_given_v ξ₂`.
+    """
+    u = friction * h
+    eta = jnp.exp(-u)
+    one_minus_eta = -jnp.expm1(-u)
+    var_v = -jnp.expm1(-2.0 * u)
+    cov_xv = one_minus_eta**2 / friction
+    bracket = _cubic_remainder(u) - one_minus_eta**4 / (2.0 * var_v)
+    var_x_given_v = 2.0 / friction**2 * jnp.maximum(bracket, 0.0)
+    std_v = jnp.sqrt(var_v)
+    return eta, one_minus_eta / friction, std_v, cov_xv / std_v, jnp.sqrt(var_x_given_v)
+
+
+def linear_flow(state: KineticState, metric: AbstractMetric, h, friction, key: Key) -> KineticState:
+    """U: the exact flow of A and O together over time `h` (correlated `(x, p)` increments).
+    Leaves `log_density`/`score` stale: call `refresh` after."""
+    eta, x_from_v, std_v, x_from_nv, std_x = linear_flow_coefficients(h, friction)
+    k1, k2 = jax.random.split(key)
+    shape, dtype = jnp.shape(state.momentum), jnp.result_type(state.momentum)
+    xi1 = jax.random.normal(k1, shape, dtype)
+    xi2 = jax.random.normal(k2, shape, dtype)
+    position = (
+        state.position
+        + x_from_v * metric.velocity(state.momentum)
+        + metric.position_noise(x_from_nv * xi1 + std_x * xi2)
+    )
+    momentum = eta * state.momentum + metric.momentum_noise(std_v * xi1)
+    return KineticState(
+        position=position, momentum=momentum, log_density=state.log_density, score=state.score
+    )
+
+
+def hamiltonian(metric: AbstractMetric, state: KineticState) -> Scalar:
+    """`H = -log π(x) + K(p)`."""
+    return -state.log_density + metric.kinetic_energy(state.momentum)
+
+
+# ---------------------------------------------------------------------------------------------
+# The splitting core
+# ---------------------------------------------------------------------------------------------
+
+
+def _count_gradients(scheme) -> int:
+    stale, n = False, 0
+    for op, _ in scheme:
+        if op == "B" and stale:
+            stale, n = False, n + 1
+        elif op in ("A", "U"):
+            stale = True
+    return n + int(stale)
+
+
+def run_scheme(
+    scheme,
+    energy: AbstractEnergy,
+    metric: AbstractMetric,
+    state: KineticState,
+    step_size,
+    friction=None,
+    key: Key | None = None,
+) -> tuple[KineticState, Scalar]:
+    """Apply one step of a splitting `scheme` (a tuple of `(op, coefficient)` pairs, `op` in
+    `"BAOU"`). Returns the new state (with fresh `log_density`/`score`) and the kinetic energy
+    injected by the stochastic steps (O and U), so that `ΔH - heat` is the integration error.
+    """
+    num_random = sum(op in ("O", "U") for op, _ in scheme)
+    if num_random and (key is None or friction is None):
+        raise ValueError("this integrator is stochastic: pass `friction` and `key`.")
+    keys = list(jax.random.split(key, num_random)) if num_random else []
+    stale = False
+    heat = jnp.zeros((), jnp.result_type(state.log_density))
+    for op, c in scheme:
+        h = c * step_size
+        if op == "B":
+            if stale:
+                state, stale = refresh(energy, state), False
+            state = kick(state, h)
+        elif op == "A":
+            state, stale = drift(state, metric, h), True
+        elif op in ("O", "U"):
+            k_before = metric.kinetic_energy(state.momentum)
+            if op == "O":
+                state = ou(state, metric, h, friction, keys.pop())
+            else:
+                state, stale = linear_flow(state, metric, h, friction, keys.pop()), True
+            heat = heat + metric.kinetic_energy(state.momentum) - k_before
+        else:  # pragma: no cover - schemes are static class constants
+            raise ValueError(f"unknown splitting step {op!r}")
+    if stale:
+        state = refresh(energy, state)
+    return state, heat
+
+
+class AbstractIntegrator(eqx.Module):
+    """A splitting scheme of B (kick), A (drift), O (Ornstein–Uhlenbeck) and U (exact A+O) steps.
+
+    Subclasses only declare `scheme`, a static tuple of `(op, fraction_of_step)` pairs, and the
+    `order` of their (weak or symplectic) error. Hamiltonian integrators (no O/U step) are
+    deterministic and time-reversible; Langevin ones need `friction` and `key`.
+    """
+
+    scheme: ClassVar[tuple[tuple[str, float], ...]]
+    order: ClassVar[int]
+
+    def step(
+        self,
+        energy: AbstractEnergy,
+        metric: AbstractMetric,
+        state: KineticState,
+        step_size,
+        *,
+        friction=None,
+        key: Key | None = None,
+    ) -> tuple[KineticState, Scalar]:
+        """One step of size `step_size` (may be negative for Hamiltonian schemes).
+
+        **Returns:** `(new_state, heat)` where `heat` is the kinetic energy injected by the
+        stochastic sub-steps (0 for Hamiltonian schemes); `ΔH - heat` is the energy error.
+        """
+        return run_scheme(self.scheme, energy, metric, state, step_size, friction, key)
+
+    @property
+    def num_grad_evals(self) -> int:
+        """Gradients of the log density per step."""
+        return _count_gradients(self.scheme)
+
+    @property
+    def is_stochastic(self) -> bool:
+        """Whether the scheme contains O or U steps."""
+        return any(op in ("O", "U") for op, _ in self.scheme)
+
+
+class Leapfrog(AbstractIntegrator):
+    """Velocity Verlet: `B(h/2) A(h) B(h/2)`; 1 gradient per step, second order."""
+
+    scheme: ClassVar = (("B", 0.5), ("A", 1.0), ("B", 0.5))
+    order: ClassVar[int] = 2
+
+
+_MCLACHLAN_B = 0.1931833275037836
+
+
+class McLachlan(AbstractIntegrator):
+    """The two-stage minimal-error scheme of McLachlan (1995), also Blanes et al. (2014):
+    `B(b h) A(h/2) B((1-2b) h) A(h/2) B(b h)` with `b ≈ 0.19318`; 2 gradients per step, second
+    order with a much smaller error constant than two leapfrog steps."""
+
+    scheme: ClassVar = (
+        ("B", _MCLACHLAN_B),
+        ("A", 0.5),
+        ("B", 1.0 - 2.0 * _MCLACHLAN_B),
+        ("A", 0.5),
+        ("B", _MCLACHLAN_B),
+    )
+    order: ClassVar[int] = 2
+
+
+_Y1 = 1.0 / (2.0 - 2.0 ** (1.0 / 3.0))
+_Y0 = -(2.0 ** (1.0 / 3.0)) / (2.0 - 2.0 ** (1.0 / 3.0))
+
+
+class Yoshida(AbstractIntegrator):
+    """Yoshida's (1990) fourth-order triple jump: leapfrog steps of `w₁h, w₀h, w₁h`
+    (`w₁ = 1/(2 - 2^{1/3})`, `w₀ = 1 - 2w₁`); 3 gradients per step."""
+
+    scheme: ClassVar = (
+        ("B", 0.5 * _Y1),
+        ("A", _Y1),
+        ("B", 0.5 * (_Y1 + _Y0)),
+        ("A", _Y0),
+        ("B", 0.5 * (_Y1 + _Y0)),
+        ("A", _Y1),
+        ("B", 0.5 * _Y1),
+    )
+    order: ClassVar[int] = 4
+
+
+class BAOAB(AbstractIntegrator):
+    """Leimkuhler–Matthews BAOAB: `B(h/2) A(h/2) O(h) A(h/2) B(h/2)`; 1 gradient per step,
+    second-order weak error (superconvergent configurational sampling)."""
+
+    scheme: ClassVar = (("B", 0.5), ("A", 0.5), ("O", 1.0), ("A", 0.5), ("B", 0.5))
+    order: ClassVar[int] = 2
+
+
+class OBABO(AbstractIntegrator):
+    """OBABO (Bussi–Parrinello): `O(h/2) B(h/2) A(h) B(h/2) O(h/2)`; 1 gradient per step."""
+
+    scheme: ClassVar = (("O", 0.5), ("B", 0.5), ("A", 1.0), ("B", 0.5), ("O", 0.5))
+    order: ClassVar[int] = 2
+
+
+class UBU(AbstractIntegrator):
+    """UBU (Sanz-Serna & Zygalakis 2021): exact A+O flows around a kick, strong order 2.
+
+    Consecutive UBU steps `U(h/2) B(h) U(h/2)` only need the gradient at the kick, so the chain
+    is stepped at its kicks: `B(h/2) U(h) B(h/2)` (the same Markov chain observed at the points
+    where the force is evaluated, `U(h/2) U(h/2) = U(h)` in law), 1 gradient per step."""
+
+    scheme: ClassVar = (("B", 0.5), ("U", 1.0), ("B", 0.5))
+    order: ClassVar[int] = 2
+
+
+INTEGRATORS: dict[str, type[AbstractIntegrator]] = {
+    "leapfrog": Leapfrog,
+    "mclachlan": McLachlan,
+    "yoshida": Yoshida,
+    "BAOAB": BAOAB,
+    "OBABO": OBABO,
+    "UBU": UBU,
+}
+
+
+def as_integrator(integrator, *, stochastic: bool, name: str = "integrator") -> AbstractIntegrator:
+    """Resolve a string name or an instance, checking that it is (or is not) stochastic."""
+    if isinstance(integrator, str):
+        if integrator not in INTEGRATORS:
+            raise ValueError(f"unknown `{name}` {integrator!r}; choose from {sorted(INTEGRATORS)}.")
+        integrator = INTEGRATORS[integrator]()
+    if not isinstance(integrator, AbstractIntegrator):
+        raise TypeError(f"`{name}` must be an AbstractIntegrator or a name, got {integrator!r}.")
+    if integrator.is_stochastic != stochastic:
+        kind = "a Langevin (BAOAB, OBABO, UBU)" if stochastic else "a Hamiltonian"
+        raise ValueError(f"`{name}` must be {kind} integrator, got {type(integrator).__name__}.")
+    return integrator

@@ -1,0 +1,199 @@
+"""Unadjusted kinetic-Langevin kernels: `UnderdampedLangevin` (BAOAB / OBABO / UBU) and the
+`RandomizedMidpoint` method (overdamped and kinetic)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._custom_types import Array, Key
+from ..energies._base import AbstractEnergy
+from ._base import (
+    MAX_ENERGY_ERROR,
+    AbstractSampler,
+    Info,
+    KineticState,
+    MCMCState,
+    all_finite,
+    check_hyper,
+    float_leaf,
+    init_position,
+    select,
+)
+from ._hamiltonian import _check_metric
+from ._integrators import (
+    AbstractIntegrator,
+    as_integrator,
+    hamiltonian,
+    kick,
+    linear_flow,
+    linear_flow_coefficients,
+    refresh,
+)
+from ._metrics import AbstractMetric, IdentityMetric
+
+
+def _langevin_integrator(v):
+    return as_integrator(v, stochastic=True)
+
+
+def _kinetic_init(metric: AbstractMetric, energy: AbstractEnergy, x0) -> KineticState:
+    x0, logp, score = init_position(energy, x0)
+    # momentum starts at zero; the first O / U step draws it.
+    return KineticState(position=x0, momentum=jnp.zeros_like(x0), log_density=logp, score=score)
+
+
+def _unadjusted_info(state, new, metric, heat, n_grad):
+    delta = hamiltonian(metric, new) - hamiltonian(metric, state) - heat
+    ok = all_finite(new.position, new.momentum, new.log_density, new.score) & (
+        jnp.abs(delta) < MAX_ENERGY_ERROR
+    )
+    info = Info(
+        acceptance_rate=ok.astype(jnp.result_type(delta)),
+        is_divergent=~ok,
+        energy_error=jnp.where(ok, delta, jnp.inf),
+        num_grad_evals=jnp.asarray(n_grad, jnp.int32),
+    )
+    return select(ok, new, state), info
+
+
+class UnderdampedLangevin(AbstractSampler):
+    """Unadjusted underdamped (kinetic) Langevin dynamics.
+
+    `dx = M⁻¹p dt`, `dp = ∇log π(x) dt - γ p dt + √(2γ) M^{1/2} dW`, discretized by `integrator`
+    (`"BAOAB"` default, `"OBABO"` or `"UBU"`), one gradient per step. The stationary bias is
+    `O(h²)`; `energy_error` (the integration error of the Hamiltonian parts) is what the step
+    size is adapted on. A step to a non-finite log density is rejected and counted divergent.
+
+    **Arguments:** `step_size`, `friction` (`γ`, in units of inverse time), `metric`,
+    `integrator`.
+    """
+
+    step_size: Array = eqx.field(converter=float_leaf)
+    friction: Array = eqx.field(converter=float_leaf, default=1.0)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+    integrator: AbstractIntegrator = eqx.field(default="BAOAB", converter=_langevin_integrator)
+
+    is_adjusted: ClassVar[bool] = False
+
+    def __check_init__(self):
+        check_hyper(self.step_size, "step_size")
+        check_hyper(self.friction, "friction")
+        _check_metric(self.metric)
+
+    def init(self, energy: AbstractEnergy, x0: Array) -> KineticState:
+        return _kinetic_init(self.metric, energy, x0)
+
+    def step(self, energy: AbstractEnergy, state: KineticState, *, key: Key):
+        new, heat = self.integrator.step(
+            energy, self.metric, state, self.step_size, friction=self.friction, key=key
+        )
+        return _unadjusted_info(state, new, self.metric, heat, self.integrator.num_grad_evals)
+
+
+class RandomizedMidpoint(AbstractSampler):
+    """The randomized midpoint method (Shen & Lee 2019; Yu, Karagulyan & Dalalyan 2024).
+
+    Each step draws `α ~ U(0, 1)` and evaluates the force at a random point `αh` of the step,
+    with the exact Gaussian increments of the underlying SDE (those at `αh` and at `h` come from
+    ONE Brownian path, so they are correlated). 2 gradients per step.
+
+    - `dynamics="kinetic"` (default): underdamped Langevin; the step is
+      `U(αh) · B(h; ∇log π(x_mid)) · U((1-α)h)` where `U` is the exact linear flow of
+      (x, p) and `x_mid` is the position at `αh` with the force frozen at the start.
+    - `dynamics="overdamped"`: `x_mid = x + αh M⁻¹∇log π(x) + √2 M^{-1/2} W_{αh}`,
+      `x' = x + h M⁻¹∇log π(x_mid) + √2 M^{-1/2} W_h`.
+
+    **Arguments:** `step_size`, `friction` (kinetic only), `metric`, `dynamics`.
+    """
+
+    step_size: Array = eqx.field(converter=float_leaf)
+    friction: Array = eqx.field(converter=float_leaf, default=1.0)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+    dynamics: Literal["kinetic", "overdamped"] = eqx.field(static=True, default="kinetic")
+
+    is_adjusted: ClassVar[bool] = False
+
+    def __check_init__(self):
+        check_hyper(self.step_size, "step_size")
+        check_hyper(self.friction, "friction")
+        _check_metric(self.metric)
+        if self.dynamics not in ("kinetic", "overdamped"):
+            raise ValueError(
+                f"`dynamics` must be 'kinetic' or 'overdamped', got {self.dynamics!r}."
+            )
+
+    def init(self, energy: AbstractEnergy, x0: Array):
+        if self.dynamics == "kinetic":
+            return _kinetic_init(self.metric, energy, x0)
+        x0, logp, score = init_position(energy, x0)
+        return MCMCState(position=x0, log_density=logp, score=score)
+
+    def step(self, energy: AbstractEnergy, state, *, key: Key):
+        if self.dynamics == "kinetic":
+            return self._kinetic_step(energy, state, key)
+        return self._overdamped_step(energy, state, key)
+
+    def _kinetic_step(self, energy, state: KineticState, key):
+        metric, h, gamma = self.metric, self.step_size, self.friction
+        k_alpha, k1, k2 = jax.random.split(key, 3)
+        dtype = jnp.result_type(state.position)
+        a = h * jax.random.uniform(k_alpha, (), dtype)
+        free = linear_flow(state, metric, a, gamma, k1)  # exact flow to αh, no force
+        # the force integral over [0, αh] with the force frozen at the start:
+        # ∫₀^a (1 - e^{-γ(a-s)})/γ ds = (a - (1 - e^{-γa})/γ)/γ
+        _, x_from_v, *_ = linear_flow_coefficients(a, gamma)
+        x_mid = free.position + ((a - x_from_v) / gamma) * metric.velocity(state.score)
+        logp_mid, score_mid = energy.value_and_score(x_mid)
+        # the midpoint force acts as an impulse h·∇log π(x_mid) at time αh
+        z = kick(free, h, score_mid)
+        z = refresh(energy, linear_flow(z, metric, h - a, gamma, k2))
+        k_end = metric.kinetic_energy(z.momentum)
+        # energy error: ΔH minus the kinetic energy exchanged in the exact linear flows
+        heat = (
+            metric.kinetic_energy(free.momentum)
+            - metric.kinetic_energy(state.momentum)
+            + k_end
+            - metric.kinetic_energy(free.momentum + h * score_mid)
+        )
+        new, info = _unadjusted_info(state, z, metric, heat, 2)
+        ok = jnp.isfinite(logp_mid) & ~info.is_divergent
+        new = select(ok, new, state)
+        return new, Info(
+            acceptance_rate=ok.astype(dtype),
+            is_divergent=~ok,
+            energy_error=info.energy_error,
+            num_grad_evals=info.num_grad_evals,
+        )
+
+    def _overdamped_step(self, energy, state: MCMCState, key):
+        metric, h = self.metric, self.step_size
+        k_alpha, k1, k2 = jax.random.split(key, 3)
+        x = state.position
+        shape, dtype = jnp.shape(x), jnp.result_type(x)
+        a = h * jax.random.uniform(k_alpha, (), dtype)
+        w_a = jnp.sqrt(a) * jax.random.normal(k1, shape, dtype)
+        w_h = w_a + jnp.sqrt(h - a) * jax.random.normal(k2, shape, dtype)
+        sqrt2 = jnp.sqrt(jnp.asarray(2.0, dtype))
+        x_mid = x + a * metric.velocity(state.score) + sqrt2 * metric.position_noise(w_a)
+        logp_mid, score_mid = energy.value_and_score(x_mid)
+        y = x + h * metric.velocity(score_mid) + sqrt2 * metric.position_noise(w_h)
+        logp_y, score_y = energy.value_and_score(y)
+
+        # energy error: minus the Langevin (MALA-type) log ratio of the move x -> y
+        def log_q(to, frm, score_frm):
+            r = to - frm - h * metric.velocity(score_frm)
+            return -metric.kinetic_energy(metric.velocity_to_momentum(r)) / (2.0 * h)  # -rᵀMr/(4h)
+
+        delta = -(logp_y - state.log_density + log_q(x, y, score_y) - log_q(y, x, state.score))
+        ok = all_finite(y, logp_y, score_y, logp_mid) & (jnp.abs(delta) < MAX_ENERGY_ERROR)
+        new = select(ok, MCMCState(position=y, log_density=logp_y, score=score_y), state)
+        return new, Info(
+            acceptance_rate=ok.astype(dtype),
+            is_divergent=~ok,
+            energy_error=jnp.where(ok, delta, jnp.inf),
+            num_grad_evals=jnp.asarray(2, jnp.int32),
+        )

@@ -1,0 +1,142 @@
+"""Metrics (mass matrices) for the kinetic samplers and proposal scales of the position-only ones.
+
+A metric fixes the kinetic energy `K(p) = ½ pᵀ M⁻¹ p`. The inverse mass matrix `M⁻¹` is the
+preconditioner: set it to (an estimate of) the target's covariance. Everything acts on ONE point of
+any event shape; the dense metric flattens internally.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Array, Key, Scalar
+
+
+class AbstractMetric(eqx.Module):
+    """A Gaussian momentum distribution `N(0, M)` and the kinetic energy `½ pᵀ M⁻¹ p`."""
+
+    @abc.abstractmethod
+    def kinetic_energy(self, momentum: Array) -> Scalar:
+        """`½ pᵀ M⁻¹ p`."""
+
+    @abc.abstractmethod
+    def velocity(self, momentum: Array) -> Array:
+        """`M⁻¹ p`, the time derivative of the position."""
+
+    @abc.abstractmethod
+    def velocity_to_momentum(self, velocity: Array) -> Array:
+        """`M v`, the inverse of `velocity`."""
+
+    @abc.abstractmethod
+    def momentum_noise(self, xi: Array) -> Array:
+        """Map standard normal `xi` to `M^{1/2} xi` (covariance `M`)."""
+
+    @abc.abstractmethod
+    def position_noise(self, xi: Array) -> Array:
+        """Map standard normal `xi` to `M^{-1/2} xi` (covariance `M⁻¹`)."""
+
+    def sample_momentum(self, key: Key, position: Array) -> Array:
+        """A draw from `N(0, M)` shaped (and typed) like `position`."""
+        xi = jax.random.normal(key, jnp.shape(position), jnp.result_type(position))
+        return self.momentum_noise(xi)
+
+
+class IdentityMetric(AbstractMetric):
+    """`M = I`."""
+
+    def kinetic_energy(self, momentum: Array) -> Scalar:
+        return 0.5 * jnp.sum(momentum**2)
+
+    def velocity(self, momentum: Array) -> Array:
+        return momentum
+
+    def velocity_to_momentum(self, velocity: Array) -> Array:
+        return velocity
+
+    def momentum_noise(self, xi: Array) -> Array:
+        return xi
+
+    def position_noise(self, xi: Array) -> Array:
+        return xi
+
+
+class DiagonalMetric(AbstractMetric):
+    """A diagonal `M⁻¹ = diag(inverse_mass)`, `inverse_mass` shaped like one point.
+
+    Set `inverse_mass` to the target's marginal variances to precondition.
+    """
+
+    inverse_mass: Array
+
+    def __init__(self, inverse_mass):
+        if not isinstance(inverse_mass, jax.core.Tracer):
+            arr = np.asarray(inverse_mass, dtype=float)
+            if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+                raise ValueError("`inverse_mass` must be finite and positive.")
+        self.inverse_mass = jnp.asarray(inverse_mass, dtype=jnp.result_type(inverse_mass, float))
+
+    def kinetic_energy(self, momentum: Array) -> Scalar:
+        return 0.5 * jnp.sum(self.inverse_mass * momentum**2)
+
+    def velocity(self, momentum: Array) -> Array:
+        return self.inverse_mass * momentum
+
+    def velocity_to_momentum(self, velocity: Array) -> Array:
+        return velocity / self.inverse_mass
+
+    def momentum_noise(self, xi: Array) -> Array:
+        return xi * jax.lax.rsqrt(self.inverse_mass)
+
+    def position_noise(self, xi: Array) -> Array:
+        return xi * jnp.sqrt(self.inverse_mass)
+
+
+class DenseMetric(AbstractMetric):
+    """A dense `M⁻¹ = inverse_mass` (a `(d, d)` SPD matrix, `d` the number of coordinates).
+
+    Its lower Cholesky factor `L` (`L Lᵀ = M⁻¹`) is computed once, at construction.
+    """
+
+    inverse_mass: Array
+    cholesky: Array
+
+    def __init__(self, inverse_mass):
+        if not isinstance(inverse_mass, jax.core.Tracer):
+            arr = np.asarray(inverse_mass, dtype=float)
+            if arr.ndim != 2 or arr.shape[0] != arr.shape[1]:
+                raise ValueError(f"`inverse_mass` must be a square matrix, got shape {arr.shape}.")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError("`inverse_mass` must be finite.")
+            if np.any(np.linalg.eigvalsh(0.5 * (arr + arr.T)) <= 0):
+                raise ValueError("`inverse_mass` must be symmetric positive definite.")
+        m = jnp.asarray(inverse_mass, dtype=jnp.result_type(inverse_mass, float))
+        self.inverse_mass = m
+        self.cholesky = jnp.linalg.cholesky(m)
+
+    def _apply(self, fn, v: Array) -> Array:
+        return fn(v.reshape(-1)).reshape(jnp.shape(v))
+
+    def kinetic_energy(self, momentum: Array) -> Scalar:
+        p = momentum.reshape(-1)
+        return 0.5 * p @ (self.inverse_mass @ p)
+
+    def velocity(self, momentum: Array) -> Array:
+        return self._apply(lambda p: self.inverse_mass @ p, momentum)
+
+    def velocity_to_momentum(self, velocity: Array) -> Array:
+        return self._apply(lambda v: jax.scipy.linalg.cho_solve((self.cholesky, True), v), velocity)
+
+    def momentum_noise(self, xi: Array) -> Array:
+        # M^{1/2} = L^{-T}: (L^{-T})(L^{-T})ᵀ = (L Lᵀ)^{-1} = M.
+        return self._apply(
+            lambda z: jax.scipy.linalg.solve_triangular(self.cholesky, z, lower=True, trans="T"),
+            xi,
+        )
+
+    def position_noise(self, xi: Array) -> Array:
+        return self._apply(lambda z: self.cholesky @ z, xi)

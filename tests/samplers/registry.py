@@ -1,0 +1,25 @@
+"""A registry of every sampler (and integrator) for the generic tests."""
+
+import driftax.samplers as ds
+
+# name -> factory(step_size) ; step sizes suited to a unit-scale Gaussian
+SAMPLERS = {
+    "RandomWalk": lambda: ds.RandomWalk(step_size=0.8),
+    "ULA": lambda: ds.ULA(step_size=0.05),
+    "MALA": lambda: ds.MALA(step_size=0.3),
+    "HMC": lambda: ds.HMC(step_size=0.3, num_integration_steps=5),
+    "HMC-jitter": lambda: ds.HMC(
+        step_size=0.3, num_integration_steps=5, jitter_step_size=0.2, jitter_num_steps=True
+    ),
+    "HMC-yoshida": lambda: ds.HMC(step_size=0.5, num_integration_steps=3, integrator="yoshida"),
+    "NUTS": lambda: ds.NUTS(step_size=0.4),
+    "ChEESHMC": lambda: ds.ChEESHMC(step_size=0.3, trajectory_length=1.5),
+    "BAOAB": lambda: ds.UnderdampedLangevin(step_size=0.2, integrator="BAOAB"),
+    "OBABO": lambda: ds.UnderdampedLangevin(step_size=0.2, integrator="OBABO"),
+    "UBU": lambda: ds.UnderdampedLangevin(step_size=0.2, integrator="UBU"),
+    "RMP-kinetic": lambda: ds.RandomizedMidpoint(step_size=0.2),
+    "RMP-overdamped": lambda: ds.RandomizedMidpoint(step_size=0.05, dynamics="overdamped"),
+}
+
+HAMILTONIAN_INTEGRATORS = [ds.Leapfrog, ds.McLachlan, ds.Yoshida]
+LANGEVIN_INTEGRATORS = [ds.BAOAB, ds.OBABO, ds.UBU]
