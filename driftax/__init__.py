@@ -1,5 +1,6 @@
 """driftax: sampling and generative modelling in JAX on one energy/score interface."""
 
 from . import diffusion as diffusion, energies as energies, flows as flows, samplers as samplers
+from .samplers import SampleResult as SampleResult, sample as sample
 
 __version__ = "0.1.0"
