@@ -2,6 +2,12 @@
 time grids, fixed-step ODE/SDE solvers, adaptive solves and likelihoods through diffrax,
 training losses and guidance."""
 
+from ._adaptive import (
+    AdaptiveSolution as AdaptiveSolution,
+    integrate_adaptive as integrate_adaptive,
+    log_likelihood as log_likelihood,
+    solve_adaptive as solve_adaptive,
+)
 from ._grid import check_grid as check_grid, time_grid as time_grid
 from ._model import ParameterizedField as ParameterizedField
 from ._path import (
@@ -29,5 +35,7 @@ from ._solvers import (
     Euler as Euler,
     EulerMaruyama as EulerMaruyama,
     Heun as Heun,
+    LangevinCorrector as LangevinCorrector,
+    PredictorCorrector as PredictorCorrector,
     UniPC as UniPC,
 )

@@ -1,0 +1,364 @@
+"""Adaptive ODE/SDE solves and probability-flow likelihoods through diffrax (not re-written).
+
+Time runs in `tau = direction * t`, `direction = sign(t_data - t_noise)`, so diffrax always
+integrates forwards from the noise end to the data end (and back, for likelihoods).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax
+import numpy as np
+
+from .._custom_types import Array, Key
+from .._divergence import divergence_exact, divergence_hutchinson, sample_probes
+from ._model import ParameterizedField
+from ._path import AbstractPath, check_parameterization
+from ._solve import _check_field, _check_x_init
+from ._solvers import _epsilon_at
+
+
+class AdaptiveSolution(eqx.Module):
+    """The result of [`integrate_adaptive`][].
+
+    - `x`: the batch at `t_data`.
+    - `num_steps`: steps taken per example (accepted and rejected).
+    - `num_accepted_steps`: accepted steps per example.
+    - `successful`: per example, whether diffrax reported success.
+    """
+
+    x: Array
+    num_steps: Array
+    num_accepted_steps: Array
+    successful: Array
+
+
+def _direction(path: AbstractPath) -> float:
+    return 1.0 if path.t_data > path.t_noise else -1.0
+
+
+def _controller(rtol, atol, solver):
+    if isinstance(solver, diffrax.AbstractAdaptiveSolver) or hasattr(solver, "error_order"):
+        return diffrax.PIDController(rtol=rtol, atol=atol)
+    return diffrax.ConstantStepSize()
+
+
+@eqx.filter_jit
+def _adaptive_ode(model, x_init, solver, controller, dt0, max_steps, t_noise, t_data, direction):
+    shape = x_init.shape[1:]
+
+    def drift(tau, y, args):
+        t = direction * tau
+        return direction * model.velocity(t, y.reshape(shape)).reshape(-1)
+
+    def one(x):
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(drift),
+            solver,
+            direction * t_noise,
+            direction * t_data,
+            dt0,
+            x.reshape(-1),
+            stepsize_controller=controller,
+            max_steps=max_steps,
+            throw=False,
+        )
+        return (
+            sol.ys[-1].reshape(shape),
+            sol.stats["num_steps"],
+            sol.stats["num_accepted_steps"],
+            sol.result == diffrax.RESULTS.successful,
+        )
+
+    return jax.vmap(one)(x_init)
+
+
+@eqx.filter_jit
+def _adaptive_sde(
+    model,
+    x_init,
+    keys,
+    solver,
+    controller,
+    dt0,
+    max_steps,
+    t_noise,
+    t_data,
+    direction,
+    epsilon,
+    brownian_tol,
+    levy_area,
+):
+    shape = x_init.shape[1:]
+    size = int(np.prod(shape)) if shape else 1
+    tau0, tau1 = direction * t_noise, direction * t_data
+
+    def drift(tau, y, args):
+        t = direction * tau
+        v, s = model.get_many(t, y.reshape(shape), ("velocity", "score"))
+        eps = _epsilon_at(epsilon, model.path, t)
+        return (direction * v + eps * s).reshape(-1)
+
+    def diffusion(tau, y, args):
+        t = direction * tau
+        eps = _epsilon_at(epsilon, model.path, t)
+        return lineax.DiagonalLinearOperator(jnp.full((size,), jnp.sqrt(2.0 * eps), y.dtype))
+
+    def one(x, key):
+        bm = diffrax.VirtualBrownianTree(
+            tau0, tau1, tol=brownian_tol, shape=(size,), key=key, levy_area=levy_area
+        )
+        terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
+        sol = diffrax.diffeqsolve(
+            terms,
+            solver,
+            tau0,
+            tau1,
+            dt0,
+            x.reshape(-1),
+            stepsize_controller=controller,
+            max_steps=max_steps,
+            throw=False,
+        )
+        return (
+            sol.ys[-1].reshape(shape),
+            sol.stats["num_steps"],
+            sol.stats["num_accepted_steps"],
+            sol.result == diffrax.RESULTS.successful,
+        )
+
+    return jax.vmap(one)(x_init, keys)
+
+
+def integrate_adaptive(
+    field: Callable,
+    path: AbstractPath,
+    x_init: Array,
+    *,
+    parameterization: str = "score",
+    solver: diffrax.AbstractSolver | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    dt0: float | None = None,
+    max_steps: int = 10_000,
+    sde: bool = False,
+    epsilon: float | Callable | None = None,
+    key: Key | None = None,
+    brownian_tol: float | None = None,
+) -> AdaptiveSolution:
+    """Integrate a batch from `t_noise` to `t_data` with a diffrax solver: the probability-flow
+    ODE (default) or, with `sde=True`, the reverse SDE `dx = (v + eps s) dtau + sqrt(2 eps) dW`.
+
+    **Arguments:**
+
+    - `field`, `path`, `x_init`, `parameterization`: as in [`solve`][].
+    - `solver`: a diffrax solver; default `diffrax.Tsit5()` for the ODE and `diffrax.ShARK()`
+      (strong order 1.5 for additive noise) for the SDE. Adaptive solvers get a
+      `PIDController(rtol, atol)`; others take constant steps `dt0`.
+    - `dt0`: initial (or constant) step in `tau`; default `|t_noise - t_data| / 100`.
+    - `max_steps`: diffrax's step budget per example.
+    - `sde`, `epsilon`: SDE mode and its diffusion (`None`: the path's reverse SDE, a number,
+      or a callable `t -> eps(t)`); `key` is then required.
+    - `brownian_tol`: tolerance of diffrax's `VirtualBrownianTree` (default `dt0 / 1000`).
+
+    **Returns:** an [`AdaptiveSolution`][] with the final batch and per-example step statistics.
+    """
+    if not isinstance(path, AbstractPath):
+        raise TypeError(
+            f"`path` must be a driftax.diffusion AbstractPath, got {type(path).__name__}."
+        )
+    check_parameterization(parameterization)
+    _check_field(field, path, parameterization)
+    x_init = _check_x_init(x_init)
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"`rtol` and `atol` must be positive, got {rtol}, {atol}.")
+    if not (isinstance(max_steps, int) and max_steps > 0):
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    model = ParameterizedField(field=field, path=path, parameterization=parameterization)
+    direction = _direction(path)
+    span = abs(path.t_noise - path.t_data)
+    dt0 = span / 100 if dt0 is None else dt0
+    if not dt0 > 0:
+        raise ValueError(f"`dt0` must be positive, got {dt0}.")
+    if sde:
+        if key is None:
+            raise ValueError("`key` is required when `sde=True`.")
+        solver = diffrax.ShARK() if solver is None else solver
+        levy = (
+            diffrax.SpaceTimeLevyArea
+            if isinstance(solver, diffrax.ShARK | diffrax.SRA1)
+            else diffrax.BrownianIncrement
+        )
+        keys = jax.random.split(key, x_init.shape[0])
+        btol = dt0 / 1000 if brownian_tol is None else brownian_tol
+        x, n, na, ok = _adaptive_sde(
+            model,
+            x_init,
+            keys,
+            solver,
+            _controller(rtol, atol, solver),
+            dt0,
+            max_steps,
+            path.t_noise,
+            path.t_data,
+            direction,
+            epsilon,
+            btol,
+            levy,
+        )
+    else:
+        solver = diffrax.Tsit5() if solver is None else solver
+        x, n, na, ok = _adaptive_ode(
+            model,
+            x_init,
+            solver,
+            _controller(rtol, atol, solver),
+            dt0,
+            max_steps,
+            path.t_noise,
+            path.t_data,
+            direction,
+        )
+    return AdaptiveSolution(x=x, num_steps=n, num_accepted_steps=na, successful=ok)
+
+
+def solve_adaptive(field: Callable, path: AbstractPath, x_init: Array, **kwargs) -> Array:
+    """[`integrate_adaptive`][] returning only the final batch; raises if any example failed.
+
+    Keyword arguments as in [`integrate_adaptive`][].
+    """
+    sol = integrate_adaptive(field, path, x_init, **kwargs)
+    ok = np.asarray(sol.successful)
+    if not ok.all():
+        raise RuntimeError(
+            f"diffrax failed for {int((~ok).sum())} of {ok.size} examples (step budget or "
+            "non-finite values); use integrate_adaptive(...) to inspect."
+        )
+    return sol.x
+
+
+# ------------------------------------------------------------------------------ likelihood
+
+
+@eqx.filter_jit
+def _log_likelihood(
+    model,
+    x,
+    probes,
+    prior_log_density,
+    solver,
+    controller,
+    dt0,
+    max_steps,
+    t_noise,
+    t_data,
+    direction,
+    method,
+):
+    shape = x.shape[1:]
+
+    def aug(t, state, args):
+        y, _ = state
+        fn = lambda z: model.velocity(t, z)
+        if method == "exact":
+            return divergence_exact(fn, y)
+        return divergence_hutchinson(fn, y, probes=args)
+
+    def one(xi, probe):
+        # From t_data to t_noise (either direction of time): delta = int_{t_data}^{t_noise} div v.
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(aug),
+            solver,
+            t_data,
+            t_noise,
+            direction * -dt0,
+            (xi, jnp.zeros((), xi.dtype)),
+            args=probe,
+            stepsize_controller=controller,
+            max_steps=max_steps,
+        )
+        y_T, delta = sol.ys[0][-1], sol.ys[1][-1]
+        return prior_log_density(y_T.reshape(shape)) + delta
+
+    return jax.vmap(one)(x, probes)
+
+
+def log_likelihood(
+    field: Callable,
+    path: AbstractPath,
+    x: Array,
+    *,
+    parameterization: str = "score",
+    divergence: Literal["exact", "hutchinson"] = "exact",
+    num_probes: int = 1,
+    key: Key | None = None,
+    prior_log_density: Callable | None = None,
+    solver: diffrax.AbstractSolver | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    dt0: float | None = None,
+    max_steps: int = 10_000,
+) -> Array:
+    """Log density of data points at `t_data` under the probability-flow ODE of `field`.
+
+    Integrates `x` from `t_data` to `t_noise` together with `∫ div v dt` (a continuous
+    normalizing flow), so `log p(x) = log p_prior(x_T) + ∫_{t_data}^{t_noise} div v(t, x_t) dt`.
+    Differentiable (diffrax's checkpointed adjoint).
+
+    **Arguments:**
+
+    - `field`, `path`, `parameterization`: as in [`solve`][].
+    - `x`: a batch of points, shape `(batch, *event_shape)`.
+    - `divergence`: `"exact"` (Jacobian trace, one JVP per dimension) or `"hutchinson"`
+      (unbiased estimate with `num_probes` Rademacher probes held fixed along each solve; needs
+      `key`).
+    - `prior_log_density`: log density at `t_noise` of ONE point; default
+      `path.prior_log_density` (`N(0, sigma(t_noise)^2 I)`).
+    - `solver`, `rtol`, `atol`, `dt0`, `max_steps`: diffrax settings (default Tsit5 with a PID
+      controller).
+
+    **Returns:** log densities, shape `(batch,)`.
+    """
+    if not isinstance(path, AbstractPath):
+        raise TypeError(
+            f"`path` must be a driftax.diffusion AbstractPath, got {type(path).__name__}."
+        )
+    check_parameterization(parameterization)
+    _check_field(field, path, parameterization)
+    x = _check_x_init(x)
+    if divergence not in ("exact", "hutchinson"):
+        raise ValueError(f"`divergence` must be 'exact' or 'hutchinson', got {divergence!r}.")
+    if divergence == "hutchinson":
+        if key is None:
+            raise ValueError("`key` is required for divergence='hutchinson'.")
+        keys = jax.random.split(key, x.shape[0])
+        probes = jax.vmap(
+            lambda k: sample_probes(k, x.shape[1:], num_probes=num_probes, dtype=x.dtype)
+        )(keys)
+    else:
+        probes = jnp.zeros((x.shape[0], 1, *x.shape[1:]), x.dtype)
+    solver = diffrax.Tsit5() if solver is None else solver
+    prior = path.prior_log_density if prior_log_density is None else prior_log_density
+    direction = _direction(path)
+    dt0 = abs(path.t_noise - path.t_data) / 100 if dt0 is None else dt0
+    model = ParameterizedField(field=field, path=path, parameterization=parameterization)
+    return _log_likelihood(
+        model,
+        x,
+        probes,
+        prior,
+        solver,
+        _controller(rtol, atol, solver),
+        dt0,
+        max_steps,
+        path.t_noise,
+        path.t_data,
+        direction,
+        divergence,
+    )
