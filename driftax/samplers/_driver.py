@@ -69,6 +69,7 @@ class SampleResult:
     num_divergent_warmup: int
     num_grad_evals_warmup: int
     acceptance_rate: np.ndarray
+    sampling_offset: int = 0
     _cache: dict = field(default_factory=dict, repr=False)
 
     def _needs_samples(self):
@@ -185,132 +186,136 @@ def _init_states(sampler, energy, x0s):
     return jax.vmap(lambda x: sampler.init(energy, x))(x0s)
 
 
-@eqx.debug.assert_max_traces(max_traces=None)
-@eqx.filter_jit
-def _run(samplers, energy, states, key, bar_id, adaptation, cfg: _Config):
-    num_chains = cfg.num_chains
+def _run_impl(samplers, energy, states, key, offset, bar_id, adaptation, cfg: _Config):
+    """Warmup and sampling in ONE loop (the kernel is compiled once, not twice): iteration `i`
+    adapts while `i < num_warmup`, then records. `offset` is the absolute index of the first
+    sampling step (so that resuming with the same key continues the same random stream)."""
+    num_chains, num_warmup, thin = cfg.num_chains, cfg.num_warmup, cfg.thin
+    n_kept = cfg.num_steps // thin
+    total = num_warmup + cfg.num_steps
     k_warm, k_samp = jax.random.split(key)
+    adapting = num_warmup > 0 and not isinstance(adaptation, NoAdaptation)
+    astate = adaptation.init(samplers, states, num_warmup) if adapting else None
 
-    def step_all(samplers, states, k):
-        keys = jax.random.split(k, num_chains)
-        states, infos = jax.vmap(lambda s, st, kk: s.step(energy, st, key=kk))(
-            samplers, states, keys
-        )
-        return _constrain(states, cfg.sharding), infos
-
-    def tick(i, offset):
-        if cfg.progress_every:
-            done = i + 1 + offset
-
-            def cb():
-                jax.debug.callback(_tick, bar_id, done)
-
-            jax.lax.cond(
-                (done % cfg.progress_every == 0) | (done == cfg.num_warmup + cfg.num_steps),
-                cb,
-                lambda: None,
-            )
-
-    zero_i = jnp.zeros(num_chains, jnp.int32)
-    # ---- warmup ----
-    if cfg.num_warmup > 0:
-        astate = adaptation.init(samplers, states, cfg.num_warmup)
-
-        def warm_body(carry, i):
-            samplers, states, astate, grads, divs = carry
-            states, infos = step_all(samplers, states, jax.random.fold_in(k_warm, i))
-            samplers, astate = adaptation.update(samplers, astate, states, infos, i)
-            tick(i, 0)
-            return (
-                samplers,
-                states,
-                astate,
-                grads + infos.num_grad_evals,
-                divs + infos.is_divergent,
-            ), None
-
-        (samplers, states, astate, w_grads, w_divs), _ = jax.lax.scan(
-            warm_body,
-            (samplers, states, astate, zero_i, zero_i),
-            jnp.arange(cfg.num_warmup),
-        )
-        samplers = adaptation.finalize(samplers, astate)
-    else:
-        w_grads, w_divs = zero_i, zero_i
-
-    # ---- sampling ----
     pos = states.position
     dtype = pos.dtype
-    moments0 = (jnp.zeros_like(pos), jnp.zeros_like(pos))
-    tot0 = (zero_i, zero_i, jnp.zeros(num_chains, dtype))
+    zero_i = jnp.zeros(num_chains, jnp.int32)
+    buf = jnp.zeros((n_kept, *pos.shape), dtype) if cfg.store_samples else None
+    info_buf = Info(
+        acceptance_rate=jnp.zeros((n_kept, num_chains), dtype),
+        is_divergent=jnp.zeros((n_kept, num_chains), bool),
+        energy_error=jnp.zeros((n_kept, num_chains), dtype),
+        num_grad_evals=jnp.zeros((n_kept, num_chains), jnp.int32),
+    )
+    carry = dict(
+        samplers=samplers,
+        states=states,
+        astate=astate,
+        mean=jnp.zeros_like(pos),
+        m2=jnp.zeros_like(pos),
+        grads=zero_i,
+        divs=zero_i,
+        acc=jnp.zeros(num_chains, dtype),
+        w_grads=zero_i,
+        w_divs=zero_i,
+        block_grads=zero_i,
+        block_div=jnp.zeros(num_chains, bool),
+        samples=buf,
+        info=info_buf,
+    )
 
-    def one_step(carry, j):
-        states, (mean, m2), (grads, divs, acc), n = carry
-        states, infos = step_all(samplers, states, jax.random.fold_in(k_samp, j))
-        n = n + 1.0
+    def body(i, c):
+        c = dict(c)
+        in_warmup = i < num_warmup
+        j = i - num_warmup  # sampling step index (negative during warmup)
+        k = jax.lax.cond(
+            in_warmup,
+            lambda: jax.random.fold_in(k_warm, i),
+            lambda: jax.random.fold_in(k_samp, offset + j),
+        )
+        keys = jax.random.split(k, num_chains)
+        states, infos = jax.vmap(lambda s, st, kk: s.step(energy, st, key=kk))(
+            c["samplers"], c["states"], keys
+        )
+        c["states"] = states = _constrain(states, cfg.sharding)
+        if num_warmup > 0:
+            w = in_warmup.astype(jnp.int32)
+            c["w_grads"] = c["w_grads"] + w * infos.num_grad_evals
+            c["w_divs"] = c["w_divs"] + w * infos.is_divergent
+        if adapting:
+
+            def adapt(samplers, astate):
+                samplers, astate = adaptation.update(samplers, astate, states, infos, i)
+                samplers = jax.lax.cond(
+                    i == num_warmup - 1,
+                    lambda s: adaptation.finalize(s, astate),
+                    lambda s: s,
+                    samplers,
+                )
+                return samplers, astate
+
+            c["samplers"], c["astate"] = jax.lax.cond(
+                in_warmup, adapt, lambda s, a: (s, a), c["samplers"], c["astate"]
+            )
+        # sampling-phase bookkeeping (masked during warmup)
+        sampling = ~in_warmup
+        ws = sampling.astype(dtype)
+        n = jnp.maximum(j + 1, 1).astype(dtype)
         x = states.position.astype(dtype)
-        delta = x - mean
-        mean = mean + delta / n
-        m2 = m2 + delta * (x - mean)
-        tot = (
-            grads + infos.num_grad_evals,
-            divs + infos.is_divergent,
-            acc + infos.acceptance_rate.astype(dtype),
+        delta = ws * (x - c["mean"])
+        c["mean"] = c["mean"] + delta / n
+        c["m2"] = c["m2"] + delta * (x - c["mean"])
+        si = sampling.astype(jnp.int32)
+        c["grads"] = c["grads"] + si * infos.num_grad_evals
+        c["divs"] = c["divs"] + si * infos.is_divergent
+        c["acc"] = c["acc"] + ws * infos.acceptance_rate.astype(dtype)
+        block_grads = c["block_grads"] + si * infos.num_grad_evals
+        block_div = c["block_div"] | (sampling & infos.is_divergent)
+        write = sampling & ((j + 1) % thin == 0)
+        slot = jnp.clip(j // thin, 0, n_kept - 1)
+        if cfg.store_samples:
+            old = c["samples"][slot]
+            c["samples"] = c["samples"].at[slot].set(jnp.where(write, x, old))
+        new_info = Info(
+            acceptance_rate=infos.acceptance_rate.astype(dtype),
+            is_divergent=block_div,
+            energy_error=infos.energy_error.astype(dtype),
+            num_grad_evals=block_grads,
         )
-        tick(j, cfg.num_warmup)
-        return (states, (mean, m2), tot, n), infos
-
-    def block(carry, i):
-        if cfg.thin == 1:
-            carry, infos = one_step(carry, i)
-            grads = infos.num_grad_evals
-            div = infos.is_divergent
-        else:
-            grads0, divs0 = carry[2][0], carry[2][1]
-            carry, infos = _thin_loop(one_step, carry, i, cfg.thin)
-            grads = carry[2][0] - grads0
-            div = carry[2][1] > divs0
-        out_info = Info(
-            acceptance_rate=infos.acceptance_rate,
-            is_divergent=div,
-            energy_error=infos.energy_error,
-            num_grad_evals=grads,
+        c["info"] = jax.tree.map(
+            lambda buf, v: buf.at[slot].set(jnp.where(write, v, buf[slot])), c["info"], new_info
         )
-        out = (carry[0].position if cfg.store_samples else None, out_info)
-        return carry, out
+        c["block_grads"] = jnp.where(write, 0, block_grads)
+        c["block_div"] = jnp.where(write, False, block_div)
+        if cfg.progress_every:
+            done = i + 1
+            jax.lax.cond(
+                (done % cfg.progress_every == 0) | (done == total),
+                lambda: jax.debug.callback(_tick, bar_id, done),
+                lambda: None,
+            )
+        return c
 
-    n_kept = cfg.num_steps // cfg.thin
-    carry0 = (states, moments0, tot0, jnp.zeros((), dtype))
-    carry, (samples, infos) = jax.lax.scan(block, carry0, jnp.arange(n_kept))
-    states, (mean, m2), (grads, divs, acc), n = carry
-    variance = m2 / jnp.maximum(n - 1.0, 1.0)
+    c = jax.lax.fori_loop(0, total, body, carry)
     swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
-    samples = None if samples is None else swap(samples)
-    infos = jax.tree.map(swap, infos)
+    n = jnp.asarray(cfg.num_steps, dtype)
     return dict(
-        samples=samples,
-        info=infos,
-        mean=mean,
-        variance=variance,
-        sampler=samplers,
-        final_state=states,
-        grads=grads,
-        divs=divs,
-        acceptance=acc / cfg.num_steps,
-        warm_grads=w_grads,
-        warm_divs=w_divs,
+        samples=None if c["samples"] is None else swap(c["samples"]),
+        info=jax.tree.map(swap, c["info"]),
+        mean=c["mean"],
+        variance=c["m2"] / jnp.maximum(n - 1.0, 1.0),
+        sampler=c["samplers"],
+        final_state=c["states"],
+        grads=c["grads"],
+        divs=c["divs"],
+        acceptance=c["acc"] / n,
+        warm_grads=c["w_grads"],
+        warm_divs=c["w_divs"],
     )
 
 
-def _thin_loop(one_step, carry, i, thin):
-    """Run `thin` steps; return the carry and the infos of the last one."""
-
-    def body(c, k):
-        c, infos = one_step(c, i * thin + k)
-        return c, infos
-
-    carry, infos = jax.lax.scan(body, carry, jnp.arange(thin))
-    return carry, jax.tree.map(lambda a: a[-1], infos)
+_run_traced = eqx.debug.assert_max_traces(_run_impl, max_traces=None)
+_run = eqx.filter_jit(_run_traced)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +359,8 @@ def sample(
     - `x0`: one point (`event_shape`: every chain starts there), one point per chain
       (`(num_chains, *event_shape)`), or a previous `SampleResult` to resume from (its final
       states and adapted sampler; `num_warmup` then defaults to 0).
-    - `key`: a JAX PRNG key (same key → bitwise-identical results).
+    - `key`: a JAX PRNG key (same key → bitwise-identical results). Resuming with the key of
+      the previous run continues its random stream: the chains are those of one longer run.
     - `num_steps`: sampling steps per chain (after warmup); must be a multiple of `thin`.
     - `num_warmup`: adaptation steps per chain (default 1000, or 0 when resuming).
     - `num_chains`: number of chains (default: the leading axis of a batched `x0`, else 4).
@@ -420,6 +426,7 @@ def sample(
             )
         num_chains = prev.num_chains
         samplers, states = prev.sampler, prev.final_state
+        offset = prev.sampling_offset + prev.num_steps
     else:
         x0 = np.asarray(x0) if not isinstance(x0, jax.Array) else x0
         shape = tuple(np.shape(x0))
@@ -443,6 +450,7 @@ def sample(
         if not np.all(np.isfinite(np.asarray(x0s))):
             raise ValueError("`x0` must be finite.")
         sampler = adaptation.prepare(sampler, event_shape)
+        offset = 0
 
     sharding = None
     devices = jax.devices()
@@ -494,7 +502,16 @@ def sample(
         sharding=sharding,
     )
     try:
-        out = _run(samplers, energy, states, key, jnp.asarray(bar_id, jnp.int32), adaptation, cfg)
+        out = _run(
+            samplers,
+            energy,
+            states,
+            key,
+            jnp.asarray(offset, jnp.int32),
+            jnp.asarray(bar_id, jnp.int32),
+            adaptation,
+            cfg,
+        )
         if bar is not None:
             jax.block_until_ready(out)
             jax.effects_barrier()
@@ -522,4 +539,5 @@ def sample(
         num_divergent_warmup=total_of(out["warm_divs"]),
         num_grad_evals_warmup=total_of(out["warm_grads"]),
         acceptance_rate=np.asarray(out["acceptance"]),
+        sampling_offset=offset,
     )

@@ -18,7 +18,15 @@ def _target(shape=(3,)):
     return de.from_log_density(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(shape))
 
 
-def _run(sampler, target, x0s, key, n=4):
+def _nan_target(shape):
+    """A standard Gaussian whose log density is NaN where the first coordinate exceeds 0.2."""
+    return de.from_log_density(
+        lambda x: jnp.where(x.reshape(-1)[0] > 0.2, jnp.nan, -0.5 * jnp.sum(x**2)),
+        jnp.zeros(shape),
+    )
+
+
+def _run(sampler, target, x0s, key, n=6):
     """`n` steps of `len(x0s)` vmapped chains, compiled once per sampler."""
 
     @eqx.filter_jit
@@ -41,23 +49,25 @@ _EXPECTED_GRADS.update({"RMP-kinetic": 2, "RMP-overdamped": 2, "HMC": 5, "HMC-yo
 
 @pytest.mark.parametrize("name", NAMES)
 def test_contract(name, key, x64):
-    """Shapes (non-vector event), vmap over chains, jit, determinism, Info, cached score, and
-    float64 preserved."""
+    """Shapes (non-vector event), vmap over chains, jit, determinism, Info, cached score,
+    float64 preserved, and NaN log densities rejected and counted divergent."""
     sampler = SAMPLERS[name]()
     assert isinstance(sampler, ds.AbstractSampler)
-    target = _target((2, 3))
+    target = _nan_target((2, 3))
     x0s = 0.1 * jnp.ones((8, 2, 3), jnp.float64)
     run = eqx.filter_jit(lambda s, x, k: _run(s, target, x, k))
     state, (xs, info) = run(sampler, x0s, key)
-    assert xs.shape == (4, 8, 2, 3)
+    assert xs.shape == (6, 8, 2, 3)
     assert state.position.shape == (8, 2, 3)
     assert state.position.dtype == jnp.float64 and state.log_density.dtype == jnp.float64
     assert isinstance(info, ds.Info)
     for f in ("acceptance_rate", "is_divergent", "energy_error", "num_grad_evals"):
-        assert getattr(info, f).shape == (4, 8), f
+        assert getattr(info, f).shape == (6, 8), f
     assert info.is_divergent.dtype == jnp.bool_
-    assert not np.any(np.asarray(info.is_divergent))
+    # steps into the NaN region are never taken, and they are counted
     assert np.all(np.isfinite(np.asarray(xs)))
+    assert np.all(np.asarray(xs)[..., 0, 0] <= 0.2)
+    assert np.any(np.asarray(info.is_divergent))
     acc = np.asarray(info.acceptance_rate)
     assert np.all((acc >= 0) & (acc <= 1))
     n = np.asarray(info.num_grad_evals)

@@ -30,31 +30,33 @@ def _state(energy, x, p):
 
 @eqx.filter_jit
 def _trajectory(integrator, energy, metric, z, h, n):
-    def body(z, _):
+    """`n` steps of size `h` (both traced: one compilation per integrator and metric); returns the
+    end state and the largest energy error along the way."""
+    h0 = -z.log_density + metric.kinetic_energy(z.momentum)
+
+    def body(_, carry):
+        z, err = carry
         z = integrator.step(energy, metric, z, h)[0]
-        return z, z
+        e = jnp.abs(-z.log_density + metric.kinetic_energy(z.momentum) - h0)
+        return z, jnp.maximum(err, e)
 
-    return jax.lax.scan(body, z, None, length=n)
+    return jax.lax.fori_loop(0, n, body, (z, jnp.zeros_like(h0)))
 
 
-def _errors(integrator, metric=None):
-    metric = ds.IdentityMetric() if metric is None else metric
+def _errors(integrator, metric):
     energy = _anharmonic()
     z0 = _state(energy, jnp.array([0.8, -0.5, 1.2]), jnp.array([0.3, 0.9, -0.6]))
-    h0 = -z0.log_density + metric.kinetic_energy(z0.momentum)
     ref, _ = _trajectory(ds.Yoshida(), energy, metric, z0, 1.0 / 2048, 2048)
     out = []
     for n in (8, 16, 32, 64):
-        end, traj = _trajectory(integrator, energy, metric, z0, 1.0 / n, n)
-        h = -traj.log_density + jax.vmap(metric.kinetic_energy)(traj.momentum)
-        out.append(
-            (float(jnp.max(jnp.abs(h - h0))), float(jnp.max(jnp.abs(end.position - ref.position))))
-        )
+        end, err = _trajectory(integrator, energy, metric, z0, 1.0 / n, n)
+        out.append((float(err), float(jnp.max(jnp.abs(end.position - ref.position)))))
     return np.array(out)
 
 
 @pytest.mark.parametrize("cls", HAMILTONIAN_INTEGRATORS)
 def test_hamiltonian_order(cls, x64):
+    """Energy error (max along the trajectory) and global position error ∝ hᵖ."""
     integrator = cls()
     errs = _errors(integrator, ds.DiagonalMetric(jnp.array([1.0, 0.7, 1.5])))
     slopes = -np.diff(np.log2(errs), axis=0)  # halving h divides the error by 2**order
@@ -64,23 +66,19 @@ def test_hamiltonian_order(cls, x64):
 
 
 @pytest.mark.parametrize("cls", HAMILTONIAN_INTEGRATORS)
-@pytest.mark.parametrize("metric", ["identity", "diagonal", "dense"])
-def test_time_reversible(cls, metric, x64):
-    metrics = {
-        "identity": ds.IdentityMetric(),
-        "diagonal": ds.DiagonalMetric(jnp.array([1.0, 0.3, 2.0])),
-        "dense": ds.DenseMetric(jnp.array([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 2.0]])),
-    }
-    m = metrics[metric]
+def test_time_reversible(cls, x64):
+    """Forward, flip the momentum, forward again: back to the start to round-off (dense metric,
+    the most general); a negative step size integrates backwards."""
+    m = ds.DenseMetric(jnp.array([[1.0, 0.3, 0.0], [0.3, 0.5, 0.1], [0.0, 0.1, 2.0]]))
     energy = _anharmonic()
     z0 = _state(energy, jnp.array([0.8, -0.5, 1.2]), jnp.array([0.3, 0.9, -0.6]))
-    z1, _ = _trajectory(cls(), energy, m, z0, 0.1, 25)
+    h = jnp.asarray(0.1)
+    z1, _ = _trajectory(cls(), energy, m, z0, h, 25)
     back = eqx.tree_at(lambda z: z.momentum, z1, -z1.momentum)
-    z2, _ = _trajectory(cls(), energy, m, back, 0.1, 25)
+    z2, _ = _trajectory(cls(), energy, m, back, h, 25)
     np.testing.assert_allclose(z2.position, z0.position, atol=1e-12)
     np.testing.assert_allclose(-z2.momentum, z0.momentum, atol=1e-12)
-    # a negative step size integrates backwards
-    z3, _ = _trajectory(cls(), energy, m, z1, -0.1, 25)
+    z3, _ = _trajectory(cls(), energy, m, z1, -h, 25)
     np.testing.assert_allclose(z3.position, z0.position, atol=1e-12)
 
 
@@ -162,9 +160,9 @@ def test_linear_flow_coefficients_small_friction_limit(x64):
 # ---------------------------------------------------------------------------------------------
 
 
-def _stationary_cov(integrator, h, gamma, keys):
-    """Step map z -> A z + b(ξ) on N(0, 1): A by autodiff, Cov(b) over many keys, then solve
-    Σ = A Σ Aᵀ + Q."""
+@eqx.filter_jit
+def _step_map(integrator, h, gamma, keys):
+    """The step map z -> A z + b(ξ) on N(0, 1): A by autodiff and b over many keys."""
     energy = de.gaussian(jnp.zeros(1, jnp.float64))
     metric = ds.IdentityMetric()
 
@@ -174,17 +172,20 @@ def _stationary_cov(integrator, h, gamma, keys):
         return jnp.concatenate([z.position, z.momentum])
 
     zero = jnp.zeros(2)
-    a = np.asarray(jax.jacfwd(step)(zero, keys[0]))
-    b = np.asarray(jax.jit(jax.vmap(lambda k: step(zero, k)))(keys))
-    q = b.T @ b / len(b)  # E[b bᵀ] (mean zero)
+    return jax.jacfwd(step)(zero, keys[0]), jax.vmap(lambda k: step(zero, k))(keys)
+
+
+def _stationary_cov(integrator, h, gamma, keys):
+    """Solve Σ = A Σ Aᵀ + Q with Q = E[b bᵀ] estimated over the keys."""
+    a, b = (np.asarray(v) for v in _step_map(integrator, jnp.asarray(h), jnp.asarray(gamma), keys))
+    q = b.T @ b / len(b)
     # vec(Σ) = (I - A⊗A)^{-1} vec(Q)
-    sigma = np.linalg.solve(np.eye(4) - np.kron(a, a), q.reshape(-1)).reshape(2, 2)
-    return sigma
+    return np.linalg.solve(np.eye(4) - np.kron(a, a), q.reshape(-1)).reshape(2, 2)
 
 
 @pytest.mark.parametrize("cls", LANGEVIN_INTEGRATORS)
 def test_langevin_stationary_bias_rates(cls, x64):
-    keys = jax.random.split(jax.random.key(0), 400_000)
+    keys = jax.random.split(jax.random.key(0), 200_000)
     gamma = 1.0
     biases = []
     for h in (0.25, 0.5, 1.0):
@@ -197,6 +198,6 @@ def test_langevin_stationary_bias_rates(cls, x64):
         assert np.all(biases < mc), biases
     else:
         # second order: halving h divides the bias by ~4
-        assert biases[-1] > 10 * mc
+        assert biases[-1] > 5 * mc
         ratio = biases[2] / biases[1]
         assert 2.5 < ratio < 6.5, (cls.__name__, biases)
