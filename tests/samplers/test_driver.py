@@ -90,7 +90,7 @@ def test_thinning_and_bounded_memory():
     assert m.samples is None
     assert m.mean.shape == (2, 3)
     with pytest.raises(ValueError, match="store_samples"):
-        m.ess
+        _ = m.ess
     with pytest.raises(ValueError, match="multiple of `thin`"):
         _mala(num_steps=10, thin=3)
 
