@@ -1,1 +1,42 @@
-"""driftax.flows (see DESIGN.md)."""
+"""Normalizing flows: bijections, flow distributions (which are energies), factories, training."""
+
+from ._autoregressive import MaskedAutoregressive as MaskedAutoregressive
+from ._bijection import (
+    AbstractBijection as AbstractBijection,
+    Chain as Chain,
+    Invert as Invert,
+    Scan as Scan,
+)
+from ._coupling import (
+    Coupling as Coupling,
+    checkerboard_mask as checkerboard_mask,
+    half_mask as half_mask,
+)
+from ._distribution import Flow as Flow, StandardNormal as StandardNormal
+from ._elementwise import (
+    Affine as Affine,
+    Logit as Logit,
+    Sigmoid as Sigmoid,
+    Softplus as Softplus,
+    Tanh as Tanh,
+)
+from ._factories import (
+    coupling_flow as coupling_flow,
+    masked_autoregressive_flow as masked_autoregressive_flow,
+    planar_flow as planar_flow,
+    radial_flow as radial_flow,
+)
+from ._linear import (
+    ActNorm as ActNorm,
+    LULinear as LULinear,
+    Permutation as Permutation,
+    Reverse as Reverse,
+    random_permutation as random_permutation,
+)
+from ._planar import Planar as Planar, Radial as Radial
+from ._transformers import (
+    AbstractTransformer as AbstractTransformer,
+    AffineTransformer as AffineTransformer,
+    CircularSplineTransformer as CircularSplineTransformer,
+    SplineTransformer as SplineTransformer,
+)

@@ -1,0 +1,142 @@
+"""Coupling layers (RealNVP, neural spline flows) with arbitrary masks, incl. checkerboards."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._custom_types import Key, Shape
+from ._bijection import AbstractBijection, _check_shape_arg, check_input
+from ._nn import MLP, hidden_widths
+from ._transformers import AbstractTransformer, make_transformer
+
+
+def checkerboard_mask(shape, parity: int = 0) -> np.ndarray:
+    """A boolean checkerboard mask of `shape` (for lattice fields): `True` where the sum of the
+    indices has the given `parity`. `True` marks the coordinates a coupling layer leaves
+    unchanged (and conditions on)."""
+    shape = _check_shape_arg(shape)
+    if parity not in (0, 1):
+        raise ValueError(f"`parity` must be 0 or 1, got {parity!r}.")
+    return (np.indices(shape).sum(axis=0) % 2) == parity
+
+
+def half_mask(dim: int, first: bool = True) -> np.ndarray:
+    """The mask that keeps the first `dim // 2` coordinates (or the last `dim - dim // 2`)."""
+    m = np.arange(dim) < dim // 2
+    return m if first else ~m
+
+
+def _take(flat, idx: tuple[int, ...]):
+    start = idx[0]
+    if idx == tuple(range(start, start + len(idx))):
+        return flat[start : start + len(idx)]
+    return flat[np.asarray(idx)]
+
+
+def _merge(kept, kept_idx, changed, changed_idx, size):
+    if kept_idx == tuple(range(len(kept_idx))) and changed_idx == tuple(range(len(kept_idx), size)):
+        return jnp.concatenate([kept, changed])
+    if changed_idx == tuple(range(len(changed_idx))) and kept_idx == tuple(
+        range(len(changed_idx), size)
+    ):
+        return jnp.concatenate([changed, kept])
+    out = jnp.zeros((size,), changed.dtype)
+    return out.at[np.asarray(kept_idx)].set(kept).at[np.asarray(changed_idx)].set(changed)
+
+
+class Coupling(AbstractBijection):
+    """A coupling layer: the coordinates where `mask` is `True` pass through unchanged and drive a
+    conditioner network whose outputs parameterize an elementwise transformer of the others.
+
+    **Arguments:**
+
+    - `key`: PRNG key for the conditioner.
+    - `shape`: the event shape (an int `d` for vectors, or a tuple, e.g. a lattice `(L, L)`).
+    - `mask`: boolean array of `shape`, `True` = unchanged (default: the first `d // 2`
+      coordinates of the flattened event). It must have at least one `True` and one `False`.
+    - `transformer`: `"affine"` (RealNVP), `"spline"` (rational-quadratic, neural spline flow),
+      `"circular_spline"` (angles in `[-π, π)`), or an [`AbstractTransformer`][].
+    - `hidden`: conditioner hidden width (an int, with `depth` layers) or a sequence of widths.
+    - `depth`: number of hidden layers when `hidden` is an int (default 1).
+    - `cond_dim`: size of a vector condition (`None`: unconditional).
+    - `activation`: conditioner activation (default `jax.nn.relu`).
+    - `**transformer_options`: e.g. `knots`, `interval` for splines, `min_scale` for affine.
+
+    The conditioner's last layer starts at zero, so the layer starts as the identity.
+    """
+
+    conditioner: MLP
+    transformer: AbstractTransformer
+    kept_index: tuple[int, ...] = eqx.field(static=True)
+    changed_index: tuple[int, ...] = eqx.field(static=True)
+    shape: Shape = eqx.field(static=True)
+    cond_shape: Shape | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        key: Key,
+        shape,
+        *,
+        mask=None,
+        transformer="affine",
+        hidden=64,
+        depth: int | None = None,
+        cond_dim: int | None = None,
+        activation: Callable = jax.nn.relu,
+        **transformer_options,
+    ):
+        shape = _check_shape_arg(shape)
+        size = math.prod(shape)
+        if mask is None:
+            mask = half_mask(size).reshape(shape)
+        mask = np.asarray(mask)
+        if mask.shape != shape or mask.dtype != bool:
+            raise ValueError(
+                f"`mask` must be a boolean array of shape {shape}, got {mask.dtype}{mask.shape}."
+            )
+        flat = mask.reshape(-1)
+        if flat.all() or not flat.any():
+            raise ValueError(
+                "`mask` must keep at least one coordinate (True) and change at least one "
+                "(False); a coupling layer needs both (for d = 1 use an elementwise bijection)."
+            )
+        if cond_dim is not None and (isinstance(cond_dim, bool) or int(cond_dim) < 1):
+            raise ValueError(f"`cond_dim` must be a positive int or None, got {cond_dim!r}.")
+        self.transformer = make_transformer(transformer, **transformer_options)
+        self.kept_index = tuple(int(i) for i in np.flatnonzero(flat))
+        self.changed_index = tuple(int(i) for i in np.flatnonzero(~flat))
+        self.shape = shape
+        self.cond_shape = None if cond_dim is None else (int(cond_dim),)
+        n_in = len(self.kept_index) + (0 if cond_dim is None else int(cond_dim))
+        n_out = len(self.changed_index) * self.transformer.num_params
+        self.conditioner = MLP(
+            key, n_in, n_out, hidden_widths(hidden, depth), activation=activation
+        )
+
+    def _raw(self, kept, condition):
+        inp = kept if condition is None else jnp.concatenate([kept, condition.reshape(-1)])
+        return self.conditioner(inp).reshape(len(self.changed_index), self.transformer.num_params)
+
+    def _apply(self, x, condition, inverse: bool):
+        flat = x.reshape(-1)
+        kept = _take(flat, self.kept_index)
+        changed = _take(flat, self.changed_index)
+        raw = self._raw(kept, condition)
+        fn = self.transformer.inverse if inverse else self.transformer.forward
+        new, log_grad = fn(changed, raw)
+        out = _merge(kept, self.kept_index, new, self.changed_index, flat.size)
+        return out.reshape(self.shape), jnp.sum(log_grad)
+
+    def transform_and_log_det(self, x, condition=None):
+        x, condition = check_input(self, x, condition)
+        return self._apply(x, condition, inverse=False)
+
+    def inverse_and_log_det(self, y, condition=None):
+        y, condition = check_input(self, y, condition, "y")
+        return self._apply(y, condition, inverse=True)

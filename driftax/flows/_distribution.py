@@ -1,0 +1,169 @@
+"""Flow distributions: a base distribution pushed through a bijection. A flow IS an energy."""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._custom_types import Array, Key, Point, Scalar, Shape
+from ..energies._base import (
+    AbstractEnergy,
+    AbstractKnownMoments,
+    AbstractKnownNormalizer,
+    AbstractSampleable,
+    check_event,
+    check_sample_shape,
+)
+from ._bijection import AbstractBijection, _check_shape_arg
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class StandardNormal(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
+    """The standard normal `N(0, I)` on any event shape: the default base of a flow."""
+
+    event_shape: Shape = eqx.field(static=True)
+
+    def __init__(self, shape):
+        self.event_shape = _check_shape_arg(shape)
+
+    def log_density(self, x: Point) -> Scalar:
+        x = check_event(x, self.event_shape)
+        return -0.5 * jnp.sum(x**2) - 0.5 * self.dim * _LOG_2PI
+
+    def sample(self, key: Key, shape: Shape | int = ()) -> Array:
+        shape = check_sample_shape(shape)
+        return jax.random.normal(key, (*shape, *self.event_shape), jnp.result_type(float))
+
+    @property
+    def log_normalizer(self) -> Scalar:
+        return jnp.zeros((), jnp.result_type(float))
+
+    @property
+    def mean(self) -> Array:
+        return jnp.zeros(self.event_shape, jnp.result_type(float))
+
+    @property
+    def variance(self) -> Array:
+        return jnp.ones(self.event_shape, jnp.result_type(float))
+
+
+def _batched(fn, n_batch_dims: int):
+    for _ in range(n_batch_dims):
+        fn = jax.vmap(fn)
+    return fn
+
+
+class Flow(AbstractSampleable, AbstractKnownNormalizer):
+    """A normalizing flow: `x = T(z)` with `z ~ base` and `T = bijection`.
+
+    It is an energy (`log_density` is normalized, `log_normalizer == 0`) with exact `sample` and
+    `sample_and_log_density`, so anything that consumes an energy consumes a flow. Conditional
+    flows take a keyword `condition` (one condition of the bijection's `cond_shape`, or a batch of
+    them matching the sample shape).
+
+    **Arguments:**
+
+    - `base`: a sampleable energy with a known normalizer, e.g. [`StandardNormal`][].
+    - `bijection`: an [`AbstractBijection`][] of the same shape.
+
+    **Example:**
+
+    ```python
+    import jax
+    import driftax as dx
+
+    flow = dx.flows.coupling_flow(jax.random.key(0), dim=2, transformer="spline")
+    x, log_q = flow.sample_and_log_density(jax.random.key(1), (5,))   # (5, 2), (5,)
+    ```
+    """
+
+    base: AbstractEnergy
+    bijection: AbstractBijection
+
+    def __init__(self, base: AbstractEnergy, bijection: AbstractBijection):
+        if not isinstance(bijection, AbstractBijection):
+            raise TypeError(f"`bijection` must be an AbstractBijection, got {type(bijection)}.")
+        if not isinstance(base, AbstractSampleable) or not isinstance(
+            base, AbstractKnownNormalizer
+        ):
+            raise TypeError(
+                "`base` must be a sampleable energy with a known normalizer "
+                f"(AbstractSampleable and AbstractKnownNormalizer), got {type(base).__name__}."
+            )
+        if tuple(base.event_shape) != tuple(bijection.shape):
+            raise ValueError(
+                f"`base` event shape {tuple(base.event_shape)} must equal the bijection shape "
+                f"{tuple(bijection.shape)}."
+            )
+        self.base = base
+        self.bijection = bijection
+
+    @property
+    def event_shape(self) -> Shape:
+        return tuple(self.bijection.shape)
+
+    @property
+    def cond_shape(self) -> Shape | None:
+        """Shape of one condition (`None` for an unconditional flow)."""
+        return self.bijection.cond_shape
+
+    @property
+    def log_normalizer(self) -> Scalar:
+        return jnp.zeros((), jnp.result_type(float))
+
+    def _base_log_density(self, z):
+        base = self.base
+        return base.log_density(z) - base.log_normalizer  # type: ignore[attr-defined]
+
+    def log_density(self, x: Point, condition: Array | None = None) -> Scalar:
+        """Normalized `log q(x) = log p_base(T⁻¹(x)) + log|det ∂T⁻¹/∂x|` of ONE point."""
+        x = check_event(x, self.event_shape)
+        z, log_det = self.bijection.inverse_and_log_det(x, condition)
+        return self._base_log_density(z) + log_det
+
+    def transform_and_log_density(self, z: Point, condition: Array | None = None):
+        """`(T(z), log q(T(z)))` for ONE base point `z` (the reparameterization of reverse KL)."""
+        z = check_event(z, self.event_shape)
+        x, log_det = self.bijection.transform_and_log_det(z, condition)
+        return x, self._base_log_density(z) - log_det
+
+    def _condition_batch(self, condition, shape):
+        if condition is None:
+            return None, False
+        condition = jnp.asarray(condition)
+        cs = self.cond_shape
+        if cs is None:
+            raise ValueError("this flow is unconditional: do not pass `condition`.")
+        if tuple(condition.shape) == tuple(cs):
+            return condition, False
+        if tuple(condition.shape) == (*shape, *cs):
+            return condition, True
+        raise ValueError(
+            f"`condition` must have shape {tuple(cs)} or {(*shape, *cs)}, got {condition.shape}."
+        )
+
+    def sample_and_log_density(
+        self, key: Key, shape: Shape | int = (), condition: Array | None = None
+    ) -> tuple[Array, Array]:
+        """Draw `x` of shape `(*shape, *event_shape)` and its normalized log density `(*shape)`."""
+        shape = check_sample_shape(shape)
+        z = self.base.sample(key, shape)  # type: ignore[attr-defined]
+        condition, batched = self._condition_batch(condition, shape)
+        if batched:
+            fn = _batched(self.transform_and_log_density, len(shape))
+            return fn(z, condition)
+        fn = _batched(lambda zz: self.transform_and_log_density(zz, condition), len(shape))
+        return fn(z)
+
+    def sample(self, key: Key, shape: Shape | int = (), condition: Array | None = None) -> Array:
+        """Exact draws of shape `(*shape, *event_shape)`."""
+        shape = check_sample_shape(shape)
+        z = self.base.sample(key, shape)  # type: ignore[attr-defined]
+        condition, batched = self._condition_batch(condition, shape)
+        if batched:
+            return _batched(self.bijection.transform, len(shape))(z, condition)
+        return _batched(lambda zz: self.bijection.transform(zz, condition), len(shape))(z)
