@@ -1,0 +1,159 @@
+"""Statistical correctness against ground truth, with tolerances from the Monte Carlo standard
+error (ArviZ ESS-based MCSE), never a bare atol. Unadjusted samplers are additionally allowed a
+small stated discretization bias."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import driftax as dx
+import driftax.energies as de
+import driftax.samplers as ds
+
+from .registry import SAMPLERS
+
+UNADJUSTED_BIAS = 0.1  # relative bias allowed for unadjusted kernels at the default target
+
+
+def check_moments(samples, mean, variance, *, bias=0.0, n_mcse=5.0, label=""):
+    """|mean error| ≤ n·MCSE + bias·σ and |E(x-μ)² - σ²| ≤ n·MCSE + bias·σ², per coordinate."""
+    x = np.asarray(samples, dtype=np.float64)
+    x = x.reshape(*x.shape[:2], -1)
+    mean = np.asarray(mean, np.float64).reshape(-1)
+    variance = np.asarray(variance, np.float64).reshape(-1)
+    err_m = np.abs(x.mean((0, 1)) - mean)
+    tol_m = n_mcse * ds.mcse(x, "mean") + bias * np.sqrt(variance)
+    assert np.all(err_m <= tol_m), f"{label} mean: error {err_m} > tolerance {tol_m}"
+    y = (x - mean) ** 2
+    err_v = np.abs(y.mean((0, 1)) - variance)
+    tol_v = n_mcse * ds.mcse(y, "mean") + bias * variance
+    assert np.all(err_v <= tol_v), f"{label} variance: error {err_v} > tolerance {tol_v}"
+
+
+def _bias(sampler):
+    return 0.0 if sampler.is_adjusted else UNADJUSTED_BIAS
+
+
+# one representative per kernel class in the default suite; the whole registry in the slow one
+DEFAULT = ["RandomWalk", "ULA", "MALA", "HMC", "NUTS", "ChEESHMC", "UBU", "RMP-kinetic"]
+
+
+@pytest.mark.parametrize("name", DEFAULT)
+def test_ill_conditioned_gaussian_small(name):
+    target = de.ill_conditioned_gaussian(3, 10.0)
+    sampler = SAMPLERS[name]()
+    r = dx.sample(
+        sampler,
+        target,
+        jnp.ones(3),
+        key=jax.random.key(1),
+        num_steps=2000,
+        num_warmup=1000,
+        num_chains=4,
+    )
+    assert r.num_divergent == 0
+    assert np.all(r.rhat < 1.1)
+    check_moments(r.samples, target.mean, target.variance, bias=_bias(sampler), label=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_ill_conditioned_gaussian_d20_kappa100(name):
+    target = de.ill_conditioned_gaussian(20, 100.0)
+    sampler = SAMPLERS[name]()
+    n = 20_000 if name in ("RandomWalk", "ULA", "RMP-overdamped") else 4000
+    r = dx.sample(
+        sampler,
+        target,
+        jnp.ones(20),
+        key=jax.random.key(2),
+        num_steps=n,
+        num_warmup=1000,
+        num_chains=4,
+    )
+    assert r.num_divergent == 0
+    check_moments(r.samples, target.mean, target.variance, bias=_bias(sampler), label=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEFAULT)
+def test_banana(name):
+    target = de.banana()
+    sampler = SAMPLERS[name]()
+    n = 20_000 if name in ("RandomWalk", "ULA") else 5000
+    r = dx.sample(
+        sampler,
+        target,
+        jnp.zeros(2),
+        key=jax.random.key(3),
+        num_steps=n,
+        num_warmup=1000,
+        num_chains=4,
+    )
+    check_moments(r.samples, target.mean, target.variance, bias=_bias(sampler), label=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEFAULT)
+def test_logistic_regression(name):
+    target = de.logistic_regression()
+    sampler = SAMPLERS[name]()
+    n = 10_000 if name in ("RandomWalk", "ULA") else 2000
+    x0 = jnp.zeros(target.event_shape)
+    r = dx.sample(
+        sampler, target, x0, key=jax.random.key(4), num_steps=n, num_warmup=1000, num_chains=4
+    )
+    assert r.num_divergent == 0
+    x = np.asarray(r.samples, np.float64)
+    # tolerance: our MCSE and the reference's MCSE combined
+    ref_m, ref_v = np.asarray(target.mean), np.asarray(target.variance)
+    err_m = np.abs(x.mean((0, 1)) - ref_m)
+    tol_m = 5 * np.hypot(ds.mcse(x, "mean"), np.asarray(target.reference_mcse_mean))
+    tol_m += _bias(sampler) * np.sqrt(ref_v)
+    assert np.all(err_m <= tol_m), (name, err_m, tol_m)
+    y = (x - x.mean((0, 1))) ** 2
+    err_v = np.abs(y.mean((0, 1)) - ref_v)
+    tol_v = 5 * np.hypot(ds.mcse(y, "mean"), np.asarray(target.reference_mcse_variance))
+    tol_v += _bias(sampler) * ref_v
+    assert np.all(err_v <= tol_v), (name, err_v, tol_v)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["NUTS", "HMC"])
+def test_funnel_x0_marginal(name):
+    target = de.funnel(10)
+    sampler = {
+        "NUTS": ds.NUTS(step_size=0.1),
+        "HMC": ds.HMC(step_size=0.1, num_integration_steps=30),
+    }[name]
+    r = dx.sample(
+        sampler,
+        target,
+        jnp.zeros(10),
+        key=jax.random.key(5),
+        num_steps=10_000,
+        num_warmup=2000,
+        num_chains=4,
+        adaptation=ds.WindowAdaptation(target=0.95),
+    )
+    x0 = np.asarray(r.samples[..., 0], np.float64)
+    check_moments(x0[..., None], 0.0, 9.0, label=f"{name} funnel x0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["HMC", "NUTS"])
+def test_u1_plaquette(name):
+    target = de.u1_lattice(8, 6.0)
+    sampler = {
+        "NUTS": ds.NUTS(step_size=0.2),
+        "HMC": ds.HMC(step_size=0.2, num_integration_steps=10),
+    }[name]
+    x0 = jnp.zeros(target.event_shape)
+    r = dx.sample(
+        sampler, target, x0, key=jax.random.key(6), num_steps=4000, num_warmup=500, num_chains=4
+    )
+    plaq = np.asarray(jax.vmap(jax.vmap(target.mean_plaquette))(r.samples), np.float64)
+    err = abs(plaq.mean() - target.exact_plaquette)
+    mcse = float(ds.mcse(plaq[..., None], "mean")[0])
+    assert err <= 3 * mcse, (name, plaq.mean(), target.exact_plaquette, mcse)
