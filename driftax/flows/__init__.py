@@ -34,6 +34,14 @@ from ._linear import (
     random_permutation as random_permutation,
 )
 from ._planar import Planar as Planar, Radial as Radial
+from ._train import (
+    fit_max_likelihood as fit_max_likelihood,
+    fit_reverse_kl as fit_reverse_kl,
+    forward_kl_loss as forward_kl_loss,
+    importance_diagnostics as importance_diagnostics,
+    max_likelihood_loss as max_likelihood_loss,
+    reverse_kl_loss as reverse_kl_loss,
+)
 from ._transformers import (
     AbstractTransformer as AbstractTransformer,
     AffineTransformer as AffineTransformer,

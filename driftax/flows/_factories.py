@@ -49,7 +49,7 @@ def _transformer_options(transformer, knots, interval):
 
 
 def planar_flow(
-    key: Key, dim: int, num_layers: int = 16, *, init_scale: float = 0.1, base=None
+    key: Key, dim: int, num_layers: int = 16, *, init_scale: float = 0.5, base=None
 ) -> Flow:
     """A flow of `num_layers` [`Planar`][] layers on `R^dim` (Rezende & Mohamed, 2015).
 
@@ -58,7 +58,8 @@ def planar_flow(
     - `key`: PRNG key for the initial parameters.
     - `dim`: the dimension.
     - `num_layers`: number of planar layers.
-    - `init_scale`: standard deviation of the initial parameters.
+    - `init_scale`: standard deviation of the initial parameters (too small a value makes a
+      reverse-KL fit collapse onto one mode more often).
     - `base`: base distribution (default: standard normal).
 
     **Returns:** a [`Flow`][]. Sampling is explicit; `log_density` inverts each layer by a
