@@ -7,6 +7,7 @@ from ._bijection import (
     Invert as Invert,
     Scan as Scan,
 )
+from ._cnf import CNF as CNF, MLPVectorField as MLPVectorField, continuous_flow as continuous_flow
 from ._coupling import (
     Coupling as Coupling,
     checkerboard_mask as checkerboard_mask,

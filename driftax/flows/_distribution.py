@@ -119,10 +119,19 @@ class Flow(AbstractSampleable, AbstractKnownNormalizer):
         base = self.base
         return base.log_density(z) - base.log_normalizer  # type: ignore[attr-defined]
 
-    def log_density(self, x: Point, condition: Array | None = None) -> Scalar:
-        """Normalized `log q(x) = log p_base(T⁻¹(x)) + log|det ∂T⁻¹/∂x|` of ONE point."""
+    def log_density(
+        self, x: Point, condition: Array | None = None, *, key: Key | None = None
+    ) -> Scalar:
+        """Normalized `log q(x) = log p_base(T⁻¹(x)) + log|det ∂T⁻¹/∂x|` of ONE point.
+
+        `key` is passed on to bijections with a stochastic log-det (a [`CNF`][] with Hutchinson
+        divergence); the result is then an unbiased estimate.
+        """
         x = check_event(x, self.event_shape)
-        z, log_det = self.bijection.inverse_and_log_det(x, condition)
+        if key is None:
+            z, log_det = self.bijection.inverse_and_log_det(x, condition)
+        else:
+            z, log_det = self.bijection.inverse_and_log_det(x, condition, key=key)  # type: ignore[call-arg]
         return self._base_log_density(z) + log_det
 
     def transform_and_log_density(self, z: Point, condition: Array | None = None):
