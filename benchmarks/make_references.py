@@ -588,13 +588,16 @@ def main():
     parser.add_argument("--float32", action="store_true", help="LGCP SMC in float32")
     parser.add_argument("--runs", type=int, default=None, help="override (LGCP)")
     parser.add_argument("--particles", type=int, default=None, help="override (LGCP)")
+    parser.add_argument("--mcmc-steps", type=int, default=None, help="override (LGCP)")
+    parser.add_argument("--target-ess", type=float, default=None, help="override (LGCP)")
+    parser.add_argument("--out", type=pathlib.Path, default=None, help="output folder")
     args = parser.parse_args()
-    for k in ("runs", "particles"):
+    for k in ("runs", "particles", "mcmc_steps", "target_ess"):
         if getattr(args, k) is not None:
             for s in LGCP_SETTINGS.values():
                 s[k] = getattr(args, k)
             QUICK_LGCP[k] = getattr(args, k)
-    out_dir = QUICK_OUT if args.quick else DATA
+    out_dir = args.out or (QUICK_OUT if args.quick else DATA)
     names = ["dw4", "lj13", "lgcp"] if args.target == "all" else [args.target]
     for k in ("chains", "draws", "thin", "adapt", "burnin"):
         if getattr(args, k) is not None:

@@ -7,6 +7,7 @@ licences) and are read with `importlib.resources`.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import itertools
 import math
@@ -23,7 +24,9 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _LOGREG_DATA = "breast_cancer.npz"
 _LOGREG_REFERENCE = "logreg_reference.npz"
 _LGCP_DATA = "lgcp_synthetic_points.npz"
+_LGCP_REFERENCE = "lgcp_reference.npz"
 _LOGREG_SCRIPT = "benchmarks/make_logreg_reference.py"
+_REFERENCES_SCRIPT = "benchmarks/make_references.py"
 
 
 def _data_file(name: str):
@@ -229,7 +232,13 @@ class LGCP(AbstractEnergy):
     **Data:** a synthetic point pattern simulated once from the prior (seed 0, see
     [`simulate_lgcp_points`][]) is shipped; the Finnish pines data used in the papers are not, so
     numbers are not comparable to published ones. Smaller grids bin the same points.
-    **Ground truth:** `log_normalizer` needs a long SMC run and raises `NotImplementedError`.
+
+    **Ground truth:** for the grids with a stored reference (40, the default, and 4),
+    `log_normalizer` is the mean of independent tempered-SMC estimates and
+    `log_normalizer_stderr` their standard error (`reference_info` has the run settings and
+    cross-checks); see `benchmarks/make_references.py` and `driftax/energies/data/README.md`.
+    Compare an estimate against it with a tolerance that includes `log_normalizer_stderr`. Other
+    grids raise `NotImplementedError`.
     """
 
     grid: int = eqx.field(static=True)
@@ -240,6 +249,7 @@ class LGCP(AbstractEnergy):
     mu: float = eqx.field(static=True)
     bin_area: float = eqx.field(static=True)
     half_log_det: float = eqx.field(static=True)
+    _reference_info: tuple[tuple[str, float], ...] = eqx.field(static=True, default=())
 
     def latent_from_white(self, e: Point) -> Point:
         """`f = μ + L e`."""
@@ -269,13 +279,57 @@ class LGCP(AbstractEnergy):
         """The data: counts per bin, shape `(grid, grid)`."""
         return self.counts.reshape(self.grid, self.grid)
 
+    def _ref(self, key: str) -> float:
+        info = dict(self._reference_info)
+        if not info:
+            grids = ", ".join(str(g) for g in _lgcp_reference_grids()) or "none"
+            raise NotImplementedError(
+                f"No reference log Z is stored for the {self.grid}x{self.grid} LGCP (stored grids: "
+                f"{grids}); it needs a long SMC run: `python {_REFERENCES_SCRIPT} --target lgcp "
+                f"--grids {self.grid}` (issue 6)."
+            )
+        return info[key]
+
     @property
     def log_normalizer(self) -> Scalar:
-        """Not available yet: raises `NotImplementedError`."""
-        raise NotImplementedError(
-            "The reference log Z of the LGCP target needs a long SMC run (with its error); it is "
-            "provided by issue 6 (unnormalized-density samplers) and not shipped yet."
-        )
+        """The reference log Z (log marginal likelihood, the same in both parameterisations): the
+        mean of independent tempered-SMC runs. Its standard error is `log_normalizer_stderr`.
+        Raises `NotImplementedError` for grids without a stored reference."""
+        return jnp.asarray(self._ref("log_z"), jnp.result_type(float))
+
+    @property
+    def log_normalizer_stderr(self) -> float:
+        """The standard error of `log_normalizer` (standard deviation of the independent SMC
+        estimates / √runs)."""
+        return self._ref("log_z_se")
+
+    @property
+    def reference_info(self) -> dict[str, float]:
+        """How the reference log Z was made: runs, particles, MCMC steps, stages, acceptance,
+        seed, seconds, and the cross-checks (`is_log_z` ± `is_log_z_se` by importance sampling
+        from the variational Gaussian, with `is_ess`; `elbo`; `log_z_laplace`)."""
+        self._ref("log_z")
+        return dict(self._reference_info)
+
+
+@functools.cache
+def _lgcp_reference_table() -> dict[int, dict[str, float]]:
+    if not _data_file(_LGCP_REFERENCE).is_file():
+        return {}
+    raw = _load_npz(_LGCP_REFERENCE)
+    table = {}
+    for grid in raw["grids"]:
+        prefix = f"grid{int(grid)}_"
+        table[int(grid)] = {
+            k[len(prefix) :]: float(v)
+            for k, v in raw.items()
+            if k.startswith(prefix) and np.ndim(v) == 0
+        }
+    return table
+
+
+def _lgcp_reference_grids() -> list[int]:
+    return sorted(_lgcp_reference_table())
 
 
 def lgcp(grid: int = 40, *, whitened: bool = False) -> LGCP:
@@ -287,6 +341,8 @@ def lgcp(grid: int = 40, *, whitened: bool = False) -> LGCP:
     - `grid`: cells per side (an int ≥ 1); small grids are for tests.
     - `whitened`: `False` (default): the latent field itself; `True`: the whitened
       parameterisation `f = μ + L e`. Same log Z either way.
+
+    `log_normalizer` (± `log_normalizer_stderr`) is the stored SMC reference for `grid` 40 and 4.
     """
     if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
         raise ValueError(f"`grid` must be an int >= 1, got {grid!r}.")
@@ -305,4 +361,5 @@ def lgcp(grid: int = 40, *, whitened: bool = False) -> LGCP:
         mu=float(LGCP_MEAN),
         bin_area=1.0 / grid**2,
         half_log_det=float(np.sum(np.log(np.diag(chol)))),
+        _reference_info=tuple(sorted(_lgcp_reference_table().get(grid, {}).items())),
     )

@@ -10,11 +10,18 @@ should start from centred points (`target.remove_mean(x)`) and keep them centred
 proposal or noise increment with `remove_mean` (for Langevin/HMC with an identity metric the
 score is already orthogonal to the centre-of-mass directions, so only the injected noise needs the
 projection). Metrics (energy histograms, interatomic distances) are invariant anyway.
+
+**Reference samples.** `dw4()` and `lj13()` (default parameters only) ship 10 000 reference
+samples from long blackjax HMC runs with their convergence diagnostics
+(`benchmarks/make_references.py`; see `driftax/energies/data/README.md`): `reference_samples()`,
+`reference_energies()` and `reference_info`. LJ-55 needs GPU-scale runs and has none.
 """
 
 from __future__ import annotations
 
 import abc
+import functools
+import importlib.resources
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -25,6 +32,19 @@ from ._base import AbstractEnergy, check_event, check_finite, check_positive
 
 # Issue that provides long-run reference samples for the particle targets.
 _REFERENCE_ISSUE = "issue 6 (unnormalized-density samplers)"
+_REFERENCE_SCRIPT = "benchmarks/make_references.py"
+
+
+@functools.cache
+def _load_reference(name: str) -> dict[str, np.ndarray]:
+    path = importlib.resources.files("driftax.energies").joinpath("data", f"{name}_reference.npz")
+    if not path.is_file():
+        raise NotImplementedError(
+            f"The reference samples file `{name}_reference.npz` is missing; generate it with "
+            f"`python {_REFERENCE_SCRIPT} --target {name}`."
+        )
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
 
 
 def _scalar(value, name: str) -> float:
@@ -38,8 +58,9 @@ class AbstractParticleSystem(AbstractEnergy):
     """`n_particles` particles in `spatial_dim` dimensions at temperature `temperature`, as a flat
     vector; `log_density(x) = −physical_energy(x) / temperature`.
 
-    Concrete helpers: `positions`, `remove_mean`, `interatomic_distances`; `reference_samples()`
-    raises `NotImplementedError` until long-run reference samples exist.
+    Concrete helpers: `positions`, `remove_mean`, `interatomic_distances`; `reference_samples()`,
+    `reference_energies()` and `reference_info` give the stored long-run reference where one
+    exists (`dw4()`, `lj13()`) and raise `NotImplementedError` otherwise.
     """
 
     n_particles: eqx.AbstractVar[int]
@@ -72,16 +93,51 @@ class AbstractParticleSystem(AbstractEnergy):
         positive = sq > 0
         return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
-    def reference_samples(self) -> Array:
-        """Long-run reference samples (not available yet).
+    def _reference_name(self) -> str | None:
+        """The name of the shipped reference for this exact definition, or `None`."""
+        return None
 
-        Raises `NotImplementedError`: reference samples for DW-4 / LJ-13 / LJ-55 need long MCMC
-        runs and come with the unnormalized-density samplers.
+    def _reference(self) -> dict[str, np.ndarray]:
+        name = self._reference_name()
+        if name is None:
+            what = f"{type(self).__name__} ({self.n_particles} particles)"
+            if self.n_particles > 13:
+                raise NotImplementedError(
+                    f"Reference samples for {what} need GPU-scale MCMC runs and are not shipped "
+                    f"({_REFERENCE_ISSUE}); `{_REFERENCE_SCRIPT}` makes them for DW-4 and LJ-13."
+                )
+            raise NotImplementedError(
+                f"Reference samples exist only for the default definitions of `dw4()` and "
+                f"`lj13()` (temperature 1, default parameters); {what} differs from them. "
+                f"Generate your own with `{_REFERENCE_SCRIPT}` ({_REFERENCE_ISSUE})."
+            )
+        return _load_reference(name)
+
+    def reference_samples(self) -> Array:
+        """Long-run reference samples, shape `(10000, dim)`, centre of mass removed.
+
+        Available for `dw4()` and `lj13()` with their default parameters: 100 independent blackjax
+        HMC chains × 100 draws, thinned so the draws are nearly independent (the ESS of the energy
+        and of the interatomic distances is stored in `reference_info`), chain-major (rows
+        `100·c … 100·c + 99` come from chain `c`). Made by `benchmarks/make_references.py`; see
+        `driftax/energies/data/README.md`.
+
+        Raises `NotImplementedError` for LJ-55 (GPU-scale runs) and for non-default variants.
         """
-        raise NotImplementedError(
-            f"Reference samples for {type(self).__name__} ({self.n_particles} particles) need a "
-            f"long MCMC run; they are provided by {_REFERENCE_ISSUE} and not shipped yet."
-        )
+        samples = self._reference()["samples"]
+        return jnp.asarray(samples, jnp.result_type(float))
+
+    def reference_energies(self) -> Array:
+        """`physical_energy` of each reference sample (as stored by the generating run)."""
+        return jnp.asarray(self._reference()["energies"], jnp.result_type(float))
+
+    @property
+    def reference_info(self) -> dict[str, float]:
+        """How the reference samples were made and their diagnostics: chains, draws, thinning,
+        warmup, seed, step sizes, acceptance, and for the energy and several distance statistics
+        the mean, standard deviation, Monte Carlo standard error (`mcse_*`), rank-normalised split
+        R-hat (`rhat_*`) and bulk/tail ESS (`ess_bulk_*`, `ess_tail_*`) over the stored draws."""
+        return {k: float(v) for k, v in self._reference().items() if np.ndim(v) == 0}
 
 
 class PairDoubleWell(AbstractParticleSystem):
@@ -109,6 +165,15 @@ class PairDoubleWell(AbstractParticleSystem):
     def physical_energy(self, x: Point) -> Scalar:
         d = self.interatomic_distances(x) - self.offset
         return jnp.sum(self.a * d**4 + self.b * d**2 + self.c)
+
+    def _reference_name(self) -> str | None:
+        default = (self.n_particles, self.spatial_dim, self.temperature) == (4, 2, 1.0) and (
+            self.a,
+            self.b,
+            self.c,
+            self.offset,
+        ) == (0.9, -4.0, 0.0, 4.0)
+        return "dw4" if default else None
 
 
 class LennardJonesCluster(AbstractParticleSystem):
@@ -144,6 +209,11 @@ class LennardJonesCluster(AbstractParticleSystem):
         centred = self.remove_mean(x)
         return lj + self.oscillator_scale * 0.5 * jnp.sum(centred**2)
 
+    def _reference_name(self) -> str | None:
+        params = (self.pair_factor, self.oscillator_scale, self.epsilon, self.r_m, self.temperature)
+        default = (self.n_particles, self.spatial_dim) == (13, 3) and params == (1, 1, 1, 1, 1)
+        return "lj13" if default else None
+
 
 def _temperature(value) -> float:
     return float(check_positive(_scalar(value, "temperature"), "temperature"))
@@ -161,7 +231,8 @@ def dw4(
     temperature 1 ([`PairDoubleWell`][]; flat event shape `(8,)`).
 
     Translation invariant: the target lives on the zero-centre-of-mass subspace (`remove_mean`).
-    Reference samples come later (`reference_samples()` raises `NotImplementedError`).
+    With the default parameters, `reference_samples()` returns 10 000 stored long-run HMC samples
+    (mean energy about −22.5; see `reference_info`).
     """
     return PairDoubleWell(
         n_particles=4,
@@ -204,6 +275,9 @@ def lj13(
       DEM and others).
     - `oscillator_scale`: the harmonic trap's force constant (default 1).
     - `temperature`: default 1.
+
+    With the default parameters, `reference_samples()` returns 10 000 stored long-run HMC samples
+    (see `reference_info`); other variants have none.
     """
     return _lj(13, pair_factor, oscillator_scale, temperature)
 
@@ -212,5 +286,6 @@ def lj55(
     *, pair_factor: float = 1.0, oscillator_scale: float = 1.0, temperature: float = 1.0
 ) -> LennardJonesCluster:
     """LJ-55: 55 Lennard-Jones particles in 3-D (flat event shape `(165,)`); otherwise as
-    [`lj13`][]."""
+    [`lj13`][]. No reference samples are shipped (GPU-scale runs): `reference_samples()` raises
+    `NotImplementedError`."""
     return _lj(55, pair_factor, oscillator_scale, temperature)
