@@ -34,7 +34,21 @@ from ._linear import (
     Reverse as Reverse,
     random_permutation as random_permutation,
 )
+from ._mcmc import (
+    ISIR as ISIR,
+    FlowLocalHybrid as FlowLocalHybrid,
+    FlowState as FlowState,
+    IndependentMH as IndependentMH,
+    NeuTra as NeuTra,
+    NeuTraState as NeuTraState,
+    neutra as neutra,
+)
 from ._planar import Planar as Planar, Radial as Radial
+from ._snf import (
+    MCMCBlock as MCMCBlock,
+    StochasticFlow as StochasticFlow,
+    fit_stochastic_flow as fit_stochastic_flow,
+)
 from ._train import (
     fit_max_likelihood as fit_max_likelihood,
     fit_reverse_kl as fit_reverse_kl,

@@ -540,8 +540,10 @@ def fit_reverse_kl(
 
 @eqx.filter_jit
 def _log_weights(flow, energy, key, num_samples):
-    x, log_q = flow.sample_and_log_density(key, (num_samples,))
-    return jax.vmap(energy.log_density)(x) - log_q
+    if isinstance(flow, Flow):
+        x, log_q = flow.sample_and_log_density(key, (num_samples,))
+        return jax.vmap(energy.log_density)(x) - log_q
+    return flow.sample_and_log_weight(energy, key=key, shape=(num_samples,))[1]
 
 
 def importance_diagnostics(
@@ -552,7 +554,8 @@ def importance_diagnostics(
     num_samples: int = 10_000,
     log_normalizer: float | None = None,
 ) -> dict[str, float]:
-    """Importance-sampling diagnostics of a flow `q` as a proposal for `p ∝ exp(log_density)`.
+    """Importance-sampling diagnostics of a flow `q` as a proposal for `p ∝ exp(log_density)`
+    (also of a [`StochasticFlow`][], with its path weights).
 
     **Returns:** a dict with
     - `log_normalizer`: the importance estimate `log Ẑ = log mean(p̃/q)`,
@@ -562,7 +565,10 @@ def importance_diagnostics(
       with `log Ẑ` (then an underestimate),
     - `num_nonfinite`: draws whose weight was not finite (counted as zero weight).
     """
-    _check_flow(flow)
+    from ._snf import StochasticFlow
+
+    if not isinstance(flow, (Flow, StochasticFlow)):
+        raise TypeError(f"`flow` must be a Flow or a StochasticFlow, got {type(flow).__name__}.")
     num_samples = _check_count(num_samples, "num_samples")
     log_w = np.asarray(_log_weights(flow, energy, key, num_samples), dtype=np.float64)
     finite = np.isfinite(log_w)

@@ -1,0 +1,192 @@
+"""Flow-assisted MCMC and stochastic normalizing flows: exact whatever the flow's quality."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import driftax as dx
+import driftax.flows as fl
+
+from .test_bijections import _randomize
+
+
+def _check_moments(samples, mean, second, n_se=5.0):
+    """First and second moments within `n_se` Monte Carlo standard errors (ESS-based)."""
+    samples = np.asarray(samples)
+    for stat, truth in ((samples, mean), (samples**2, second)):
+        ess = np.asarray(dx.samplers.ess(stat))
+        sd = stat.reshape(-1, stat.shape[-1]).std(0)
+        se = sd / np.sqrt(ess)
+        err = np.abs(stat.reshape(-1, stat.shape[-1]).mean(0) - np.asarray(truth))
+        assert np.all(err < n_se * se + 1e-3), (err, se, ess)
+
+
+def _poor_flow(dim, key, scale=1.8):
+    """An untrained coupling flow with a too-wide base: a deliberately poor proposal."""
+    flow = fl.coupling_flow(key, dim, "affine", num_layers=2, hidden=8)
+    flow = eqx.tree_at(lambda f: f.bijection, flow, _randomize(flow.bijection, key, scale=0.1))
+    return fl.Flow(dx.energies.gaussian(jnp.zeros(dim), scale**2), flow.bijection)
+
+
+@pytest.mark.parametrize("kind", ["imh", "isir", "hybrid"])
+def test_flow_proposals_are_exact_with_a_poor_flow(kind):
+    target = dx.energies.four_mode_gmm(4)
+    flow = _poor_flow(4, jax.random.key(0))
+    sampler = {
+        "imh": fl.IndependentMH(flow),
+        "isir": fl.ISIR(flow, num_proposals=8),
+        "hybrid": fl.FlowLocalHybrid(flow, dx.samplers.MALA(step_size=0.3), num_local_steps=2),
+    }[kind]
+    result = dx.sample(
+        sampler,
+        target,
+        target.means[0],
+        key=jax.random.key(1),
+        num_steps=1500,
+        num_warmup=100,
+        num_chains=4,
+        adaptation=None,
+    )
+    _check_moments(result.samples, target.mean, target.variance + target.mean**2)
+    assert 0.05 < float(jnp.mean(result.info.acceptance_rate)) <= 1.0
+    # every mode visited with about equal frequency
+    comp = jax.vmap(target.assign)(result.samples.reshape(-1, 4))
+    weights = np.bincount(np.asarray(comp), minlength=4) / comp.size
+    assert np.all(np.abs(weights - 0.25) < 0.07), weights
+
+
+@pytest.mark.parametrize("inner", ["mala", "hmc"])
+def test_neutra_is_exact_with_a_poor_flow(inner):
+    target = dx.energies.gaussian(jnp.array([1.0, -1.0]), jnp.array([[1.0, 0.6], [0.6, 0.8]]))
+    flow = fl.planar_flow(jax.random.key(2), 2, 4, init_scale=0.8)  # unrelated to the target
+    kernel = {
+        "mala": dx.samplers.MALA(step_size=0.15),
+        "hmc": dx.samplers.HMC(step_size=0.3, num_integration_steps=5),
+    }[inner]
+    result = dx.sample(
+        fl.NeuTra(kernel, flow),
+        target,
+        jnp.zeros(2),
+        key=jax.random.key(3),
+        num_steps=1500,
+        num_warmup=100,
+        num_chains=4,
+        adaptation=None,
+    )
+    _check_moments(result.samples, target.mean, target.variance + target.mean**2)
+    # the same kernel on the pulled-back energy, through driftax.sample with adaptation
+    pulled = fl.neutra(flow, target)
+    z0 = flow.bijection.inverse(jnp.zeros(2))
+    res = dx.sample(
+        kernel, pulled, z0, key=jax.random.key(4), num_steps=300, num_warmup=200, num_chains=2
+    )
+    xs = jax.vmap(jax.vmap(pulled.push_forward))(res.samples)
+    assert xs.shape == (2, 300, 2) and np.all(np.isfinite(xs))
+
+
+def test_snf_weights_are_exact(x64):
+    """E[exp(log w)] = Z for any stochastic flow (path weights of MH blocks are energy gaps)."""
+    g = dx.energies.gaussian(jnp.array([1.0, -1.0]), jnp.array([0.5, 2.0]))
+    target = dx.energies.from_log_density(lambda x: g.log_density(x) + 3.0, jnp.zeros(2))
+    snf = fl.StochasticFlow(
+        fl.StandardNormal(2),
+        [
+            fl.Affine(jnp.array([0.5, -0.5]), jnp.array([1.0, 1.2])),
+            fl.MCMCBlock(dx.samplers.MALA(step_size=0.2), beta=0.5, num_steps=2),
+            fl.Planar(jax.random.key(0), 2, init_scale=0.5),
+            fl.MCMCBlock(dx.samplers.RandomWalk(step_size=0.5), beta=1.0, num_steps=2),
+        ],
+    )
+    n = 20_000
+    x, log_w, acc = eqx.filter_jit(lambda s, k: s.sample_with_info(target, key=k, shape=(n,)))(
+        snf, jax.random.key(1)
+    )
+    assert x.shape == (n, 2) and acc.shape == (n, 2)
+    assert np.all(np.asarray(acc).mean(0) > 0.3)
+    w = np.exp(np.asarray(log_w) - 3.0)
+    se = w.std() / math.sqrt(n)
+    assert w.std() > 0.05  # a genuinely imperfect flow
+    assert abs(w.mean() - 1.0) < 4.5 * se, (w.mean(), se)
+    # self-normalised reweighting recovers the target mean
+    wn = w / w.sum()
+    ess = 1.0 / np.sum(wn**2)
+    mean = np.sum(wn[:, None] * np.asarray(x), 0)
+    assert np.all(np.abs(mean - np.array([1.0, -1.0])) < 5 * np.sqrt(np.array([0.5, 2.0]) / ess))
+
+
+def test_snf_trains_end_to_end():
+    target = dx.energies.gaussian(jnp.array([1.0, -1.0]), jnp.array([0.5, 2.0]))
+    snf = fl.StochasticFlow(
+        fl.StandardNormal(2),
+        [
+            fl.Coupling(jax.random.key(0), 2, hidden=8),
+            fl.MCMCBlock(dx.samplers.MALA(step_size=0.1), beta=0.5, num_steps=1),
+            fl.Coupling(jax.random.key(1), 2, mask=np.array([False, True]), hidden=8),
+            fl.MCMCBlock(dx.samplers.MALA(step_size=0.1), beta=1.0, num_steps=1),
+        ],
+    )
+    trained, losses = fl.fit_stochastic_flow(
+        snf, target, key=jax.random.key(2), optimizer=optax.adam(2e-2), num_steps=150, batch_size=64
+    )
+    first, last = float(jnp.mean(losses["train"][:10])), float(jnp.mean(losses["train"][-20:]))
+    assert last < first - 0.2 and last < 0.2, (first, last)
+    diag = fl.importance_diagnostics(trained, target, key=jax.random.key(3), num_samples=4000)
+    assert diag["ess_fraction"] > 0.5
+
+
+def test_bad_input():
+    flow = fl.coupling_flow(jax.random.key(0), 2, num_layers=1, hidden=4)
+    with pytest.raises(ValueError, match="num_proposals"):
+        fl.ISIR(flow, num_proposals=1)
+    with pytest.raises(ValueError, match="event shape"):
+        fl.IndependentMH(flow).init(dx.energies.gaussian(jnp.zeros(3)), jnp.zeros(3))
+    with pytest.raises(ValueError, match="adjusted"):
+        fl.MCMCBlock(dx.samplers.ULA(step_size=0.1))
+    with pytest.raises(TypeError, match="layers"):
+        fl.StochasticFlow(fl.StandardNormal(2), [dx.samplers.MALA(step_size=0.1)])
+
+
+@pytest.mark.slow
+def test_flow_mcmc_recovers_mode_weights_where_neutra_does_not():
+    """Grenioux et al. (2023) on four_mode_gmm(16): with a poorly trained RealNVP, flow
+    proposals recover the four equal mode weights; NeuTra-MALA started in one mode stays there."""
+    target = dx.energies.four_mode_gmm(16)
+    data = target.sample(jax.random.key(0), 4000)
+    flow = fl.coupling_flow(jax.random.key(1), 16, "affine", num_layers=4, hidden=32)
+    flow, _ = fl.fit_max_likelihood(
+        flow, data, key=jax.random.key(2), optimizer=optax.adam(1e-3), num_steps=300, batch_size=128
+    )
+    diag = fl.importance_diagnostics(
+        flow, target, key=jax.random.key(3), num_samples=4000, log_normalizer=0.0
+    )
+    assert diag["reverse_kl"] > 1.0  # deliberately poor
+
+    def weights(sampler):
+        res = dx.sample(
+            sampler,
+            target,
+            target.means[0],
+            key=jax.random.key(4),
+            num_steps=2000,
+            num_warmup=200,
+            num_chains=8,
+            adaptation=None,
+        )
+        comp = jax.vmap(target.assign)(res.samples.reshape(-1, 16))
+        return res, np.bincount(np.asarray(comp), minlength=4) / comp.size
+
+    for sampler in [
+        fl.ISIR(flow, 16),
+        fl.IndependentMH(flow),
+        fl.FlowLocalHybrid(flow, dx.samplers.MALA(step_size=0.1)),
+    ]:
+        res, w = weights(sampler)
+        assert np.all(np.abs(w - 0.25) < 0.05), (type(sampler).__name__, w)
+        _check_moments(res.samples, target.mean, target.variance + target.mean**2)
+    _, w = weights(fl.NeuTra(dx.samplers.MALA(step_size=0.1), flow))
+    assert np.max(np.abs(w - 0.25)) > 0.2, w
