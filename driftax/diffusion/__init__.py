@@ -9,7 +9,30 @@ from ._adaptive import (
     solve_adaptive as solve_adaptive,
 )
 from ._grid import check_grid as check_grid, time_grid as time_grid
+from ._interpolant import (
+    InterpolantField as InterpolantField,
+    InterpolantLoss as InterpolantLoss,
+    InterpolantMixtureFields as InterpolantMixtureFields,
+    StochasticInterpolant as StochasticInterpolant,
+    integrate_interpolant as integrate_interpolant,
+    solve_interpolant as solve_interpolant,
+)
+from ._losses import (
+    AbstractLoss as AbstractLoss,
+    DenoisingLoss as DenoisingLoss,
+    MeanFlowLoss as MeanFlowLoss,
+    flow_matching_loss as flow_matching_loss,
+    meanflow_sample as meanflow_sample,
+    ot_coupling as ot_coupling,
+)
 from ._model import ParameterizedField as ParameterizedField
+from ._models import (
+    AbstractDiffusionModel as AbstractDiffusionModel,
+    Denoiser as Denoiser,
+    MeanFlowModel as MeanFlowModel,
+    NetworkField as NetworkField,
+)
+from ._nets import MLP as MLP
 from ._path import (
     EDM as EDM,
     GVP as GVP,
@@ -37,5 +60,7 @@ from ._solvers import (
     Heun as Heun,
     LangevinCorrector as LangevinCorrector,
     PredictorCorrector as PredictorCorrector,
+    SamplerCorrector as SamplerCorrector,
     UniPC as UniPC,
 )
+from ._train import fit as fit

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Key, Point, Scalar
+from ..samplers import AbstractSampler
 from ._model import ParameterizedField
 
 State = Any
@@ -572,22 +573,61 @@ class LangevinCorrector(eqx.Module):
         return jax.lax.fori_loop(0, self.num_steps, body, x)
 
 
+class SamplerCorrector(eqx.Module):
+    """A corrector that runs `num_steps` of any `driftax.samplers` kernel (e.g. `ULA`, `MALA`,
+    `HMC`) on the time-t energy `energy_at(t)` (an `AbstractEnergy`, e.g.
+    `NoisedGaussianMixture.at` or an energy-parameterized model).
+
+    With `relative_step_size=True` the kernel's `step_size` is multiplied by `sigma(t)^2`
+    (the curvature scale of `log p_t`), so one setting serves the whole time range.
+    """
+
+    sampler: AbstractSampler
+    energy_at: Callable
+    num_steps: int = eqx.field(default=1, static=True)
+    relative_step_size: bool = eqx.field(default=True, static=True)
+
+    def __check_init__(self):
+        if not isinstance(self.sampler, AbstractSampler):
+            raise TypeError("`sampler` must be a driftax.samplers AbstractSampler.")
+        if not callable(self.energy_at):
+            raise TypeError("`energy_at` must be a callable t -> AbstractEnergy.")
+        if not (isinstance(self.num_steps, int) and self.num_steps >= 1):
+            raise ValueError(f"`num_steps` must be a positive int, got {self.num_steps!r}.")
+
+    def correct(self, model: ParameterizedField, t: Scalar, x: Point, *, key: Key) -> Point:
+        """`num_steps` kernel steps on `energy_at(t)` from `x`."""
+        energy = self.energy_at(t)
+        kernel = self.sampler
+        if self.relative_step_size and hasattr(kernel, "step_size"):
+            scale = model.path.sigma(t) ** 2
+            kernel = eqx.tree_at(lambda k: k.step_size, kernel, kernel.step_size * scale)
+        state = kernel.init(energy, x)
+
+        def body(i, state):
+            return kernel.step(energy, state, key=jax.random.fold_in(key, i))[0]
+
+        return jax.lax.fori_loop(0, self.num_steps, body, state).position
+
+
 class PredictorCorrector(AbstractSolver):
     """Predictor–corrector sampling (Song et al. 2021): a `predictor` step (any solver, default
-    reverse-SDE Euler–Maruyama) followed by Langevin `corrector` steps at the new time on the
-    model's score. NFE per step: the predictor's plus `corrector.num_steps`.
+    reverse-SDE Euler–Maruyama) followed by `corrector` steps at the new time: Langevin on the
+    model's score ([`LangevinCorrector`][], default) or any `driftax.samplers` kernel on a
+    time-t energy ([`SamplerCorrector`][]). NFE per step: the predictor's plus
+    `corrector.num_steps`.
     """
 
     predictor: AbstractSolver = EulerMaruyama()
-    corrector: LangevinCorrector = LangevinCorrector()
+    corrector: LangevinCorrector | SamplerCorrector = LangevinCorrector()
 
     def __check_init__(self):
         if not isinstance(self.predictor, AbstractSolver):
             raise TypeError("`predictor` must be a driftax.diffusion AbstractSolver.")
         if isinstance(self.predictor, PredictorCorrector):
             raise TypeError("`predictor` must not itself be a PredictorCorrector.")
-        if not isinstance(self.corrector, LangevinCorrector):
-            raise TypeError("`corrector` must be a LangevinCorrector.")
+        if not isinstance(self.corrector, LangevinCorrector | SamplerCorrector):
+            raise TypeError("`corrector` must be a LangevinCorrector or a SamplerCorrector.")
 
     @property
     def order(self) -> int:
