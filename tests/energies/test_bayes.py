@@ -276,8 +276,12 @@ def test_lgcp_reference_stored():
         info = plain.reference_info
         assert info["grid"] == grid and info["num_runs"] >= 8
         assert info["elbo"] < log_z
-        assert abs(log_z - info["is_log_z"]) < 4 * math.hypot(se, info["is_log_z_se"])
+        if info["is_ess"] > 0.1 * info["is_samples"]:  # reliable importance sampling (grid 4)
+            assert abs(log_z - info["is_log_z"]) < 4 * math.hypot(se, info["is_log_z_se"])
+        else:  # heavy-tailed weights (grid 40): the IS estimate is only a rough check
+            assert abs(log_z - info["is_log_z"]) < 0.5
     assert de.lgcp().reference_info["num_particles"] >= 1000
+    assert de.lgcp(4).reference_info["is_ess"] > 0.1 * de.lgcp(4).reference_info["is_samples"]
 
 
 @pytest.mark.parametrize("grid", [4, 6])
