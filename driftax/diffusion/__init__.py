@@ -9,6 +9,16 @@ from ._adaptive import (
     solve_adaptive as solve_adaptive,
 )
 from ._grid import check_grid as check_grid, time_grid as time_grid
+from ._guidance import (
+    FKCResult as FKCResult,
+    Guided as Guided,
+    ScoreSum as ScoreSum,
+    autoguidance as autoguidance,
+    classifier_free_guidance as classifier_free_guidance,
+    fkc_sample as fkc_sample,
+    product_of_experts as product_of_experts,
+    weighted_moments as weighted_moments,
+)
 from ._interpolant import (
     InterpolantField as InterpolantField,
     InterpolantLoss as InterpolantLoss,
