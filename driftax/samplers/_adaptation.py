@@ -473,9 +473,16 @@ class ChEESAdaptation(AbstractAdaptation):
 
 
 def default_adaptation(sampler: AbstractSampler) -> AbstractAdaptation:
-    """The adaptation `driftax.sample` uses when `adaptation="auto"`."""
+    """The adaptation `driftax.sample` uses when `adaptation="auto"`: `ChEESAdaptation` for
+    `ChEESHMC`; otherwise `WindowAdaptation` with a diagonal metric, per chain for adjusted
+    samplers and pooled across chains for unadjusted ones."""
     if isinstance(sampler, ChEESHMC):
         return ChEESAdaptation()
     if hasattr(sampler, "step_size"):
-        return WindowAdaptation(metric="diagonal" if hasattr(sampler, "metric") else None)
+        # unadjusted samplers pool across chains: their energy-error statistic is noisier and
+        # a poor per-chain metric makes them unstable rather than merely slow
+        return WindowAdaptation(
+            metric="diagonal" if hasattr(sampler, "metric") else None,
+            pooled=not sampler.is_adjusted,
+        )
     return NoAdaptation()

@@ -12,6 +12,7 @@ leaf done at once as a masked vector operation.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import equinox as eqx
@@ -32,7 +33,7 @@ from ._base import (
     select,
 )
 from ._hamiltonian import _check_metric, _hamiltonian_integrator
-from ._integrators import AbstractIntegrator, Leapfrog, hamiltonian
+from ._integrators import AbstractIntegrator, Leapfrog
 from ._metrics import AbstractMetric, IdentityMetric
 
 
@@ -44,20 +45,22 @@ class _Proposal(eqx.Module):
 
 
 class _Loop(eqx.Module):
-    left: KineticState
-    right: KineticState
+    cur: KineticState  # the end being extended
+    other: KineticState  # the opposite end
+    cur_v: Array  # velocities M⁻¹p at the ends
+    other_v: Array
     proposal: _Proposal
     log_w: Array
     rho: Array
     sub_proposal: _Proposal
     sub_log_w: Array
     sub_rho: Array
-    ckpt_p: Array
-    ckpt_v: Array
-    ckpt_rho: Array
+    ckpt_v: Array  # velocity at the first leaf of each open sub-subtree
+    ckpt_diff: Array  # p - rho (momentum sum up to and including that leaf)
+    ckpt_a: Array  # ckpt_v · ckpt_diff
     depth: Array
     leaf: Array
-    direction: Array
+    forward: Array  # direction of the current subtree
     sum_accept: Array
     num_leaves: Array
     diverging: Array
@@ -65,8 +68,27 @@ class _Loop(eqx.Module):
     done: Array
 
 
-def _dot(a, b):
-    return jnp.sum(a * b)
+def _mix(h):
+    # murmur3's 32-bit finalizer (a bijective avalanche mix)
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _hash_uniforms(seed, counter, dtype):
+    """Three uniforms in [0, 1) for leaf `counter`: a counter-based hash of the per-step seed
+    (cheap inside the leaf loop; the seed itself comes from the JAX PRNG key)."""
+    c = counter.astype(jnp.uint32) * jnp.uint32(3) + jnp.arange(3, dtype=jnp.uint32)
+    h = _mix(_mix(c ^ seed[0]) + seed[1])
+    return (h >> 8).astype(dtype) * (1.0 / (1 << 24))
+
+
+def _normal_from_bits(bits, dtype):
+    """Standard normals from uniform 32-bit integers (inverse CDF of the open-interval uniform)."""
+    u = ((bits >> 8).astype(dtype) + 0.5) * (1.0 / (1 << 24))
+    return jax.scipy.special.ndtri(u)
 
 
 def _ckpt_range(leaf):
@@ -114,124 +136,180 @@ class NUTS(AbstractSampler):
         return MCMCState(position=x0, log_density=logp, score=score)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
-        metric, integrator = self.metric, self.integrator
-        key_p, key_dir, key_loop = jax.random.split(key, 3)
+        metric = self.metric
         x = state.position
         dtype = jnp.result_type(x)
-        p0 = metric.sample_momentum(key_p, x)
+        # ONE call to the PRNG per transition (each call is a loop on CPU): the momentum's
+        # normals, the first direction, and the seed of the per-leaf uniforms
+        size = math.prod(jnp.shape(x))
+        bits = jax.random.bits(key, (size + 3,), jnp.uint32)
+        seed = bits[size : size + 2]
+        first_forward = (bits[size + 2] & 1) == 1
+        p0 = metric.momentum_noise(_normal_from_bits(bits[:size], dtype).reshape(jnp.shape(x)))
+        v0 = metric.velocity(p0)
         z0 = KineticState(position=x, momentum=p0, log_density=state.log_density, score=state.score)
-        h0 = hamiltonian(metric, z0)
+        h0 = -state.log_density + 0.5 * jnp.sum(p0 * v0)
         prop0 = _Proposal(position=x, log_density=state.log_density, score=state.score, energy=h0)
         depth_max = self.max_tree_depth
-        ckpt = jnp.zeros((depth_max, *jnp.shape(x)), dtype)
+        # one spare checkpoint row (index depth_max) absorbs the writes of odd leaves
+        ckpt = jnp.zeros((depth_max + 1, *jnp.shape(x)), dtype)
         zero = jnp.zeros((), dtype)
         loop = _Loop(
-            left=z0,
-            right=z0,
+            cur=z0,
+            other=z0,
+            cur_v=v0,
+            other_v=v0,
             proposal=prop0,
             log_w=zero,
             rho=p0,
             sub_proposal=prop0,
             sub_log_w=jnp.asarray(-jnp.inf, dtype),
             sub_rho=jnp.zeros_like(p0),
-            ckpt_p=ckpt,
             ckpt_v=ckpt,
-            ckpt_rho=ckpt,
+            ckpt_diff=ckpt,
+            ckpt_a=jnp.zeros(depth_max + 1, dtype),
             depth=jnp.asarray(0, jnp.int32),
             leaf=jnp.asarray(0, jnp.int32),
-            direction=jax.random.bernoulli(key_dir),
+            forward=first_forward,
             sum_accept=zero,
             num_leaves=jnp.asarray(0, jnp.int32),
             diverging=jnp.array(False),
             turning=jnp.array(False),
             done=jnp.array(False),
         )
-        slots = jnp.arange(depth_max)
-        max_err = self.max_energy_error
-
-        def body(s: _Loop) -> _Loop:
-            k_leaf, k_merge, k_dir = jax.random.split(jax.random.fold_in(key_loop, s.num_leaves), 3)
-            forward = s.direction
-            start = select(forward, s.right, s.left)
-            h = jnp.where(forward, self.step_size, -self.step_size)
-            z = integrator.step(energy, metric, start, h)[0]
-            energy_z = hamiltonian(metric, z)
-            delta = energy_z - h0
-            delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
-            diverging = (delta > max_err) | ~jnp.all(jnp.isfinite(z.score))
-            log_w_leaf = jnp.where(diverging, -jnp.inf, -delta)
-            accept = jnp.where(diverging, 0.0, jnp.exp(jnp.minimum(-delta, 0.0)))
-            # progressive uniform sampling inside the subtree
-            sub_log_w = jnp.logaddexp(s.sub_log_w, log_w_leaf)
-            take_leaf = jax.random.uniform(k_leaf, (), dtype) < jnp.exp(log_w_leaf - sub_log_w)
-            leaf_prop = _Proposal(
-                position=z.position, log_density=z.log_density, score=z.score, energy=energy_z
-            )
-            sub_proposal = select(take_leaf, leaf_prop, s.sub_proposal)
-            sub_rho = s.sub_rho + z.momentum
-            # U-turns of the sub-subtrees that this leaf closes (checkpoints)
-            v = metric.velocity(z.momentum)
-            lo, hi = _ckpt_range(s.leaf)
-            is_even = (s.leaf % 2) == 0
-            ckpt_p = jnp.where(is_even, s.ckpt_p.at[hi].set(z.momentum), s.ckpt_p)
-            ckpt_v = jnp.where(is_even, s.ckpt_v.at[hi].set(v), s.ckpt_v)
-            ckpt_rho = jnp.where(is_even, s.ckpt_rho.at[hi].set(sub_rho), s.ckpt_rho)
-            axes = tuple(range(1, ckpt.ndim))
-            rho_k = sub_rho[None] - s.ckpt_rho + s.ckpt_p
-            turn_k = (jnp.sum(s.ckpt_v * rho_k, axis=axes) <= 0) | (
-                jnp.sum(v[None] * rho_k, axis=axes) <= 0
-            )
-            turning_sub = ~is_even & jnp.any((slots >= lo) & (slots <= hi) & turn_k)
-            left = select(forward, s.left, z)
-            right = select(forward, z, s.right)
-            leaf = s.leaf + 1
-            sub_done = (leaf == (1 << s.depth)) | turning_sub | diverging
-            # merge a finished subtree into the tree (biased progressive sampling)
-            ok = ~(turning_sub | diverging)
-            take_sub = ok & (jax.random.uniform(k_merge, (), dtype) < jnp.exp(sub_log_w - s.log_w))
-            merged_proposal = select(take_sub, sub_proposal, s.proposal)
-            merged_log_w = jnp.where(ok, jnp.logaddexp(s.log_w, sub_log_w), s.log_w)
-            merged_rho = jnp.where(ok, s.rho + sub_rho, s.rho)
-            turning_tree = (_dot(metric.velocity(left.momentum), merged_rho) <= 0) | (
-                _dot(metric.velocity(right.momentum), merged_rho) <= 0
-            )
-            depth = s.depth + 1
-            finished = sub_done & (~ok | turning_tree | (depth >= depth_max))
-
-            def pick(a, b):
-                return jnp.where(sub_done, a, b)
-
-            return _Loop(
-                left=left,
-                right=right,
-                proposal=select(sub_done, merged_proposal, s.proposal),
-                log_w=pick(merged_log_w, s.log_w),
-                rho=pick(merged_rho, s.rho),
-                sub_proposal=sub_proposal,
-                sub_log_w=pick(-jnp.inf, sub_log_w),
-                sub_rho=pick(jnp.zeros_like(sub_rho), sub_rho),
-                ckpt_p=ckpt_p,
-                ckpt_v=ckpt_v,
-                ckpt_rho=ckpt_rho,
-                depth=pick(depth, s.depth),
-                leaf=pick(0, leaf),
-                direction=pick(jax.random.bernoulli(k_dir), s.direction),
-                sum_accept=s.sum_accept + accept,
-                num_leaves=s.num_leaves + 1,
-                diverging=s.diverging | diverging,
-                turning=s.turning | (sub_done & ok & turning_tree) | turning_sub,
-                done=finished,
-            )
-
-        out = jax.lax.while_loop(lambda s: ~s.done, body, loop)
+        params = (self, energy, h0, seed)
+        out = _build_trajectory(params, loop)
         prop = out.proposal
+        # a proposal whose score is not finite is never accepted (the chain would be stuck)
+        bad = ~jnp.all(jnp.isfinite(prop.score))
         new = MCMCState(position=prop.position, log_density=prop.log_density, score=prop.score)
+        new = select(bad, state, new)
         n = out.num_leaves
         info = Info(
-            acceptance_rate=out.sum_accept / n.astype(dtype),
-            is_divergent=out.diverging,
-            energy_error=prop.energy - h0,
-            num_grad_evals=n * integrator.num_grad_evals,
+            acceptance_rate=jnp.where(bad, 0.0, out.sum_accept / n.astype(dtype)),
+            is_divergent=out.diverging | bad,
+            energy_error=jnp.where(bad, jnp.inf, prop.energy - h0),
+            num_grad_evals=n * self.integrator.num_grad_evals,
             extras=dict(tree_depth=out.depth, num_integration_steps=n, is_turning=out.turning),
         )
         return new, info
+
+
+def _leaf(params, s: _Loop) -> _Loop:
+    """One leaf of the trajectory: an integrator step and all the tree bookkeeping. A chain that
+    is already done only keeps its outputs (proposal and counters) frozen; the rest of its
+    state may change freely, which saves a full select of the loop state per leaf."""
+    sampler, energy, h0, seed = params
+    metric, integrator = sampler.metric, sampler.integrator
+    depth_max = sampler.max_tree_depth
+    dtype = h0.dtype
+    live = ~s.done
+    u = _hash_uniforms(seed, s.num_leaves, dtype)
+    h = jnp.where(s.forward, sampler.step_size, -sampler.step_size)
+    z = integrator.step(energy, metric, s.cur, h)[0]
+    v = metric.velocity(z.momentum)
+    sub_rho = s.sub_rho + z.momentum
+    p_v = jnp.sum(z.momentum * v)
+    sub_v = jnp.sum(sub_rho * v)
+    rho_v = jnp.sum(s.rho * v)
+    other_sub = jnp.sum(s.other_v * sub_rho)
+    other_rho = jnp.sum(s.other_v * s.rho)
+    energy_z = -z.log_density + 0.5 * p_v
+    delta = energy_z - h0
+    delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
+    diverging = delta > sampler.max_energy_error
+    log_w_leaf = jnp.where(diverging, -jnp.inf, -delta)
+    accept = jnp.where(diverging, 0.0, jnp.exp(jnp.minimum(-delta, 0.0)))
+    # progressive uniform sampling inside the subtree
+    sub_log_w = jnp.logaddexp(s.sub_log_w, log_w_leaf)
+    take_leaf = u[0] < jnp.exp(log_w_leaf - sub_log_w)
+    leaf_prop = _Proposal(
+        position=z.position, log_density=z.log_density, score=z.score, energy=energy_z
+    )
+    sub_proposal = select(take_leaf, leaf_prop, s.sub_proposal)
+    # U-turns of the sub-subtrees closed by this (odd) leaf: checkpoints hi, hi-1, ..., lo,
+    # with rho_k = sub_rho - ckpt_rho_k + ckpt_p_k = sub_rho + ckpt_diff_k
+    lo, hi = _ckpt_range(s.leaf)
+    is_even = (s.leaf % 2) == 0
+
+    def check(carry):
+        k, _ = carry
+        start_dot = jnp.sum(s.ckpt_v[k] * sub_rho) + s.ckpt_a[k]  # v_first · rho_k
+        end_dot = sub_v + jnp.sum(s.ckpt_diff[k] * v)  # v_last · rho_k
+        return k - 1, (start_dot <= 0) | (end_dot <= 0)
+
+    _, turning_sub = jax.lax.while_loop(
+        lambda c: (c[0] >= lo) & ~c[1] & ~is_even, check, (hi, jnp.array(False))
+    )
+    # checkpoint writes at even leaves (odd leaves write to the spare last row)
+    slot = jnp.where(is_even, hi, depth_max)
+    onehot = jnp.arange(depth_max + 1) == slot
+    mask = onehot.reshape((-1,) + (1,) * jnp.ndim(v))
+    ckpt_v = jnp.where(mask, v[None], s.ckpt_v)
+    ckpt_diff = jnp.where(mask, (z.momentum - sub_rho)[None], s.ckpt_diff)
+    ckpt_a = jnp.where(onehot, p_v - sub_v, s.ckpt_a)
+    leaf = s.leaf + 1
+    sub_done = (leaf == (1 << s.depth)) | turning_sub | diverging
+    # merge a finished subtree into the tree (biased progressive sampling), then check the
+    # whole tree, whose ends are now z and `other`
+    ok = ~(turning_sub | diverging)
+    merge = sub_done & ok
+    take_sub = live & merge & (u[1] < jnp.exp(sub_log_w - s.log_w))
+    turning_tree = (rho_v + sub_v <= 0) | (other_rho + other_sub <= 0)
+    depth = s.depth + 1
+    finished = sub_done & (~ok | turning_tree | (depth >= depth_max))
+    # a new subtree in the other direction starts from the other end: swap the ends
+    forward = jnp.where(sub_done, u[2] < 0.5, s.forward)
+    swap = forward != s.forward
+    return _Loop(
+        cur=select(swap, s.other, z),
+        other=select(swap, z, s.other),
+        cur_v=jnp.where(swap, s.other_v, v),
+        other_v=jnp.where(swap, v, s.other_v),
+        proposal=select(take_sub, sub_proposal, s.proposal),
+        log_w=jnp.where(merge, jnp.logaddexp(s.log_w, sub_log_w), s.log_w),
+        rho=jnp.where(merge, s.rho + sub_rho, s.rho),
+        sub_proposal=sub_proposal,
+        sub_log_w=jnp.where(sub_done, -jnp.inf, sub_log_w),
+        sub_rho=jnp.where(sub_done, 0.0, sub_rho),
+        ckpt_v=ckpt_v,
+        ckpt_diff=ckpt_diff,
+        ckpt_a=ckpt_a,
+        depth=jnp.where(live & sub_done, depth, s.depth),
+        leaf=jnp.where(sub_done, 0, leaf),
+        forward=forward,
+        sum_accept=s.sum_accept + jnp.where(live, accept, 0.0),
+        num_leaves=s.num_leaves + live.astype(jnp.int32),
+        diverging=s.diverging | (live & diverging),
+        turning=s.turning | (live & ((merge & turning_tree) | turning_sub)),
+        done=s.done | finished,
+    )
+
+
+def _build_trajectory(params, loop: _Loop) -> _Loop:
+    """`while not done: leaf`, with a batching rule that runs ONE loop over a batch of chains
+    until all are done (the leaf freezes finished chains itself), instead of JAX's default of
+    selecting the whole loop state of every chain at every leaf."""
+    dynamic, static = eqx.partition(params, eqx.is_array)
+
+    def leaf(dynamic, s):
+        return _leaf(eqx.combine(dynamic, static), s)
+
+    @jax.custom_batching.custom_vmap
+    def run(dynamic, loop):
+        return jax.lax.while_loop(lambda s: ~s.done, lambda s: leaf(dynamic, s), loop)
+
+    @run.def_vmap
+    def run_batched(axis_size, in_batched, dynamic, loop):
+        dyn_batched, loop_batched = in_batched
+        loop = jax.tree.map(
+            lambda x, b: x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x))),
+            loop,
+            loop_batched,
+        )
+        axes = jax.tree.map(lambda b: 0 if b else None, dyn_batched)
+        vleaf = jax.vmap(leaf, in_axes=(axes, 0))
+        out = jax.lax.while_loop(lambda s: jnp.any(~s.done), lambda s: vleaf(dynamic, s), loop)
+        return out, jax.tree.map(lambda _: True, out)
+
+    return run(dynamic, loop)
