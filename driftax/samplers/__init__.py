@@ -46,3 +46,12 @@ from ._metrics import (
     IdentityMetric as IdentityMetric,
 )
 from ._nuts import NUTS as NUTS
+from ._resampling import resample as resample
+from ._smc import AIS as AIS, SMC as SMC, SMCResult as SMCResult
+from ._tempering import (
+    ParallelTempering as ParallelTempering,
+    ParallelTemperingAdaptation as ParallelTemperingAdaptation,
+    PTState as PTState,
+    equalize_ladder as equalize_ladder,
+    geometric_ladder as geometric_ladder,
+)

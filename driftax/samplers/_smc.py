@@ -517,7 +517,9 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         c["stage"] = s + 1
         c["kernel"] = kernel
         c["num_resampling"] = c["num_resampling"] + do.astype(jnp.int32)
-        c["grads"] = c["grads"] + (jnp.sum(grads) + (n if kernel_uses_grad else 0)).astype(jnp.int32)
+        c["grads"] = c["grads"] + (jnp.sum(grads) + (n if kernel_uses_grad else 0)).astype(
+            jnp.int32
+        )
         # + the kernel init and the new log densities
         c["evals"] = c["evals"] + (jnp.sum(evals) + 2 * n).astype(jnp.int32)
         c["divergent"] = c["divergent"] + jnp.sum(divs).astype(jnp.int32)
