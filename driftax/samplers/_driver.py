@@ -15,6 +15,7 @@ from ..energies._base import AbstractEnergy
 from . import _diagnostics as diag
 from ._adaptation import AbstractAdaptation, NoAdaptation, default_adaptation
 from ._base import AbstractSampler, Info
+from ._random import chain_keys
 
 # ---------------------------------------------------------------------------------------------
 # Progress bar (host callback; absent from the compiled graph when off)
@@ -228,12 +229,11 @@ def _run_impl(samplers, energy, states, key, offset, bar_id, adaptation, cfg: _C
         c = dict(c)
         in_warmup = i < num_warmup
         j = i - num_warmup  # sampling step index (negative during warmup)
-        k = jax.lax.cond(
-            in_warmup,
-            lambda: jax.random.fold_in(k_warm, i),
-            lambda: jax.random.fold_in(k_samp, offset + j),
+        base = jax.random.wrap_key_data(
+            jnp.where(in_warmup, jax.random.key_data(k_warm), jax.random.key_data(k_samp)),
+            impl=jax.random.key_impl(key),
         )
-        keys = jax.random.split(k, num_chains)
+        keys = chain_keys(base, jnp.where(in_warmup, i, offset + j), num_chains)
         states, infos = jax.vmap(lambda s, st, kk: s.step(energy, st, key=kk))(
             c["samplers"], c["states"], keys
         )
@@ -390,6 +390,11 @@ def sample(
         raise TypeError(f"`sampler` must be an AbstractSampler, got {type(sampler).__name__}.")
     if not isinstance(energy, AbstractEnergy):
         raise TypeError(f"`energy` must be a driftax AbstractEnergy, got {type(energy).__name__}.")
+    if not jnp.issubdtype(getattr(key, "dtype", np.float32), jax.dtypes.prng_key):
+        try:  # a legacy uint32 key
+            key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+        except Exception as e:
+            raise TypeError(f"`key` must be a JAX PRNG key, got {key!r}.") from e
     num_steps = _check_int(num_steps, "num_steps", 1)
     thin = _check_int(thin, "thin", 1)
     if num_steps % thin:

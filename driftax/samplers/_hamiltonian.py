@@ -26,6 +26,7 @@ from ._base import (
 from ._integrators import AbstractIntegrator, Leapfrog, as_integrator, hamiltonian
 from ._metrics import AbstractMetric, IdentityMetric
 from ._mh import metropolis_hastings
+from ._random import draws
 
 
 def _hamiltonian_integrator(v):
@@ -69,10 +70,11 @@ def integrate(
 
 
 def hamiltonian_proposal(
-    integrator, energy, metric, state: MCMCState, step_size, num_steps, key: Key
+    integrator, energy, metric, state: MCMCState, step_size, num_steps, xi: Array
 ) -> tuple[KineticState, KineticState, Array, Array]:
-    """Draw a momentum and integrate: returns `(start, end, energy_error, valid)`."""
-    p0 = metric.sample_momentum(key, state.position)
+    """Integrate from the momentum `M^{1/2} xi` (`xi` standard normal, shaped like the
+    position): returns `(start, end, energy_error, valid)`."""
+    p0 = metric.momentum_noise(xi)
     z0 = _to_kinetic(state, p0)
     z1 = integrate(integrator, energy, metric, z0, step_size, num_steps)
     delta = hamiltonian(metric, z1) - hamiltonian(metric, z0)
@@ -80,12 +82,11 @@ def hamiltonian_proposal(
     return z0, z1, delta, valid
 
 
-def _adjusted_step(integrator, energy, metric, state, step_size, num_steps, key, n_grad):
-    key_p, key_mh = jax.random.split(key)
+def _adjusted_step(integrator, energy, metric, state, step_size, num_steps, xi, u, n_grad):
     _, z1, delta, valid = hamiltonian_proposal(
-        integrator, energy, metric, state, step_size, num_steps, key_p
+        integrator, energy, metric, state, step_size, num_steps, xi
     )
-    new, acc, _, div = metropolis_hastings(key_mh, -delta, _to_mcmc(z1), state, valid=valid)
+    new, acc, _, div = metropolis_hastings(-delta, _to_mcmc(z1), state, u=u, valid=valid)
     info = Info(
         acceptance_rate=acc,
         is_divergent=div,
@@ -116,13 +117,12 @@ class RandomWalk(AbstractSampler):
         return MCMCState(position=x0, log_density=logp, score=None)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
-        k1, k2 = jax.random.split(key)
-        xi = jax.random.normal(k1, jnp.shape(state.position), jnp.result_type(state.position))
+        xi, u = draws(key, jnp.shape(state.position), 1, jnp.result_type(state.position))
         y = state.position + self.step_size * self.metric.position_noise(xi)
         logp_y = energy.log_density(y)
         proposal = MCMCState(position=y, log_density=logp_y, score=None)
         delta = state.log_density - logp_y
-        new, acc, _, div = metropolis_hastings(k2, -delta, proposal, state)
+        new, acc, _, div = metropolis_hastings(-delta, proposal, state, u=u[0])
         info = Info(
             acceptance_rate=acc,
             is_divergent=div,
@@ -154,7 +154,8 @@ class MALA(AbstractSampler):
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
         eps = jnp.sqrt(2.0 * self.step_size)
-        new, info, _ = _adjusted_step(Leapfrog(), energy, self.metric, state, eps, 1, key, 1)
+        xi, u = draws(key, jnp.shape(state.position), 1, jnp.result_type(state.position))
+        new, info, _ = _adjusted_step(Leapfrog(), energy, self.metric, state, eps, 1, xi, u[0], 1)
         return new, info
 
 
@@ -181,8 +182,9 @@ class ULA(AbstractSampler):
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
         eps = jnp.sqrt(2.0 * self.step_size)
+        xi, _ = draws(key, jnp.shape(state.position), 0, jnp.result_type(state.position))
         _, z1, delta, valid = hamiltonian_proposal(
-            Leapfrog(), energy, self.metric, state, eps, 1, key
+            Leapfrog(), energy, self.metric, state, eps, 1, xi
         )
         ok = valid & (jnp.abs(delta) < MAX_ENERGY_ERROR)
         new = select(ok, _to_mcmc(z1), state)
@@ -234,17 +236,17 @@ class HMC(AbstractSampler):
         return MCMCState(position=x0, log_density=logp, score=score)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
-        key, k_h, k_n = jax.random.split(key, 3)
+        xi, u = draws(key, jnp.shape(state.position), 3, jnp.result_type(state.position))
         h = self.step_size
         if self.jitter_step_size > 0:
             j = self.jitter_step_size
-            h = h * jax.random.uniform(k_h, (), jnp.result_type(h), 1.0 - j, 1.0 + j)
+            h = h * (1.0 - j + 2.0 * j * u[1])
         n = self.num_integration_steps
         if self.jitter_num_steps:
-            n = jax.random.randint(k_n, (), 1, n + 1)
+            n = jnp.minimum(1 + jnp.floor(u[2] * n).astype(jnp.int32), n)
         n_grad = n * self.integrator.num_grad_evals
         new, info, _ = _adjusted_step(
-            self.integrator, energy, self.metric, state, h, n, key, n_grad
+            self.integrator, energy, self.metric, state, h, n, xi, u[0], n_grad
         )
         return new, info
 
@@ -316,8 +318,9 @@ class ChEESHMC(AbstractSampler):
         n = jnp.clip(n, 1, self.max_num_steps)
         mcmc = MCMCState(position=state.position, log_density=state.log_density, score=state.score)
         n_grad = n * self.integrator.num_grad_evals
+        xi, uu = draws(key, jnp.shape(state.position), 1, jnp.result_type(state.position))
         new, info, z1 = _adjusted_step(
-            self.integrator, energy, self.metric, mcmc, self.step_size, n, key, n_grad
+            self.integrator, energy, self.metric, mcmc, self.step_size, n, xi, uu[0], n_grad
         )
         new_state = ChEESState(
             position=new.position,

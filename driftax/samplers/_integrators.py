@@ -59,10 +59,10 @@ def drift(state: KineticState, metric: AbstractMetric, h) -> KineticState:
     )
 
 
-def ou(state: KineticState, metric: AbstractMetric, h, friction, key: Key) -> KineticState:
-    """O: the exact Ornstein–Uhlenbeck flow of the momentum over time `h`."""
+def ou(state: KineticState, metric: AbstractMetric, h, friction, xi: Array) -> KineticState:
+    """O: the exact Ornstein–Uhlenbeck flow of the momentum over time `h`, driven by the
+    standard normal `xi` (shaped like the momentum)."""
     eta = jnp.exp(-friction * h)
-    xi = jax.random.normal(key, jnp.shape(state.momentum), jnp.result_type(state.momentum))
     noise = metric.momentum_noise(xi)
     p = eta * state.momentum + jnp.sqrt(-jnp.expm1(-2.0 * friction * h)) * noise
     return eqx.tree_at(lambda s: s.momentum, state, p)
@@ -95,14 +95,14 @@ def linear_flow_coefficients(h, friction):
     return eta, one_minus_eta / friction, std_v, cov_xv / std_v, jnp.sqrt(var_x_given_v)
 
 
-def linear_flow(state: KineticState, metric: AbstractMetric, h, friction, key: Key) -> KineticState:
-    """U: the exact flow of A and O together over time `h` (correlated `(x, p)` increments).
+def linear_flow(
+    state: KineticState, metric: AbstractMetric, h, friction, xi: Array
+) -> KineticState:
+    """U: the exact flow of A and O together over time `h` (correlated `(x, p)` increments),
+    driven by standard normals `xi` of shape `(2, *momentum.shape)`.
     Leaves `log_density`/`score` stale: call `refresh` after."""
     eta, x_from_v, std_v, x_from_nv, std_x = linear_flow_coefficients(h, friction)
-    k1, k2 = jax.random.split(key)
-    shape, dtype = jnp.shape(state.momentum), jnp.result_type(state.momentum)
-    xi1 = jax.random.normal(k1, shape, dtype)
-    xi2 = jax.random.normal(k2, shape, dtype)
+    xi1, xi2 = xi[0], xi[1]
     position = (
         state.position
         + x_from_v * metric.velocity(state.momentum)
@@ -147,10 +147,13 @@ def run_scheme(
     `"BAOU"`). Returns the new state (with fresh `log_density`/`score`) and the kinetic energy
     injected by the stochastic steps (O and U), so that `ΔH - heat` is the integration error.
     """
-    num_random = sum(op in ("O", "U") for op, _ in scheme)
-    if num_random and (key is None or friction is None):
+    num_noise = sum({"O": 1, "U": 2}.get(op, 0) for op, _ in scheme)
+    if num_noise and (key is None or friction is None):
         raise ValueError("this integrator is stochastic: pass `friction` and `key`.")
-    keys = list(jax.random.split(key, num_random)) if num_random else []
+    if num_noise:  # all the step's Gaussian noise in one PRNG call
+        shape, dtype = jnp.shape(state.momentum), jnp.result_type(state.momentum)
+        noise = jax.random.normal(key, (num_noise, *shape), dtype)
+    used = 0
     stale = False
     heat = jnp.zeros((), jnp.result_type(state.log_density))
     for op, c in scheme:
@@ -164,9 +167,11 @@ def run_scheme(
         elif op in ("O", "U"):
             k_before = metric.kinetic_energy(state.momentum)
             if op == "O":
-                state = ou(state, metric, h, friction, keys.pop())
+                state = ou(state, metric, h, friction, noise[used])
+                used += 1
             else:
-                state, stale = linear_flow(state, metric, h, friction, keys.pop()), True
+                state = linear_flow(state, metric, h, friction, noise[used : used + 2])
+                used, stale = used + 2, True
             heat = heat + metric.kinetic_energy(state.momentum) - k_before
         else:  # pragma: no cover - schemes are static class constants
             raise ValueError(f"unknown splitting step {op!r}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Key
@@ -34,6 +33,7 @@ from ._integrators import (
     refresh,
 )
 from ._metrics import AbstractMetric, IdentityMetric
+from ._random import draws
 
 
 def _langevin_integrator(v):
@@ -139,10 +139,10 @@ class RandomizedMidpoint(AbstractSampler):
 
     def _kinetic_step(self, energy, state: KineticState, key):
         metric, h, gamma = self.metric, self.step_size, self.friction
-        k_alpha, k1, k2 = jax.random.split(key, 3)
         dtype = jnp.result_type(state.position)
-        a = h * jax.random.uniform(k_alpha, (), dtype)
-        free = linear_flow(state, metric, a, gamma, k1)  # exact flow to αh, no force
+        xi, u = draws(key, (4, *jnp.shape(state.position)), 1, dtype)
+        a = h * u[0]
+        free = linear_flow(state, metric, a, gamma, xi[:2])  # exact flow to αh, no force
         # the force integral over [0, αh] with the force frozen at the start:
         # ∫₀^a (1 - e^{-γ(a-s)})/γ ds = (a - (1 - e^{-γa})/γ)/γ
         _, x_from_v, *_ = linear_flow_coefficients(a, gamma)
@@ -150,7 +150,7 @@ class RandomizedMidpoint(AbstractSampler):
         logp_mid, score_mid = energy.value_and_score(x_mid)
         # the midpoint force acts as an impulse h·∇log π(x_mid) at time αh
         z = kick(free, h, score_mid)
-        z = refresh(energy, linear_flow(z, metric, h - a, gamma, k2))
+        z = refresh(energy, linear_flow(z, metric, h - a, gamma, xi[2:]))
         # energy error: ΔH minus the kinetic energy exchanged in the exact linear flows, with
         # the kick's energy counted for the trapezoidal impulse h·(∇log π(x) + ∇log π(x'))/2.
         # The randomized midpoint's own impulse is unbiased but noisy (O(h^{3/2})); its noise
@@ -176,12 +176,12 @@ class RandomizedMidpoint(AbstractSampler):
 
     def _overdamped_step(self, energy, state: MCMCState, key):
         metric, h = self.metric, self.step_size
-        k_alpha, k1, k2 = jax.random.split(key, 3)
         x = state.position
         shape, dtype = jnp.shape(x), jnp.result_type(x)
-        a = h * jax.random.uniform(k_alpha, (), dtype)
-        w_a = jnp.sqrt(a) * jax.random.normal(k1, shape, dtype)
-        w_h = w_a + jnp.sqrt(h - a) * jax.random.normal(k2, shape, dtype)
+        xi, u = draws(key, (2, *shape), 1, dtype)
+        a = h * u[0]
+        w_a = jnp.sqrt(a) * xi[0]
+        w_h = w_a + jnp.sqrt(h - a) * xi[1]
         sqrt2 = jnp.sqrt(jnp.asarray(2.0, dtype))
         x_mid = x + a * metric.velocity(state.score) + sqrt2 * metric.position_noise(w_a)
         logp_mid, score_mid = energy.value_and_score(x_mid)

@@ -12,7 +12,6 @@ leaf done at once as a masked vector operation.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import equinox as eqx
@@ -35,6 +34,7 @@ from ._base import (
 from ._hamiltonian import _check_metric, _hamiltonian_integrator
 from ._integrators import AbstractIntegrator, Leapfrog
 from ._metrics import AbstractMetric, IdentityMetric
+from ._random import draws, hash_uniforms
 
 
 class _Proposal(eqx.Module):
@@ -66,29 +66,6 @@ class _Loop(eqx.Module):
     diverging: Array
     turning: Array
     done: Array
-
-
-def _mix(h):
-    # murmur3's 32-bit finalizer (a bijective avalanche mix)
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def _hash_uniforms(seed, counter, dtype):
-    """Three uniforms in [0, 1) for leaf `counter`: a counter-based hash of the per-step seed
-    (cheap inside the leaf loop; the seed itself comes from the JAX PRNG key)."""
-    c = counter.astype(jnp.uint32) * jnp.uint32(3) + jnp.arange(3, dtype=jnp.uint32)
-    h = _mix(_mix(c ^ seed[0]) + seed[1])
-    return (h >> 8).astype(dtype) * (1.0 / (1 << 24))
-
-
-def _normal_from_bits(bits, dtype):
-    """Standard normals from uniform 32-bit integers (inverse CDF of the open-interval uniform)."""
-    u = ((bits >> 8).astype(dtype) + 0.5) * (1.0 / (1 << 24))
-    return jax.scipy.special.ndtri(u)
 
 
 def _ckpt_range(leaf):
@@ -141,11 +118,10 @@ class NUTS(AbstractSampler):
         dtype = jnp.result_type(x)
         # ONE call to the PRNG per transition (each call is a loop on CPU): the momentum's
         # normals, the first direction, and the seed of the per-leaf uniforms
-        size = math.prod(jnp.shape(x))
-        bits = jax.random.bits(key, (size + 3,), jnp.uint32)
-        seed = bits[size : size + 2]
-        first_forward = (bits[size + 2] & 1) == 1
-        p0 = metric.momentum_noise(_normal_from_bits(bits[:size], dtype).reshape(jnp.shape(x)))
+        xi, u = draws(key, jnp.shape(x), 3, dtype)
+        seed = (u[:2] * 2.0**32).astype(jnp.uint32)
+        first_forward = u[2] < 0.5
+        p0 = metric.momentum_noise(xi)
         v0 = metric.velocity(p0)
         z0 = KineticState(position=x, momentum=p0, log_density=state.log_density, score=state.score)
         h0 = -state.log_density + 0.5 * jnp.sum(p0 * v0)
@@ -204,7 +180,7 @@ def _leaf(params, s: _Loop) -> _Loop:
     depth_max = sampler.max_tree_depth
     dtype = h0.dtype
     live = ~s.done
-    u = _hash_uniforms(seed, s.num_leaves, dtype)
+    u = hash_uniforms(seed, s.num_leaves, 3, dtype)
     h = jnp.where(s.forward, sampler.step_size, -sampler.step_size)
     z = integrator.step(energy, metric, s.cur, h)[0]
     v = metric.velocity(z.momentum)

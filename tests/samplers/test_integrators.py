@@ -109,7 +109,9 @@ def _u_cov(h, gamma, metric, n=200_000):
         position=jnp.zeros(2), momentum=jnp.zeros(2), log_density=jnp.zeros(()), score=jnp.zeros(2)
     )
     keys = jax.random.split(jax.random.key(1), n)
-    out = jax.jit(jax.vmap(lambda k: linear_flow(z, metric, h, gamma, k)))(keys)
+    out = jax.jit(
+        jax.vmap(lambda k: linear_flow(z, metric, h, gamma, jax.random.normal(k, (2, 2))))
+    )(keys)
     v = jnp.concatenate([out.position, out.momentum], axis=1)
     return np.cov(np.asarray(v).T)
 
@@ -135,8 +137,10 @@ def test_linear_flow_covariance_and_semigroup(x64):
     )
 
     def two(k):
-        k1, k2 = jax.random.split(k)
-        return linear_flow(linear_flow(z, metric, h / 2, gamma, k1), metric, h / 2, gamma, k2)
+        xi = jax.random.normal(k, (4, 2))
+        return linear_flow(
+            linear_flow(z, metric, h / 2, gamma, xi[:2]), metric, h / 2, gamma, xi[2:]
+        )
 
     out = jax.jit(jax.vmap(two))(jax.random.split(jax.random.key(2), 200_000))
     c2 = np.cov(np.asarray(jnp.concatenate([out.position, out.momentum], axis=1)).T)
