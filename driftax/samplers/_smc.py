@@ -36,7 +36,7 @@ from ..energies._base import (
 from ..energies._compose import GeometricPath
 from ..energies._metrics_logz import LogZEstimate, log_z_importance
 from ._adaptation import WindowAdaptation, step_size_statistic
-from ._base import AbstractSampler
+from ._base import AbstractSampler, check_hyper, float_leaf
 from ._resampling import RESAMPLING_SCHEMES, resample
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -45,7 +45,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 class _IsotropicGaussian(AbstractSampleable, AbstractKnownNormalizer):
     """`N(0, scale² I)` on any event shape: the default SMC reference."""
 
-    scale: float = eqx.field(static=True)
+    scale: Array
     event_shape: Shape = eqx.field(static=True)
 
     def log_density(self, x: Point) -> Scalar:
@@ -59,7 +59,7 @@ class _IsotropicGaussian(AbstractSampleable, AbstractKnownNormalizer):
     @property
     def log_normalizer(self) -> Scalar:
         d = math.prod(self.event_shape)
-        return jnp.asarray(0.5 * d * _LOG_2PI + d * math.log(self.scale))
+        return 0.5 * d * _LOG_2PI + d * jnp.log(self.scale)
 
 
 def _as_schedule(schedule):
@@ -93,12 +93,18 @@ def check_schedule(schedule) -> None:
 
 
 def _check_fraction(value, name, *, closed_low=False, closed_high=True):
-    ok_low = value >= 0 if closed_low else value > 0
-    ok_high = value <= 1 if closed_high else value < 1
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (ok_low and ok_high):
-        lo = "[0" if closed_low else "(0"
-        hi = "1]" if closed_high else "1)"
-        raise ValueError(f"`{name}` must be a number in {lo}, {hi}, got {value!r}.")
+    if isinstance(value, jax.core.Tracer):
+        return
+    lo = "[0" if closed_low else "(0"
+    hi = "1]" if closed_high else "1)"
+    msg = f"`{name}` must be a number in {lo}, {hi}, got {value!r}."
+    if isinstance(value, (bool, str)) or value is None or np.ndim(value) != 0:
+        raise ValueError(msg)
+    v = float(value)
+    ok_low = v >= 0 if closed_low else v > 0
+    ok_high = v <= 1 if closed_high else v < 1
+    if not (ok_low and ok_high):
+        raise ValueError(msg)
 
 
 def _positive_int(value, name):
@@ -163,12 +169,12 @@ class SMC(eqx.Module):
     kernel: AbstractSampler
     schedule: Array | None = eqx.field(default=None, converter=_as_schedule)
     num_mcmc_steps: int = eqx.field(static=True, default=5)
-    target_ess: float = eqx.field(static=True, default=0.5)
+    target_ess: Array = eqx.field(converter=float_leaf, default=0.5)
     max_stages: int = eqx.field(static=True, default=1000)
     resampling: str = eqx.field(static=True, default="systematic")
-    resampling_threshold: float = eqx.field(static=True, default=0.5)
+    resampling_threshold: Array = eqx.field(converter=float_leaf, default=0.5)
     reference: AbstractEnergy | None = None
-    reference_scale: float = eqx.field(static=True, default=3.0)
+    reference_scale: Array = eqx.field(converter=float_leaf, default=3.0)
     adapt_step_size: bool = eqx.field(static=True, default=True)
     target_acceptance: float | None = eqx.field(static=True, default=None)
     adapt_metric: bool = eqx.field(static=True, default=False)
@@ -198,10 +204,7 @@ class SMC(eqx.Module):
                 f"(AbstractSampleable and AbstractKnownNormalizer), got "
                 f"{type(self.reference).__name__}."
             )
-        if not (isinstance(self.reference_scale, (int, float)) and self.reference_scale > 0):
-            raise ValueError(
-                f"`reference_scale` must be a positive number, got {self.reference_scale!r}."
-            )
+        check_hyper(self.reference_scale, "reference_scale")
         if self.target_acceptance is not None:
             _check_fraction(self.target_acceptance, "target_acceptance", closed_high=False)
         if self.adapt_step_size and not hasattr(self.kernel, "step_size"):
@@ -219,9 +222,7 @@ class SMC(eqx.Module):
         """The `β = 0` reference used for `energy` (the given one, or the default Gaussian)."""
         if self.reference is not None:
             return self.reference
-        return _IsotropicGaussian(
-            scale=float(self.reference_scale), event_shape=tuple(energy.event_shape)
-        )
+        return _IsotropicGaussian(scale=self.reference_scale, event_shape=tuple(energy.event_shape))
 
     def run(
         self,
@@ -420,7 +421,9 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
     x = reference.sample(k_init, (n,))
     dtype = x.dtype
     logw = jnp.full((n,), -jnp.log(n), dtype)
-    kernel_uses_grad = getattr(jax.eval_shape(kernel.init, path, x[0]), "score", None) is not None
+    kernel_uses_grad = (
+        getattr(eqx.filter_eval_shape(kernel.init, path, x[0]), "score", None) is not None
+    )
 
     def buffer(fill, dt):
         return jnp.full((num_stages_max,), fill, dt)

@@ -11,24 +11,46 @@ import pytest
 
 import driftax.energies as de
 import driftax.samplers as ds
-from driftax.samplers import _smc
+from driftax.samplers import _smc as _smc_module
 
 D = 3
 MEAN = np.array([1.0, -0.5, 2.0])
 STD = np.array([0.5, 1.5, 0.8])
 OFFSET = 1.7
+N = 1000
+
+# The whole module runs in float64 (exact log Z comparisons); energies and references are
+# built once so that runs sharing a configuration share one compilation.
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
-def _shifted_gaussian():
+@pytest.fixture(scope="module")
+def x64_module():
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture(scope="module")
+def shifted(x64_module):
     """An unnormalized Gaussian with exact log Z = OFFSET + Σ log(√(2π) σ)."""
-
-    mean, std = jnp.asarray(MEAN), jnp.asarray(STD)  # in the current precision
+    mean, std = jnp.asarray(MEAN), jnp.asarray(STD)
 
     def log_density(x):
         return OFFSET - 0.5 * jnp.sum(((x - mean) / std) ** 2)
 
     exact = OFFSET + float(np.sum(np.log(np.sqrt(2 * np.pi) * STD)))
     return de.from_log_density(log_density, jnp.zeros(D)), exact
+
+
+def _reference(scale):
+    return de.gaussian(jnp.zeros(D), scale**2)
+
+
+def _smc(step_size=0.2, **kwargs):
+    """The shared configuration: MALA moves, adaptive tempering, multinomial resampling."""
+    kwargs.setdefault("reference", _reference(2.0))
+    kwargs.setdefault("target_ess", 0.7)
+    return ds.SMC(ds.MALA(step_size=step_size), resampling="multinomial", **kwargs)
 
 
 def _within(result, exact, n_se=3.0):
@@ -39,12 +61,9 @@ def _within(result, exact, n_se=3.0):
     return value, se
 
 
-def test_gaussian_log_z_adaptive(x64):
-    target, exact = _shifted_gaussian()
-    smc = ds.SMC(
-        ds.MALA(step_size=0.2), reference_scale=2.0, resampling="multinomial", target_ess=0.7
-    )
-    result = smc.run(target, key=jax.random.key(0), num_particles=1000)
+def test_gaussian_log_z_adaptive(shifted):
+    target, exact = shifted
+    result = _smc().run(target, key=jax.random.key(0), num_particles=N)
     value, se = _within(result, exact)
     assert se < 0.1
     assert result.betas[0] == 0.0 and result.betas[-1] == 1.0
@@ -59,21 +78,35 @@ def test_gaussian_log_z_adaptive(x64):
     assert np.all(np.abs(mean - MEAN) <= 5 * se_mean)
 
 
-def test_gaussian_log_z_fixed_schedule_independent_runs(x64):
-    target, exact = _shifted_gaussian()
-    smc = ds.SMC(ds.HMC(step_size=0.3, num_integration_steps=3), jnp.linspace(0, 1, 6) ** 2)
-    result = smc.run(target, key=jax.random.key(1), num_particles=300, num_runs=8)
-    assert result.log_z.shape == (8,) and result.particles.shape == (8, 300, D)
-    assert result.ess.shape == (8, 5)
+def test_independent_runs(shifted):
+    target, exact = shifted
+    result = _smc().run(target, key=jax.random.key(1), num_particles=N, num_runs=4)
+    assert result.log_z.shape == (4,) and result.particles.shape == (4, N, D)
+    assert result.ess.shape == (4, int(np.max(result.num_stages)))
     _within(result, exact)
 
 
-def test_ais_equals_importance_sampling(x64):
+def test_fixed_schedule_hmc_and_grad_counts(shifted):
+    target, exact = shifted
+    n, k, stages = 300, 3, 5
+    smc = ds.SMC(ds.HMC(step_size=0.3, num_integration_steps=4), jnp.linspace(0, 1, 6) ** 2,
+                 num_mcmc_steps=k, reference=_reference(2.0))  # fmt: skip
+    result = smc.run(target, key=jax.random.key(1), num_particles=n)
+    _within(result, exact)
+    np.testing.assert_allclose(result.betas, np.linspace(0, 1, 6) ** 2)
+    # 4 gradients per HMC step, one per particle to start each stage's kernel
+    assert result.num_grad_evals == stages * (n * k * 4 + n)
+
+
+def _ais(scale):
+    return ds.AIS(ds.RandomWalk(step_size=0.5), [0.0, 1.0], reference=_reference(scale))
+
+
+def test_ais_equals_importance_sampling(shifted):
     """One AIS stage from the reference to the target is importance sampling: the single-run
     error estimate reduces to the delta-method one of `log_z_importance`."""
-    target, exact = _shifted_gaussian()
-    ais = ds.AIS(ds.RandomWalk(step_size=0.5), [0.0, 1.0], reference_scale=2.0)
-    result = ais.run(target, key=jax.random.key(2), num_particles=2000)
+    target, exact = shifted
+    result = _ais(2.0).run(target, key=jax.random.key(2), num_particles=2000)
     log_w = result.log_weights  # normalized IS weights of the initial draws
     ess = float(de.importance_ess(log_w).ess)
     n = 2000
@@ -81,63 +114,51 @@ def test_ais_equals_importance_sampling(x64):
     assert float(result.log_z_stderr) == pytest.approx(math.sqrt((n / ess - 1) / (n - 1)), rel=1e-8)
     assert not np.any(result.resampled) and result.num_resampling == 0
     _within(result, exact, n_se=4.0)
-
-
-def test_weight_degeneracy_is_reported(x64):
-    target, _ = _shifted_gaussian()
-    # a coarse AIS schedule from a poor reference: ESS collapses and is reported per stage
-    ais = ds.AIS(ds.MALA(step_size=0.1), [0.0, 0.5, 1.0], reference_scale=10.0)
-    result = ais.run(target, key=jax.random.key(3), num_particles=500)
-    assert result.ess.shape == (2,)
-    assert np.all((result.ess >= 1.0) & (result.ess <= 500.0))
-    assert result.ess[-1] < 50  # degenerate, and visibly so
-    # SMC with a threshold of 1 resamples at every stage
-    smc = ds.SMC(ds.MALA(step_size=0.1), [0.0, 0.5, 1.0], reference_scale=10.0,
-                 resampling_threshold=1.0)  # fmt: skip
-    result = smc.run(target, key=jax.random.key(3), num_particles=500)
-    assert np.all(result.resampled) and result.num_resampling == 2
-
-
-def test_evaluation_counts():
-    target, _ = _shifted_gaussian()
-    n, k = 64, 3
-    smc = ds.SMC(ds.RandomWalk(step_size=0.5), [0.0, 0.3, 1.0], num_mcmc_steps=k)
-    result = smc.run(target, key=jax.random.key(4), num_particles=n)
+    # gradient-free moves: target evaluations are the initial draws, then per stage the moves,
+    # the kernel start and the new log densities
     assert result.num_grad_evals == 0
-    assert result.num_energy_evals == n + 2 * (n * k + 2 * n)
-    smc = ds.SMC(ds.HMC(step_size=0.1, num_integration_steps=4), [0.0, 0.3, 1.0], num_mcmc_steps=k)
-    result = smc.run(target, key=jax.random.key(4), num_particles=n)
-    assert result.num_grad_evals == 2 * (n * k * 4 + n)
+    assert result.num_energy_evals == 2000 + (2000 * 5 + 2 * 2000)
 
 
-def test_step_size_adaptation_reaches_target():
-    target, _ = _shifted_gaussian()
-    smc = ds.SMC(ds.MALA(step_size=5.0), reference_scale=2.0, num_mcmc_steps=10)
-    result = smc.run(target, key=jax.random.key(5), num_particles=256)
-    assert result.step_size[0] < 1.0  # from 5: adapted within the first stage
+def test_weight_degeneracy_is_reported(shifted):
+    target, _ = shifted
+    # one-stage AIS from a poor reference: the ESS collapses and is reported
+    result = _ais(10.0).run(target, key=jax.random.key(3), num_particles=2000)
+    assert result.ess.shape == (1,)
+    assert 1.0 <= result.ess[0] < 100.0
+    # SMC reports the ESS of every stage; with a threshold of 1 it resamples at every stage
+    result = _smc(resampling_threshold=1.0).run(target, key=jax.random.key(3), num_particles=N)
+    assert np.all((result.ess >= 1.0) & (result.ess <= N))
+    assert np.all(result.resampled) and result.num_resampling == result.num_stages
+
+
+def test_step_size_adaptation_reaches_target(shifted):
+    target, _ = shifted
+    result = _smc(step_size=5.0).run(target, key=jax.random.key(5), num_particles=N)
+    assert result.step_size[-1] < 1.0
     assert abs(result.acceptance_rate[-1] - 0.574) < 0.15
 
 
-def test_metric_adaptation(x64):
-    target, exact = _shifted_gaussian()
-    smc = ds.SMC(ds.MALA(step_size=0.2), reference_scale=2.0, adapt_metric=True,
-                 resampling="multinomial", target_ess=0.7)  # fmt: skip
-    result = smc.run(target, key=jax.random.key(6), num_particles=1000)
+def test_metric_adaptation(shifted):
+    target, exact = shifted
+    result = _smc(adapt_metric=True).run(target, key=jax.random.key(6), num_particles=N)
     _within(result, exact)
+    # the diagonal metric follows the particles: acceptance stays on target at the end
+    assert abs(result.acceptance_rate[-1] - 0.574) < 0.15
 
 
-def test_truncated_schedule_is_reported():
-    target, _ = _shifted_gaussian()
-    smc = ds.SMC(ds.MALA(step_size=0.1), reference_scale=20.0, target_ess=0.95, max_stages=2)
-    result = smc.run(target, key=jax.random.key(7), num_particles=128)
+def test_truncated_schedule_is_reported(shifted):
+    target, _ = shifted
+    smc = _smc(reference=_reference(20.0), target_ess=0.95, max_stages=2)
+    result = smc.run(target, key=jax.random.key(7), num_particles=N)
     assert result.truncated and result.num_stages == 2 and result.betas[-1] == 1.0
 
 
-def test_many_well_small(x64):
+def test_many_well_small():
     target = de.many_well(4)
     smc = ds.SMC(ds.MALA(step_size=0.1), reference_scale=1.5, resampling="multinomial",
                  target_ess=0.9, num_mcmc_steps=10)  # fmt: skip
-    result = smc.run(target, key=jax.random.key(8), num_particles=1000)
+    result = smc.run(target, key=jax.random.key(8), num_particles=N)
     _within(result, float(target.log_normalizer))
 
 
@@ -146,35 +167,37 @@ def test_many_well_32():
     """many_well(32): exact log Z = 164.696, within 3 single-run standard errors."""
     target = de.many_well(32)
     assert float(target.log_normalizer) == pytest.approx(164.696, abs=1e-3)
-    smc = ds.SMC(ds.MALA(step_size=0.1), reference_scale=1.5, resampling="multinomial",
-                 target_ess=0.9, num_mcmc_steps=10)  # fmt: skip
+    # HMC moves mix across the wells far better than MALA at equal cost per stage
+    smc = ds.SMC(ds.HMC(step_size=0.1, num_integration_steps=5), reference_scale=1.5,
+                 resampling="multinomial", target_ess=0.9, num_mcmc_steps=5)  # fmt: skip
     result = smc.run(target, key=jax.random.key(9), num_particles=2000)
+    print(f"many_well(32): log Z = {float(result.log_z):.4f} ± {float(result.log_z_stderr):.4f}")
     _within(result, float(target.log_normalizer))
 
 
 @pytest.mark.slow
-def test_single_run_error_is_calibrated(x64):
+def test_single_run_error_is_calibrated(shifted):
     """Over many runs, (log Ẑ - log Z) / stderr has standard deviation close to 1 (multinomial
     resampling, for which the Lee–Whiteley estimator is derived)."""
-    target, exact = _shifted_gaussian()
-    smc = ds.SMC(ds.MALA(step_size=0.2), reference_scale=2.0, resampling="multinomial")
-    result = smc.run(target, key=jax.random.key(10), num_particles=200, num_runs=200)
+    target, exact = shifted
+    result = _smc(target_ess=0.5).run(target, key=jax.random.key(10), num_particles=200,
+                                      num_runs=200)  # fmt: skip
     z = (np.asarray(result.log_z) - exact) / np.asarray(result.log_z_stderr)
     assert abs(np.mean(z)) < 0.3 and 0.8 < np.std(z) < 1.25
 
 
-def test_determinism_and_no_retrace():
-    target, _ = _shifted_gaussian()
-    smc = ds.SMC(ds.MALA(step_size=0.2), reference_scale=2.0)
-    a = smc.run(target, key=jax.random.key(11), num_particles=64)
-    traces = eqx.debug.get_num_traces(_smc._run_traced)
-    b = smc.run(target, key=jax.random.key(11), num_particles=64)
+def test_determinism_and_no_retrace(shifted):
+    target, _ = shifted
+    a = _smc().run(target, key=jax.random.key(11), num_particles=N)
+    traces = eqx.debug.get_num_traces(_smc_module._run_traced)
+    b = _smc().run(target, key=jax.random.key(11), num_particles=N)
     np.testing.assert_array_equal(np.asarray(a.particles), np.asarray(b.particles))
     assert float(a.log_z) == float(b.log_z)
-    # a new key and a new step size reuse the compiled run
-    smc2 = ds.SMC(ds.MALA(step_size=0.3), reference_scale=2.0)
-    c = smc2.run(target, key=jax.random.key(12), num_particles=64)
-    assert eqx.debug.get_num_traces(_smc._run_traced) == traces
+    # a new key, step size, ESS target and reference scale reuse the compiled run
+    c = _smc(step_size=0.3, target_ess=0.6, reference=_reference(3.0)).run(
+        target, key=jax.random.key(12), num_particles=N
+    )
+    assert eqx.debug.get_num_traces(_smc_module._run_traced) == traces
     assert float(c.log_z) != float(a.log_z)
 
 
