@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import equinox as eqx
@@ -23,9 +24,8 @@ def _check_num_steps(num_steps) -> int:
     return int(num_steps)
 
 
-@eqx.filter_jit
-def _grid(path: AbstractPath, num_steps: int, schedule: str, rho: float) -> Array:
-    dtype = jnp.result_type(float)
+def _grid_impl(path: AbstractPath, num_steps: int, schedule: str, rho: float, dtype=None) -> Array:
+    dtype = jnp.result_type(float) if dtype is None else dtype
     t_noise = jnp.asarray(path.t_noise, dtype)
     t_data = jnp.asarray(path.t_data, dtype)
     u = jnp.linspace(0.0, 1.0, num_steps + 1, dtype=dtype)  # 0 at the noise end, 1 at data
@@ -42,6 +42,31 @@ def _grid(path: AbstractPath, num_steps: int, schedule: str, rho: float) -> Arra
         s = (s_max ** (1.0 / rho) + u * (s_min ** (1.0 / rho) - s_max ** (1.0 / rho))) ** rho
         ts = path.t_from_half_log_snr(-jnp.log(s))
     return ts.at[0].set(t_noise).at[-1].set(t_data)
+
+
+_grid = eqx.filter_jit(_grid_impl)
+
+
+def _log_snr_ends(path: AbstractPath) -> tuple[float, float]:
+    lams = np.asarray(path.half_log_snr(jnp.asarray([path.t_noise, path.t_data], jnp.float32)))
+    return float(lams[0]), float(lams[1])
+
+
+_log_snr_ends_cached = functools.lru_cache(maxsize=64)(_log_snr_ends)
+
+
+def check_log_snr_ends(path: AbstractPath, schedule: str) -> None:
+    """Raise unless the half log-SNR is finite at both ends (needed by log-SNR/Karras grids)."""
+    try:
+        lam0, lam1 = _log_snr_ends_cached(path)
+    except TypeError:  # unhashable path
+        lam0, lam1 = _log_snr_ends(path)
+    if not (np.isfinite(lam0) and np.isfinite(lam1)):
+        raise ValueError(
+            f"schedule={schedule!r} needs a finite log-SNR at both ends of the path, but "
+            f"lambda(t_noise={path.t_noise}) = {lam0}, lambda(t_data={path.t_data}) = "
+            f"{lam1}; move `t_noise`/`t_data` inside the domain or use schedule='uniform'."
+        )
 
 
 def time_grid(
@@ -75,14 +100,7 @@ def time_grid(
     if not (isinstance(rho, (int, float)) and rho > 0):
         raise ValueError(f"`rho` must be a positive number, got {rho!r}.")
     if schedule in ("log_snr", "karras"):
-        lams = np.asarray(path.half_log_snr(jnp.asarray([path.t_noise, path.t_data])))
-        if not np.all(np.isfinite(lams)):
-            raise ValueError(
-                f"schedule={schedule!r} needs a finite log-SNR at both ends of the path, but "
-                f"lambda(t_noise={path.t_noise}) = {lams[0]}, lambda(t_data={path.t_data}) = "
-                f"{lams[1]}; move `t_noise`/`t_data` inside the domain or use "
-                "schedule='uniform'."
-            )
+        check_log_snr_ends(path, schedule)
     return _grid(path, num_steps, schedule, float(rho))
 
 

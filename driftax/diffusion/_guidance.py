@@ -247,7 +247,7 @@ def fkc_sample(
         raise ValueError(f"`ess_threshold` must lie in [0, 1], got {ess_threshold}.")
     x_init = _check_x_init(x_init)
     num_steps = _check_num_steps(num_steps)
-    sched = default_schedule(path) if schedule is None else schedule
+    sched = default_schedule(path, None) if schedule is None else schedule
     if sched not in SCHEDULES:
         raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {sched!r}.")
     ts = time_grid(path, num_steps, sched).astype(x_init.dtype)

@@ -305,10 +305,10 @@ def integrate_interpolant(
     else:
         ts_arr = jnp.asarray(check_grid(interpolant, ts), x_init.dtype)
         n = ts_arr.shape[0] - 1
-    key = jax.random.key(0) if key is None else key
-    keys = jax.random.split(key, x_init.shape[0])
     model = InterpolantField(velocity_fn=velocity, score_fn=score, path=interpolant)
-    x, traj, failed = _integrate(solver, model, x_init, keys, ts_arr, bool(save_trajectory))
+    x, traj, failed, ts_arr, _ = _integrate(
+        solver, model, x_init, key, ts_arr, None, None, bool(save_trajectory), False
+    )
     return Solution(
         x=x,
         ts=ts_arr,

@@ -10,9 +10,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Key
-from ._grid import SCHEDULES, _check_num_steps, check_grid, time_grid
+from ._grid import SCHEDULES, _check_num_steps, _grid_impl, check_grid, check_log_snr_ends
 from ._model import ParameterizedField
-from ._path import AbstractPath, check_parameterization
+from ._path import (
+    EDM,
+    VE,
+    VP,
+    AbstractPath,
+    CosineVP,
+    LinearInterpolant,
+    SubVP,
+    TrigonometricInterpolant,
+    check_parameterization,
+)
 from ._solvers import AbstractSolver
 
 
@@ -38,13 +48,26 @@ class Solution(eqx.Module):
         return jnp.sum(self.failed_step >= 0)
 
 
-def default_schedule(path: AbstractPath) -> str:
-    """`"log_snr"` where the path's log-SNR is finite at both ends, else `"uniform"`."""
+def default_schedule(path: AbstractPath, solver: AbstractSolver | None = None) -> str:
+    """The default time grid, chosen from error-vs-NFE measurements on mixture fields:
+
+    - VP family: `"quadratic"` for the exponential integrators (DDIM, DPM-Solver++, UniPC),
+      `"uniform"` for the others (Euler, Heun, Euler–Maruyama);
+    - `EDM` and `VE`: `"karras"` (rho = 7);
+    - the interpolants: `"uniform"` (their log-SNR is infinite at `t = 1`);
+    - other paths: `"log_snr"` where the log-SNR is finite at both ends, else `"uniform"`.
+    """
+    if isinstance(path, VP | SubVP | CosineVP):
+        return "quadratic" if solver is not None and solver.exponential else "uniform"
+    if isinstance(path, EDM | VE):
+        return "karras"
+    if isinstance(path, LinearInterpolant | TrigonometricInterpolant):
+        return "uniform"
     lams = np.asarray(path.half_log_snr(jnp.asarray([path.t_noise, path.t_data])))
     return "log_snr" if np.all(np.isfinite(lams)) else "uniform"
 
 
-def _check_x_init(x_init) -> Array:
+def _check_x_init(x_init, *, check_finite: bool = True) -> Array:
     if isinstance(x_init, jax.core.Tracer):
         return x_init
     x = jnp.asarray(x_init)
@@ -54,7 +77,7 @@ def _check_x_init(x_init) -> Array:
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
-    if not bool(jnp.all(jnp.isfinite(x))):
+    if check_finite and not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError("`x_init` must be finite.")
     return x
 
@@ -76,16 +99,8 @@ def _check_field(field, path, parameterization):
         )
 
 
-@eqx.filter_jit
-@eqx.debug.assert_max_traces(max_traces=None)
-def _integrate(
-    solver: AbstractSolver,
-    model: ParameterizedField,
-    x_init: Array,
-    keys: Array,
-    ts: Array,
-    save_trajectory: bool,
-):
+def _scan(solver, model, x_init, keys, ts, save_trajectory):
+    """The solver loop: one `lax.scan` over the grid, `vmap` over the batch."""
     num_steps = ts.shape[0] - 1
     state = jax.vmap(lambda x: solver.init(model, ts[0], x))(x_init)
     batch = x_init.shape[0]
@@ -108,6 +123,64 @@ def _integrate(
     if save_trajectory:
         traj = jnp.concatenate([x_init[None], traj], axis=0)
     return x, traj, failed
+
+
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)
+def _integrate(
+    solver: AbstractSolver,
+    model,
+    x_init: Array,
+    key,
+    ts,
+    schedule: str | None,
+    num_steps: int | None,
+    save_trajectory: bool,
+    diagnostics: bool,
+):
+    """Everything of a `solve` call in ONE compiled function: the grid (when `ts` is None), the
+    keys, the loop, and the values the eager checks need (so a cold call compiles once)."""
+    dtype = x_init.dtype
+    if ts is None:
+        ts = _grid_impl(model.path, num_steps, schedule, 7.0, dtype)
+    ts = ts.astype(dtype)
+    key = jax.random.key(0) if key is None else key
+    keys = jax.random.split(key, x_init.shape[0])
+    x, traj, failed = _scan(solver, model, x_init, keys, ts, save_trajectory)
+    diag = {"x_init_finite": jnp.all(jnp.isfinite(x_init))}
+    if diagnostics:
+        diag["alpha"] = model.path.alpha(ts)
+        diag["lam"] = model.path.half_log_snr(ts)
+    return x, traj, failed, ts, diag
+
+
+def _post_checks(diag, solver, parameterization, ts):
+    """Raise the configuration errors that need the grid's values (computed in the jit)."""
+    if isinstance(diag["x_init_finite"], jax.core.Tracer):
+        return
+    if not bool(diag["x_init_finite"]):
+        raise ValueError("`x_init` must be finite.")
+    if "alpha" not in diag:
+        return
+    alphas = np.asarray(diag["alpha"])
+    if parameterization in ("score", "noise") and np.any(alphas == 0):
+        t = float(np.asarray(ts)[np.argmax(alphas == 0)])
+        raise ValueError(
+            f"parameterization={parameterization!r} carries no information about the data "
+            f"where alpha(t) = 0 (t = {t}); use a 'velocity' or 'data' model there, or move "
+            "`t_noise` inside the path's domain."
+        )
+    if solver.exponential:
+        lams = np.asarray(diag["lam"])
+        if np.any(np.isnan(lams)) or not np.all(np.isfinite(lams[1:-1])):
+            raise ValueError(
+                f"{type(solver).__name__} steps in log-SNR, which must be finite at every "
+                "interior time of the grid (only the two ends may be infinite)."
+            )
+        if not np.all(np.diff(lams) > 0):
+            raise ValueError(
+                f"{type(solver).__name__} needs the log-SNR to increase strictly along the grid."
+            )
 
 
 def integrate(
@@ -139,15 +212,17 @@ def integrate(
         )
     check_parameterization(parameterization)
     _check_field(field, path, parameterization)
-    x_init = _check_x_init(x_init)
+    x_init = _check_x_init(x_init, check_finite=False)
     if ts is None:
         if num_steps is None:
             raise ValueError("give `num_steps` (or an explicit time grid `ts`).")
         num_steps = _check_num_steps(num_steps)
-        sched = default_schedule(path) if schedule is None else schedule
+        sched = default_schedule(path, solver) if schedule is None else schedule
         if sched not in SCHEDULES:
             raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {sched!r}.")
-        ts_arr = time_grid(path, num_steps, sched)
+        if sched in ("log_snr", "karras"):
+            check_log_snr_ends(path, sched)
+        ts_arr = None
     else:
         if schedule is not None:
             raise ValueError("give either `schedule` or `ts`, not both.")
@@ -157,41 +232,30 @@ def integrate(
                 f"`num_steps={num_steps}` does not match the grid `ts` ({ts_np.shape[0] - 1} steps)."
             )
         num_steps = ts_np.shape[0] - 1
+        sched = None
         ts_arr = jnp.asarray(ts_np, x_init.dtype)
-    ts_arr = ts_arr.astype(x_init.dtype)
     nfe = num_steps * solver.evals_per_step
     if nfe < solver.order:
         raise ValueError(
             f"{type(solver).__name__} has order {solver.order} and needs at least {solver.order} "
             f"field evaluations; num_steps={num_steps} gives {nfe}."
         )
-    if parameterization in ("score", "noise"):
-        alphas = np.asarray(path.alpha(ts_arr))
-        if np.any(alphas == 0):
-            raise ValueError(
-                f"parameterization={parameterization!r} carries no information about the data "
-                f"where alpha(t) = 0 (t = {float(ts_arr[np.argmax(alphas == 0)])}); use a "
-                "'velocity' or 'data' model there, or move `t_noise` inside the path's domain."
-            )
-    if solver.exponential:
-        lams = np.asarray(path.half_log_snr(ts_arr))
-        if np.any(np.isnan(lams)) or not np.all(np.isfinite(lams[1:-1])):
-            raise ValueError(
-                f"{type(solver).__name__} steps in log-SNR, which must be finite at every "
-                "interior time of the grid (only the two ends may be infinite)."
-            )
-        if not np.all(np.diff(lams) > 0):
-            raise ValueError(
-                f"{type(solver).__name__} needs the log-SNR to increase strictly along the grid."
-            )
-    if key is None:
-        if solver.stochastic:
-            raise ValueError(f"`key` is required: {type(solver).__name__} is stochastic.")
-        key = jax.random.key(0)
-    keys = jax.random.split(key, x_init.shape[0])
+    if key is None and solver.stochastic:
+        raise ValueError(f"`key` is required: {type(solver).__name__} is stochastic.")
     model = ParameterizedField(field=field, path=path, parameterization=parameterization)
-    x, traj, failed = _integrate(solver, model, x_init, keys, ts_arr, bool(save_trajectory))
-    return Solution(x=x, ts=ts_arr, trajectory=traj, failed_step=failed, num_field_evals=nfe)
+    x, traj, failed, ts_out, diag = _integrate(
+        solver,
+        model,
+        x_init,
+        key,
+        ts_arr,
+        sched,
+        num_steps if ts is None else None,
+        bool(save_trajectory),
+        True,
+    )
+    _post_checks(diag, solver, parameterization, ts_out)
+    return Solution(x=x, ts=ts_out, trajectory=traj, failed_step=failed, num_field_evals=nfe)
 
 
 def solve(
@@ -220,7 +284,7 @@ def solve(
     - `parameterization`: `"score"`, `"noise"`, `"data"` or `"velocity"`.
     - `key`: PRNG key, required by stochastic solvers.
     - `schedule`: the time grid (`"uniform"`, `"log_snr"`, `"karras"`, `"quadratic"`); default
-      `"log_snr"` where the log-SNR is finite at both ends, else `"uniform"`.
+      [`default_schedule`][]`(path, solver)`.
     - `ts`: an explicit grid instead of `num_steps`/`schedule`.
     - `throw`: raise if any output is not finite (otherwise use [`integrate`][] to inspect).
 

@@ -366,6 +366,26 @@ def _unipc_rb(k: int, h: Scalar, rks: list, variant: str):
     return jnp.stack(rows), jnp.stack(bs), h_phi_1, b_h
 
 
+def _solve_small(r, b):
+    """`r^{-1} b` for a 1×1, 2×2 or 3×3 system by Cramer's rule (cheap to compile, no pivoting:
+    UniPC's Vandermonde-like systems are well conditioned for distinct nodes)."""
+    k = b.shape[0]
+    if k == 1:
+        return b / r[0, 0]
+    if k == 2:
+        det = r[0, 0] * r[1, 1] - r[0, 1] * r[1, 0]
+        return jnp.stack([r[1, 1] * b[0] - r[0, 1] * b[1], r[0, 0] * b[1] - r[1, 0] * b[0]]) / det
+    cof = jnp.stack(
+        [
+            jnp.cross(r[1], r[2]),
+            jnp.cross(r[2], r[0]),
+            jnp.cross(r[0], r[1]),
+        ]
+    )  # rows of the adjugate's transpose
+    det = jnp.dot(r[0], cof[0])
+    return (cof.T @ b) / det
+
+
 class _UniPCState(eqx.Module):
     hist: _History
     x_prev: Array
@@ -420,10 +440,10 @@ class UniPC(AbstractSolver):
         if d_t is None:  # predictor
             if k == 1:
                 return x_lin
-            rhos = jnp.array([0.5], x.dtype) if k == 2 else jnp.linalg.solve(r[:-1, :-1], b[:-1])
+            rhos = jnp.array([0.5], x.dtype) if k == 2 else _solve_small(r[:-1, :-1], b[:-1])
             res = sum(rhos[j] * d1s[j] for j in range(k - 1))
             return x_lin - a1 * b_h * res
-        rhos = jnp.array([0.5], x.dtype) if k == 1 else jnp.linalg.solve(r, b)
+        rhos = jnp.array([0.5], x.dtype) if k == 1 else _solve_small(r, b)
         res = sum((rhos[j] * d1s[j] for j in range(k - 1)), jnp.zeros_like(x))
         return x_lin - a1 * b_h * (res + rhos[-1] * (d_t - m0))
 
