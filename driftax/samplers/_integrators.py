@@ -22,13 +22,13 @@ import math
 from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Key, Scalar
 from ..energies._base import AbstractEnergy
 from ._base import KineticState
 from ._metrics import AbstractMetric
+from ._random import draws
 
 IntegratorState = KineticState
 """The state integrators act on: position, momentum, and the position's log density and score."""
@@ -152,7 +152,7 @@ def run_scheme(
         raise ValueError("this integrator is stochastic: pass `friction` and `key`.")
     if num_noise:  # all the step's Gaussian noise in one PRNG call
         shape, dtype = jnp.shape(state.momentum), jnp.result_type(state.momentum)
-        noise = jax.random.normal(key, (num_noise, *shape), dtype)
+        noise, _ = draws(key, (num_noise, *shape), 0, dtype)
     used = 0
     stale = False
     heat = jnp.zeros((), jnp.result_type(state.log_density))

@@ -1,11 +1,13 @@
-"""Randomness for the kernels' inner loops, with as few PRNG calls as possible.
+"""Randomness for the kernels' inner loops, cheap on every backend.
 
-On CPU every `jax.random` call lowers to a small loop (threefry's rounds), which costs more than
-the arithmetic of a cheap target's gradient. So a transition draws ALL its Gaussian and uniform
-variates from ONE `jax.random.bits` call (`draws`); loops that need a fresh uniform at each
-iteration (NUTS leaves) hash a per-transition seed with a counter (`hash_uniforms`); and the
-driver derives each chain's per-step key by hashing the key's data (`chain_keys`). Everything
-stays a pure function of the user's key.
+On CPU every `jax.random` call lowers to a small *rolled* loop over threefry's rounds (with copies
+of its state at every round), which costs more than the arithmetic of a cheap target's gradient.
+So the kernels draw ALL the Gaussian and uniform variates of a transition at once from the
+Threefry-2x32 block cipher (Salmon et al. 2011) written out as straight-line elementwise
+operations, which XLA fuses into one kernel (`draws`); loops that need fresh uniforms at each
+iteration (NUTS leaves) encrypt a counter (`hash_uniforms`); and the driver derives each chain's
+per-step key by hashing the key's data (`chain_keys`). Everything stays a pure function of the
+user's key; keys of other PRNG implementations fall back to `jax.random.bits`.
 """
 
 from __future__ import annotations
@@ -27,28 +29,68 @@ def mix32(h: Array) -> Array:
     return h ^ (h >> 16)
 
 
-def _uniform_open(bits: Array, dtype) -> Array:
-    """Uniforms in the open interval (0, 1) from unsigned integers (all mantissa bits used)."""
-    nbits = jnp.iinfo(bits.dtype).bits
-    mant = jnp.finfo(dtype).nmant + 1
-    return ((bits >> (nbits - mant)).astype(dtype) + 0.5) * (2.0**-mant)
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _rotl(x, r: int):
+    return (x << jnp.uint32(r)) | (x >> jnp.uint32(32 - r))
+
+
+def threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
+    """The Threefry-2x32 block cipher (20 rounds) of the `uint32` counter pair `(x0, x1)` under
+    the key `(k0, k1)`, as straight-line elementwise operations (bit-identical to JAX's)."""
+    ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = _rotl(x1, r) ^ x0
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + ks[(i + 2) % 3] + jnp.uint32(i + 1)
+    return x0, x1
+
+
+def _is_threefry(key) -> bool:
+    impl = jax.random.key_impl(key)
+    return getattr(impl, "name", impl) == "threefry2x32"
+
+
+def random_words(key: Key, n: int) -> Array:
+    """`n` random `uint32` words from a key (Threefry in counter mode for threefry keys)."""
+    if not _is_threefry(key):
+        return jax.random.bits(key, (n,), jnp.uint32)
+    kd = jax.random.key_data(key).astype(jnp.uint32)
+    half = (n + 1) // 2
+    c = jnp.arange(half, dtype=jnp.uint32)
+    y0, y1 = threefry2x32(kd[0], kd[1], c, jnp.full_like(c, 0x5EED))
+    return jnp.concatenate([y0, y1])[:n]
+
+
+def _uniform_open(words: Array, dtype) -> Array:
+    """Uniforms in the open interval (0, 1): 24 random bits per float32, 53 per float64 (two
+    words)."""
+    if jnp.finfo(dtype).bits > 32:
+        hi = (words[0::2] >> 6).astype(dtype)  # 26 bits
+        lo = (words[1::2] >> 5).astype(dtype)  # 27 bits
+        return (hi * 2.0**27 + lo + 0.5) * 2.0**-53
+    return ((words >> 8).astype(dtype) + 0.5) * 2.0**-24
 
 
 def draws(key: Key, normal_shape, num_uniforms: int, dtype) -> tuple[Array, Array]:
-    """`(normals of normal_shape, uniforms of shape (num_uniforms,))` from ONE PRNG call."""
+    """`(normals of normal_shape, uniforms of shape (num_uniforms,))` from one key, in one
+    fused computation."""
     size = math.prod(normal_shape)
-    wide = jnp.finfo(dtype).bits > 32
-    bits = jax.random.bits(key, (size + num_uniforms,), jnp.uint64 if wide else jnp.uint32)
-    u = _uniform_open(bits, dtype)
+    per = 2 if jnp.finfo(dtype).bits > 32 else 1
+    u = _uniform_open(random_words(key, per * (size + num_uniforms)), dtype)
     normals = jax.scipy.special.ndtri(u[:size]).reshape(normal_shape)
     return normals, u[size:]
 
 
 def hash_uniforms(seed: Array, counter: Array, num: int, dtype) -> Array:
     """`num` uniforms in (0, 1) for iteration `counter` of a loop, from a `uint32[2]` seed."""
-    c = counter.astype(jnp.uint32) * jnp.uint32(num) + jnp.arange(num, dtype=jnp.uint32)
-    h = mix32(mix32(c ^ seed[0]) + seed[1])
-    return ((h >> 8).astype(dtype) + 0.5) * (1.0 / (1 << 24))
+    c = jnp.arange(num, dtype=jnp.uint32)
+    h, _ = threefry2x32(seed[0], seed[1], c, jnp.broadcast_to(counter.astype(jnp.uint32), c.shape))
+    return ((h >> 8).astype(dtype) + 0.5) * 2.0**-24
 
 
 def chain_keys(key: Key, step: Array, num_chains: int) -> Key:

@@ -171,6 +171,11 @@ def test_chains_shard_over_devices():
         kw = dict(key=jax.random.key(0), num_steps=50, num_warmup=20, num_chains=8)
         r = dx.sample(ds.MALA(step_size=0.3), t, jnp.zeros(2), **kw)
         assert len(r.samples.sharding.device_set) == 4, r.samples.sharding
+        again = dx.sample(ds.MALA(step_size=0.3), t, jnp.zeros(2), **kw)
+        np.testing.assert_array_equal(r.samples, again.samples)  # deterministic when sharded
+        # without adaptation the sharded and the single-device programs agree
+        kw.update(num_warmup=0, adaptation=None)
+        r = dx.sample(ds.MALA(step_size=0.3), t, jnp.zeros(2), **kw)
         u = dx.sample(ds.MALA(step_size=0.3), t, jnp.zeros(2), shard=False, **kw)
         assert len(u.samples.sharding.device_set) == 1
         np.testing.assert_allclose(r.samples, u.samples, rtol=1e-5, atol=1e-5)

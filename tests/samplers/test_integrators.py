@@ -205,3 +205,18 @@ def test_langevin_stationary_bias_rates(cls, x64):
         assert biases[-1] > 5 * mc
         ratio = biases[2] / biases[1]
         assert 2.5 < ratio < 6.5, (cls.__name__, biases)
+
+
+def test_fused_threefry_matches_jax():
+    """The straight-line Threefry-2x32 the kernels draw their noise from is JAX's cipher."""
+    from jax._src.random.threefry2x32 import threefry_2x32
+
+    from driftax.samplers._random import draws, threefry2x32
+
+    k = jnp.array([123, 456], jnp.uint32)
+    c = jnp.arange(20, dtype=jnp.uint32)
+    a, b = threefry2x32(k[0], k[1], c[:10], c[10:])
+    np.testing.assert_array_equal(np.concatenate([a, b]), np.asarray(threefry_2x32(k, c)))
+    z, u = draws(jax.random.key(0), (50_000,), 4, jnp.float32)
+    assert abs(float(z.mean())) < 0.03 and abs(float(z.std()) - 1) < 0.02
+    assert np.all((np.asarray(u) > 0) & (np.asarray(u) < 1))

@@ -1,0 +1,586 @@
+"""MCMC benchmark: driftax against BlackJAX and NumPyro, side by side in ONE process.
+
+    python benchmarks/mcmc.py --quick          # CPU, minutes: writes out/mcmc.json and out/mcmc.md
+    python benchmarks/mcmc.py                  # the full settings (meant for a GPU)
+    python benchmarks/mcmc.py --quick --targets gauss100_k100 logreg
+
+Targets: ill-conditioned Gaussians d=100 (κ=100 and κ=1e5), Bayesian logistic regression, Neal's
+funnel (d=10), the banana, and U(1) lattice gauge theory (L=8, β=6; its observable is the
+plaquette). Samplers: driftax NUTS, HMC, UnderdampedLangevin (UBU) and ChEES-HMC (many chains);
+BlackJAX NUTS and HMC with its window adaptation, warmup and sampling under ONE `jax.jit` (as its
+documentation recommends) and vmapped over chains; NumPyro NUTS (`chain_method="vectorized"`).
+All samplers start every chain at the origin (the mode of the Gaussians).
+
+Recorded per (target, sampler):
+
+- `cold_s`: first call (compilation included); `warm_s`: median of `--repeats` further calls with
+  new keys (same shapes); `compile_s = cold_s - warm_s`. NumPyro recompiles on every `run()`.
+- gradient evaluations per chain in warmup and sampling; `us_per_grad` (warm wall time / all
+  gradients) and its ratio to a bare vmapped value-and-gradient in a `lax.scan` (`overhead`).
+- `min_ess` (bulk, ArviZ, all chains; the plaquette's for U(1)), `ess_per_grad` (min ESS / all
+  sampling gradients), `ess_per_s` (min ESS / warm wall time of warmup + sampling),
+  `grads_per_s`, divergences in sampling.
+- `grads_to_bias_avg` / `_max`: gradient evaluations per chain until the bias² of E[x²]
+  (averaged over chains, avg or max over coordinates, `driftax.energies.running_bias_squared`)
+  stays below 0.01, without and with (`_tuned`) the warmup's gradients.
+
+The goals of issue 3 are evaluated at the end (ratios within this one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import driftax as dx
+import driftax.energies as de
+import driftax.samplers as ds
+from driftax.samplers import _driver
+
+# ---------------------------------------------------------------------------------------------
+# Targets and ground truth
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    energy: de.AbstractEnergy
+    mean: np.ndarray | None = None
+    variance: np.ndarray | None = None
+    second_moment_variance: np.ndarray | None = None
+    observable: object = None  # f(x) -> scalar (replaces x for ESS when set)
+    exact_observable: float | None = None
+    max_tree_depth: int = 10
+
+
+def _targets(names):
+    out = {}
+    if "gauss100_k100" in names:
+        t = de.ill_conditioned_gaussian(100, 100.0)
+        out["gauss100_k100"] = Target(
+            "gauss100_k100", t, np.asarray(t.mean), np.asarray(t.variance)
+        )
+    if "gauss100_k1e5" in names:
+        t = de.ill_conditioned_gaussian(100, 1e5)
+        out["gauss100_k1e5"] = Target(
+            "gauss100_k1e5", t, np.asarray(t.mean), np.asarray(t.variance)
+        )
+    if "logreg" in names:
+        t = de.logistic_regression()
+        out["logreg"] = Target("logreg", t, np.asarray(t.mean), np.asarray(t.variance))
+    if "funnel" in names:
+        t = de.funnel(10)
+        v = np.asarray(t.variance, np.float64)
+        # Var[x²]: 2·9² for x₀; E[x_i⁴] - E[x_i²]² = 3e^{2·9} - e^{9} for x_i | x₀ ~ N(0, e^{x₀})
+        v2 = np.full(10, 3.0 * math.exp(18.0) - math.exp(9.0))
+        v2[0] = 2.0 * 81.0
+        out["funnel"] = Target("funnel", t, np.zeros(10), v, v2)
+    if "banana" in names:
+        t = de.banana()
+        exact = np.asarray(t.sample(jax.random.key(99), 2_000_000), np.float64)
+        out["banana"] = Target("banana", t, np.zeros(2), np.asarray(t.variance), (exact**2).var(0))
+    if "u1_L8" in names:
+        t = de.u1_lattice(8, 6.0)
+        out["u1_L8"] = Target(
+            "u1_L8",
+            t,
+            observable=t.mean_plaquette,
+            exact_observable=float(t.exact_plaquette),
+            max_tree_depth=6,  # gauge directions are flat: cap every library's trajectories
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Runners: each returns a callable key -> dict of numpy arrays (samples, grads per step, ...)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    library: str
+    sampler: str
+    num_chains: int
+    num_warmup: int
+    num_steps: int
+    fn: object = None
+    extra: dict = field(default_factory=dict)
+
+
+def driftax_runner(sampler, target, chains, warmup, steps):
+    x0 = jnp.zeros(target.energy.event_shape)
+
+    def run(key):
+        r = dx.sample(
+            sampler,
+            target.energy,
+            x0,
+            key=key,
+            num_steps=steps,
+            num_warmup=warmup,
+            num_chains=chains,
+        )
+        jax.block_until_ready(r.samples)
+        return dict(
+            samples=np.asarray(r.samples),
+            grads=np.asarray(r.info.num_grad_evals),
+            warm_grads=r.num_grad_evals_warmup / chains,
+            divergent=r.num_divergent,
+        )
+
+    return run
+
+
+def blackjax_runner(kind, target, chains, warmup, steps, num_integration_steps=10):
+    import blackjax
+
+    logdensity = target.energy.log_density
+    x0s = jnp.zeros((chains, *target.energy.event_shape))
+
+    def one(key, x0):
+        k1, k2 = jax.random.split(key)
+        if kind == "nuts":
+            wa = blackjax.window_adaptation(
+                blackjax.nuts, logdensity, max_num_doublings=target.max_tree_depth
+            )
+        else:
+            wa = blackjax.window_adaptation(
+                blackjax.hmc, logdensity, num_integration_steps=num_integration_steps
+            )
+        (state, params), winfo = wa.run(k1, x0, num_steps=warmup)
+        params = dict(params)
+        if kind == "nuts":
+            params.setdefault("max_num_doublings", target.max_tree_depth)
+            kernel = blackjax.nuts(logdensity, **params)
+        else:
+            params.setdefault("num_integration_steps", num_integration_steps)
+            kernel = blackjax.hmc(logdensity, **params)
+
+        def body(s, k):
+            s, info = kernel.step(k, s)
+            return s, (s.position, info.num_integration_steps, info.is_divergent)
+
+        _, (xs, n, div) = jax.lax.scan(body, state, jax.random.split(k2, steps))
+        return xs, n, div, jnp.sum(winfo.info.num_integration_steps)
+
+    fn = jax.jit(jax.vmap(one))
+
+    def run(key):
+        xs, n, div, wn = jax.block_until_ready(fn(jax.random.split(key, chains), x0s))
+        return dict(
+            samples=np.asarray(xs),
+            grads=np.asarray(n),
+            warm_grads=float(np.mean(np.asarray(wn))),
+            divergent=int(np.sum(np.asarray(div))),
+        )
+
+    return run
+
+
+def numpyro_runner(target, chains, warmup, steps):
+    from numpyro.infer import MCMC, NUTS
+
+    energy = target.energy
+    x0s = jnp.zeros((chains, *energy.event_shape))
+
+    def run(key):
+        kernel = NUTS(potential_fn=energy.energy, max_tree_depth=target.max_tree_depth)
+        mcmc = MCMC(
+            kernel,
+            num_warmup=warmup,
+            num_samples=steps,
+            num_chains=chains,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
+        mcmc.run(key, init_params=x0s, extra_fields=("num_steps", "diverging"))
+        xs = mcmc.get_samples(group_by_chain=True)
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        jax.block_until_ready(xs)
+        return dict(
+            samples=np.asarray(xs),
+            grads=np.asarray(extra["num_steps"]),
+            warm_grads=float("nan"),  # numpyro does not report its warmup trajectories
+            divergent=int(np.sum(np.asarray(extra["diverging"]))),
+        )
+
+    return run
+
+
+def bare_gradient_us(target, chains, iters=2000, repeats=5):
+    """Wall time of one vmapped value-and-gradient (per chain-batch) inside a lax.scan."""
+    energy = target.energy
+
+    @jax.jit
+    def loop(x):
+        def body(x, _):
+            lp, g = jax.vmap(energy.value_and_score)(x)
+            return x + 1e-6 * g, lp
+
+        return jax.lax.scan(body, x, None, length=iters)[1]
+
+    x = 0.01 * jnp.ones((chains, *energy.event_shape))
+    jax.block_until_ready(loop(x))
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(loop(x))
+        ts.append(time.perf_counter() - t0)
+    return 1e6 * statistics.median(ts) / iters
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def _min_ess(samples, target):
+    x = np.asarray(samples, np.float64)
+    if target.observable is not None:
+        obs = jax.jit(jax.vmap(jax.vmap(target.observable)))(jnp.asarray(samples))
+        return float(ds.ess(np.asarray(obs, np.float64)[..., None])[0]), np.asarray(obs)
+    return float(np.min(ds.ess(x.reshape(*x.shape[:2], -1)))), None
+
+
+def _grads_to_bias(out, target, threshold=0.01):
+    """Per-chain running bias² of E[x²] averaged over chains → gradients per chain (or inf)."""
+    if target.mean is None:
+        return float("nan"), float("nan")
+    x = jnp.asarray(out["samples"], jnp.float32)
+    x = x.reshape(*x.shape[:2], -1)
+    res = []
+    per_chain = jax.vmap(
+        lambda c: de.running_bias_squared(
+            c, target.mean, target.variance, second_moment_variance=target.second_moment_variance
+        )
+    )(x)
+    for field_name in ("x2_avg", "x2_max"):
+        b = jnp.mean(getattr(per_chain, field_name), axis=0)
+        t_star = float(de.gradients_to_threshold(b, grads_per_step=1, threshold=threshold))
+        if not math.isfinite(t_star):
+            res.append(float("inf"))
+            continue
+        cum = np.cumsum(np.asarray(out["grads"], np.float64), axis=1).mean(0)
+        res.append(float(cum[int(t_star) - 1]))
+    return tuple(res)
+
+
+def measure(run: Run, target: Target, repeats: int, bare_us: float):
+    t0 = time.perf_counter()
+    out = run.fn(jax.random.key(0))
+    cold = time.perf_counter() - t0
+    warms = []
+    n_traces_0 = jax_traces()
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        out_r = run.fn(jax.random.key(r + 1))
+        warms.append(time.perf_counter() - t0)
+        del out_r
+    retraced = jax_traces() - n_traces_0
+    warm = statistics.median(warms)
+    chains = run.num_chains
+    grads_sampling = float(np.sum(out["grads"]))
+    grads_warm = out["warm_grads"] * chains if math.isfinite(out["warm_grads"]) else 0.0
+    grads_total = grads_sampling + grads_warm
+    min_ess, obs = _min_ess(out["samples"], target)
+    g_avg, g_max = _grads_to_bias(out, target)
+    wpc = out["warm_grads"] if math.isfinite(out["warm_grads"]) else float("nan")
+    rec = dict(
+        target=target.name,
+        library=run.library,
+        sampler=run.sampler,
+        num_chains=chains,
+        num_warmup=run.num_warmup,
+        num_steps=run.num_steps,
+        cold_s=cold,
+        warm_s=warm,
+        compile_s=cold - warm,
+        warm_runs_s=warms,
+        grads_per_chain_warmup=wpc,
+        grads_per_chain_sampling=grads_sampling / chains,
+        us_per_grad=1e6 * warm / grads_total,
+        overhead=(1e6 * warm / grads_total) / (bare_us / chains),
+        min_ess=min_ess,
+        ess_per_grad=min_ess / grads_sampling,
+        ess_per_s=min_ess / warm,
+        grads_per_s=grads_total / warm,
+        divergent=out["divergent"],
+        grads_to_bias_avg=g_avg,
+        grads_to_bias_max=g_max,
+        grads_to_bias_avg_tuned=g_avg + wpc,
+        grads_to_bias_max_tuned=g_max + wpc,
+        retraced_on_second_call=None if run.library != "driftax" else bool(retraced),
+    )
+    if obs is not None:
+        mcse = float(ds.mcse(np.asarray(obs, np.float64)[..., None], "mean")[0])
+        rec["observable_mean"] = float(np.mean(obs))
+        rec["observable_exact"] = target.exact_observable
+        rec["observable_error_in_mcse"] = abs(float(np.mean(obs)) - target.exact_observable) / mcse
+    return rec
+
+
+def jax_traces():
+    import equinox as eqx
+
+    return eqx.debug.get_num_traces(_driver._run_traced)
+
+
+# ---------------------------------------------------------------------------------------------
+# Goals and report
+# ---------------------------------------------------------------------------------------------
+
+
+def _find(records, target, library, sampler):
+    for r in records:
+        if r["target"] == target and r["library"] == library and r["sampler"] == sampler:
+            return r
+    return None
+
+
+def goals(records, bare):
+    out = []
+
+    def add(name, value, threshold, op, detail=""):
+        ok = (
+            None
+            if value is None or not math.isfinite(value)
+            else (value >= threshold if op == ">=" else value <= threshold)
+        )
+        out.append(dict(goal=name, value=value, threshold=threshold, op=op, met=ok, detail=detail))
+
+    for t in sorted({r["target"] for r in records}):
+        ours = _find(records, t, "driftax", "NUTS")
+        bj = _find(records, t, "blackjax", "NUTS")
+        npy = _find(records, t, "numpyro", "NUTS")
+        if ours and bj:
+            add(
+                f"{t}: NUTS min-ESS/s vs blackjax (warm)",
+                ours["ess_per_s"] / bj["ess_per_s"],
+                1.2,
+                ">=",
+            )
+            add(f"{t}: NUTS cold seconds vs blackjax", ours["cold_s"] / bj["cold_s"], 1.0, "<=")
+        if ours and npy:
+            add(
+                f"{t}: NUTS min-ESS/s vs numpyro (warm)",
+                ours["ess_per_s"] / npy["ess_per_s"],
+                1.0,
+                ">=",
+            )
+        if ours:
+            add(f"{t}: second call recompiles", float(ours["retraced_on_second_call"]), 0.0, "<=")
+    if "logreg" in bare:
+        for s in ("HMC", "UBU"):
+            r = _find(records, "logreg", "driftax", s)
+            if r:
+                add(
+                    f"logreg: {s} per-gradient cost / bare value-and-gradient",
+                    r["overhead"],
+                    1.5,
+                    "<=",
+                )
+    t = "gauss100_k100"
+    for s in ("HMC", "NUTS"):
+        ours, bj = _find(records, t, "driftax", s), _find(records, t, "blackjax", s)
+        if ours and bj:
+            add(
+                f"{t}: {s} per-gradient cost vs blackjax",
+                ours["us_per_grad"] / bj["us_per_grad"],
+                0.5,
+                "<=",
+            )
+    nuts = _find(records, t, "driftax", "NUTS")
+    if nuts:
+        for s in ("UBU", "ChEES"):
+            r = _find(records, t, "driftax", s)
+            if r:
+                add(
+                    f"{t}: {s} gradients to bias²<0.01 (avg, tuning incl.) vs driftax NUTS",
+                    r["grads_to_bias_avg_tuned"] / nuts["grads_to_bias_avg_tuned"],
+                    0.3,
+                    "<=",
+                )
+    return out
+
+
+def _fmt(v, digits=3):
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    if not math.isfinite(v):
+        return "∞" if v > 0 else "nan"
+    if abs(v) >= 1000:
+        return f"{v:.0f}"
+    return f"{v:.{digits}g}"
+
+
+def markdown(payload):
+    lines = ["# MCMC benchmark", ""]
+    m = payload["meta"]
+    lines.append(
+        f"{m['mode']} mode · {m['device']} · jax {m['jax']} · blackjax {m['blackjax']} · numpyro "
+        f"{m['numpyro']} · {m['num_chains']} chains (ChEES: {m['num_chains_many']}) · warm = median "
+        f"of {m['repeats']} runs · ratios only compare within this run."
+    )
+    lines.append("")
+    cols = [
+        ("library", "library"),
+        ("sampler", "sampler"),
+        ("cold_s", "cold s"),
+        ("warm_s", "warm s"),
+        ("compile_s", "compile s"),
+        ("grads_per_chain_warmup", "grads/chain warmup"),
+        ("grads_per_chain_sampling", "grads/chain sampling"),
+        ("min_ess", "min ESS"),
+        ("ess_per_grad", "ESS/grad"),
+        ("ess_per_s", "ESS/s"),
+        ("grads_per_s", "grads/s"),
+        ("us_per_grad", "µs/grad"),
+        ("overhead", "× bare grad"),
+        ("divergent", "div."),
+        ("grads_to_bias_avg", "grads→b²<.01 avg"),
+        ("grads_to_bias_max", "grads→b²<.01 max"),
+        ("grads_to_bias_avg_tuned", "…avg incl. tuning"),
+    ]
+    for t in payload["targets"]:
+        lines += [
+            f"## {t}",
+            "",
+            f"bare value-and-gradient: {payload['bare_us'][t]:.2f} µs per chain-batch",
+            "",
+        ]
+        lines.append("| " + " | ".join(c[1] for c in cols) + " |")
+        lines.append("|" + "---|" * len(cols))
+        for r in payload["runs"]:
+            if r["target"] == t:
+                lines.append("| " + " | ".join(_fmt(r.get(k)) for k, _ in cols) + " |")
+        obs = [r for r in payload["runs"] if r["target"] == t and "observable_mean" in r]
+        if obs:
+            lines.append("")
+            lines.append(f"plaquette (exact {obs[0]['observable_exact']:.5f}):")
+            for r in obs:
+                lines.append(
+                    f"- {r['library']} {r['sampler']}: {r['observable_mean']:.5f} "
+                    f"({r['observable_error_in_mcse']:.2f} MCSE)"
+                )
+        lines.append("")
+    lines += ["## Goals (issue 3)", "", "| goal | value | target | met |", "|---|---|---|---|"]
+    for g in payload["goals"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[g["met"]]
+        lines.append(f"| {g['goal']} | {_fmt(g['value'])} | {g['op']} {g['threshold']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+ALL_TARGETS = ["gauss100_k100", "gauss100_k1e5", "logreg", "funnel", "banana", "u1_L8"]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="CPU settings (minutes)")
+    p.add_argument("--targets", nargs="*", default=ALL_TARGETS, choices=ALL_TARGETS)
+    p.add_argument(
+        "--samplers", nargs="*", default=None, help="subset, e.g. driftax:NUTS blackjax:NUTS"
+    )
+    p.add_argument("--out", default="out")
+    p.add_argument("--repeats", type=int, default=None)
+    args = p.parse_args(argv)
+    quick = args.quick
+    chains = 4
+    chains_many = 16
+    warmup, steps = (500, 1000) if quick else (1000, 5000)
+    warmup_u, steps_u = (500, 4000) if quick else (1000, 20000)
+    repeats = args.repeats or (3 if quick else 5)
+
+    targets = _targets(args.targets)
+    records, bare = [], {}
+    for name, target in targets.items():
+        bare[name] = bare_gradient_us(target, chains)
+        runs = [
+            Run("driftax", "NUTS", chains, warmup, steps),
+            Run("blackjax", "NUTS", chains, warmup, steps),
+            Run("numpyro", "NUTS", chains, warmup, steps),
+            Run("driftax", "HMC", chains, warmup, steps),
+            Run("blackjax", "HMC", chains, warmup, steps),
+            Run("driftax", "UBU", chains, warmup_u, steps_u),
+            Run("driftax", "ChEES", chains_many, warmup, steps),
+        ]
+        for run in runs:
+            if args.samplers and f"{run.library}:{run.sampler}" not in args.samplers:
+                continue
+            if run.library == "driftax":
+                sampler = {
+                    "NUTS": ds.NUTS(step_size=0.1, max_tree_depth=target.max_tree_depth),
+                    "HMC": ds.HMC(step_size=0.1, num_integration_steps=10),
+                    "UBU": ds.UnderdampedLangevin(step_size=0.1, integrator="UBU"),
+                    "ChEES": ds.ChEESHMC(step_size=0.1, trajectory_length=1.0),
+                }[run.sampler]
+                run.fn = driftax_runner(
+                    sampler, target, run.num_chains, run.num_warmup, run.num_steps
+                )
+            elif run.library == "blackjax":
+                run.fn = blackjax_runner(
+                    run.sampler.lower(), target, run.num_chains, run.num_warmup, run.num_steps
+                )
+            else:
+                run.fn = numpyro_runner(target, run.num_chains, run.num_warmup, run.num_steps)
+            t0 = time.perf_counter()
+            rec = measure(run, target, repeats, bare[name] * (run.num_chains / chains))
+            records.append(rec)
+            print(
+                f"[{time.perf_counter() - t0:6.1f}s] {name:14s} {run.library:9s} {run.sampler:6s} "
+                f"cold {rec['cold_s']:.2f}s warm {rec['warm_s']:.3f}s minESS {rec['min_ess']:.0f} "
+                f"ESS/s {rec['ess_per_s']:.0f} µs/grad {rec['us_per_grad']:.2f} "
+                f"grads→b² {rec['grads_to_bias_avg']:.0f}",
+                flush=True,
+            )
+    payload = dict(
+        meta=dict(
+            mode="quick" if quick else "full",
+            device=f"{jax.devices()[0].platform} × {len(jax.devices())} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+            jax=jax.__version__,
+            blackjax=__import__("blackjax").__version__,
+            numpyro=__import__("numpyro").__version__,
+            driftax=dx.__version__,
+            python=sys.version.split()[0],
+            num_chains=chains,
+            num_chains_many=chains_many,
+            num_warmup=warmup,
+            num_steps=steps,
+            repeats=repeats,
+        ),
+        targets=list(targets),
+        bare_us=bare,
+        runs=records,
+        goals=goals(records, bare),
+    )
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "mcmc.json"), "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+    with open(os.path.join(args.out, "mcmc.md"), "w") as f:
+        f.write(markdown(payload))
+    print(markdown(payload))
+
+
+if __name__ == "__main__":
+    main()
