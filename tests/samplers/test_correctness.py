@@ -122,7 +122,8 @@ def test_logistic_regression(name):
     r = dx.sample(
         sampler, target, x0, key=jax.random.key(4), num_steps=n, num_warmup=1000, num_chains=4
     )
-    assert r.num_divergent == 0
+    # an unadjusted kernel may (rarely) meet a step with a huge energy error: it is rejected
+    assert r.num_divergent <= (0 if sampler.is_adjusted else 1e-3 * 4 * n)
     x = np.asarray(r.samples, np.float64)
     # tolerance: our MCSE and the reference's MCSE combined
     ref_m, ref_v = np.asarray(target.mean), np.asarray(target.variance)
