@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-SECTIONS = ["targets"]
+SECTIONS = ["targets", "diffusion"]
 
 
 def main(argv=None) -> int:
