@@ -262,3 +262,44 @@ def test_meanflow_one_step_covers_gmm25():
     x = dd.meanflow_sample(trained, jax.random.normal(jax.random.key(3), (2000, 2)), num_steps=1)
     cov = de.mode_coverage(x, target)
     assert int(cov.num_covered) == 25
+
+
+_SHARDED = """
+import jax, jax.numpy as jnp, numpy as np, optax
+import driftax.diffusion as dd
+assert jax.device_count() == 4, jax.devices()
+data = 1.0 + 0.5 * jax.random.normal(jax.random.key(0), (512, 2))
+path = dd.EDM()
+model = dd.Denoiser(net=dd.MLP(2, key=jax.random.key(1), hidden=16, depth=2), path=path)
+from driftax.diffusion._train import _data_sharding
+assert _data_sharding(64) is not None
+_, losses = dd.fit(model, dd.DenoisingLoss(path=path), data, key=jax.random.key(2),
+                   optimizer=optax.adam(1e-3), num_steps=20, batch_size=64)
+print(repr(np.asarray(losses).tolist()))
+"""
+
+
+@pytest.mark.slow
+def test_fit_shards_the_batch_over_devices():
+    """With 4 (CPU) devices the batch is sharded; the losses equal the single-device run."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sharded = np.array(eval(out.stdout.strip().splitlines()[-1]))
+    data = 1.0 + 0.5 * jax.random.normal(jax.random.key(0), (512, 2))
+    path = dd.EDM()
+    model = dd.Denoiser(net=dd.MLP(2, key=jax.random.key(1), hidden=16, depth=2), path=path)
+    _, single = dd.fit(
+        model,
+        dd.DenoisingLoss(path=path),
+        data,
+        key=jax.random.key(2),
+        optimizer=optax.adam(1e-3),
+        num_steps=20,
+        batch_size=64,
+    )
+    np.testing.assert_allclose(sharded, np.asarray(single), rtol=1e-4, atol=1e-6)
