@@ -421,9 +421,11 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
     x = reference.sample(k_init, (n,))
     dtype = x.dtype
     logw = jnp.full((n,), -jnp.log(n), dtype)
-    kernel_uses_grad = (
-        getattr(eqx.filter_eval_shape(kernel.init, path, x[0]), "score", None) is not None
-    )
+    state_shape = eqx.filter_eval_shape(kernel.init, path, x[0])
+    kernel_uses_grad = getattr(state_shape, "score", None) is not None
+    # kinetic kernels keep their momentum from stage to stage (re-initialized states start at
+    # rest, which would leave the momentum out of equilibrium after a few moves)
+    has_momentum = getattr(state_shape, "momentum", None) is not None
 
     def buffer(fill, dt):
         return jnp.full((num_stages_max,), fill, dt)
@@ -434,6 +436,7 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         l_target=log_target(x).astype(dtype),
         logw=logw,
         eve=jnp.arange(n, dtype=jnp.int32),
+        momentum=jnp.zeros_like(x) if has_momentum else None,
         beta=jnp.zeros((), dtype),
         log_z=jnp.asarray(reference.log_normalizer, dtype),
         stage=jnp.zeros((), jnp.int32),
@@ -476,12 +479,13 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         # 3. resample
         if smc.resampling == "never":
             do = jnp.asarray(False)
-            eve = c["eve"]
+            eve, momentum = c["eve"], c["momentum"]
         else:
             do = ess < smc.resampling_threshold * n
             idx = resample(logw, key=k_res, scheme=smc.resampling)
             idx = jnp.where(do, idx, jnp.arange(n, dtype=idx.dtype))
             x, eve = x[idx], c["eve"][idx]
+            momentum = None if c["momentum"] is None else c["momentum"][idx]
             logw = jnp.where(do, jnp.full_like(logw, -jnp.log(n)), logw)
         # 4. move
         kernel = c["kernel"]
@@ -490,6 +494,8 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
             kernel = eqx.tree_at(lambda k: k.metric.inverse_mass, kernel, var.reshape(event_shape))
         target_b = path.at(beta_new)
         states = jax.vmap(lambda xi: kernel.init(target_b, xi))(x)
+        if has_momentum:
+            states = eqx.tree_at(lambda st: st.momentum, states, momentum.astype(x.dtype))
 
         def move(mc, k):
             kern, st = mc
@@ -515,6 +521,8 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         c["l_target"] = log_target(x).astype(dtype)
         c["logw"] = logw
         c["eve"] = eve
+        if has_momentum:
+            c["momentum"] = states.momentum
         c["beta"] = beta_new
         c["log_z"] = c["log_z"] + log_z_inc
         c["stage"] = s + 1

@@ -10,6 +10,8 @@ import driftax as dx
 import driftax.energies as de
 import driftax.samplers as ds
 
+from .registry import SAMPLERS
+
 
 @pytest.fixture(scope="module")
 def gmm25_run():
@@ -177,3 +179,22 @@ def test_bad_input():
     with pytest.raises(TypeError, match="ParallelTempering"):
         dx.sample(kernel, target, jnp.zeros(2), key=jax.random.key(0), num_steps=5,
                   adaptation=ds.ParallelTemperingAdaptation())  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_kernel_within_replicas(name):
+    """Every registered kernel runs within the replicas; the T = 1 replica's mean is within
+    5 Monte Carlo standard errors (adjusted kernels)."""
+    kernel = SAMPLERS[name]()
+    target = de.gaussian(jnp.array([1.0, -0.5]), jnp.array([0.5, 1.5]))
+    pt = ds.ParallelTempering(kernel, num_replicas=3, max_temperature=4.0)
+    res = dx.sample(pt, target, jnp.zeros(2), key=jax.random.key(3), num_steps=1000,
+                    num_warmup=500, num_chains=4,
+                    adaptation=ds.ParallelTemperingAdaptation())  # fmt: skip
+    rates = np.asarray(res.final_state.swap_rate)
+    assert np.all(np.isfinite(rates)) and np.all(rates > 0)
+    if kernel.is_adjusted:
+        x = np.asarray(res.samples)
+        err = np.abs(x.reshape(-1, 2).mean(0) - np.array([1.0, -0.5]))
+        assert np.all(err <= 5 * np.asarray(res.mcse_mean)), (err, res.mcse_mean)
