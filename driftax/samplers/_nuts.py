@@ -55,9 +55,9 @@ class _Loop(eqx.Module):
     sub_proposal: _Proposal
     sub_log_w: Array
     sub_rho: Array
-    ckpt_v: Array  # velocity at the first leaf of each open sub-subtree
-    ckpt_diff: Array  # p - rho (momentum sum up to and including that leaf)
-    ckpt_a: Array  # ckpt_v · ckpt_diff
+    ckpt_v: Array  # velocity v_f at the first leaf of each open sub-subtree
+    ckpt_w: Array  # R + p_f/2: R the subtree's momentum sum before that leaf, p_f its momentum
+    ckpt_a: Array  # -v_f · w
     depth: Array
     leaf: Array
     forward: Array  # direction of the current subtree
@@ -142,7 +142,7 @@ class NUTS(AbstractSampler):
             sub_log_w=jnp.asarray(-jnp.inf, dtype),
             sub_rho=jnp.zeros_like(p0),
             ckpt_v=ckpt,
-            ckpt_diff=ckpt,
+            ckpt_w=ckpt,
             ckpt_a=jnp.zeros(depth_max + 1, dtype),
             depth=jnp.asarray(0, jnp.int32),
             leaf=jnp.asarray(0, jnp.int32),
@@ -190,6 +190,9 @@ def _leaf(params, s: _Loop) -> _Loop:
     rho_v = jnp.sum(s.rho * v)
     other_sub = jnp.sum(s.other_v * sub_rho)
     other_rho = jnp.sum(s.other_v * s.rho)
+    other_p = jnp.sum(s.other_v * s.other.momentum)
+    other_z = jnp.sum(s.other_v * z.momentum)
+    v_other = jnp.sum(v * s.other.momentum)
     energy_z = -z.log_density + 0.5 * p_v
     delta = energy_z - h0
     delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
@@ -203,15 +206,19 @@ def _leaf(params, s: _Loop) -> _Loop:
         position=z.position, log_density=z.log_density, score=z.score, energy=energy_z
     )
     sub_proposal = select(take_leaf, leaf_prop, s.sub_proposal)
-    # U-turns of the sub-subtrees closed by this (odd) leaf: checkpoints hi, hi-1, ..., lo,
-    # with rho_k = sub_rho - ckpt_rho_k + ckpt_p_k = sub_rho + ckpt_diff_k
+    # U-turns of the sub-subtrees closed by this (odd) leaf, checkpoints hi, hi-1, ..., lo.
+    # The criterion (as in Stan, NumPyro, BlackJAX) uses the momentum sum with the two end
+    # leaves counted half (a trapezoidal integral of the momentum):
+    # rho_k = sub_rho - R_k - (p_f + p_last)/2, so with w_k = R_k + p_f/2
+    # v_f · rho_k = v_f · (sub_rho - p_last/2) + a_k   and   v · rho_k = sub_v - p_v/2 - v · w_k
     lo, hi = _ckpt_range(s.leaf)
     is_even = (s.leaf % 2) == 0
+    half_last = sub_rho - 0.5 * z.momentum
 
     def check(carry):
         k, _ = carry
-        start_dot = jnp.sum(s.ckpt_v[k] * sub_rho) + s.ckpt_a[k]  # v_first · rho_k
-        end_dot = sub_v + jnp.sum(s.ckpt_diff[k] * v)  # v_last · rho_k
+        start_dot = jnp.sum(s.ckpt_v[k] * half_last) + s.ckpt_a[k]
+        end_dot = sub_v - 0.5 * p_v - jnp.sum(s.ckpt_w[k] * v)
         return k - 1, (start_dot <= 0) | (end_dot <= 0)
 
     _, turning_sub = jax.lax.while_loop(
@@ -222,8 +229,8 @@ def _leaf(params, s: _Loop) -> _Loop:
     onehot = jnp.arange(depth_max + 1) == slot
     mask = onehot.reshape((-1,) + (1,) * jnp.ndim(v))
     ckpt_v = jnp.where(mask, v[None], s.ckpt_v)
-    ckpt_diff = jnp.where(mask, (z.momentum - sub_rho)[None], s.ckpt_diff)
-    ckpt_a = jnp.where(onehot, p_v - sub_v, s.ckpt_a)
+    ckpt_w = jnp.where(mask, half_last[None], s.ckpt_w)
+    ckpt_a = jnp.where(onehot, 0.5 * p_v - sub_v, s.ckpt_a)
     leaf = s.leaf + 1
     sub_done = (leaf == (1 << s.depth)) | turning_sub | diverging
     # merge a finished subtree into the tree (biased progressive sampling), then check the
@@ -231,7 +238,9 @@ def _leaf(params, s: _Loop) -> _Loop:
     ok = ~(turning_sub | diverging)
     merge = sub_done & ok
     take_sub = live & merge & (u[1] < jnp.exp(sub_log_w - s.log_w))
-    turning_tree = (rho_v + sub_v <= 0) | (other_rho + other_sub <= 0)
+    turning_tree = (rho_v + sub_v - 0.5 * (p_v + v_other) <= 0) | (
+        other_rho + other_sub - 0.5 * (other_z + other_p) <= 0
+    )
     depth = s.depth + 1
     finished = sub_done & (~ok | turning_tree | (depth >= depth_max))
     # a new subtree in the other direction starts from the other end: swap the ends
@@ -249,7 +258,7 @@ def _leaf(params, s: _Loop) -> _Loop:
         sub_log_w=jnp.where(sub_done, -jnp.inf, sub_log_w),
         sub_rho=jnp.where(sub_done, 0.0, sub_rho),
         ckpt_v=ckpt_v,
-        ckpt_diff=ckpt_diff,
+        ckpt_w=ckpt_w,
         ckpt_a=ckpt_a,
         depth=jnp.where(live & sub_done, depth, s.depth),
         leaf=jnp.where(sub_done, 0, leaf),

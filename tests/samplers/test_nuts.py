@@ -60,3 +60,19 @@ def test_agrees_with_blackjax_nuts():
     acc_ours = float(np.mean(info.acceptance_rate))
     acc_bj = float(np.mean(binfo.acceptance_rate))
     assert abs(acc_ours - acc_bj) < 0.05, (acc_ours, acc_bj)
+
+
+def test_trajectory_lengths_match_blackjax_across_depths():
+    """Mean number of leapfrog steps per transition equals BlackJAX's at step sizes that need 3 to
+    6 doublings (the U-turn criterion with half-weighted end momenta, checked at every level)."""
+    target = de.gaussian(np.zeros(4), np.array([1.0, 0.5, 0.3, 0.8]))
+    for h in (0.45, 0.12):
+        ours = ds.NUTS(step_size=h)
+        _, info = _chains(
+            lambda s, k: ours.step(target, s, key=k), ours.init(target, jnp.ones(4)), 300
+        )
+        bj = blackjax.nuts(target.log_density, h, jnp.ones(4))
+        _, binfo = _chains(lambda s, k: bj.step(k, s), bj.init(jnp.ones(4)), 300, seed=1)
+        a = float(np.mean(info.extras["num_integration_steps"]))
+        b = float(np.mean(binfo.num_integration_steps))
+        assert abs(a / b - 1) < 0.1, (h, a, b)
