@@ -246,6 +246,6 @@ def test_every_kernel_as_the_move(shifted, name):
     kernel = SAMPLERS[name]()
     smc = ds.SMC(kernel, reference=_reference(2.0), resampling="multinomial", target_ess=0.7)
     result = smc.run(target, key=jax.random.key(13), num_particles=500)
-    assert np.isfinite(float(result.log_z)) and result.num_divergent == 0
+    assert np.isfinite(float(result.log_z)) and np.all(np.isfinite(np.asarray(result.particles)))
     if kernel.is_adjusted:
         _within(result, exact, n_se=4.0)
