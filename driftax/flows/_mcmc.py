@@ -145,7 +145,7 @@ def _imh_step(flow, energy, state, key, with_score):
     proposal = FlowState(position=y, log_density=log_p, proposal_log_density=log_q, score=score)
     log_ratio = (log_p - log_q) - (state.log_density - state.proposal_log_density)
     valid = jnp.isfinite(log_q) & (jnp.all(jnp.isfinite(score)) if with_score else True)
-    new, acc, _, div = metropolis_hastings(k_mh, log_ratio, proposal, state, valid=valid)
+    new, acc, _, div = metropolis_hastings(log_ratio, proposal, state, key=k_mh, valid=valid)
     info = Info(
         acceptance_rate=acc,
         is_divergent=div,

@@ -250,7 +250,10 @@ def _ml_loop(
             params, opt_state = args
             return params, opt_state, jnp.array(jnp.nan, train_x.dtype), jnp.array(True)
 
-        params, opt_state, loss, ok = jax.lax.cond(stopped, skip, do_step, (params, opt_state))
+        if patience is None:  # never stops: no branch to compile
+            params, opt_state, loss, ok = do_step((params, opt_state))
+        else:
+            params, opt_state, loss, ok = jax.lax.cond(stopped, skip, do_step, (params, opt_state))
         if has_val:
             evaluate = (~stopped) & (((i + 1) % eval_every == 0) | (i + 1 == num_steps))
             v = jax.lax.cond(

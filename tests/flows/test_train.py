@@ -203,8 +203,9 @@ def test_planar_reverse_kl_on_u1():
 def test_spline_reverse_kl_on_u1():
     u1 = _u1()
     flow = fl.coupling_flow(jax.random.key(0), 2, "spline", num_layers=4, hidden=32, interval=5.0)
+    opt = optax.adam(optax.cosine_decay_schedule(3e-3, 3000, 0.05))
     flow, _ = fl.fit_reverse_kl(
-        flow, u1, key=jax.random.key(1), optimizer=optax.adam(3e-3), num_steps=3000, batch_size=256
+        flow, u1, key=jax.random.key(1), optimizer=opt, num_steps=3000, batch_size=256
     )
     _assert_kl(flow, u1, 0.05)
 
