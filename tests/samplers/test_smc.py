@@ -92,7 +92,7 @@ def test_fixed_schedule_hmc_and_grad_counts(shifted):
     target, exact = shifted
     n, k, stages = 300, 3, 5
     smc = ds.SMC(ds.HMC(step_size=0.3, num_integration_steps=4), jnp.linspace(0, 1, 6) ** 2,
-                 num_mcmc_steps=k, reference=_reference(2.0))  # fmt: skip
+                 num_mcmc_steps=k, reference=_reference(2.0), resampling="systematic")  # fmt: skip
     result = smc.run(target, key=jax.random.key(1), num_particles=n)
     _within(result, exact)
     np.testing.assert_allclose(result.betas, np.linspace(0, 1, 6) ** 2)
