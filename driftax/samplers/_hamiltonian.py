@@ -17,13 +17,18 @@ from ._base import (
     Info,
     KineticState,
     MCMCState,
-    all_finite,
     check_hyper,
     float_leaf,
     init_position,
     select,
 )
-from ._integrators import AbstractIntegrator, Leapfrog, as_integrator, hamiltonian
+from ._integrators import (
+    AbstractIntegrator,
+    Leapfrog,
+    as_integrator,
+    checked_hamiltonian,
+    hamiltonian,
+)
 from ._metrics import AbstractMetric, IdentityMetric
 from ._mh import metropolis_hastings
 from ._random import draws
@@ -77,9 +82,9 @@ def hamiltonian_proposal(
     p0 = metric.momentum_noise(xi)
     z0 = _to_kinetic(state, p0)
     z1 = integrate(integrator, energy, metric, z0, step_size, num_steps)
-    delta = hamiltonian(metric, z1) - hamiltonian(metric, z0)
-    valid = all_finite(z1.log_density, z1.score, z1.position)
-    return z0, z1, delta, valid
+    # NaN unless the end's position, momentum, log density and score are all finite
+    delta = checked_hamiltonian(metric, z1) - hamiltonian(metric, z0)
+    return z0, z1, delta, jnp.isfinite(delta)
 
 
 def _adjusted_step(integrator, energy, metric, state, step_size, num_steps, xi, u, n_grad):

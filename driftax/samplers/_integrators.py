@@ -119,6 +119,14 @@ def hamiltonian(metric: AbstractMetric, state: KineticState) -> Scalar:
     return -state.log_density + metric.kinetic_energy(state.momentum)
 
 
+def checked_hamiltonian(metric: AbstractMetric, state: KineticState) -> Scalar:
+    """`H = -log π(x) + K(p)`, and NaN unless the score is finite too (`0·score` is folded into
+    the kinetic energy's reduction, so the check costs no extra pass over the data)."""
+    p = state.momentum
+    k = jnp.sum(0.5 * p * metric.velocity(p) + 0.0 * state.score)
+    return -state.log_density + k
+
+
 # ---------------------------------------------------------------------------------------------
 # The splitting core
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from ._hamiltonian import _check_metric
 from ._integrators import (
     AbstractIntegrator,
     as_integrator,
+    checked_hamiltonian,
     hamiltonian,
     kick,
     linear_flow,
@@ -47,10 +48,9 @@ def _kinetic_init(metric: AbstractMetric, energy: AbstractEnergy, x0) -> Kinetic
 
 
 def _unadjusted_info(state, new, metric, heat, n_grad):
-    delta = hamiltonian(metric, new) - hamiltonian(metric, state) - heat
-    ok = all_finite(new.position, new.momentum, new.log_density, new.score) & (
-        jnp.abs(delta) < MAX_ENERGY_ERROR
-    )
+    # a non-finite position, momentum, log density or score makes delta NaN
+    delta = checked_hamiltonian(metric, new) - hamiltonian(metric, state) - heat
+    ok = jnp.abs(delta) < MAX_ENERGY_ERROR
     info = Info(
         acceptance_rate=ok.astype(jnp.result_type(delta)),
         is_divergent=~ok,

@@ -83,7 +83,9 @@ def draws(key: Key, normal_shape, num_uniforms: int, dtype) -> tuple[Array, Arra
     per = 2 if jnp.finfo(dtype).bits > 32 else 1
     u = _uniform_open(random_words(key, per * (size + num_uniforms)), dtype)
     normals = jax.scipy.special.ndtri(u[:size]).reshape(normal_shape)
-    return normals, u[size:]
+    # materialize once: without the barrier XLA may fuse (recompute) the whole cipher into
+    # every consumer of the noise
+    return jax.lax.optimization_barrier((normals, u[size:]))
 
 
 def hash_uniforms(seed: Array, counter: Array, num: int, dtype) -> Array:
