@@ -437,12 +437,24 @@ class ChEESAdaptation(AbstractAdaptation):
         v = b2 * astate.adam_v + (1 - b2) * g**2
         m_hat, v_hat = m / (1 - b1**count), v / (1 - b2**count)
         update = jnp.clip(self.learning_rate * m_hat / (jnp.sqrt(v_hat) + 1e-8), -0.35, 0.35)
-        log_len = astate.log_length + update
-        step = samplers.step_size[0]
-        max_len = step * samplers.max_num_steps
-        log_len = jnp.clip(log_len, jnp.log(step), jnp.log(max_len))
+        # no clipping to the step size here: dual averaging's transient step sizes (×10 at a
+        # restart) would drag the length along; `finalize` clips
+        log_len = jnp.clip(astate.log_length + update, -20.0, 20.0)
         wavg = count ** (-0.6)
         log_len_avg = wavg * log_len + (1 - wavg) * astate.log_length_avg
+        samplers = eqx.tree_at(
+            lambda s: s.trajectory_length,
+            samplers,
+            jnp.broadcast_to(jnp.exp(log_len), samplers.trajectory_length.shape).astype(
+                samplers.trajectory_length.dtype
+            ),
+        )
+        # a new metric (the estimated covariance) makes the target roughly isotropic with unit
+        # scale: restart the length at π/2 (a quarter period of a unit-frequency oscillation),
+        # with a fresh optimizer and average
+        restart = astate.window.ends[i] if self.metric is not None else jnp.array(False)
+        zero = jnp.zeros_like(m)
+        log_len = jnp.where(restart, jnp.log(jnp.pi / 2), log_len)
         samplers = eqx.tree_at(
             lambda s: s.trajectory_length,
             samplers,
@@ -453,10 +465,10 @@ class ChEESAdaptation(AbstractAdaptation):
         return samplers, _ChEESState(
             window=window,
             log_length=log_len,
-            log_length_avg=log_len_avg,
-            adam_m=m,
-            adam_v=v,
-            count=count,
+            log_length_avg=jnp.where(restart, log_len, log_len_avg),
+            adam_m=jnp.where(restart, zero, m),
+            adam_v=jnp.where(restart, zero, v),
+            count=jnp.where(restart, zero, count),
         )
 
     def finalize(self, samplers, astate: _ChEESState):
