@@ -82,8 +82,11 @@ def _timeit(fn, repeats):
 def _diffrax_run(field, path, x0, *, solver, ts=None, num_steps=None, rtol=None):
     """diffrax on the probability-flow ODE of the whole batch (one state (batch, d))."""
 
+    # The same field function driftax's solvers evaluate (score -> velocity by the path).
+    model = dd.ParameterizedField(field=field.score, path=path, parameterization="score")
+
     def vf(t, y, args):
-        return jax.vmap(lambda z: field.velocity(t, z))(y)
+        return jax.vmap(lambda z: model.velocity(t, z))(y)
 
     if rtol is not None:
         controller = diffrax.PIDController(rtol=rtol, atol=rtol)
@@ -164,6 +167,32 @@ def error_tables(quick):
                     slopes[label] = float(-np.polyfit(np.log(n), np.log(e), 1)[0])
             out[name] = {"rows": rows, "slopes": slopes, "batch": batch}
             print(f"[diffusion] error table {name} done", flush=True)
+    return out
+
+
+def grid_sensitivity():
+    """Error at NFE 10 of the multistep solvers on each time grid (2-D gmm9, float64)."""
+    path = dd.VP()
+    out = {}
+    with jax.enable_x64(True):
+        field = _problem("2-D gmm9", path)
+        x0 = field.sample(jax.random.key(0), path.t_noise, 128)
+        ref, _ = _diffrax_run(field, path, x0, solver=diffrax.Dopri8(), rtol=1e-10)(x0)
+        for label in ("Euler", "DPM-Solver++(2M)", "UniPC(bh2, p=2)"):
+            solver = _ode_solvers()[label]
+            out[label] = {
+                sched: float(
+                    jnp.mean(
+                        jnp.linalg.norm(
+                            dd.solve(solver, field.score, path, x0, num_steps=10, schedule=sched)
+                            - ref,
+                            axis=-1,
+                        )
+                    )
+                )
+                for sched in ("uniform", "quadratic", "log_snr", "karras")
+            }
+    print("[diffusion] grid sensitivity done", flush=True)
     return out
 
 
@@ -350,6 +379,20 @@ def markdown(record) -> str:
             "the solver's evaluations per step.)"
         )
         lines.append("")
+    grids = record["grids"]
+    lines.append("## Time-grid sensitivity at NFE 10 — 2-D gmm9 (mean |x − x_ref|)")
+    lines.append("")
+    scheds = list(next(iter(grids.values())).keys())
+    lines.append("| solver | " + " | ".join(scheds) + " |")
+    lines.append("|---|" + "---|" * len(scheds))
+    for label, row in grids.items():
+        lines.append(f"| {label} | " + " | ".join(f"{row[k]:.3f}" for k in scheds) + " |")
+    lines.append("")
+    lines.append(
+        "Defaults (`dd.default_schedule`): uniform in t for Euler/Heun on VP paths, quadratic for "
+        "the exponential integrators (best at NFE ≥ 20)."
+    )
+    lines.append("")
     sde = record["sde"]
     lines.append(
         f"## Stochastic solvers — 2-D gmm9, MMD² (RBF, h = {sde['bandwidth']}) to {sde['n']} exact samples"
@@ -404,8 +447,11 @@ def goals(record):
     g = {}
     e2m10 = e2["DPM-Solver++(2M)"][10]["error"]
     eu50 = e2["Euler"][50]["error"]
+    best_grid = min(record["grids"]["DPM-Solver++(2M)"].items(), key=lambda kv: kv[1])
     g["DPM-Solver++(2M) at NFE 10 beats Euler at NFE 50"] = (
-        f"{'yes' if e2m10 < eu50 else 'no'} ({e2m10:.2e} vs {eu50:.2e})"
+        f"{'yes' if e2m10 < eu50 else 'no'} on the default grid ({e2m10:.2e} vs {eu50:.2e}); "
+        f"{'yes' if best_grid[1] < eu50 else 'no'} on the {best_grid[0]} grid ({best_grid[1]:.2e}); "
+        f"UniPC at NFE 10: {e2['UniPC(bh2, p=2)'][10]['error']:.2e}"
     )
     res = record["time_to_accuracy"]["results"]
     ours = {k: v for k, v in res.items() if not k.startswith("diffrax")}
@@ -443,6 +489,7 @@ def main(argv=None):
         "mode": "quick" if args.quick else "full",
     }
     record["errors"] = error_tables(args.quick)
+    record["grids"] = grid_sensitivity()
     record["sde"] = sde_table(args.quick)
     record["time_to_accuracy"] = time_to_accuracy(args.quick)
     record["goals"] = goals(record)

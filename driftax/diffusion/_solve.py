@@ -107,11 +107,10 @@ def _scan(solver, model, x_init, keys, ts, save_trajectory):
 
     def body(carry, i):
         x, state, failed = carry
-        t0, t1 = ts[i], ts[i + 1]
         step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
 
         def one(x, s, k):
-            return solver.step(model, t0, t1, x, s, key=k, index=i, num_steps=num_steps)
+            return solver.step(model, ts, i, x, s, key=k)
 
         x1, state1 = jax.vmap(one)(x, state, step_keys)
         finite = jnp.all(jnp.isfinite(x1.reshape(batch, -1)), axis=1)

@@ -62,24 +62,23 @@ class AbstractSolver(eqx.Module):
     def step(
         self,
         model: ParameterizedField,
-        t0: Scalar,
-        t1: Scalar,
+        ts: Array,
+        index: Array,
         x0: Point,
         state: State,
         *,
         key: Key,
-        index: Array,
-        num_steps: int,
     ) -> tuple[Point, State]:
-        """One step from `(t0, x0)` to `t1`.
+        """One step from `(ts[index], x0)` to `ts[index + 1]`.
 
         **Arguments:**
 
         - `model`: the field with its path and parameterization (see `ParameterizedField`).
-        - `t0`, `t1`: the step's times; `x0`: ONE unbatched point at `t0`.
+        - `ts`: the whole time grid, shape `(num_steps + 1,)` (multistep methods read their
+          previous times from it); `index`: the step number, from 0.
+        - `x0`: ONE unbatched point at `ts[index]`.
         - `state`: the solver state from `init` or the previous step.
         - `key`: a PRNG key for this step (ignored by deterministic solvers).
-        - `index`: the step number (from 0); `num_steps`: the number of steps of the grid.
 
         **Returns:** `(x1, new_state)`.
         """
@@ -106,7 +105,8 @@ class Euler(AbstractSolver):
     def init(self, model, t0, x0):
         return None
 
-    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+    def step(self, model, ts, index, x0, state, *, key):
+        t0, t1 = ts[index], ts[index + 1]
         return x0 + (t1 - t0) * model.velocity(t0, x0), None
 
 
@@ -146,7 +146,9 @@ class Heun(AbstractSolver):
         if not self.s_noise >= 0:
             raise ValueError(f"`s_noise` must be >= 0, got {self.s_noise}.")
 
-    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+    def step(self, model, ts, index, x0, state, *, key):
+        t0, t1 = ts[index], ts[index + 1]
+        num_steps = ts.shape[0] - 1
         if self.churn > 0:
             path = model.path
             a0, s0, lam0 = _coeffs(path, t0)
@@ -205,7 +207,8 @@ class DDIM(AbstractSolver):
     def init(self, model, t0, x0):
         return None
 
-    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+    def step(self, model, ts, index, x0, state, *, key):
+        t0, t1 = ts[index], ts[index + 1]
         path = model.path
         a0, s0, lam0 = _coeffs(path, t0)
         a1, s1, lam1 = _coeffs(path, t1)
@@ -220,56 +223,43 @@ class DDIM(AbstractSolver):
 
 
 # -------------------------------------------------------------------- multistep machinery
+#
+# The history of data predictions lives in the (per-example) state; everything that depends
+# only on the grid -- previous half log-SNRs, how many history entries are valid, the order of
+# each step -- is computed from `ts` and `index`, so it is the same for the whole batch and the
+# order is chosen with `lax.switch` (only one branch runs).
 
 
-class _History(eqx.Module):
-    """The last few data predictions and their half log-SNRs (most recent first)."""
-
-    data: Array  # (size, *event)
-    lam: Array  # (size,)
-    count: Array  # number of valid entries
+def _push(hist: Array, d: Point) -> Array:
+    """Most recent first."""
+    return jnp.concatenate([d[None], hist[:-1]], axis=0)
 
 
-def _empty_history(size: int, x0: Point) -> _History:
-    return _History(
-        data=jnp.zeros((size, *x0.shape), x0.dtype),
-        lam=jnp.zeros((size,), x0.dtype),
-        count=jnp.zeros((), jnp.int32),
-    )
+def _grid_lams(path, ts, index, size):
+    """`lambda(ts[index - 1 - j])` for `j < size` and how many of them are usable: entries before
+    the grid start, and the start itself when its log-SNR is infinite (alpha = 0), are not."""
+    lam = path.half_log_snr(ts)
+    idx = index - 1 - jnp.arange(size)
+    first = jnp.where(jnp.isfinite(lam[0]), 0, 1)
+    count = jnp.clip(index - first, 0, size)
+    return lam[jnp.clip(idx, 0, ts.shape[0] - 1)], count
 
 
-def _push(hist: _History, d: Point, lam: Scalar) -> _History:
-    size = hist.lam.shape[0]
-    data = jnp.concatenate([d[None], hist.data[:-1]], axis=0)
-    lams = jnp.concatenate([jnp.reshape(lam, (1,)), hist.lam[:-1]], axis=0)
-    count = jnp.where(jnp.isfinite(lam), jnp.minimum(hist.count + 1, size), 0).astype(jnp.int32)
-    return _History(data=data, lam=lams, count=count.astype(jnp.int32))
+def _safe(prev_lam, count, lam_now, h, hist, d_now):
+    """Replace unusable history entries by finite dummies (their branch is never taken)."""
+    size = prev_lam.shape[0]
+    valid = jnp.arange(size) < count
+    lam = jnp.where(valid, prev_lam, lam_now - (jnp.arange(size) + 1) * h)
+    data = jnp.where(valid.reshape((size,) + (1,) * d_now.ndim), hist, d_now[None])
+    return lam, data
 
 
-def _safe_entries(hist: _History, lam_now: Scalar, h: Scalar, d_now: Point):
-    """History entries with invalid ones replaced by finite dummies (never selected)."""
-    size = hist.lam.shape[0]
-    idx = jnp.arange(size)
-    valid = idx < hist.count
-    dummy_lam = lam_now - (idx + 1) * h
-    lam = jnp.where(valid, hist.lam, dummy_lam)
-    data = jnp.where(valid.reshape((size,) + (1,) * d_now.ndim), hist.data, d_now[None])
-    return data, lam
-
-
-def _effective_order(order, count_prev, index, num_steps, lower_order_final, finite_h):
-    k = jnp.minimum(order, count_prev + 1)
+def _effective_order(order, count, index, num_steps, lower_order_final, finite_h):
+    k = jnp.minimum(order, count + 1)
     if lower_order_final and num_steps < 15:
         k = jnp.minimum(k, num_steps - index)
     k = jnp.where(finite_h, k, 1)
-    return jnp.maximum(k, 1)
-
-
-def _select(k, candidates):
-    out = candidates[0]
-    for j, c in enumerate(candidates[1:], start=2):
-        out = jnp.where(k == j, c, out)
-    return out
+    return jnp.clip(k, 1, order).astype(jnp.int32)
 
 
 class _AbstractDPMSolverPP(AbstractSolver):
@@ -287,32 +277,37 @@ class _AbstractDPMSolverPP(AbstractSolver):
         return True
 
     def init(self, model, t0, x0):
-        return _empty_history(self.order - 1, x0)
+        return jnp.zeros((self.order - 1, *x0.shape), x0.dtype)
 
-    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+    def step(self, model, ts, index, x0, state, *, key):
         path = model.path
+        num_steps = ts.shape[0] - 1
+        t0, t1 = ts[index], ts[index + 1]
         _, s0, lam0 = _coeffs(path, t0)
         a1, s1, lam1 = _coeffs(path, t1)
         d0 = model.data(t0, x0)
         h = lam1 - lam0
         finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
-        k = _effective_order(
-            self.order, state.count, index, num_steps, self.lower_order_final, finite_h
-        )
+        prev_lam, count = _grid_lams(path, ts, index, self.order - 1)
+        k = _effective_order(self.order, count, index, num_steps, self.lower_order_final, finite_h)
         hs = jnp.where(finite_h, h, 1.0)
         lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
-        prev, prev_lam = _safe_entries(state, lam0s, hs, d0)
+        prev_lam, prev = _safe(prev_lam, count, lam0s, hs, state, d0)
         phi1 = jnp.expm1(-h)
-        base = (s1 / s0) * x0 - a1 * phi1 * d0
-        cands = [base]
-        r0 = (lam0s - prev_lam[0]) / hs
-        d1_0 = (d0 - prev[0]) / r0
         phi1s = jnp.expm1(-hs)
-        if self.order == 2:
-            cands.append(base - 0.5 * a1 * phi1s * d1_0)
-        if self.order >= 3:
-            cands.append(base - 0.5 * a1 * phi1s * d1_0)
+
+        def first(_):
+            return (s1 / s0) * x0 - a1 * phi1 * d0
+
+        def second(_):
+            r0 = (lam0s - prev_lam[0]) / hs
+            d1_0 = (d0 - prev[0]) / r0
+            return (s1 / s0) * x0 - a1 * phi1s * d0 - 0.5 * a1 * phi1s * d1_0
+
+        def third(_):
+            r0 = (lam0s - prev_lam[0]) / hs
             r1 = (prev_lam[0] - prev_lam[1]) / hs
+            d1_0 = (d0 - prev[0]) / r0
             d1_1 = (prev[0] - prev[1]) / r1
             d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
             d2 = (d1_0 - d1_1) / (r0 + r1)
@@ -321,9 +316,12 @@ class _AbstractDPMSolverPP(AbstractSolver):
             # (The factor 2 is needed for third order; without it the method is second order.)
             phi2 = phi1s / hs + 1.0
             phi3 = phi2 / hs - 0.5
-            cands.append(base + a1 * phi2 * d1 - 2.0 * a1 * phi3 * d2)
-        x1 = _select(k, cands)
-        return x1, _push(state, d0, lam0)
+            base = (s1 / s0) * x0 - a1 * phi1s * d0
+            return base + a1 * phi2 * d1 - 2.0 * a1 * phi3 * d2
+
+        branches = [first, second, third][: self.order]
+        x1 = jax.lax.switch(k - 1, branches, None)
+        return x1, _push(state, d0)
 
 
 class DPMSolverPP2M(_AbstractDPMSolverPP):
@@ -375,28 +373,20 @@ def _solve_small(r, b):
     if k == 2:
         det = r[0, 0] * r[1, 1] - r[0, 1] * r[1, 0]
         return jnp.stack([r[1, 1] * b[0] - r[0, 1] * b[1], r[0, 0] * b[1] - r[1, 0] * b[0]]) / det
-    cof = jnp.stack(
-        [
-            jnp.cross(r[1], r[2]),
-            jnp.cross(r[2], r[0]),
-            jnp.cross(r[0], r[1]),
-        ]
-    )  # rows of the adjugate's transpose
+    cof = jnp.stack([jnp.cross(r[1], r[2]), jnp.cross(r[2], r[0]), jnp.cross(r[0], r[1])])
     det = jnp.dot(r[0], cof[0])
     return (cof.T @ b) / det
 
 
 class _UniPCState(eqx.Module):
-    hist: _History
-    x_prev: Array
-    s_prev: Array
-    order_prev: Array
+    hist: Array  # data predictions, most recent first
+    x_prev: Array  # the (corrected) point the last predictor started from
 
 
 class UniPC(AbstractSolver):
-    """UniPC (Zhao et al. 2023): multistep predictor UniP-`order` with the corrector UniC, which
-    reuses the next step's field evaluation (1 NFE/step, order `order + 1` with the corrector).
-    `variant` is `"bh2"` (default) or `"bh1"`; data prediction.
+    """UniPC (Zhao et al. 2023): multistep predictor UniP-`solver_order` with the corrector UniC,
+    which reuses the next step's field evaluation (1 NFE/step; order `solver_order + 1` with the
+    corrector). `variant` is `"bh2"` (default) or `"bh1"`; data prediction.
     """
 
     solver_order: int = eqx.field(default=2, static=True)
@@ -423,12 +413,7 @@ class UniPC(AbstractSolver):
         return True
 
     def init(self, model, t0, x0):
-        return _UniPCState(
-            hist=_empty_history(self.solver_order, x0),
-            x_prev=x0,
-            s_prev=jnp.ones((), x0.dtype),
-            order_prev=jnp.zeros((), jnp.int32),
-        )
+        return _UniPCState(hist=jnp.zeros((self.solver_order, *x0.shape), x0.dtype), x_prev=x0)
 
     def _update(self, k: int, x, s0, lam0, m0, prev, prev_lam, a1, s1, h, d_t=None):
         """`x_{t1}` from base `x` at `(s0, lam0)` with model `m0`, order `k`; if `d_t` is given,
@@ -447,60 +432,64 @@ class UniPC(AbstractSolver):
         res = sum((rhos[j] * d1s[j] for j in range(k - 1)), jnp.zeros_like(x))
         return x_lin - a1 * b_h * (res + rhos[-1] * (d_t - m0))
 
-    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+    def _order_at(self, path, ts, i):
+        """The predictor order used at step `i` (unbatched: a function of the grid only)."""
+        num_steps = ts.shape[0] - 1
+        lam = path.half_log_snr(ts)
+        ic = jnp.clip(i, 0, num_steps - 1)
+        finite_h = jnp.isfinite(lam[ic + 1] - lam[ic]) & jnp.isfinite(lam[ic])
+        _, count = _grid_lams(path, ts, ic, self.solver_order)
+        return _effective_order(
+            self.solver_order, count, ic, num_steps, self.lower_order_final, finite_h
+        )
+
+    def step(self, model, ts, index, x0, state, *, key):
         path = model.path
+        p = self.solver_order
+        t0, t1 = ts[index], ts[index + 1]
         a0, s0, lam0 = _coeffs(path, t0)
         a1, s1, lam1 = _coeffs(path, t1)
         d0 = model.data(t0, x0)
         hist = state.hist
         lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
+        prev_lam_all, count = _grid_lams(path, ts, index, p)  # lambda(ts[index - 1 - j])
         # Corrector: fix x0 (predicted at the last step from x_prev) with the new evaluation d0.
         if self.corrector:
-            lam_p = hist.lam[0]
-            hc = lam0s - lam_p
-            ok = (hist.count >= 1) & jnp.isfinite(lam0) & (state.order_prev >= 1)
-            hcs = jnp.where(ok, hc, 1.0)
-            older = _History(
-                data=hist.data[1:], lam=hist.lam[1:], count=jnp.maximum(hist.count - 1, 0)
+            t_p = ts[jnp.maximum(index - 1, 0)]
+            s_p = path.sigma(t_p)
+            lam_p = prev_lam_all[0]
+            ok = (count >= 1) & jnp.isfinite(lam0)
+            hc = jnp.where(ok, lam0s - lam_p, 1.0)
+            older_lam, older = _safe(
+                prev_lam_all[1:], jnp.maximum(count - 1, 0), lam_p, hc, hist[1:], hist[0]
             )
-            prev, prev_lam = _safe_entries(older, lam_p, hcs, hist.data[0])
-            cands = [
-                self._update(
-                    k,
-                    state.x_prev,
-                    state.s_prev,
-                    lam_p,
-                    hist.data[0],
-                    prev,
-                    prev_lam,
-                    a0,
-                    s0,
-                    hcs,
-                    d_t=d0,
+            k_prev = self._order_at(path, ts, index - 1)
+
+            def correct(k):
+                return lambda _: self._update(
+                    k, state.x_prev, s_p, lam_p, hist[0], older, older_lam, a0, s0, hc, d_t=d0
                 )
-                for k in range(1, self.solver_order + 1)
-            ]
-            x_corr = _select(state.order_prev, cands)
-            x0 = jnp.where(ok, x_corr, x0)
+
+            x_corr = jax.lax.switch(k_prev - 1, [correct(k) for k in range(1, p + 1)], None)
+            x0 = jax.lax.cond(ok, lambda _: x_corr, lambda _: x0, None)
         # Predictor from the corrected x0 with the history including d0.
         h = lam1 - lam0
         finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
         hs = jnp.where(finite_h, h, 1.0)
-        k = _effective_order(
-            self.solver_order, hist.count, index, num_steps, self.lower_order_final, finite_h
-        )
-        prev, prev_lam = _safe_entries(hist, lam0s, hs, d0)
-        cands = [
-            self._update(kk, x0, s0, lam0s, d0, prev, prev_lam, a1, s1, hs)
-            for kk in range(1, self.solver_order + 1)
-        ]
-        x1 = _select(k, cands)
-        # An infinite step (sigma(t1) = 0 or alpha(t0) = 0) is the exact first-order limit.
-        x1 = jnp.where(finite_h, x1, (s1 / s0) * x0 - a1 * jnp.expm1(-h) * d0)
-        new_state = _UniPCState(
-            hist=_push(hist, d0, lam0), x_prev=x0, s_prev=s0, order_prev=k.astype(jnp.int32)
-        )
-        return x1, new_state
+        k = self._order_at(path, ts, index)
+        prev_lam, prev = _safe(prev_lam_all, count, lam0s, hs, hist, d0)
+
+        def predict(kk):
+            def fn(_):
+                if kk == 1:
+                    # exact first-order limit also when h is infinite (sigma(t1) = 0)
+                    return (s1 / s0) * x0 - a1 * jnp.expm1(-h) * d0
+                return self._update(kk, x0, s0, lam0s, d0, prev, prev_lam, a1, s1, hs)
+
+            return fn
+
+        x1 = jax.lax.switch(k - 1, [predict(kk) for kk in range(1, p + 1)], None)
+        return x1, _UniPCState(hist=_push(hist, d0), x_prev=x0)
 
 
 # ---------------------------------------------------------------------------- SDE solvers
@@ -548,7 +537,8 @@ class EulerMaruyama(AbstractSolver):
     def init(self, model, t0, x0):
         return None
 
-    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+    def step(self, model, ts, index, x0, state, *, key):
+        t0, t1 = ts[index], ts[index + 1]
         v, s = model.get_many(t0, x0, ("velocity", "score"))
         dt = t1 - t0
         eps = _epsilon_at(self.epsilon, model.path, t0)
@@ -668,9 +658,7 @@ class PredictorCorrector(AbstractSolver):
     def init(self, model, t0, x0):
         return self.predictor.init(model, t0, x0)
 
-    def step(self, model, t0, t1, x0, state, *, key, index, num_steps):
+    def step(self, model, ts, index, x0, state, *, key):
         kp, kc = jax.random.split(key)
-        x1, state = self.predictor.step(
-            model, t0, t1, x0, state, key=kp, index=index, num_steps=num_steps
-        )
-        return self.corrector.correct(model, t1, x1, key=kc), state
+        x1, state = self.predictor.step(model, ts, index, x0, state, key=kp)
+        return self.corrector.correct(model, ts[index + 1], x1, key=kc), state
