@@ -418,6 +418,8 @@ def goals(records, bare):
 def _fmt(v, digits=3):
     if v is None:
         return "–"
+    if isinstance(v, str):
+        return v
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, (int, np.integer)):

@@ -180,7 +180,10 @@ def _leaf(params, s: _Loop) -> _Loop:
     depth_max = sampler.max_tree_depth
     dtype = h0.dtype
     live = ~s.done
-    u = hash_uniforms(seed, s.num_leaves, 3, dtype)
+    # scalar decisions are materialized (optimization barriers) before they steer vector
+    # selects: otherwise XLA fuses their whole computation (the cipher, exp, ...) into every
+    # element of every select that uses them
+    u = jax.lax.optimization_barrier(hash_uniforms(seed, s.num_leaves, 3, dtype))
     h = jnp.where(s.forward, sampler.step_size, -sampler.step_size)
     z = integrator.step(energy, metric, s.cur, h)[0]
     v = metric.velocity(z.momentum)
@@ -201,7 +204,7 @@ def _leaf(params, s: _Loop) -> _Loop:
     accept = jnp.where(diverging, 0.0, jnp.exp(jnp.minimum(-delta, 0.0)))
     # progressive uniform sampling inside the subtree
     sub_log_w = jnp.logaddexp(s.sub_log_w, log_w_leaf)
-    take_leaf = u[0] < jnp.exp(log_w_leaf - sub_log_w)
+    take_leaf = jax.lax.optimization_barrier(u[0] < jnp.exp(log_w_leaf - sub_log_w))
     leaf_prop = _Proposal(
         position=z.position, log_density=z.log_density, score=z.score, energy=energy_z
     )
@@ -246,6 +249,9 @@ def _leaf(params, s: _Loop) -> _Loop:
     # a new subtree in the other direction starts from the other end: swap the ends
     forward = jnp.where(sub_done, u[2] < 0.5, s.forward)
     swap = forward != s.forward
+    take_sub, merge, swap, sub_done = jax.lax.optimization_barrier(
+        (take_sub, merge, swap, sub_done)
+    )
     return _Loop(
         cur=select(swap, s.other, z),
         other=select(swap, z, s.other),
