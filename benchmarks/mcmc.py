@@ -560,6 +560,9 @@ def main(argv=None):
                 f"grads→b² {rec['grads_to_bias_avg']:.0f}",
                 flush=True,
             )
+    for rec in records:  # against the least loaded bare measurement of the target
+        per_chain_bare = bare[rec["target"]] / chains
+        rec["overhead"] = rec["us_per_grad"] / per_chain_bare
     payload = dict(
         meta=dict(
             mode="quick" if quick else "full",
