@@ -235,14 +235,14 @@ def _push(hist: Array, d: Point) -> Array:
     return jnp.concatenate([d[None], hist[:-1]], axis=0)
 
 
-def _grid_lams(path, ts, index, size):
-    """`lambda(ts[index - 1 - j])` for `j < size` and how many of them are usable: entries before
-    the grid start, and the start itself when its log-SNR is infinite (alpha = 0), are not."""
-    lam = path.half_log_snr(ts)
+def _grid_lams(lam, index, size):
+    """`lam[index - 1 - j]` for `j < size` (`lam`: the half log-SNR of the grid) and how many
+    of them are usable: entries before the grid start, and the start itself when its log-SNR is
+    infinite (alpha = 0), are not."""
     idx = index - 1 - jnp.arange(size)
     first = jnp.where(jnp.isfinite(lam[0]), 0, 1)
     count = jnp.clip(index - first, 0, size)
-    return lam[jnp.clip(idx, 0, ts.shape[0] - 1)], count
+    return lam[jnp.clip(idx, 0, lam.shape[0] - 1)], count
 
 
 def _safe(prev_lam, count, lam_now, h, hist, d_now):
@@ -283,12 +283,13 @@ class _AbstractDPMSolverPP(AbstractSolver):
         path = model.path
         num_steps = ts.shape[0] - 1
         t0, t1 = ts[index], ts[index + 1]
-        _, s0, lam0 = _coeffs(path, t0)
-        a1, s1, lam1 = _coeffs(path, t1)
+        lam = path.half_log_snr(ts)
+        lam0, lam1 = lam[index], lam[index + 1]
+        s0, a1, s1 = path.sigma(t0), path.alpha(t1), path.sigma(t1)
         d0 = model.data(t0, x0)
         h = lam1 - lam0
         finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
-        prev_lam, count = _grid_lams(path, ts, index, self.order - 1)
+        prev_lam, count = _grid_lams(lam, index, self.order - 1)
         k = _effective_order(self.order, count, index, num_steps, self.lower_order_final, finite_h)
         hs = jnp.where(finite_h, h, 1.0)
         lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
@@ -432,13 +433,12 @@ class UniPC(AbstractSolver):
         res = sum((rhos[j] * d1s[j] for j in range(k - 1)), jnp.zeros_like(x))
         return x_lin - a1 * b_h * (res + rhos[-1] * (d_t - m0))
 
-    def _order_at(self, path, ts, i):
+    def _order_at(self, lam, i):
         """The predictor order used at step `i` (unbatched: a function of the grid only)."""
-        num_steps = ts.shape[0] - 1
-        lam = path.half_log_snr(ts)
+        num_steps = lam.shape[0] - 1
         ic = jnp.clip(i, 0, num_steps - 1)
         finite_h = jnp.isfinite(lam[ic + 1] - lam[ic]) & jnp.isfinite(lam[ic])
-        _, count = _grid_lams(path, ts, ic, self.solver_order)
+        _, count = _grid_lams(lam, ic, self.solver_order)
         return _effective_order(
             self.solver_order, count, ic, num_steps, self.lower_order_final, finite_h
         )
@@ -447,12 +447,13 @@ class UniPC(AbstractSolver):
         path = model.path
         p = self.solver_order
         t0, t1 = ts[index], ts[index + 1]
-        a0, s0, lam0 = _coeffs(path, t0)
-        a1, s1, lam1 = _coeffs(path, t1)
+        lam = path.half_log_snr(ts)
+        lam0, lam1 = lam[index], lam[index + 1]
+        a0, s0, a1, s1 = path.alpha(t0), path.sigma(t0), path.alpha(t1), path.sigma(t1)
         d0 = model.data(t0, x0)
         hist = state.hist
         lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
-        prev_lam_all, count = _grid_lams(path, ts, index, p)  # lambda(ts[index - 1 - j])
+        prev_lam_all, count = _grid_lams(lam, index, p)  # lambda(ts[index - 1 - j])
         # Corrector: fix x0 (predicted at the last step from x_prev) with the new evaluation d0.
         if self.corrector:
             t_p = ts[jnp.maximum(index - 1, 0)]
@@ -463,7 +464,7 @@ class UniPC(AbstractSolver):
             older_lam, older = _safe(
                 prev_lam_all[1:], jnp.maximum(count - 1, 0), lam_p, hc, hist[1:], hist[0]
             )
-            k_prev = self._order_at(path, ts, index - 1)
+            k_prev = self._order_at(lam, index - 1)
 
             def correct(k):
                 return lambda _: self._update(
@@ -476,7 +477,7 @@ class UniPC(AbstractSolver):
         h = lam1 - lam0
         finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
         hs = jnp.where(finite_h, h, 1.0)
-        k = self._order_at(path, ts, index)
+        k = self._order_at(lam, index)
         prev_lam, prev = _safe(prev_lam_all, count, lam0s, hs, hist, d0)
 
         def predict(kk):
