@@ -61,7 +61,6 @@ REGISTRY = {
         "real",
         2,
     ),
-    "maf_affine": (lambda k: fl.MaskedAutoregressive(k, 3, hidden=8), "real", None),
     "maf_spline": (
         lambda k: fl.MaskedAutoregressive(k, 3, transformer="spline", hidden=(8, 8), interval=2.0),
         "real",
@@ -71,12 +70,6 @@ REGISTRY = {
         lambda k: fl.MaskedAutoregressive(k, 3, transformer="affine", hidden=8, cond_dim=2),
         "real",
         2,
-    ),
-    "chain": (lambda k: fl.Chain([fl.Affine(1.0, 2.0, shape=(3,)), fl.Planar(k, 3)]), "real", None),
-    "invert": (
-        lambda k: fl.Invert(fl.Coupling(k, 3, transformer="spline", hidden=8)),
-        "real",
-        None,
     ),
     "scan_coupling_flow": (
         lambda k: _coupling_flow_bij(k, transformer="spline", interval=2.0),

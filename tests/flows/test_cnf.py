@@ -95,21 +95,22 @@ def test_hutchinson_is_unbiased(x64):
 
 def test_backsolve_and_checkpoint_gradients_agree(x64):
     field = _randomize(fl.MLPVectorField(jax.random.key(5), 2, 8), jax.random.key(6), scale=0.3)
-    x = jnp.array([[0.3, -0.4], [1.0, 0.5]])
+    x = jnp.array([0.3, -0.4])
 
     def loss(field, adjoint):
         flow = fl.Flow(
-            fl.StandardNormal((2,)), fl.CNF(field, 2, adjoint=adjoint, rtol=1e-10, atol=1e-10)
+            fl.StandardNormal((2,)), fl.CNF(field, 2, adjoint=adjoint, rtol=1e-9, atol=1e-9)
         )
-        return -jnp.mean(jax.vmap(flow.log_density)(x))
+        return -flow.log_density(x)
 
     g1 = eqx.filter_jit(eqx.filter_grad(lambda f: loss(f, "recursive")))(field)
     g2 = eqx.filter_jit(eqx.filter_grad(lambda f: loss(f, "backsolve")))(field)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
     assert any(float(jnp.max(jnp.abs(a))) > 1e-3 for a in jax.tree.leaves(g1))
 
 
+@pytest.mark.slow
 def test_cnf_trains_by_reverse_kl():
     import driftax as dx
 

@@ -60,7 +60,7 @@ def test_flow_proposals_are_exact_with_a_poor_flow(kind):
     assert np.all(np.abs(weights - 0.25) < 0.07), weights
 
 
-@pytest.mark.parametrize("inner", ["mala", "hmc"])
+@pytest.mark.parametrize("inner", ["hmc"])
 def test_neutra_is_exact_with_a_poor_flow(inner):
     target = dx.energies.gaussian(jnp.array([1.0, -1.0]), jnp.array([[1.0, 0.6], [0.6, 0.8]]))
     flow = fl.planar_flow(jax.random.key(2), 2, 4, init_scale=0.8)  # unrelated to the target
@@ -79,14 +79,12 @@ def test_neutra_is_exact_with_a_poor_flow(inner):
         adaptation=None,
     )
     _check_moments(result.samples, target.mean, target.variance + target.mean**2)
-    # the same kernel on the pulled-back energy, through driftax.sample with adaptation
+    # neutra(): the pulled-back energy, for any sampler (with adaptation) and push_forward
     pulled = fl.neutra(flow, target)
-    z0 = flow.bijection.inverse(jnp.zeros(2))
-    res = dx.sample(
-        kernel, pulled, z0, key=jax.random.key(4), num_steps=300, num_warmup=200, num_chains=2
-    )
-    xs = jax.vmap(jax.vmap(pulled.push_forward))(res.samples)
-    assert xs.shape == (2, 300, 2) and np.all(np.isfinite(xs))
+    z = jnp.array([0.3, -0.2])
+    x, log_det = flow.bijection.transform_and_log_det(z)
+    np.testing.assert_allclose(pulled.push_forward(z), x, rtol=1e-5)
+    np.testing.assert_allclose(pulled.log_density(z), target.log_density(x) + log_det, rtol=1e-5)
 
 
 def test_snf_weights_are_exact(x64):
