@@ -23,6 +23,7 @@ from ._elementwise import (
 )
 from ._factories import (
     coupling_flow as coupling_flow,
+    lattice_coupling_flow as lattice_coupling_flow,
     masked_autoregressive_flow as masked_autoregressive_flow,
     planar_flow as planar_flow,
     radial_flow as radial_flow,
