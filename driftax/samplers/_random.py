@@ -67,13 +67,14 @@ def random_words(key: Key, n: int) -> Array:
 
 
 def _uniform_open(words: Array, dtype) -> Array:
-    """Uniforms in the open interval (0, 1): 24 random bits per float32, 53 per float64 (two
-    words)."""
+    """Uniforms strictly inside (0, 1): `(k + 1/2) / 2ⁿ` for n = 23 random bits per float32,
+    52 per float64 (two words), so that the largest value, 1 - 2⁻ⁿ⁻¹, is representable and
+    never rounds to 1 (where the inverse normal CDF is infinite)."""
     if jnp.finfo(dtype).bits > 32:
         hi = (words[0::2] >> 6).astype(dtype)  # 26 bits
-        lo = (words[1::2] >> 5).astype(dtype)  # 27 bits
-        return (hi * 2.0**27 + lo + 0.5) * 2.0**-53
-    return ((words >> 8).astype(dtype) + 0.5) * 2.0**-24
+        lo = (words[1::2] >> 6).astype(dtype)  # 26 bits
+        return (hi * 2.0**26 + lo + 0.5) * 2.0**-52
+    return ((words >> 9).astype(dtype) + 0.5) * 2.0**-23
 
 
 def draws(key: Key, normal_shape, num_uniforms: int, dtype) -> tuple[Array, Array]:
@@ -92,7 +93,7 @@ def hash_uniforms(seed: Array, counter: Array, num: int, dtype) -> Array:
     """`num` uniforms in (0, 1) for iteration `counter` of a loop, from a `uint32[2]` seed."""
     c = jnp.arange(num, dtype=jnp.uint32)
     h, _ = threefry2x32(seed[0], seed[1], c, jnp.broadcast_to(counter.astype(jnp.uint32), c.shape))
-    return ((h >> 8).astype(dtype) + 0.5) * 2.0**-24
+    return ((h >> 9).astype(dtype) + 0.5) * 2.0**-23
 
 
 def chain_keys(key: Key, step: Array, num_chains: int) -> Key:

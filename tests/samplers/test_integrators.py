@@ -220,3 +220,16 @@ def test_fused_threefry_matches_jax():
     z, u = draws(jax.random.key(0), (50_000,), 4, jnp.float32)
     assert abs(float(z.mean())) < 0.03 and abs(float(z.std()) - 1) < 0.02
     assert np.all((np.asarray(u) > 0) & (np.asarray(u) < 1))
+
+
+def test_uniforms_never_reach_the_ends(x64):
+    """All-ones and all-zeros words give uniforms strictly inside (0, 1) (finite normals)."""
+    from driftax.samplers._random import _uniform_open
+
+    for dtype, words in (
+        (jnp.float32, [0, 0xFFFFFFFF]),
+        (jnp.float64, [0, 0, 2**32 - 1, 2**32 - 1]),
+    ):
+        u = np.asarray(_uniform_open(jnp.array(words, jnp.uint32), dtype))
+        assert np.all((u > 0) & (u < 1))
+        assert np.all(np.isfinite(np.asarray(jax.scipy.special.ndtri(jnp.asarray(u)))))
