@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow" -n 2
 
-.PHONY: setup demo test test-all lint format bench clean
+.PHONY: setup demo test test-all reproduce lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+reproduce: $(STAMP)
+	$(PY) benchmarks/reproductions --out out
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2
