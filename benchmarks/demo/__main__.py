@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-SECTIONS = ["targets", "diffusion"]
+SECTIONS = ["targets", "diffusion", "flows", "samplers"]
 
 
 def main(argv=None) -> int:
