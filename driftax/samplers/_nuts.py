@@ -81,7 +81,8 @@ class NUTS(AbstractSampler):
 
     **Arguments:**
 
-    - `step_size`: integrator step size.
+    - `step_size`: integrator step size (default 1.0, Stan's starting value; `driftax.sample`
+      adapts it during warmup).
     - `metric`: the mass matrix (`IdentityMetric`, `DiagonalMetric`, `DenseMetric`).
     - `integrator`: a Hamiltonian integrator (default leapfrog).
     - `max_tree_depth`: at most `2**max_tree_depth - 1` integration steps per transition.
@@ -90,7 +91,7 @@ class NUTS(AbstractSampler):
     `info.extras` carries `tree_depth`, `num_integration_steps` and `is_turning`.
     """
 
-    step_size: Array = eqx.field(converter=float_leaf)
+    step_size: Array = eqx.field(converter=float_leaf, default=1.0)
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
     integrator: AbstractIntegrator = eqx.field(
         default_factory=Leapfrog, converter=_hamiltonian_integrator

@@ -72,3 +72,14 @@ def test_agrees_with_blackjax_nuts():
         x2, y2 = x**2, y**2
         diff_v = np.abs(x2.mean((0, 1)) - y2.mean((0, 1)))
         assert np.all(diff_v <= 5 * np.hypot(ds.mcse(x2, "mean"), ds.mcse(y2, "mean")))
+
+
+def test_default_step_size():
+    """`NUTS()` needs no arguments: it starts at step size 1 (Stan's) and one step runs."""
+    kernel = ds.NUTS()
+    assert float(kernel.step_size) == 1.0
+    target = de.gaussian(jnp.zeros(3))
+    state = kernel.init(target, jnp.zeros(3))
+    new, info = jax.jit(lambda s, k: kernel.step(target, s, key=k))(state, jax.random.key(0))
+    assert np.all(np.isfinite(np.asarray(new.position)))
+    assert int(info.num_grad_evals) >= 1
