@@ -1,12 +1,24 @@
 """Diffusion models and stochastic interpolants: Gaussian paths, parameterization conversions,
 time grids, fixed-step ODE/SDE solvers, adaptive solves and likelihoods through diffrax,
-training losses and guidance."""
+training losses and guidance, and diffusion samplers trained from an energy (PIS, DDS, CMCD)."""
 
 from ._adaptive import (
     AdaptiveSolution as AdaptiveSolution,
     integrate_adaptive as integrate_adaptive,
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
+)
+from ._energy_samplers import (
+    CMCD as CMCD,
+    DDS as DDS,
+    PIS as PIS,
+    AbstractDiffusionSampler as AbstractDiffusionSampler,
+    DiffusionSamplerResult as DiffusionSamplerResult,
+    FitInfo as FitInfo,
+    LocalSearch as LocalSearch,
+    backward_path as backward_path,
+    fit_sampler as fit_sampler,
+    forward_path as forward_path,
 )
 from ._grid import check_grid as check_grid, time_grid as time_grid
 from ._guidance import (
@@ -64,7 +76,9 @@ from ._solvers import (
     DDIM as DDIM,
     AbstractSolver as AbstractSolver,
     DPMSolverPP2M as DPMSolverPP2M,
+    DPMSolverPP2S as DPMSolverPP2S,
     DPMSolverPP3M as DPMSolverPP3M,
+    DPMSolverPP3S as DPMSolverPP3S,
     Euler as Euler,
     EulerMaruyama as EulerMaruyama,
     Heun as Heun,
