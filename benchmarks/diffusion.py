@@ -47,6 +47,8 @@ def _ode_solvers():
         "DDIM": dd.DDIM(),
         "DPM-Solver++(2M)": dd.DPMSolverPP2M(),
         "DPM-Solver++(3M)": dd.DPMSolverPP3M(),
+        "DPM-Solver++(2S)": dd.DPMSolverPP2S(),
+        "DPM-Solver++(3S)": dd.DPMSolverPP3S(),
         "UniPC(bh2, p=2)": dd.UniPC(),
     }
 

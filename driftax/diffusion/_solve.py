@@ -275,7 +275,8 @@ def solve(
     **Arguments:**
 
     - `solver`: any [`AbstractSolver`][] (`Euler()`, `Heun()`, `DDIM()`, `DPMSolverPP2M()`,
-      `DPMSolverPP3M()`, `UniPC()`, `EulerMaruyama()`, `PredictorCorrector(...)`).
+      `DPMSolverPP3M()`, `DPMSolverPP2S()`, `DPMSolverPP3S()`, `UniPC()`, `EulerMaruyama()`,
+      `PredictorCorrector(...)`).
     - `field`: `field(t, x)` for ONE unbatched `x`, returning the named `parameterization`.
     - `path`: the probability path (`VP()`, `EDM()`, `LinearInterpolant()`, ...).
     - `x_init`: the batch at `t_noise`, shape `(batch, *event_shape)`.

@@ -345,6 +345,126 @@ class DPMSolverPP3M(_AbstractDPMSolverPP):
         return 3
 
 
+# ---------------------------------------------------------------------- single-step DPM-Solver
+
+
+class _AbstractSinglestepDPMSolver(AbstractSolver):
+    """Single-step DPM-Solver (Lu et al. 2022a) in the data-prediction form of DPM-Solver++
+    (Lu et al. 2022b): each step from `lambda_s` to `lambda_t = lambda_s + h` evaluates the
+    model at `order - 1` intermediate half log-SNRs `lambda_s + r_i h` as well as at the start,
+    so the NFE is `order × num_steps`; no history is kept.
+
+    The update integrates the Taylor expansion of the data prediction `D(lambda)` exactly against
+    `e^(lambda - lambda_t)` (the φ-functions), with the derivatives estimated from the stage
+    values; it is exact when `D` is a polynomial of degree `order - 1` in `lambda` that does not
+    depend on `x`. A step with an infinite log-SNR end (`alpha = 0` at `t_noise`, or `sigma = 0`
+    at `t_data`) is a first-order (DDIM) step, as in the multistep solvers.
+    """
+
+    @property
+    def evals_per_step(self) -> int:
+        return self.order
+
+    @property
+    def exponential(self) -> bool:
+        return True
+
+    def init(self, model, t0, x0):
+        return None
+
+    def _stage(self, model, x, s0, lam0, d0, h, r):
+        """The point at `lambda_s + r h` by the first-order update, its time and coefficients."""
+        path = model.path
+        lam = lam0 + r * h
+        t = path.t_from_half_log_snr(lam)
+        a, s = path.alpha(t), path.sigma(t)
+        return t, a, s, (s / s0) * x - a * jnp.expm1(-r * h) * d0
+
+    @abc.abstractmethod
+    def _high_order(self, model, x0, s0, lam0, d0, h, a1, s1):
+        """The full-order update over a step with a finite log-SNR increment `h`."""
+
+    def step(self, model, ts, index, x0, state, *, key):
+        path = model.path
+        t0, t1 = ts[index], ts[index + 1]
+        a0, s0, lam0 = _coeffs(path, t0)
+        a1, s1, lam1 = _coeffs(path, t1)
+        d0 = model.data(t0, x0)
+        h = lam1 - lam0
+        finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
+        hs = jnp.where(finite_h, h, 1.0)
+        lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
+
+        def first(_):
+            return (s1 / s0) * x0 - a1 * jnp.expm1(-h) * d0
+
+        def full(_):
+            return self._high_order(model, x0, s0, lam0s, d0, hs, a1, s1)
+
+        return jax.lax.cond(finite_h, full, first, None), None
+
+
+class DPMSolverPP2S(_AbstractSinglestepDPMSolver):
+    """DPM-Solver++(2S): second-order single-step exponential integrator in the data prediction,
+    one intermediate evaluation at the log-SNR midpoint (`r1 = 1/2`); 2 NFE/step.
+
+    `x_t = (sigma_t/sigma_s) x - alpha_t phi_1 D_s + (alpha_t phi_2 / r1) (D_u - D_s)`, with
+    `phi_1 = expm1(-h)`, `phi_2 = phi_1 / h + 1` and `u` the DDIM point at `lambda_s + r1 h`.
+    """
+
+    r1: float = eqx.field(default=0.5, static=True)
+
+    def __check_init__(self):
+        if not 0 < self.r1 < 1:
+            raise ValueError(f"`r1` must lie in (0, 1), got {self.r1}.")
+
+    @property
+    def order(self) -> int:
+        return 2
+
+    def _high_order(self, model, x0, s0, lam0, d0, h, a1, s1):
+        r1 = self.r1
+        t_u, _, _, u = self._stage(model, x0, s0, lam0, d0, h, r1)
+        d_u = model.data(t_u, u)
+        phi1 = jnp.expm1(-h)
+        phi2 = phi1 / h + 1.0
+        return (s1 / s0) * x0 - a1 * phi1 * d0 + (a1 * phi2 / r1) * (d_u - d0)
+
+
+class DPMSolverPP3S(_AbstractSinglestepDPMSolver):
+    """DPM-Solver++(3S): third-order single-step exponential integrator in the data prediction,
+    intermediate evaluations at `lambda_s + h/3` and `lambda_s + 2h/3`; 3 NFE/step.
+
+    The second stage is the second-order point
+    `u2 = (sigma_2/sigma_s) x - alpha_2 phi_1(r2 h) D_s + alpha_2 phi_2(r2 h) (r2/r1) (D_1 - D_s)`;
+    the update is `x_t = (sigma_t/sigma_s) x - alpha_t phi_1 D_s + alpha_t phi_2 D' - alpha_t
+    phi_3 D''` with `D' = (r2 D1_0 - r1 D1_1)/(r2 - r1)` (≈ `h dD/dlambda`),
+    `D'' = 2 (D1_1 - D1_0)/(r2 - r1)` (≈ `h² d²D/dlambda²`), `D1_i = (D_{i+1} - D_s)/r_{i+1}`
+    and `phi_3 = phi_2 / h - 1/2`.
+    """
+
+    @property
+    def order(self) -> int:
+        return 3
+
+    def _high_order(self, model, x0, s0, lam0, d0, h, a1, s1):
+        r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+        t_1, _, _, u1 = self._stage(model, x0, s0, lam0, d0, h, r1)
+        d1 = model.data(t_1, u1)
+        t_2, a_2, _, u2 = self._stage(model, x0, s0, lam0, d0, h, r2)
+        phi2_r2 = jnp.expm1(-r2 * h) / (r2 * h) + 1.0
+        u2 = u2 + a_2 * phi2_r2 * (r2 / r1) * (d1 - d0)
+        d2 = model.data(t_2, u2)
+        d1_0 = (d1 - d0) / r1
+        d1_1 = (d2 - d0) / r2
+        deriv1 = (r2 * d1_0 - r1 * d1_1) / (r2 - r1)
+        deriv2 = 2.0 * (d1_1 - d1_0) / (r2 - r1)
+        phi1 = jnp.expm1(-h)
+        phi2 = phi1 / h + 1.0
+        phi3 = phi2 / h - 0.5
+        return (s1 / s0) * x0 - a1 * phi1 * d0 + a1 * phi2 * deriv1 - a1 * phi3 * deriv2
+
+
 # ---------------------------------------------------------------------------------- UniPC
 
 
