@@ -121,6 +121,12 @@ class AbstractBijection(eqx.Module):
         """Number of scalar coordinates of one point (`prod(shape)`)."""
         return math.prod(self.shape)
 
+    @property
+    def stochastic_log_det(self) -> bool:
+        """`True` if the log-det is a random estimate (a [`CNF`][] with Hutchinson divergence):
+        then `transform_and_log_det` and `inverse_and_log_det` take a keyword `key`."""
+        return False
+
 
 class Invert(AbstractBijection):
     """The inverse `T⁻¹` of a bijection: `transform` and `inverse` swap roles.

@@ -138,6 +138,10 @@ class CNF(AbstractBijection):
         self.dt0 = None if dt0 is None else float(dt0)
         self.max_steps = _check_dim(max_steps, "max_steps")
 
+    @property
+    def stochastic_log_det(self) -> bool:
+        return self.divergence == "hutchinson"
+
     def _solve(self, x, condition, key, forward: bool):
         if self.divergence == "hutchinson":
             if key is None:
@@ -211,9 +215,10 @@ def continuous_flow(
     """A continuous normalizing flow on `R^dim` with an [`MLPVectorField`][] (starts as the
     identity). See [`CNF`][] for the solver options.
 
-    With the default exact divergence it trains with [`fit_max_likelihood`][] and
-    [`fit_reverse_kl`][] like any flow; Hutchinson estimates need a `key` per call of the
-    bijection, which the fit functions do not pass.
+    It trains with [`fit_max_likelihood`][] and [`fit_reverse_kl`][] like any flow; with
+    `divergence="hutchinson"` the fits draw fresh probes for every point and step (unbiased
+    log-likelihood gradients at `num_probes` vector-Jacobian products per solver stage instead of
+    `dim` Jacobian columns), and `Flow.log_density` needs a `key`.
     """
     dim = _check_dim(dim)
     field = MLPVectorField(

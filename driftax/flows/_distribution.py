@@ -51,9 +51,9 @@ class StandardNormal(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownM
         return jnp.ones(self.event_shape, jnp.result_type(float))
 
 
-def _batched(fn, n_batch_dims: int):
+def _batched(fn, n_batch_dims: int, in_axes=0):
     for _ in range(n_batch_dims):
-        fn = jax.vmap(fn)
+        fn = jax.vmap(fn, in_axes=in_axes)
     return fn
 
 
@@ -134,10 +134,17 @@ class Flow(AbstractSampleable, AbstractKnownNormalizer):
             z, log_det = self.bijection.inverse_and_log_det(x, condition, key=key)  # type: ignore[call-arg]
         return self._base_log_density(z) + log_det
 
-    def transform_and_log_density(self, z: Point, condition: Array | None = None):
-        """`(T(z), log q(T(z)))` for ONE base point `z` (the reparameterization of reverse KL)."""
+    def transform_and_log_density(
+        self, z: Point, condition: Array | None = None, *, key: Key | None = None
+    ):
+        """`(T(z), log q(T(z)))` for ONE base point `z` (the reparameterization of reverse KL).
+
+        `key` as for [`Flow.log_density`][]."""
         z = check_event(z, self.event_shape)
-        x, log_det = self.bijection.transform_and_log_det(z, condition)
+        if key is None:
+            x, log_det = self.bijection.transform_and_log_det(z, condition)
+        else:
+            x, log_det = self.bijection.transform_and_log_det(z, condition, key=key)  # type: ignore[call-arg]
         return x, self._base_log_density(z) - log_det
 
     def _condition_batch(self, condition, shape):
@@ -160,19 +167,26 @@ class Flow(AbstractSampleable, AbstractKnownNormalizer):
     ) -> tuple[Array, Array]:
         """Draw `x` of shape `(*shape, *event_shape)` and its normalized log density `(*shape)`."""
         shape = check_sample_shape(shape)
-        z = self.base.sample(key, shape)  # type: ignore[attr-defined]
+        z, keys = self._base_draws(key, shape)
         condition, batched = self._condition_batch(condition, shape)
-        if batched:
-            fn = _batched(self.transform_and_log_density, len(shape))
-            return fn(z, condition)
-        fn = _batched(lambda zz: self.transform_and_log_density(zz, condition), len(shape))
-        return fn(z)
+        fn = _batched(self._one_draw, len(shape), (0, 0 if batched else None, 0))
+        return fn(z, condition, keys)
+
+    def _one_draw(self, z, condition, key):
+        return self.transform_and_log_density(z, condition, key=key)
+
+    def _base_draws(self, key, shape):
+        """Base draws and, for a stochastic log-det, one key per draw (else a tree of `None`s)."""
+        if not self.bijection.stochastic_log_det:
+            return self.base.sample(key, shape), None  # type: ignore[attr-defined]
+        k_base, k_det = jax.random.split(key)
+        keys = jax.random.split(k_det, math.prod(shape)).reshape(shape)
+        return self.base.sample(k_base, shape), keys  # type: ignore[attr-defined]
 
     def sample(self, key: Key, shape: Shape | int = (), condition: Array | None = None) -> Array:
         """Exact draws of shape `(*shape, *event_shape)`."""
         shape = check_sample_shape(shape)
-        z = self.base.sample(key, shape)  # type: ignore[attr-defined]
+        z, keys = self._base_draws(key, shape)
         condition, batched = self._condition_batch(condition, shape)
-        if batched:
-            return _batched(self.bijection.transform, len(shape))(z, condition)
-        return _batched(lambda zz: self.bijection.transform(zz, condition), len(shape))(z)
+        fn = _batched(self._one_draw, len(shape), (0, 0 if batched else None, 0))
+        return fn(z, condition, keys)[0]

@@ -26,11 +26,31 @@ from ._distribution import Flow
 # losses (each for a batch; the fit functions use them inside their compiled loops)
 
 
-def max_likelihood_loss(flow: Flow, data: Array, condition: Array | None = None) -> Array:
-    """Negative mean log-likelihood `-mean_i log q(x_i)` of a batch `data` `(n, *event_shape)`."""
-    if condition is None:
-        return -jnp.mean(jax.vmap(flow.log_density)(data))
-    return -jnp.mean(jax.vmap(flow.log_density)(data, condition))
+def _point_keys(flow: Flow, key: Key | None, n: int):
+    """One key per point for a flow with a stochastic log-det (else `None`)."""
+    if not flow.bijection.stochastic_log_det:
+        return None
+    if key is None:
+        raise ValueError(
+            "this flow's log-det is a random estimate (Hutchinson CNF): pass a keyword `key`."
+        )
+    return jax.random.split(key, n)
+
+
+def _log_densities(flow: Flow, x: Array, condition=None, key: Key | None = None) -> Array:
+    keys = _point_keys(flow, key, x.shape[0])
+    return jax.vmap(lambda xi, ci, ki: flow.log_density(xi, ci, key=ki))(x, condition, keys)
+
+
+def max_likelihood_loss(
+    flow: Flow, data: Array, condition: Array | None = None, *, key: Key | None = None
+) -> Array:
+    """Negative mean log-likelihood `-mean_i log q(x_i)` of a batch `data` `(n, *event_shape)`.
+
+    `key` is needed (and only used) when the flow's log-det is a random estimate (a Hutchinson
+    [`CNF`][]): fresh probes per point give an unbiased loss and gradient.
+    """
+    return -jnp.mean(_log_densities(flow, data, condition, key))
 
 
 def reverse_kl_loss(
@@ -50,13 +70,14 @@ def reverse_kl_loss(
     which lowers the gradient variance to zero at the optimum. It needs the flow's inverse.
     `inverse_temperature` `β` targets `p̃^β` instead (annealing).
     """
+    k_det = jax.random.fold_in(key, 0x5EED)  # probes of a stochastic log-det (if any)
     z = flow.base.sample(key, (batch_size,))  # type: ignore[attr-defined]
+    keys = _point_keys(flow, k_det, batch_size)
     if stick_the_landing:
-        x = jax.vmap(flow.bijection.transform)(z)
-        frozen = jax.lax.stop_gradient(flow)
-        log_q = jax.vmap(frozen.log_density)(x)
+        x = jax.vmap(lambda zi, ki: flow.transform_and_log_density(zi, key=ki)[0])(z, keys)
+        log_q = _log_densities(jax.lax.stop_gradient(flow), x, key=k_det)
     else:
-        x, log_q = jax.vmap(flow.transform_and_log_density)(z)
+        x, log_q = jax.vmap(lambda zi, ki: flow.transform_and_log_density(zi, key=ki))(z, keys)
     log_p = jax.vmap(energy.log_density)(x)
     return jnp.mean(log_q - inverse_temperature * log_p)
 
@@ -75,11 +96,12 @@ def forward_kl_loss(
     Mass-covering, but needs the flow to already overlap the target (the weights degenerate
     otherwise); mix it with the reverse KL (see [`fit_reverse_kl`][]'s `forward_weight`).
     """
+    k_det = jax.random.fold_in(key, 0x5EED)
     x, log_q0 = flow.sample_and_log_density(key, (batch_size,))
     x, log_q0 = jax.lax.stop_gradient((x, log_q0))
     log_w = inverse_temperature * jax.vmap(energy.log_density)(x) - log_q0
     w = jax.lax.stop_gradient(jax.nn.softmax(jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)))
-    log_q = jax.vmap(flow.log_density)(x)
+    log_q = _log_densities(flow, x, key=k_det)
     return -jnp.sum(w * log_q)
 
 
@@ -223,11 +245,12 @@ def _ml_loop(
     steps_per_epoch = n_train // batch_size
     has_val = val_x is not None
 
-    def loss_fn(p, xb, cb):
-        return max_likelihood_loss(eqx.combine(p, static), xb, cb)
+    def loss_fn(p, xb, cb, k):
+        return max_likelihood_loss(eqx.combine(p, static), xb, cb, key=k)
 
     def val_loss(p):
-        return loss_fn(p, val_x, val_c)
+        # the same probes at every evaluation (common random numbers for early stopping)
+        return loss_fn(p, val_x, val_c, jax.random.fold_in(key, 0x7FFFFFFF))
 
     def body(carry, i):
         params, opt_state, perm, best, best_val, bad, stopped = carry
@@ -244,7 +267,8 @@ def _ml_loop(
 
         def do_step(args):
             params, opt_state = args
-            return _sgd_step(loss_fn, optimizer, params, opt_state, xb, cb)
+            k = jax.random.fold_in(jax.random.fold_in(key, 0x7FFFFFFE), i)
+            return _sgd_step(loss_fn, optimizer, params, opt_state, xb, cb, k)
 
         def skip(args):
             params, opt_state = args
