@@ -87,6 +87,9 @@ class NUTS(AbstractSampler):
     - `integrator`: a Hamiltonian integrator (default leapfrog).
     - `max_tree_depth`: at most `2**max_tree_depth - 1` integration steps per transition.
     - `max_energy_error`: an energy error above this ends the trajectory as divergent.
+    - `jitter_step_size`: relative jitter `j` (Stan's `stepsize_jitter`): each transition uses
+      the step size `h·U(1-j, 1+j)`. Occasional smaller steps let chains enter regions of high
+      curvature (the neck of a funnel) that a fixed step size skips.
 
     `info.extras` carries `tree_depth`, `num_integration_steps` and `is_turning`.
     """
@@ -98,6 +101,7 @@ class NUTS(AbstractSampler):
     )
     max_tree_depth: int = eqx.field(static=True, default=10)
     max_energy_error: float = eqx.field(static=True, default=MAX_ENERGY_ERROR)
+    jitter_step_size: float = eqx.field(static=True, default=0.0)
 
     default_target_acceptance: ClassVar[float] = 0.8
 
@@ -107,6 +111,10 @@ class NUTS(AbstractSampler):
         if not isinstance(self.max_tree_depth, int) or not 1 <= self.max_tree_depth <= 30:
             raise ValueError(
                 f"`max_tree_depth` must be an int in [1, 30], got {self.max_tree_depth!r}."
+            )
+        if not 0.0 <= self.jitter_step_size < 1.0:
+            raise ValueError(
+                f"`jitter_step_size` must be in [0, 1), got {self.jitter_step_size!r}."
             )
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
@@ -119,9 +127,13 @@ class NUTS(AbstractSampler):
         dtype = jnp.result_type(x)
         # ONE call to the PRNG per transition (each call is a loop on CPU): the momentum's
         # normals, the first direction, and the seed of the per-leaf uniforms
-        xi, u = draws(key, jnp.shape(x), 3, dtype)
+        jitter = self.jitter_step_size
+        xi, u = draws(key, jnp.shape(x), 4 if jitter > 0 else 3, dtype)
         seed = (u[:2] * 2.0**32).astype(jnp.uint32)
         first_forward = u[2] < 0.5
+        step_size = self.step_size
+        if jitter > 0:
+            step_size = step_size * (1.0 - jitter + 2.0 * jitter * u[3])
         p0 = metric.momentum_noise(xi)
         v0 = metric.velocity(p0)
         z0 = KineticState(position=x, momentum=p0, log_density=state.log_density, score=state.score)
@@ -154,7 +166,7 @@ class NUTS(AbstractSampler):
             turning=jnp.array(False),
             done=jnp.array(False),
         )
-        params = (self, energy, h0, seed)
+        params = (self, energy, h0, seed, step_size)
         out = _build_trajectory(params, loop)
         prop = out.proposal
         # a proposal whose score is not finite is never accepted (the chain would be stuck)
@@ -176,7 +188,7 @@ def _leaf(params, s: _Loop) -> _Loop:
     """One leaf of the trajectory: an integrator step and all the tree bookkeeping. A chain that
     is already done only keeps its outputs (proposal and counters) frozen; the rest of its
     state may change freely, which saves a full select of the loop state per leaf."""
-    sampler, energy, h0, seed = params
+    sampler, energy, h0, seed, step_size = params
     metric, integrator = sampler.metric, sampler.integrator
     depth_max = sampler.max_tree_depth
     dtype = h0.dtype
@@ -185,7 +197,7 @@ def _leaf(params, s: _Loop) -> _Loop:
     # selects: otherwise XLA fuses their whole computation (the cipher, exp, ...) into every
     # element of every select that uses them
     u = jax.lax.optimization_barrier(hash_uniforms(seed, s.num_leaves, 3, dtype))
-    h = jnp.where(s.forward, sampler.step_size, -sampler.step_size)
+    h = jnp.where(s.forward, step_size, -step_size)
     z = integrator.step(energy, metric, s.cur, h)[0]
     v = metric.velocity(z.momentum)
     sub_rho = s.sub_rho + z.momentum

@@ -83,3 +83,11 @@ def test_default_step_size():
     new, info = jax.jit(lambda s, k: kernel.step(target, s, key=k))(state, jax.random.key(0))
     assert np.all(np.isfinite(np.asarray(new.position)))
     assert int(info.num_grad_evals) >= 1
+
+
+def test_jitter_step_size_validated():
+    import pytest
+
+    with pytest.raises(ValueError, match="jitter_step_size"):
+        ds.NUTS(jitter_step_size=1.0)
+    assert ds.NUTS(jitter_step_size=0.5).jitter_step_size == 0.5
