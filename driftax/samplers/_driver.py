@@ -201,12 +201,15 @@ def _run_impl(samplers, energy, states, key, offset, bar_id, adaptation, cfg: _C
     pos = states.position
     dtype = pos.dtype
     zero_i = jnp.zeros(num_chains, jnp.int32)
-    buf = jnp.zeros((n_kept, *pos.shape), dtype) if cfg.store_samples else None
+    # one spare last row takes the writes of the steps that are not kept (warmup, thinning),
+    # so every step writes unconditionally: a plain in-place update, no read-select-write
+    rows = n_kept + 1
+    buf = jnp.zeros((rows, *pos.shape), dtype) if cfg.store_samples else None
     info_buf = Info(
-        acceptance_rate=jnp.zeros((n_kept, num_chains), dtype),
-        is_divergent=jnp.zeros((n_kept, num_chains), bool),
-        energy_error=jnp.zeros((n_kept, num_chains), dtype),
-        num_grad_evals=jnp.zeros((n_kept, num_chains), jnp.int32),
+        acceptance_rate=jnp.zeros((rows, num_chains), dtype),
+        is_divergent=jnp.zeros((rows, num_chains), bool),
+        energy_error=jnp.zeros((rows, num_chains), dtype),
+        num_grad_evals=jnp.zeros((rows, num_chains), jnp.int32),
     )
     carry = dict(
         samplers=samplers,
@@ -272,19 +275,16 @@ def _run_impl(samplers, energy, states, key, offset, bar_id, adaptation, cfg: _C
         block_grads = c["block_grads"] + si * infos.num_grad_evals
         block_div = c["block_div"] | (sampling & infos.is_divergent)
         write = sampling & ((j + 1) % thin == 0)
-        slot = jnp.clip(j // thin, 0, n_kept - 1)
+        slot = jnp.where(write, j // thin, n_kept)
         if cfg.store_samples:
-            old = c["samples"][slot]
-            c["samples"] = c["samples"].at[slot].set(jnp.where(write, x, old))
+            c["samples"] = c["samples"].at[slot].set(x)
         new_info = Info(
             acceptance_rate=infos.acceptance_rate.astype(dtype),
             is_divergent=block_div,
             energy_error=infos.energy_error.astype(dtype),
             num_grad_evals=block_grads,
         )
-        c["info"] = jax.tree.map(
-            lambda buf, v: buf.at[slot].set(jnp.where(write, v, buf[slot])), c["info"], new_info
-        )
+        c["info"] = jax.tree.map(lambda buf, v: buf.at[slot].set(v), c["info"], new_info)
         c["block_grads"] = jnp.where(write, 0, block_grads)
         c["block_div"] = jnp.where(write, False, block_div)
         if cfg.progress_every:
@@ -297,7 +297,7 @@ def _run_impl(samplers, energy, states, key, offset, bar_id, adaptation, cfg: _C
         return c
 
     c = jax.lax.fori_loop(0, total, body, carry)
-    swap = lambda a: jnp.swapaxes(a, 0, 1)  # noqa: E731
+    swap = lambda a: jnp.swapaxes(a[:n_kept], 0, 1)  # noqa: E731
     n = jnp.asarray(cfg.num_steps, dtype)
     return dict(
         samples=None if c["samples"] is None else swap(c["samples"]),
