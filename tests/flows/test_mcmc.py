@@ -149,16 +149,23 @@ def test_bad_input():
         fl.StochasticFlow(fl.StandardNormal(2), [dx.samplers.MALA(step_size=0.1)])
 
 
-@pytest.mark.slow
-def test_flow_mcmc_recovers_mode_weights_where_neutra_does_not():
-    """Grenioux et al. (2023) on four_mode_gmm(16): with a poorly trained RealNVP, flow
-    proposals recover the four equal mode weights; NeuTra-MALA started in one mode stays there."""
+@pytest.fixture(scope="module")
+def poor_flow_16():
+    """four_mode_gmm(16) and a RealNVP poorly trained on its samples (Grenioux et al. 2023)."""
     target = dx.energies.four_mode_gmm(16)
     data = target.sample(jax.random.key(0), 4000)
     flow = fl.coupling_flow(jax.random.key(1), 16, "affine", num_layers=4, hidden=32)
     flow, _ = fl.fit_max_likelihood(
         flow, data, key=jax.random.key(2), optimizer=optax.adam(1e-3), num_steps=300, batch_size=128
     )
+    return target, flow
+
+
+@pytest.mark.slow
+def test_flow_mcmc_recovers_mode_weights_where_neutra_does_not(poor_flow_16):
+    """Grenioux et al. (2023) on four_mode_gmm(16): with a poorly trained RealNVP, flow
+    proposals recover the four equal mode weights; NeuTra-MALA started in one mode stays there."""
+    target, flow = poor_flow_16
     diag = fl.importance_diagnostics(
         flow, target, key=jax.random.key(3), num_samples=4000, log_normalizer=0.0
     )
@@ -185,11 +192,51 @@ def test_flow_mcmc_recovers_mode_weights_where_neutra_does_not():
     ]:
         res, w = weights(sampler)
         assert np.all(np.abs(w - 0.25) < 0.05), (type(sampler).__name__, w)
-        # (moments are checked in the d = 4 test above: with a flow this poor, importance ESS
-        # ~3 %, chains of 2000 steps visit the regions the flow under-covers too rarely for an
-        # ESS-based error band on second moments to be trustworthy)
+        # (moments: see the next test)
     _, w = weights(fl.NeuTra(dx.samplers.MALA(step_size=0.1), flow))
     assert np.max(np.abs(w - 0.25)) > 0.2, w
+
+
+@pytest.mark.slow
+def test_flow_mcmc_and_neutra_moments_at_d16(poor_flow_16):
+    """Exactness on four_mode_gmm(16) with the same poor flow (importance ESS ~3 %).
+
+    Flow proposals: global first and second moments within 5 MCSE. Their proposal uses the
+    trained bijection on a base widened to N(0, 1.25² I) (KL(q‖p) ≈ 5.7 nats, as poor): with
+    the under-dispersed flow the importance weights are unbounded, independent MH is then not
+    geometrically ergodic (Mengersen & Tweedie 1996) and no ESS-based error band is
+    trustworthy at these run lengths (measured: 5-7 "MCSE" second-moment errors for i-SIR).
+    NeuTra-MALA with the flow itself rarely leaves its starting mode (previous test); the
+    chains that stay have that mode's exact moments (mean `means[0]`, unit variance) within
+    5 MCSE.
+    """
+    target, flow = poor_flow_16
+    wide = fl.Flow(dx.energies.gaussian(jnp.zeros(16), 1.25**2), flow.bijection)
+    diag = fl.importance_diagnostics(
+        wide, target, key=jax.random.key(3), num_samples=4000, log_normalizer=0.0
+    )
+    assert diag["reverse_kl"] > 1.0 and diag["ess_fraction"] < 0.1  # still a poor flow
+    kw = dict(num_steps=1500, num_warmup=200, num_chains=16, adaptation=None)
+    second = target.variance + target.mean**2
+    for sampler in [
+        fl.ISIR(wide, 16),
+        fl.FlowLocalHybrid(wide, dx.samplers.MALA(step_size=0.1)),
+    ]:
+        res = dx.sample(sampler, target, target.means[0], key=jax.random.key(4), **kw)
+        _check_moments(res.samples, target.mean, second)
+    res = dx.sample(
+        fl.NeuTra(dx.samplers.MALA(step_size=0.1), flow),
+        target,
+        target.means[0],
+        key=jax.random.key(5),
+        **kw,
+    )
+    comp = np.asarray(jax.vmap(target.assign)(res.samples.reshape(-1, 16)))
+    stayed = np.all(comp.reshape(res.samples.shape[:2]) == 0, axis=1)
+    assert stayed.sum() >= 8, stayed  # it rarely leaves its mode
+    # the chains that stayed sample that mode (conditioning on not crossing a barrier ~4σ away
+    # changes its moments by ~1e-4, far below the error band)
+    _check_moments(np.asarray(res.samples)[stayed] - target.means[0], np.zeros(16), np.ones(16))
 
 
 def test_lattice_coupling_flow(x64):
