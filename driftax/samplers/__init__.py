@@ -48,6 +48,7 @@ from ._metrics import (
 from ._nuts import NUTS as NUTS
 from ._resampling import resample as resample
 from ._smc import AIS as AIS, SMC as SMC, SMCResult as SMCResult
+from ._transport import AbstractTransport as AbstractTransport
 from ._tempering import (
     ParallelTempering as ParallelTempering,
     ParallelTemperingAdaptation as ParallelTemperingAdaptation,

@@ -38,6 +38,7 @@ from ..energies._metrics_logz import LogZEstimate, log_z_importance
 from ._adaptation import WindowAdaptation, step_size_statistic
 from ._base import AbstractSampler, check_hyper, float_leaf
 from ._resampling import RESAMPLING_SCHEMES, resample
+from ._transport import AbstractTransport
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -145,15 +146,19 @@ class SMC(eqx.Module):
     - `target_acceptance`: the acceptance aimed at (default: the kernel's own).
     - `adapt_metric`: at every stage set the kernel's diagonal metric (inverse mass) to the
       weighted variance of the particles (kernels with a `metric` field).
+    - `transport`: an optional [`AbstractTransport`][]: a map fitted to the particles at every
+      stage and applied before the reweighting (annealed flow transport with
+      `driftax.flows.FlowTransport`). Default `None`: geometric annealing leaves the particles
+      in place.
 
     **Outputs** (an [`SMCResult`][]): particles and normalized log-weights, `log_z` and its
     single-run standard error, per-stage ESS, acceptance, step size, schedule, resampling
     flags, and the number of target evaluations.
 
-    **Extension point:** annealed flow transport (Arbel, Matthews & Doucet 2021) pushes the
-    particles through a trained flow `T_k` at every stage before the reweighting, with the
-    incremental weight `π_k(T(x)) |det ∇T(x)| / π_{k-1}(x)`; it plugs into `_transport_and_reweight`
-    below (the only place that forms incremental weights).
+    **Annealed flow transport** (Arbel, Matthews & Doucet 2021): with `transport=`, the particles
+    are pushed through a map `T_k` fitted at every stage before the reweighting, with the
+    incremental weight `π_k(T(x)) |det ∇T(x)| / π_{k-1}(x)` (formed in `_transport_and_reweight`,
+    the only place that forms incremental weights).
 
     **Example:**
 
@@ -180,6 +185,7 @@ class SMC(eqx.Module):
     adapt_step_size: bool = eqx.field(static=True, default=True)
     target_acceptance: float | None = eqx.field(static=True, default=None)
     adapt_metric: bool = eqx.field(static=True, default=False)
+    transport: AbstractTransport | None = None
 
     def __check_init__(self):
         if not isinstance(self.kernel, AbstractSampler):
@@ -213,6 +219,11 @@ class SMC(eqx.Module):
             raise ValueError(
                 f"`adapt_step_size=True` needs a kernel with a `step_size`; "
                 f"{type(self.kernel).__name__} has none (pass adapt_step_size=False)."
+            )
+        if self.transport is not None and not isinstance(self.transport, AbstractTransport):
+            raise TypeError(
+                "`transport` must be an AbstractTransport (e.g. driftax.flows.FlowTransport), "
+                f"got {type(self.transport).__name__}."
             )
         if self.adapt_metric and not hasattr(self.kernel, "metric"):
             raise ValueError(
@@ -307,7 +318,8 @@ class SMCResult:
     - per stage (`(num_stages,)`): `ess` (effective sample size after reweighting, before
       resampling — weight degeneracy is reported, not hidden), `resampled`,
       `acceptance_rate` (mean over particles and moves), `step_size` (after the stage's
-      adaptation), `log_z_increments`; `betas`: `(num_stages + 1,)` from 0 to 1.
+      adaptation), `log_z_increments`, `transport_loss` (the final loss of each stage's
+      transport fit; NaN without a transport); `betas`: `(num_stages + 1,)` from 0 to 1.
     - `num_stages`, `num_resampling`; `truncated`: the adaptive schedule hit `max_stages` and
       jumped to `β = 1`.
     - `num_grad_evals`: gradients of the target evaluated (all particles, all stages);
@@ -325,6 +337,7 @@ class SMCResult:
     acceptance_rate: np.ndarray
     step_size: np.ndarray
     log_z_increments: np.ndarray
+    transport_loss: np.ndarray
     num_stages: np.ndarray
     num_resampling: np.ndarray
     truncated: np.ndarray
@@ -385,14 +398,29 @@ def _next_beta(logw, diff, beta, target_ess, num_bisection=60):
     return jnp.where(reach_one, 1.0, jnp.minimum(beta + delta, 1.0))
 
 
-def _transport_and_reweight(beta, beta_new, x, l_ref, l_target):
-    """The stage's incremental log-weights (and particles): geometric annealing leaves the
-    particles in place, `log w_inc = (β' - β)(log p(x) - log p_ref(x))`.
+def _transport_and_reweight(smc, path, key, stage, beta, beta_new, x, logw, l_ref, l_target, n):
+    """The stage's incremental log-weights and particles.
 
-    The hook for annealed flow transport: a flow-transported variant replaces this with
-    `x ← T(x)`, `log w_inc = log π_β'(T(x)) + log|det ∇T(x)| - log π_β(x)`.
+    Geometric annealing leaves the particles in place: `log w_inc = (β' - β)(log p(x) -
+    log p_ref(x))`. With a transport `T`: `x ← T(x)`, `log w_inc = log π_β'(T(x)) +
+    log|det ∇T(x)| - log π_β(x)`, where `T` is fitted on the training population (particles
+    `n:`) only and applied to all. Returns `(x, inc, loss)`.
     """
-    return x, _nan_to_neg_inf((beta_new - beta) * (l_target - l_ref))
+    if smc.transport is None:
+        inc = _nan_to_neg_inf((beta_new - beta) * (l_target - l_ref))
+        return x, inc, jnp.asarray(jnp.nan, l_ref.dtype)
+    next_density = path.at(beta_new).log_density
+    train_logw, _ = _log_normalize(logw[n:])
+    y, log_det, loss = smc.transport.fit_and_transport(
+        key, x[n:], train_logw, next_density, x, stage
+    )
+    y = jax.lax.stop_gradient(y).astype(x.dtype)
+    ly_ref = jax.vmap(path.initial.log_density)(y).astype(l_ref.dtype)
+    ly_target = jax.vmap(path.final.log_density)(y).astype(l_ref.dtype)
+    log_next = (1.0 - beta_new) * ly_ref + beta_new * ly_target
+    log_prev = (1.0 - beta) * l_ref + beta * l_target
+    inc = _nan_to_neg_inf(log_next + log_det.astype(l_ref.dtype) - log_prev)
+    return y, inc, jnp.asarray(loss, l_ref.dtype)
 
 
 def _weighted_variance(x, logw):
@@ -406,6 +434,10 @@ def _weighted_variance(x, logw):
 
 def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
     n = num_particles
+    # With a transport, a second, independent population of `n` training particles runs
+    # alongside (particles `n:`): the maps are fitted on it only, so the estimating population
+    # (particles `:n`) is moved by maps independent of itself and `Ẑ` stays unbiased.
+    pops = 1 if smc.transport is None else 2
     kernel = smc.kernel
     event_shape = tuple(energy.event_shape)
     dim = math.prod(event_shape)
@@ -420,9 +452,9 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
     log_target = jax.vmap(energy.log_density)
 
     k_init, k_loop = jax.random.split(key)
-    x = reference.sample(k_init, (n,))
+    x = reference.sample(k_init, (pops * n,))
     dtype = x.dtype
-    logw = jnp.full((n,), -jnp.log(n), dtype)
+    logw = jnp.full((pops * n,), -jnp.log(n), dtype)
     state_shape = eqx.filter_eval_shape(kernel.init, path, x[0])
     kernel_uses_grad = getattr(state_shape, "score", None) is not None
     # kinetic kernels keep their momentum from stage to stage (re-initialized states start at
@@ -437,7 +469,7 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         l_ref=log_ref(x).astype(dtype),
         l_target=log_target(x).astype(dtype),
         logw=logw,
-        eve=jnp.arange(n, dtype=jnp.int32),
+        eve=jnp.arange(pops * n, dtype=jnp.int32),
         momentum=jnp.zeros_like(x) if has_momentum else None,
         beta=jnp.zeros((), dtype),
         log_z=jnp.asarray(reference.log_normalizer, dtype),
@@ -445,7 +477,7 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         kernel=kernel,
         num_resampling=jnp.zeros((), jnp.int32),
         grads=jnp.zeros((), jnp.int32),
-        evals=jnp.asarray(n, jnp.int32),
+        evals=jnp.asarray(pops * n, jnp.int32),
         divergent=jnp.zeros((), jnp.int32),
         truncated=jnp.zeros((), bool),
         betas=buffer(jnp.nan, dtype),
@@ -454,6 +486,7 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         acceptance=buffer(jnp.nan, dtype),
         step_size=buffer(jnp.nan, dtype),
         log_z_inc=buffer(jnp.nan, dtype),
+        transport_loss=buffer(jnp.nan, dtype),
     )
 
     def cond(c):
@@ -463,36 +496,56 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         c = dict(c)
         s = c["stage"]
         k_stage = jax.random.fold_in(k_loop, s)
-        k_res, k_move = jax.random.split(k_stage)
+        k_res, k_move, k_transport = jax.random.split(k_stage, 3)
         beta = c["beta"]
         diff = _nan_to_neg_inf(c["l_target"] - c["l_ref"])
         # 1. the next inverse temperature
         if fixed:
             beta_new = smc.schedule[s + 1].astype(dtype)
         else:
-            beta_new = _next_beta(c["logw"], diff, beta, smc.target_ess).astype(dtype)
+            beta_new = _next_beta(c["logw"][:n], diff[:n], beta, smc.target_ess).astype(dtype)
             last = s == num_stages_max - 1
             c["truncated"] = last & (beta_new < 1.0)
             beta_new = jnp.where(last, jnp.asarray(1.0, dtype), beta_new)
         # 2. reweight
-        x, inc = _transport_and_reweight(beta, beta_new, c["x"], c["l_ref"], c["l_target"])
-        logw, log_z_inc = _log_normalize(c["logw"] + inc)
-        ess = _ess(logw)
+        x, inc, loss = _transport_and_reweight(
+            smc,
+            path,
+            k_transport,
+            s,
+            beta,
+            beta_new,
+            c["x"],
+            c["logw"],
+            c["l_ref"],
+            c["l_target"],
+            n,
+        )
+        logw, log_z_incs = jax.vmap(_log_normalize)((c["logw"] + inc).reshape(pops, n))
+        log_z_inc = log_z_incs[0]
+        ess_pops = jax.vmap(_ess)(logw)
+        ess = ess_pops[0]
         # 3. resample
         if smc.resampling == "never":
             do = jnp.asarray(False)
             eve, momentum = c["eve"], c["momentum"]
+            logw = logw.reshape(-1)
         else:
-            do = ess < smc.resampling_threshold * n
-            idx = resample(logw, key=k_res, scheme=smc.resampling)
-            idx = jnp.where(do, idx, jnp.arange(n, dtype=idx.dtype))
+            do_pops = ess_pops < smc.resampling_threshold * n
+            do = do_pops[0]
+            idx = jax.vmap(lambda lw, k: resample(lw, key=k, scheme=smc.resampling))(
+                logw, jax.random.split(k_res, pops)
+            )
+            idx = jnp.where(do_pops[:, None], idx, jnp.arange(n, dtype=idx.dtype))
+            idx = (idx + n * jnp.arange(pops, dtype=idx.dtype)[:, None]).reshape(-1)
             x, eve = x[idx], c["eve"][idx]
             momentum = None if c["momentum"] is None else c["momentum"][idx]
-            logw = jnp.where(do, jnp.full_like(logw, -jnp.log(n)), logw)
+            logw = jnp.where(do_pops[:, None], jnp.full_like(logw, -jnp.log(n)), logw)
+            logw = logw.reshape(-1)
         # 4. move
         kernel = c["kernel"]
         if smc.adapt_metric:
-            var = _weighted_variance(x, logw).astype(kernel.metric.inverse_mass.dtype)
+            var = _weighted_variance(x[:n], logw[:n]).astype(kernel.metric.inverse_mass.dtype)
             kernel = eqx.tree_at(lambda k: k.metric.inverse_mass, kernel, var.reshape(event_shape))
         target_b = path.at(beta_new)
         states = jax.vmap(lambda xi: kernel.init(target_b, xi))(x)
@@ -502,7 +555,7 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         def move(mc, k):
             kern, st = mc
             st, infos = jax.vmap(lambda si, ki: kern.step(target_b, si, key=ki))(
-                st, jax.random.split(k, n)
+                st, jax.random.split(k, pops * n)
             )
             if adapt:
                 stat = step_size_statistic(kern, infos, target_acc, dim, pooled=True)[0]
@@ -530,11 +583,10 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         c["stage"] = s + 1
         c["kernel"] = kernel
         c["num_resampling"] = c["num_resampling"] + do.astype(jnp.int32)
-        c["grads"] = c["grads"] + (jnp.sum(grads) + (n if kernel_uses_grad else 0)).astype(
-            jnp.int32
-        )
+        init_grads = pops * n if kernel_uses_grad else 0
+        c["grads"] = c["grads"] + (jnp.sum(grads) + init_grads).astype(jnp.int32)
         # + the kernel init and the new log densities
-        c["evals"] = c["evals"] + (jnp.sum(evals) + 2 * n).astype(jnp.int32)
+        c["evals"] = c["evals"] + (jnp.sum(evals) + 2 * pops * n).astype(jnp.int32)
         c["divergent"] = c["divergent"] + jnp.sum(divs).astype(jnp.int32)
         c["betas"] = c["betas"].at[s].set(beta_new)
         c["ess"] = c["ess"].at[s].set(ess)
@@ -543,18 +595,19 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         step = kernel.step_size if hasattr(kernel, "step_size") else jnp.nan
         c["step_size"] = c["step_size"].at[s].set(jnp.asarray(step, dtype))
         c["log_z_inc"] = c["log_z_inc"].at[s].set(log_z_inc)
+        c["transport_loss"] = c["transport_loss"].at[s].set(loss)
         return c
 
     c = jax.lax.while_loop(cond, body, carry)
     # Lee & Whiteley (2018) relative-variance estimate from the Eve (initial-ancestor) indices
-    w = jnp.exp(c["logw"])
-    eve_mass = jnp.zeros((n,), dtype).at[c["eve"]].add(w)
+    w = jnp.exp(c["logw"][:n])
+    eve_mass = jnp.zeros((n,), dtype).at[c["eve"][:n]].add(w)
     m = 1 + c["num_resampling"]
     factor = jnp.exp(m.astype(dtype) * (jnp.log(n) - jnp.log(n - 1.0)))
     rel_var = 1.0 - factor * (1.0 - jnp.sum(eve_mass**2))
     return dict(
-        particles=c["x"],
-        log_weights=c["logw"],
+        particles=c["x"][:n],
+        log_weights=c["logw"][:n],
         log_z=c["log_z"],
         log_z_stderr=jnp.sqrt(jnp.clip(rel_var, 0.0)),
         betas=c["betas"],
@@ -563,6 +616,7 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         acceptance=c["acceptance"],
         step_size=c["step_size"],
         log_z_inc=c["log_z_inc"],
+        transport_loss=c["transport_loss"],
         num_stages=c["stage"],
         num_resampling=c["num_resampling"],
         truncated=c["truncated"],
@@ -600,6 +654,7 @@ def _result(out, num_particles: int, num_runs: int | None) -> SMCResult:
         acceptance_rate=trim(out["acceptance"]),
         step_size=trim(out["step_size"]),
         log_z_increments=trim(out["log_z_inc"]),
+        transport_loss=trim(out["transport_loss"]),
         num_stages=num_stages,
         num_resampling=np.asarray(out["num_resampling"]),
         truncated=np.asarray(out["truncated"]),

@@ -1,0 +1,134 @@
+"""Annealed flow transport: a normalizing flow fitted at every stage of SMC."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+from .._custom_types import Array, Key, Scalar
+from ..samplers._transport import AbstractTransport
+from ._bijection import AbstractBijection
+from ._train import _check_count, _check_optimizer
+
+
+class FlowTransport(AbstractTransport):
+    """Annealed flow transport (Arbel, Matthews & Doucet 2021) for [`driftax.samplers.SMC`][]:
+    at every annealing stage a bijection `T` is trained on the weighted particles of `π_β` to
+    minimize `KL(T#π_β ‖ π_β')`, i.e. the weighted mean of
+    `-log π_β'(T(x)) - log|det ∇T(x)|`, then the particles are moved through it and reweighted
+    by `π_β'(T(x)) |det ∇T(x)| / π_β(x)`.
+
+    Every stage starts its fit from the same `bijection` (initialize it at or near the
+    identity: the coupling and affine bijections of `driftax.flows` start there), so one
+    compiled program serves all stages. If a fit ends with a non-finite loss or moves a particle
+    to a non-finite point, that stage falls back to the untrained `bijection` and the stage's
+    `transport_loss` in the [`driftax.samplers.SMCResult`][] is NaN.
+
+    The bijection is fitted on `SMC`'s separate training population and applied to both
+    populations: fitting a flow to the very particles it then moves biases `log Ẑ` upward (the
+    fit raises exactly the incremental weights it is scored on: measured +2 to +4 nats on
+    many_well(8) with a 4-layer coupling flow, even when each half of the particles was moved
+    by a flow fitted on the other half, because resampling puts copies of one particle in both
+    halves).
+
+    **Arguments:**
+
+    - `bijection`: the [`AbstractBijection`][] to fit at every stage (its event shape must be
+      the target's).
+    - `optimizer`: an optax optimizer (default `optax.adam(1e-3)`).
+    - `num_train_steps`: optimizer steps per stage (default 100).
+    - `batch_size`: training particles per step, drawn by their weights; `None` (default)
+      uses all of them with their weights.
+
+    **Example:**
+
+    ```python
+    import jax, jax.numpy as jnp, optax
+    import driftax as dx
+
+    target = dx.energies.gaussian(jnp.array([2.0, -1.0]), jnp.array([0.5, 2.0]))
+    transport = dx.flows.FlowTransport(
+        bijection=dx.flows.Affine(loc=jnp.zeros(2), scale=jnp.ones(2)),
+        optimizer=optax.adam(0.05), num_train_steps=200)
+    smc = dx.samplers.SMC(dx.samplers.MALA(step_size=0.1), schedule=jnp.linspace(0, 1, 3),
+                          reference_scale=1.0, transport=transport)
+    result = smc.run(target, key=jax.random.key(0), num_particles=512)
+    ```
+    """
+
+    bijection: AbstractBijection
+    optimizer: optax.GradientTransformation = eqx.field(static=True)
+    num_train_steps: int = eqx.field(static=True)
+    batch_size: int | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        bijection: AbstractBijection,
+        optimizer: optax.GradientTransformation | None = None,
+        num_train_steps: int = 100,
+        batch_size: int | None = None,
+    ):
+        if not isinstance(bijection, AbstractBijection):
+            raise TypeError(
+                f"`bijection` must be a driftax AbstractBijection, got {type(bijection).__name__}."
+            )
+        optimizer = optax.adam(1e-3) if optimizer is None else optimizer
+        _check_optimizer(optimizer)
+        self.bijection = bijection
+        self.optimizer = optimizer
+        self.num_train_steps = _check_count(num_train_steps, "num_train_steps")
+        self.batch_size = None if batch_size is None else _check_count(batch_size, "batch_size")
+
+    def fit_and_transport(
+        self,
+        key: Key,
+        x_train: Array,
+        log_weights: Array,
+        log_density_next,
+        x: Array,
+        stage: Scalar,
+    ) -> tuple[Array, Array, Scalar]:
+        """Fit the bijection to the weighted training particles, then push `x` through it
+        (see the class docstring); returns `(T(x), log|det ∇T(x)|, final loss)`."""
+        del stage
+        x_train = jax.lax.stop_gradient(x_train)
+        log_weights = jax.lax.stop_gradient(log_weights)
+        weights = jnp.exp(log_weights - jax.nn.logsumexp(log_weights))
+        params, static = eqx.partition(self.bijection, eqx.is_inexact_array)
+
+        def loss_fn(p, xb, wb):
+            bij = eqx.combine(p, static)
+            y, log_det = jax.vmap(bij.transform_and_log_det)(xb)
+            lp = jax.vmap(log_density_next)(y)
+            per = jnp.where(wb > 0, -(lp + log_det), 0.0)  # zero-weight particles may sit anywhere
+            return jnp.sum(wb * per) / jnp.sum(wb)
+
+        def step(carry, k):
+            p, opt_state = carry
+            if self.batch_size is None:
+                xb, wb = x_train, weights
+            else:
+                idx = jax.random.categorical(k, log_weights, shape=(self.batch_size,))
+                xb, wb = x_train[idx], jnp.ones((self.batch_size,), x_train.dtype)
+            loss, grads = jax.value_and_grad(loss_fn)(p, xb, wb)
+            updates, opt_state = self.optimizer.update(grads, opt_state, p)
+            p_new = optax.apply_updates(p, updates)
+            ok = jnp.isfinite(loss)  # a non-finite step is skipped, not taken
+            p = jax.tree.map(lambda a, b: jnp.where(ok, a, b), p_new, p)
+            return (p, opt_state), loss
+
+        keys = jax.random.split(key, self.num_train_steps)
+        (trained, _), _ = jax.lax.scan(step, (params, self.optimizer.init(params)), keys)
+        final = loss_fn(trained, x_train, weights)
+        y, log_det = jax.vmap(eqx.combine(trained, static).transform_and_log_det)(x)
+        ok = (
+            jnp.isfinite(final)
+            & jnp.all(jnp.isfinite(y.reshape(y.shape[0], -1)))
+            & jnp.all(jnp.isfinite(log_det))
+        )
+        y0, log_det0 = jax.vmap(self.bijection.transform_and_log_det)(x)
+        y = jnp.where(ok, y, y0)
+        log_det = jnp.where(ok, log_det, log_det0)
+        return y, log_det, jnp.where(ok, final, jnp.nan)
