@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-SECTIONS = ["targets", "diffusion", "flows", "samplers"]
+SECTIONS = ["targets", "samplers", "flows", "diffusion", "unnormalized"]
 
 
 def main(argv=None) -> int:
