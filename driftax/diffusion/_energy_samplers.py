@@ -53,7 +53,7 @@ from ..samplers._hamiltonian import MALA
 from ._nets import MLP
 
 _LOG_2PI = math.log(2.0 * math.pi)
-LOSSES: tuple[str, ...] = ("kl", "log_variance")
+LOSSES: tuple[str, ...] = ("kl", "log_variance", "adjoint")
 
 
 def _count(value, name: str) -> int:
@@ -72,10 +72,12 @@ def _positive(value, name: str) -> float:
     return v
 
 
-def _gaussian_log_density(x: Array, mean: Array, std: Array) -> Scalar:
-    """`log N(x; mean, std² I)` for an isotropic scalar `std`."""
+def _gaussian_log_density(x: Array, mean: Array, std: Array, dim: int | None = None) -> Scalar:
+    """`log N(x; mean, std² I)` for an isotropic scalar `std`, on a `dim`-dimensional subspace
+    that contains `x - mean` (all of `x`'s space by default)."""
     z = (x - mean) / std
-    return -0.5 * jnp.sum(z**2) - x.size * (jnp.log(std) + 0.5 * _LOG_2PI)
+    dim = x.size if dim is None else dim
+    return -0.5 * jnp.sum(z**2) - dim * (jnp.log(std) + 0.5 * _LOG_2PI)
 
 
 class _TimeNet(eqx.Module):
@@ -121,6 +123,16 @@ class AbstractDiffusionSampler(eqx.Module):
     proper_first_backward: ClassVar[bool] = True
     # whether the kernels use the target score
     uses_score: ClassVar[bool] = True
+
+    @property
+    def event_dim(self) -> int:
+        """Dimension of the space the paths live in (less than `dim` for particles with the
+        centre of mass removed)."""
+        return self.dim
+
+    def project(self, v: Array) -> Array:
+        """Project a vector onto the space the paths live in (identity by default)."""
+        return v
 
     def initial(self, key: Key, dtype) -> tuple[Array, Scalar]:
         """Draw `x_0 ~ q_0`; returns `(x_0, log q_0(x_0))`."""
@@ -243,12 +255,14 @@ def _increment(sampler, k, x, x_next, forward, backward) -> Scalar:
     """`log B_k(x_k | x_{k+1}) - log F_k(x_{k+1} | x_k)`; the point-mass first backward
     kernel of PIS contributes nothing (it cancels the point mass `q_0`)."""
     (m_f, s_f), (m_b, s_b) = forward, backward
-    log_f = _gaussian_log_density(x_next, m_f, s_f)
+    d = sampler.event_dim
+    log_f = _gaussian_log_density(x_next, m_f, s_f, d)
     if sampler.proper_first_backward:
-        log_b = _gaussian_log_density(x, m_b, s_b)
+        log_b = _gaussian_log_density(x, m_b, s_b, d)
     else:
         proper = k > 0
-        log_b = jnp.where(proper, _gaussian_log_density(x, m_b, jnp.where(proper, s_b, 1.0)), 0.0)
+        s_b = jnp.where(proper, s_b, 1.0)
+        log_b = jnp.where(proper, _gaussian_log_density(x, m_b, s_b, d), 0.0)
     return log_b - log_f
 
 
@@ -276,7 +290,8 @@ def forward_path(
         x, g, acc = carry
         k, kk = inputs
         fwd = sampler.forward_kernel(k, x, g)
-        x_next = fwd[0] + fwd[1] * jax.random.normal(kk, x.shape, x.dtype)
+        noise = sampler.project(jax.random.normal(kk, x.shape, x.dtype))
+        x_next = fwd[0] + fwd[1] * noise
         if detach:
             x_next = jax.lax.stop_gradient(x_next)
         g_next = score(x_next)
@@ -302,7 +317,8 @@ def backward_path(
         x_next, g_next, acc = carry
         k, kk = inputs
         bwd = sampler.backward_kernel(k, x_next, g_next)
-        x = bwd[0] + bwd[1] * jax.random.normal(kk, x_next.shape, x_next.dtype)
+        noise = sampler.project(jax.random.normal(kk, x_next.shape, x_next.dtype))
+        x = bwd[0] + bwd[1] * noise
         x = jax.lax.stop_gradient(x)
         g = score(x)
         fwd = sampler.forward_kernel(k, x, g)
@@ -348,6 +364,13 @@ class PIS(AbstractDiffusionSampler):
     - `langevin`: add the target-score term (needs `∇log p̃`).
     - `hidden`, `depth`: size of the control MLP.
     - `clip`: elementwise clip of the target score.
+    - `particles`: `(n_particles, spatial_dim)` for a translation-invariant particle target
+      (flat points, particle-major): the noise and the drift are projected onto the
+      zero-centre-of-mass subspace, so every path stays there, and the Gaussian densities
+      (hence `log Z`) are those of that `(n_particles - 1)·spatial_dim`-dimensional subspace.
+
+    PIS is memoryless (point-mass start), so it can also be trained by adjoint matching:
+    `fit_sampler(..., loss="adjoint")` (Adjoint Sampling, Havens et al. 2025).
     """
 
     control: MLP
@@ -358,6 +381,7 @@ class PIS(AbstractDiffusionSampler):
     horizon: float = eqx.field(static=True)
     schedule: str = eqx.field(static=True)
     clip: float = eqx.field(static=True)
+    particles: tuple[int, int] | None = eqx.field(static=True)
 
     proper_first_backward: ClassVar[bool] = False
 
@@ -374,8 +398,22 @@ class PIS(AbstractDiffusionSampler):
         hidden: int = 64,
         depth: int = 3,
         clip: float = 100.0,
+        particles: tuple[int, int] | None = None,
     ):
         self.dim = _count(dim, "dim")
+        if particles is not None:
+            if not (isinstance(particles, tuple) and len(particles) == 2):
+                raise ValueError(
+                    f"`particles` must be a tuple (n_particles, spatial_dim), got {particles!r}."
+                )
+            n, sd = _count(particles[0], "particles[0]"), _count(particles[1], "particles[1]")
+            if n < 2 or n * sd != dim:
+                raise ValueError(
+                    f"`particles` = {particles} must have n_particles >= 2 and "
+                    f"n_particles * spatial_dim == dim ({dim})."
+                )
+            particles = (n, sd)
+        self.particles = particles
         self.num_steps = _count(num_steps, "num_steps")
         self.sigma = _positive(sigma, "sigma")
         self.horizon = _positive(horizon, "horizon")
@@ -390,6 +428,26 @@ class PIS(AbstractDiffusionSampler):
     @property
     def uses_score(self) -> bool:  # type: ignore[override]
         return self.scale is not None
+
+    @property
+    def event_dim(self) -> int:
+        if self.particles is None:
+            return self.dim
+        return (self.particles[0] - 1) * self.particles[1]
+
+    def project(self, v: Array) -> Array:
+        if self.particles is None:
+            return v
+        pos = v.reshape(self.particles)
+        return (pos - jnp.mean(pos, axis=0)).reshape(v.shape)
+
+    def drift(self, t: Scalar, x: Array, score: Array) -> Array:
+        """The learned drift `f(t, x)` (`score` = `∇log p̃(x)`, unused without the Langevin
+        term)."""
+        f = self.sigma * self.control(t / self.horizon, x)
+        if self.scale is not None:
+            f = f + self.sigma**2 * self.scale(t / self.horizon) * _clip(score, self.clip)
+        return self.project(f)
 
     def times(self) -> Array:
         """The time grid `t_0 = 0 < ... < t_K = T`."""
@@ -407,10 +465,7 @@ class PIS(AbstractDiffusionSampler):
     def forward_kernel(self, k, x, score):
         ts = self.times().astype(x.dtype)
         t, h = ts[k], ts[k + 1] - ts[k]
-        drift = self.sigma * self.control(t / self.horizon, x)
-        if self.scale is not None:
-            drift = drift + self.sigma**2 * self.scale(t / self.horizon) * _clip(score, self.clip)
-        return x + h * drift, self.sigma * jnp.sqrt(h)
+        return x + h * self.drift(t, x, score), self.sigma * jnp.sqrt(h)
 
     def backward_kernel(self, k, x, score):
         ts = self.times().astype(x.dtype)
@@ -633,6 +688,21 @@ def _local_search(kernel, energy, xs, key, num_steps):
     return jax.vmap(one)(xs, jax.random.split(key, xs.shape[0]))
 
 
+def _guarded_update(objective, optimizer, params, opt_state, *args):
+    """One optimizer step on `objective(params, *args) -> (value, aux)`, skipped (parameters
+    and optimizer state unchanged) when the loss or a gradient is non-finite."""
+    (value, aux), grads = jax.value_and_grad(objective, has_aux=True)(params, *args)
+    finite = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
+    ok = jnp.isfinite(value) & jnp.all(jnp.stack(finite))
+    grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
+    updates, new_state = optimizer.update(grads, opt_state, params)
+    new_params = eqx.apply_updates(params, updates)
+    params, opt_state = jax.tree.map(
+        lambda a, b: jnp.where(ok, a, b), (new_params, new_state), (params, opt_state)
+    )
+    return params, opt_state, jnp.where(ok, value, jnp.nan), aux, ok
+
+
 @eqx.filter_jit
 def _train_chunk(params, static, opt_state, buffer, energy, keys, optimizer, batch, loss, search):
     def objective(p, key):
@@ -665,16 +735,8 @@ def _train_chunk(params, static, opt_state, buffer, energy, keys, optimizer, bat
     def step(carry, key):
         params, opt_state, buffer = carry
         k_loss, k_search = jax.random.split(key)
-        (value, (x, lower, log_z)), grads = jax.value_and_grad(objective, has_aux=True)(
-            params, k_loss
-        )
-        leaves = [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]
-        ok = jnp.isfinite(value) & jnp.all(jnp.stack(leaves))
-        grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
-        updates, new_state = optimizer.update(grads, opt_state, params)
-        new_params = eqx.apply_updates(params, updates)
-        params, opt_state = jax.tree.map(
-            lambda a, b: jnp.where(ok, a, b), (new_params, new_state), (params, opt_state)
+        params, opt_state, value, (x, lower, log_z), ok = _guarded_update(
+            objective, optimizer, params, opt_state, k_loss
         )
         acc = jnp.zeros((), x.dtype)
         if search is not None:
@@ -687,8 +749,79 @@ def _train_chunk(params, static, opt_state, buffer, energy, keys, optimizer, bat
             data = data.at[pos].set(fresh)
             buffer = (data, jnp.minimum(count + fresh.shape[0], size))
             acc = jnp.mean(acc_each)
-        value = jnp.where(ok, value, jnp.nan)
         return (params, opt_state, buffer), (value, lower, log_z, ok, acc)
+
+    (params, opt_state, buffer), out = jax.lax.scan(step, (params, opt_state, buffer), keys)
+    return params, opt_state, buffer, out
+
+
+@eqx.filter_jit
+def _adjoint_chunk(
+    params, static, opt_state, buffer, energy, keys, optimizer, batch, num_updates, search
+):
+    """Adjoint Sampling: simulate `batch` paths (no gradients), store their terminal states
+    and lean adjoints `a = ∇g(x_K)`, `g = log N(·; 0, σ²T) - log p̃`, then take `num_updates`
+    regression steps `|f(t, X_t)/σ² + a|²` on Brownian-bridge points `X_t` between 0 and
+    buffer samples (reciprocal adjoint matching). With `search`, the terminal states are first
+    moved by the MCMC kernel (toward the target) before they enter the buffer."""
+
+    def step(carry, key):
+        params, opt_state, (data, targets, count) = carry
+        k_sim, k_upd = jax.random.split(key)
+        sampler = eqx.combine(params, static)
+        x, log_w = jax.vmap(lambda k: forward_path(sampler, energy, k, detach=True))(
+            jax.random.split(k_sim, batch)
+        )
+        x, log_w = jax.lax.stop_gradient((x, log_w))
+        acc = jnp.zeros((), x.dtype)
+        if search is not None:
+            k_sim, k_ls = jax.random.split(k_sim)
+            moved, acc_each = _local_search(search.kernel, energy, x, k_ls, search.num_steps)
+            moved = jax.vmap(sampler.project)(moved)
+            x = jnp.where(jnp.all(jnp.isfinite(moved), -1)[:, None], moved, x)
+            acc = jnp.mean(acc_each)
+        nu = sampler.sigma**2 * sampler.horizon
+
+        def adjoint(y):
+            return -sampler.project(_clip(energy.score(y), sampler.clip) + y / nu)
+
+        a = jax.vmap(adjoint)(x)
+        good = jnp.all(jnp.isfinite(x), -1) & jnp.all(jnp.isfinite(a), -1)
+        size = data.shape[0]
+        pos = (count + jnp.arange(batch)) % size
+        data = data.at[pos].set(jnp.where(good[:, None], x, data[pos]))
+        targets = targets.at[pos].set(jnp.where(good[:, None], a, targets[pos]))
+        count = jnp.minimum(count + batch, size)
+        ts = sampler.times().astype(x.dtype)
+        horizon, sigma = sampler.horizon, sampler.sigma
+        score = _score_fn(sampler, energy)
+
+        def objective(p, kk):
+            smp = eqx.combine(p, static)
+            ki, kt, kn = jax.random.split(kk, 3)
+            idx = jax.random.randint(ki, (batch,), 0, jnp.maximum(count, 1))
+            x1, a1 = data[idx], targets[idx]
+            t = ts[jax.random.randint(kt, (batch,), 0, smp.num_steps)]
+            noise = jax.vmap(smp.project)(jax.random.normal(kn, x1.shape, x1.dtype))
+            std = sigma * jnp.sqrt(t * (horizon - t) / horizon)
+            xt = (t / horizon)[:, None] * x1 + std[:, None] * noise
+            f = jax.vmap(smp.drift)(t, xt, jax.vmap(score)(xt))
+            return jnp.mean(jnp.sum((f / sigma**2 + a1) ** 2, axis=-1)), None
+
+        def update(c, kk):
+            params, opt_state = c
+            params, opt_state, value, _, ok = _guarded_update(
+                objective, optimizer, params, opt_state, kk
+            )
+            return (params, opt_state), (value, ok)
+
+        (params, opt_state), (values, oks) = jax.lax.scan(
+            update, (params, opt_state), jax.random.split(k_upd, num_updates)
+        )
+        lower = jnp.mean(log_w)
+        log_z = jax.nn.logsumexp(log_w) - jnp.log(batch)
+        out = (jnp.mean(values), lower, log_z, jnp.all(oks), acc)
+        return (params, opt_state, (data, targets, count)), out
 
     (params, opt_state, buffer), out = jax.lax.scan(step, (params, opt_state, buffer), keys)
     return params, opt_state, buffer, out
@@ -706,6 +839,8 @@ def fit_sampler(
     max_grad_norm: float = 1.0,
     optimizer: optax.GradientTransformation | None = None,
     local_search: LocalSearch | None = None,
+    num_updates: int = 1,
+    buffer_size: int = 4096,
     num_chunks: int = 10,
 ) -> tuple[AbstractDiffusionSampler, FitInfo]:
     """Train a diffusion sampler ([`PIS`][], [`DDS`][], [`CMCD`][]) from the energy alone.
@@ -717,6 +852,12 @@ def fit_sampler(
     - `"log_variance"`: `Var[log w]` over detached paths (on-policy, plus buffer paths with
       `local_search`); mode-covering in practice and cheaper (no backpropagation through the
       dynamics' states).
+    - `"adjoint"` ([`PIS`][] only, a memoryless point-mass start): Adjoint Sampling (Havens et
+      al. 2025). Each iteration simulates `batch_size` paths without gradients, stores their
+      terminal states with the lean adjoint `∇g(x_K)` (`g = log N(·; 0, σ²T) - log p̃`) in a
+      FIFO buffer of `buffer_size`, and takes `num_updates` regression steps of the drift
+      onto `-σ²∇g(x_K)` at Brownian-bridge points between 0 and buffer samples. Energy
+      evaluations per gradient step are `batch_size / num_updates`.
 
     The loop runs in `num_chunks` compiled chunks (`lax.scan` over iterations). Adam with
     gradient clipping by default. An iteration whose loss or gradient is non-finite is skipped
@@ -731,7 +872,10 @@ def fit_sampler(
     - `loss`: `"kl"` or `"log_variance"`.
     - `learning_rate`, `max_grad_norm`: for the default optimizer
       `optax.chain(clip_by_global_norm, adam)`; or pass `optimizer`.
-    - `local_search`: a [`LocalSearch`][] (replay buffer + MCMC), log-variance loss only.
+    - `local_search`: a [`LocalSearch`][] (replay buffer + MCMC) for the log-variance loss;
+      with `"adjoint"`, its kernel moves the terminal states before they enter the buffer
+      (the adjoint loss keeps its own buffer of `buffer_size`).
+    - `num_updates`, `buffer_size`: for `loss="adjoint"` (see above).
     - `num_chunks`: compiled chunks (the history is assembled across them).
 
     **Returns:** `(trained_sampler, FitInfo)`.
@@ -745,10 +889,19 @@ def fit_sampler(
     if local_search is not None:
         if not isinstance(local_search, LocalSearch):
             raise TypeError("`local_search` must be a LocalSearch or None.")
-        if loss != "log_variance":
-            raise ValueError("`local_search` needs loss='log_variance' (off-policy paths).")
+        if loss == "kl":
+            raise ValueError(
+                "`local_search` needs loss='log_variance' or 'adjoint' (off-policy paths)."
+            )
         if batch_size < 2:
             raise ValueError("`batch_size` must be >= 2 with `local_search`.")
+    num_updates = _count(num_updates, "num_updates")
+    buffer_size = _count(buffer_size, "buffer_size")
+    if loss == "adjoint" and not isinstance(sampler, PIS):
+        raise ValueError(
+            "`loss='adjoint'` needs a memoryless sampler with a point-mass start (PIS), got "
+            f"{type(sampler).__name__}."
+        )
     if optimizer is None:
         optimizer = optax.chain(
             optax.clip_by_global_norm(_positive(max_grad_norm, "max_grad_norm")),
@@ -761,9 +914,28 @@ def fit_sampler(
         buffer = (jnp.zeros((local_search.buffer_size, sampler.dim), dtype), jnp.array(0))
     else:
         buffer = None
+    if loss == "adjoint":
+        dtype = jnp.result_type(float)
+        empty = jnp.zeros((max(buffer_size, batch_size), sampler.dim), dtype)
+        buffer = (empty, empty, jnp.array(0))
     keys = jax.random.split(key, num_iterations)
     outs = []
     for chunk in np.array_split(np.arange(num_iterations), min(num_chunks, num_iterations)):
+        if loss == "adjoint":
+            params, opt_state, buffer, out = _adjoint_chunk(
+                params,
+                static,
+                opt_state,
+                buffer,
+                energy,
+                keys[chunk],
+                optimizer,
+                batch_size,
+                num_updates,
+                local_search,
+            )
+            outs.append(out)
+            continue
         params, opt_state, buffer, out = _train_chunk(
             params,
             static,
