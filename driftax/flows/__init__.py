@@ -28,6 +28,12 @@ from ._factories import (
     planar_flow as planar_flow,
     radial_flow as radial_flow,
 )
+from ._gauge import (
+    U1GaugeCoupling as U1GaugeCoupling,
+    UniformAngles as UniformAngles,
+    u1_gauge_flow as u1_gauge_flow,
+    u1_plaquette_masks as u1_plaquette_masks,
+)
 from ._linear import (
     ActNorm as ActNorm,
     LULinear as LULinear,

@@ -14,6 +14,9 @@ import pytest
 
 import driftax.flows as fl
 
+# (the gauge layers bound their spline derivatives below: composed inverses of the randomized,
+# very contracting splines otherwise amplify round-off beyond the tolerance)
+
 
 def _coupling_flow_bij(key, **kw):
     return fl.coupling_flow(key, 4, num_layers=3, hidden=8, **kw).bijection
@@ -78,6 +81,18 @@ REGISTRY = {
     ),
     "scan_maf_flow": (lambda k: _maf_bij(k, transformer="spline", interval=2.0), "real", None),
     "scan_planar_flow": (lambda k: fl.planar_flow(k, 3, 4, init_scale=0.7).bijection, "real", None),
+    "u1_gauge_coupling": (
+        lambda k: fl.U1GaugeCoupling(k, 4, mu=1, offset=2, hidden=8, knots=4, min_derivative=0.05),
+        "angle",
+        None,
+    ),
+    "u1_gauge_flow": (
+        lambda k: (
+            fl.u1_gauge_flow(k, 4, num_layers=3, hidden=8, knots=4, min_derivative=0.05).bijection
+        ),
+        "angle",
+        None,
+    ),
 }
 
 
