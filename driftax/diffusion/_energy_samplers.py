@@ -30,7 +30,10 @@ same increment. The samplers differ only in `q_0` and the two kernels:
 
 [`fit_sampler`][] trains any of them by the reverse KL (reparameterized through the SDE) or
 the log-variance loss (on detached paths, optionally mixed with backward paths from a replay
-buffer refined by MALA local search, [`LocalSearch`][]).
+buffer refined by MALA local search, [`LocalSearch`][]); PIS, being memoryless, can also be
+trained by Adjoint Sampling (Havens et al. 2025: reciprocal adjoint matching on a buffer).
+For translation-invariant particle targets PIS keeps every path on the zero-centre-of-mass
+subspace (`particles=(n, d)`), where its Gaussian densities and `log Z` live.
 """
 
 from __future__ import annotations
@@ -190,6 +193,7 @@ class AbstractDiffusionSampler(eqx.Module):
                 raise ValueError(
                     f"`target_samples` must have shape (n, {self.dim}), got {y.shape}."
                 )
+            y = jax.vmap(self.project)(y)  # e.g. remove the centre of mass
             kb = jax.random.split(jax.random.fold_in(key, 1), y.shape[0])
             _, log_w_back = _backward_batch(self, energy, y, kb)
             lb = np.asarray(log_w_back)
@@ -479,7 +483,20 @@ def _cosine_alpha_bar(s: Array) -> Array:
     return f(s) / f(0.0)
 
 
-class DDS(AbstractDiffusionSampler):
+class _GaussianStart(AbstractDiffusionSampler):
+    """Samplers that start from `q_0 = N(0, σ² I)`."""
+
+    sigma: eqx.AbstractVar[float]
+
+    def initial(self, key, dtype):
+        x0 = self.sigma * jax.random.normal(key, (self.dim,), dtype)
+        return x0, self.initial_log_density(x0)
+
+    def initial_log_density(self, x0):
+        return _gaussian_log_density(x0, 0.0, jnp.asarray(self.sigma, x0.dtype))
+
+
+class DDS(_GaussianStart):
     """Denoising diffusion sampler (Vargas, Grathwohl & Doucet 2023): `x_0 ~ N(0, σ² I)` and
     `x_{k+1} = √(1-a_k) x_k + 2σ²(1 - √(1-a_k)) f(t_k, x_k) + σ √a_k ξ`, where the reference
     (`f = 0`) is the Ornstein–Uhlenbeck chain leaving `N(0, σ² I)` invariant (its backward
@@ -529,13 +546,6 @@ class DDS(AbstractDiffusionSampler):
         ab = _cosine_alpha_bar(s)
         return jnp.clip(1.0 - ab[:-1] / ab[1:], 1e-5, 1.0 - 1e-5)
 
-    def initial(self, key, dtype):
-        x0 = self.sigma * jax.random.normal(key, (self.dim,), dtype)
-        return x0, self.initial_log_density(x0)
-
-    def initial_log_density(self, x0):
-        return _gaussian_log_density(x0, 0.0, jnp.asarray(self.sigma, x0.dtype))
-
     def forward_kernel(self, k, x, score):
         a = self.noise_fractions().astype(x.dtype)[k]
         r = jnp.sqrt(1.0 - a)
@@ -550,7 +560,7 @@ class DDS(AbstractDiffusionSampler):
         return jnp.sqrt(1.0 - a) * x, self.sigma * jnp.sqrt(a)
 
 
-class CMCD(AbstractDiffusionSampler):
+class CMCD(_GaussianStart):
     """Controlled Monte Carlo diffusion (Vargas, Padhy, Blessing & Nüsken 2024): Langevin
     kernels along the geometric path `π_β ∝ q_0^{1-β} p̃^β` (`q_0 = N(0, σ² I)`, `β_k = k/K`):
 
@@ -593,13 +603,6 @@ class CMCD(AbstractDiffusionSampler):
     def _annealed_score(self, k, x, score):
         beta = (k + 1) / self.num_steps
         return (1.0 - beta) * (-x / self.sigma**2) + beta * _clip(score, self.clip)
-
-    def initial(self, key, dtype):
-        x0 = self.sigma * jax.random.normal(key, (self.dim,), dtype)
-        return x0, self.initial_log_density(x0)
-
-    def initial_log_density(self, x0):
-        return _gaussian_log_density(x0, 0.0, jnp.asarray(self.sigma, x0.dtype))
 
     def forward_kernel(self, k, x, score):
         h = jnp.exp(self.log_step_size).astype(x.dtype)
