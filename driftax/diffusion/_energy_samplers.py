@@ -652,11 +652,13 @@ class FitInfo(eqx.Module):
 
     **Fields:**
 
-    - `losses`: the loss per iteration (NaN where the step was skipped), shape `(n,)`.
-    - `elbo`: mean log-weight of the on-policy batch per iteration.
+    - `losses`: the loss per iteration (NaN where the step was skipped), shape `(n,)`; for
+      `loss="adjoint"` the mean regression loss of the iteration's `num_updates` steps.
+    - `elbo`: mean log-weight of the on-policy batch per iteration (before the update).
     - `log_z`: the batch's importance-sampling `log Z` per iteration.
     - `num_nonfinite`: iterations whose loss or gradient was non-finite (skipped).
-    - `acceptance_rate`: mean local-search acceptance per iteration (`None` without it).
+    - `acceptance_rate`: mean local-search acceptance per iteration (`None` without
+      `local_search`).
     """
 
     losses: Array
