@@ -180,7 +180,7 @@ def grid_sensitivity():
         field = _problem("2-D gmm9", path)
         x0 = field.sample(jax.random.key(0), path.t_noise, 128)
         ref, _ = _diffrax_run(field, path, x0, solver=diffrax.Dopri8(), rtol=1e-10)(x0)
-        for label in ("Euler", "DPM-Solver++(2M)", "UniPC(bh2, p=2)"):
+        for label in ("Euler", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC(bh2, p=2)"):
             solver = _ode_solvers()[label]
             out[label] = {
                 sched: float(

@@ -107,12 +107,15 @@ def _scan(solver, model, x_init, keys, ts, save_trajectory):
 
     def body(carry, i):
         x, state, failed = carry
-        step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+        if keys is None:  # deterministic: no per-step key work to trace or compile
+            x1, state1 = jax.vmap(lambda x, s: solver.step(model, ts, i, x, s, key=None))(x, state)
+        else:
+            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
 
-        def one(x, s, k):
-            return solver.step(model, ts, i, x, s, key=k)
+            def one(x, s, k):
+                return solver.step(model, ts, i, x, s, key=k)
 
-        x1, state1 = jax.vmap(one)(x, state, step_keys)
+            x1, state1 = jax.vmap(one)(x, state, step_keys)
         finite = jnp.all(jnp.isfinite(x1.reshape(batch, -1)), axis=1)
         failed = jnp.where((failed < 0) & ~finite, i.astype(jnp.int32), failed)
         return (x1, state1, failed), (x1 if save_trajectory else None)
@@ -143,8 +146,11 @@ def _integrate(
     if ts is None:
         ts = _grid_impl(model.path, num_steps, schedule, 7.0, dtype)
     ts = ts.astype(dtype)
-    key = jax.random.key(0) if key is None else key
-    keys = jax.random.split(key, x_init.shape[0])
+    if solver.stochastic:
+        key = jax.random.key(0) if key is None else key
+        keys = jax.random.split(key, x_init.shape[0])
+    else:
+        keys = None
     x, traj, failed = _scan(solver, model, x_init, keys, ts, save_trajectory)
     diag = {"x_init_finite": jnp.all(jnp.isfinite(x_init))}
     if diagnostics:

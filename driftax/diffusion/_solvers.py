@@ -293,35 +293,42 @@ class _AbstractDPMSolverPP(AbstractSolver):
         k = _effective_order(self.order, count, index, num_steps, self.lower_order_final, finite_h)
         hs = jnp.where(finite_h, h, 1.0)
         lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
-        prev_lam, prev = _safe(prev_lam, count, lam0s, hs, state, d0)
-        phi1 = jnp.expm1(-h)
+        steps_back = jnp.arange(1, self.order)
+        prev_lam = jnp.where(steps_back <= count, prev_lam, lam0s - steps_back * hs)  # dummies
+        # The update is affine in (x0, d0, history): its scalar coefficients depend on the grid
+        # only, so each order's are computed on scalars and selected with `where` (no branch
+        # over x-sized arrays: cheaper to compile and to run).
         phi1s = jnp.expm1(-hs)
-
-        def first(_):
-            return (s1 / s0) * x0 - a1 * phi1 * d0
-
-        def second(_):
-            r0 = (lam0s - prev_lam[0]) / hs
-            d1_0 = (d0 - prev[0]) / r0
-            return (s1 / s0) * x0 - a1 * phi1s * d0 - 0.5 * a1 * phi1s * d1_0
-
-        def third(_):
-            r0 = (lam0s - prev_lam[0]) / hs
+        cx = s1 / s0
+        coef = [-a1 * jnp.expm1(-h)] + [jnp.zeros_like(cx)] * (self.order - 1)  # order 1
+        r0 = (lam0s - prev_lam[0]) / hs
+        # order 2 (Lu et al. 2022b, Alg. 2): - a1 phi1 d0 - a1 phi1 (d0 - prev0) / (2 r0)
+        c2 = [-a1 * phi1s * (1.0 + 0.5 / r0), 0.5 * a1 * phi1s / r0]
+        coefs = {1: coef, 2: c2 + [jnp.zeros_like(cx)] * (self.order - 2)}
+        if self.order == 3:
+            # d1_0 = (d0 - prev0)/r0, d1_1 = (prev0 - prev1)/r1,
+            # D1 = d1_0 + r0/(r0 + r1) (d1_0 - d1_1) ~ h D', D2 = (d1_0 - d1_1)/(r0 + r1) ~ h^2 D''/2;
+            # D(lambda) integrated against e^(lambda - lambda_1): the linear term gives
+            # + a1 phi2 D1, the quadratic one -a1 phi3 h^2 D'' = -2 a1 phi3 D2 (the factor 2 is
+            # needed for third order: without it the method is second order).
             r1 = (prev_lam[0] - prev_lam[1]) / hs
-            d1_0 = (d0 - prev[0]) / r0
-            d1_1 = (prev[0] - prev[1]) / r1
-            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-            d2 = (d1_0 - d1_1) / (r0 + r1)
-            # Taylor terms of D(lambda) integrated against e^(lambda - lambda_1): d1 ~ h D',
-            # d2 ~ h^2 D''/2, and the quadratic term integrates to -h^2 phi3 D'' = -2 phi3 d2.
-            # (The factor 2 is needed for third order; without it the method is second order.)
             phi2 = phi1s / hs + 1.0
             phi3 = phi2 / hs - 0.5
-            base = (s1 / s0) * x0 - a1 * phi1s * d0
-            return base + a1 * phi2 * d1 - 2.0 * a1 * phi3 * d2
-
-        branches = [first, second, third][: self.order]
-        x1 = jax.lax.switch(k - 1, branches, None)
+            w = r0 / (r0 + r1)
+            c_d10 = a1 * phi2 * (1.0 + w) - 2.0 * a1 * phi3 / (r0 + r1)  # coefficient of d1_0
+            c_d11 = -a1 * phi2 * w + 2.0 * a1 * phi3 / (r0 + r1)  # coefficient of d1_1
+            coefs[3] = [-a1 * phi1s + c_d10 / r0, -c_d10 / r0 + c_d11 / r1, -c_d11 / r1]
+        c = [
+            jnp.select(
+                [k == j for j in range(1, self.order)],
+                [coefs[j][m] for j in range(1, self.order)],
+                coefs[self.order][m],
+            )
+            for m in range(self.order)
+        ]
+        x1 = cx * x0 + c[0] * d0
+        for m in range(1, self.order):  # invalid history entries have coefficient 0
+            x1 = x1 + c[m] * jnp.where(count >= m, state[m - 1], 0.0)
         return x1, _push(state, d0)
 
 
@@ -536,22 +543,47 @@ class UniPC(AbstractSolver):
     def init(self, model, t0, x0):
         return _UniPCState(hist=jnp.zeros((self.solver_order, *x0.shape), x0.dtype), x_prev=x0)
 
-    def _update(self, k: int, x, s0, lam0, m0, prev, prev_lam, a1, s1, h, d_t=None):
-        """`x_{t1}` from base `x` at `(s0, lam0)` with model `m0`, order `k`; if `d_t` is given,
-        the corrector (which uses the model `d_t` at t1)."""
+    def _coefs(self, k: int, lam0, prev_lam, a1, h, corrector: bool):
+        """Scalar coefficients `(c_m0, [c_prev_j for j < solver_order], c_dt)` of the order-`k`
+        update `x1 = (s1/s0) x + c_m0 m0 + sum_j c_prev_j prev_j + c_dt d_t` (UniP when
+        `corrector` is False, then `c_dt = 0`; UniC, which uses the model `d_t` at t1, else).
+        They depend on the grid only, so every order's are computed on scalars and the right
+        ones selected: no branch over x-sized arrays."""
+        zero = jnp.zeros_like(h)
         rks = [(prev_lam[i] - lam0) / h for i in range(k - 1)]
-        d1s = [(prev[i] - m0) / rks[i] for i in range(k - 1)]
         r, b, h_phi_1, b_h = _unipc_rb(k, h, rks, self.variant)
-        x_lin = (s1 / s0) * x - a1 * h_phi_1 * m0
-        if d_t is None:  # predictor
-            if k == 1:
-                return x_lin
-            rhos = jnp.array([0.5], x.dtype) if k == 2 else _solve_small(r[:-1, :-1], b[:-1])
-            res = sum(rhos[j] * d1s[j] for j in range(k - 1))
-            return x_lin - a1 * b_h * res
-        rhos = jnp.array([0.5], x.dtype) if k == 1 else _solve_small(r, b)
-        res = sum((rhos[j] * d1s[j] for j in range(k - 1)), jnp.zeros_like(x))
-        return x_lin - a1 * b_h * (res + rhos[-1] * (d_t - m0))
+        c_m0 = -a1 * h_phi_1
+        c_prev = [zero] * self.solver_order
+        c_dt = zero
+        if corrector:
+            rhos = jnp.array([0.5], h.dtype) if k == 1 else _solve_small(r, b)
+        elif k == 1:
+            return c_m0, c_prev, c_dt
+        else:
+            rhos = jnp.array([0.5], h.dtype) if k == 2 else _solve_small(r[:-1, :-1], b[:-1])
+        for j in range(k - 1):  # - a1 b_h rhos_j (prev_j - m0) / rks_j
+            c = -a1 * b_h * rhos[j] / rks[j]
+            c_prev[j] = c
+            c_m0 = c_m0 - c
+        if corrector:  # - a1 b_h rhos_last (d_t - m0)
+            c_dt = -a1 * b_h * rhos[-1]
+            c_m0 = c_m0 - c_dt
+        return c_m0, c_prev, c_dt
+
+    def _combine(self, k, coefs_by_order, cx, x, m0, prev, d_t=None):
+        """Select the coefficients of order `k` (a traced int) and apply them."""
+        orders = range(1, len(coefs_by_order) + 1)
+
+        def pick(get):
+            vals = [get(c) for c in coefs_by_order]
+            return jnp.select([k == j for j in orders], vals, vals[-1])
+
+        out = cx * x + pick(lambda c: c[0]) * m0
+        for j in range(self.solver_order):
+            out = out + pick(lambda c, j=j: c[1][j]) * prev[j]
+        if d_t is not None:
+            out = out + pick(lambda c: c[2]) * d_t
+        return out
 
     def _order_at(self, lam, i):
         """The predictor order used at step `i` (unbatched: a function of the grid only)."""
@@ -575,41 +607,32 @@ class UniPC(AbstractSolver):
         lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
         prev_lam_all, count = _grid_lams(lam, index, p)  # lambda(ts[index - 1 - j])
         # Corrector: fix x0 (predicted at the last step from x_prev) with the new evaluation d0.
+        # History entries that are not valid get coefficient 0 (the order is limited by the
+        # count); their log-SNRs are replaced by finite dummies.
         if self.corrector:
             t_p = ts[jnp.maximum(index - 1, 0)]
             s_p = path.sigma(t_p)
             lam_p = prev_lam_all[0]
             ok = (count >= 1) & jnp.isfinite(lam0)
             hc = jnp.where(ok, lam0s - lam_p, 1.0)
-            older_lam, older = _safe(
+            older_lam, _ = _safe(
                 prev_lam_all[1:], jnp.maximum(count - 1, 0), lam_p, hc, hist[1:], hist[0]
             )
             k_prev = self._order_at(lam, index - 1)
-
-            def correct(k):
-                return lambda _: self._update(
-                    k, state.x_prev, s_p, lam_p, hist[0], older, older_lam, a0, s0, hc, d_t=d0
-                )
-
-            x_corr = jax.lax.switch(k_prev - 1, [correct(k) for k in range(1, p + 1)], None)
-            x0 = jax.lax.cond(ok, lambda _: x_corr, lambda _: x0, None)
+            coefs = [self._coefs(kk, lam_p, older_lam, a0, hc, True) for kk in range(1, p + 1)]
+            older = jnp.concatenate([hist[1:], jnp.zeros_like(hist[:1])], axis=0)
+            x_corr = self._combine(k_prev, coefs, s0 / s_p, state.x_prev, hist[0], older, d0)
+            x0 = jnp.where(ok, x_corr, x0)
         # Predictor from the corrected x0 with the history including d0.
         h = lam1 - lam0
         finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
         hs = jnp.where(finite_h, h, 1.0)
         k = self._order_at(lam, index)
-        prev_lam, prev = _safe(prev_lam_all, count, lam0s, hs, hist, d0)
-
-        def predict(kk):
-            def fn(_):
-                if kk == 1:
-                    # exact first-order limit also when h is infinite (sigma(t1) = 0)
-                    return (s1 / s0) * x0 - a1 * jnp.expm1(-h) * d0
-                return self._update(kk, x0, s0, lam0s, d0, prev, prev_lam, a1, s1, hs)
-
-            return fn
-
-        x1 = jax.lax.switch(k - 1, [predict(kk) for kk in range(1, p + 1)], None)
+        prev_lam, _ = _safe(prev_lam_all, count, lam0s, hs, hist, d0)
+        coefs = [self._coefs(kk, lam0s, prev_lam, a1, hs, False) for kk in range(1, p + 1)]
+        # the exact first-order limit also when h is infinite (sigma(t1) = 0)
+        coefs[0] = (-a1 * jnp.expm1(-h), coefs[0][1], coefs[0][2])
+        x1 = self._combine(k, coefs, s1 / s0, x0, d0, hist)
         return x1, _UniPCState(hist=_push(hist, d0), x_prev=x0)
 
 
