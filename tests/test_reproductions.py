@@ -31,6 +31,11 @@ KNOWN_FAILURES: dict[str, str] = {
         "quick profile (K=32, 300 iterations): CMCD beats uncontrolled MCD in ELBO on gmm25 and "
         "funnel but not on many_well(32), and not in the IS estimate on any target"
     ),
+    "flow_hmc_u1": (
+        "quick profile (gauge flow trained 300 steps, KL ~45 nats): neither HMC nor flowed HMC "
+        "changes Q at beta = 6 in 4x1000 draws, so the >= 2x tunnelling claim fails; the "
+        "plaquette rows pass"
+    ),
 }
 
 
