@@ -23,10 +23,6 @@ def _names():
 
 # name -> reason, for reproductions whose claim does not hold in the quick profile (kept honest).
 KNOWN_FAILURES: dict[str, str] = {
-    "stochastic_interpolants": (
-        "quick profile (64-wide MLPs, 5k steps): checkerboard energy distance 2.0-2.8x the "
-        "data-data baseline (claim: <= 2x); the mixture->mixture drift check passes"
-    ),
     "diffusion_samplers": (
         "quick profile (K=32, 300 iterations): CMCD beats uncontrolled MCD in ELBO on gmm25 and "
         "funnel but not on many_well(32), and not in the IS estimate on any target"
