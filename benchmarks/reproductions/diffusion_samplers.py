@@ -7,7 +7,7 @@ kernels — estimates `log Z` better than the same dynamics without control (unc
 annealed importance sampling with unadjusted Langevin moves, same number of steps), on the
 benchmark targets gmm25, funnel(10) and many_well(32).
 
-How it is checked. `driftax.diffusion.CMCD` trained by `fit_sampler` (log-variance loss), against
+How it is checked. `driftax.diffusion.CMCD` trained by `fit_sampler` (reverse-KL loss), against
 two uncontrolled baselines with the same K steps: the untrained sampler with its control set to
 zero (the initial step size), and the trained sampler with its control set to zero (so it keeps
 the learned step size — the stronger baseline). Both estimates come from `run`: the ELBO
@@ -77,7 +77,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
             key=k_fit,
             num_iterations=iters,
             batch_size=batch,
-            loss="log_variance",
+            loss="kl",
             learning_rate=3e-3,
             num_chunks=1,
         )
