@@ -56,6 +56,17 @@ def figure_path(out: Path, name: str) -> Path:
     return folder / f"{name}.png"
 
 
+def save_figure(fig, out: Path, name: str, *, rect=None, dpi: int = 110) -> str:
+    """Lay out, save to `figure_path(out, name)` and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(rect=rect) if rect is not None else fig.tight_layout()
+    path = figure_path(out, name)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return str(path)
+
+
 def _jsonable(value):
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}

@@ -34,7 +34,7 @@ import driftax.energies as de
 import driftax.flows as fl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Report, Row, figure_path, main  # noqa: E402
+from _common import Report, Row, main, save_figure  # noqa: E402
 
 NAME = "approximate_transport_maps"
 PAPER = "Grenioux, Durmus, Moulines & Gabrié (2023), On Sampling with Approximate Transport Maps"
@@ -89,10 +89,7 @@ def _figure(dims, weights, out):
     axes[0].set_ylabel("mode weight (chains start in mode 0)")
     axes[0].legend(fontsize=7)
     fig.suptitle("Imperfect RealNVP: flow proposals vs NeuTra (band: 0.25 +- 0.05)")
-    fig.tight_layout()
-    path = figure_path(out, NAME)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, out, NAME, dpi=120)
     return str(path)
 
 

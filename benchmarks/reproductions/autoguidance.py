@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Report, Row, figure_path, main  # noqa: E402
+from _common import Report, Row, main, save_figure  # noqa: E402
 
 import driftax.diffusion as dd  # noqa: E402
 import driftax.energies as de  # noqa: E402
@@ -272,10 +272,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle("Tree-mixture toy (class A in orange, both classes in grey)")
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig_path = figure_path(out, NAME)
-    fig.savefig(fig_path, dpi=110)
-    plt.close(fig)
+    fig_path = save_figure(fig, out, NAME, rect=(0, 0, 1, 0.93), dpi=110)
     return Report(rows=rows, figure=str(fig_path), details=details)
 
 

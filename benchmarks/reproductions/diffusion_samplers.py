@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Report, Row, figure_path, main  # noqa: E402
+from _common import Report, Row, main, save_figure  # noqa: E402
 
 import driftax.diffusion as dd  # noqa: E402
 import driftax.energies as de  # noqa: E402
@@ -153,10 +153,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
         ax.set_xlabel("iteration")
         ax.set_ylim(exact - 3 * max(1.0, table[name][labels[0]]["elbo_error"]), exact + 1)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig_path = figure_path(out, NAME)
-    fig.savefig(fig_path, dpi=110)
-    plt.close(fig)
+    fig_path = save_figure(fig, out, NAME, dpi=110)
     return Report(rows=rows, figure=str(fig_path), details=details)
 
 

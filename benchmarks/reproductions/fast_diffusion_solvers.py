@@ -36,7 +36,7 @@ import driftax.diffusion as dd
 import driftax.energies as de
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Report, Row, figure_path, main  # noqa: E402
+from _common import Report, Row, main, save_figure  # noqa: E402
 
 NAME = "fast_diffusion_solvers"
 PAPER = "Lu et al. (2022) DPM-Solver/DPM-Solver++; Zhao et al. (2023) UniPC"
@@ -115,10 +115,7 @@ def _figure(results, out):
         ax.grid(True, which="both", alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.suptitle("Probability-flow ODE on exact VP mixture fields: error vs NFE")
-    fig.tight_layout()
-    path = figure_path(out, NAME)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, out, NAME, dpi=120)
     return str(path)
 
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Report, Row, figure_path, main  # noqa: E402
+from _common import Report, Row, main, save_figure  # noqa: E402
 
 import driftax.diffusion as dd  # noqa: E402
 import driftax.energies as de  # noqa: E402
@@ -288,10 +288,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
         ax.set_title("marginal of x1", fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle("Feynman–Kac correctors on exact VP mixture scores")
-    fig.tight_layout()
-    fig_path = figure_path(out, NAME)
-    fig.savefig(fig_path, dpi=110)
-    plt.close(fig)
+    fig_path = save_figure(fig, out, NAME, dpi=110)
     return Report(rows=rows, figure=str(fig_path), details=details)
 
 

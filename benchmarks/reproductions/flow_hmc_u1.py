@@ -39,7 +39,7 @@ import driftax.flows as fl
 import driftax.samplers as ds
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Report, Row, figure_path, main  # noqa: E402
+from _common import Report, Row, main, save_figure  # noqa: E402
 
 NAME = "flow_hmc_u1"
 PAPER = (
@@ -143,10 +143,7 @@ def _figure(results, out):
     a2.set_ylabel("topological charge Q")
     a2.set_title("beta = 6: topological charge history")
     a2.legend(fontsize=8)
-    fig.tight_layout()
-    path = figure_path(out, NAME)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, out, NAME, dpi=120)
     return str(path)
 
 

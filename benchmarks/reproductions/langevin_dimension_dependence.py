@@ -48,7 +48,7 @@ import driftax.energies as de
 import driftax.samplers as ds
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Report, Row, figure_path, main  # noqa: E402
+from _common import Report, Row, main, save_figure  # noqa: E402
 
 NAME = "langevin_dimension_dependence"
 PAPER = "Li, Zhang & Liu (2022) sqrt(d) LMC; Yu, Karagulyan & Dalalyan (2024) randomized midpoint"
@@ -271,10 +271,7 @@ def _figure(dims, steps, slopes, kappas, grads, out):
     a2.set_title("diagonal Gaussian, d = 8 (chains)")
     a2.legend(fontsize=8)
     a2.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    path = figure_path(out, NAME)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_figure(fig, out, NAME, dpi=120)
     return str(path)
 
 

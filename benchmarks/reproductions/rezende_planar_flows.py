@@ -38,7 +38,7 @@ import driftax.energies as de
 import driftax.flows as fl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Report, Row, figure_path, main  # noqa: E402
+from _common import Report, Row, main, save_figure  # noqa: E402
 
 NAME = "rezende_planar_flows"
 PAPER = "Rezende & Mohamed (2015), Variational Inference with Normalizing Flows"
@@ -119,10 +119,7 @@ def _figure(targets, samples, out):
         ax.set_yticks([])
     axes[0, 0].set_ylabel("exp(-U)")
     fig.suptitle("Planar flows fit by reverse KL (rows: true density, K = 2, 8, 32)")
-    fig.tight_layout()
-    path = figure_path(out, NAME)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, out, NAME, dpi=110)
     return str(path)
 
 

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Report, Row, figure_path, main  # noqa: E402
+from _common import Report, Row, main, save_figure  # noqa: E402
 
 import driftax as dx  # noqa: E402
 import driftax.energies as de  # noqa: E402
@@ -193,10 +193,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
     ax.set_ylabel("F(x1) / kT")
     ax.set_title("free energy along x1 (grey: compared range)", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig_path = figure_path(out, NAME)
-    fig.savefig(fig_path, dpi=110)
-    plt.close(fig)
+    fig_path = save_figure(fig, out, NAME, dpi=110)
     return Report(rows=rows, figure=str(fig_path), details=details)
 
 
