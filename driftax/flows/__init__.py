@@ -64,10 +64,10 @@ from ._train import (
     max_likelihood_loss as max_likelihood_loss,
     reverse_kl_loss as reverse_kl_loss,
 )
-from ._transport import FlowTransport as FlowTransport
 from ._transformers import (
     AbstractTransformer as AbstractTransformer,
     AffineTransformer as AffineTransformer,
     CircularSplineTransformer as CircularSplineTransformer,
     SplineTransformer as SplineTransformer,
 )
+from ._transport import FlowTransport as FlowTransport

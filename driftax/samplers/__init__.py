@@ -48,7 +48,6 @@ from ._metrics import (
 from ._nuts import NUTS as NUTS
 from ._resampling import resample as resample
 from ._smc import AIS as AIS, SMC as SMC, SMCResult as SMCResult
-from ._transport import AbstractTransport as AbstractTransport
 from ._tempering import (
     ParallelTempering as ParallelTempering,
     ParallelTemperingAdaptation as ParallelTemperingAdaptation,
@@ -56,3 +55,4 @@ from ._tempering import (
     equalize_ladder as equalize_ladder,
     geometric_ladder as geometric_ladder,
 )
+from ._transport import AbstractTransport as AbstractTransport
