@@ -81,6 +81,12 @@ class FlowTransport(AbstractTransport):
         self.num_train_steps = _check_count(num_train_steps, "num_train_steps")
         self.batch_size = None if batch_size is None else _check_count(batch_size, "batch_size")
 
+    def num_grad_evals(self, num_train_particles: int) -> int:
+        """Target gradient evaluations of one stage's fit: `num_train_steps` steps over
+        `batch_size` (or all `num_train_particles`) training particles, plus the final loss."""
+        per_step = num_train_particles if self.batch_size is None else self.batch_size
+        return self.num_train_steps * per_step + num_train_particles
+
     def fit_and_transport(
         self,
         key: Key,

@@ -322,7 +322,8 @@ class SMCResult:
       transport fit; NaN without a transport); `betas`: `(num_stages + 1,)` from 0 to 1.
     - `num_stages`, `num_resampling`; `truncated`: the adaptive schedule hit `max_stages` and
       jumped to `β = 1`.
-    - `num_grad_evals`: gradients of the target evaluated (all particles, all stages);
+    - `num_grad_evals`: gradients of the target evaluated (all particles, all stages; with a
+      transport also the training population and the maps' fits);
       `num_energy_evals`: target log-density evaluations, with or without gradient;
       `num_divergent`: divergent moves.
     """
@@ -584,6 +585,8 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
         c["kernel"] = kernel
         c["num_resampling"] = c["num_resampling"] + do.astype(jnp.int32)
         init_grads = pops * n if kernel_uses_grad else 0
+        if smc.transport is not None:  # fitting the stage's map evaluates the target too
+            init_grads = init_grads + smc.transport.num_grad_evals(n)
         c["grads"] = c["grads"] + (jnp.sum(grads) + init_grads).astype(jnp.int32)
         # + the kernel init and the new log densities
         c["evals"] = c["evals"] + (jnp.sum(evals) + 2 * pops * n).astype(jnp.int32)

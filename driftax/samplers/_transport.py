@@ -50,3 +50,9 @@ class AbstractTransport(eqx.Module):
         **Returns:** `(T(x), log_det, loss)`: the moved particles, the per-particle
         `log|det ∇T(x)|` (shape `(k,)`), and the final value of the fit's loss (a scalar).
         """
+
+    def num_grad_evals(self, num_train_particles: int) -> int:
+        """Target gradient evaluations of one stage's fit with `num_train_particles` training
+        particles (counted in `SMCResult.num_grad_evals`); 0 unless a subclass says otherwise."""
+        del num_train_particles
+        return 0
