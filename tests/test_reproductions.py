@@ -21,17 +21,19 @@ def _names():
     return sorted(p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_"))
 
 
-# name -> reason, for reproductions whose claim does not hold in the quick profile (kept honest).
-KNOWN_FAILURES: dict[str, str] = {
+# name -> (a phrase of the failing claim, reason): claims that do not hold in the quick profile
+# (kept honest in the report). Every OTHER claim of these scripts must still pass.
+KNOWN_FAILURES: dict[str, tuple[str, str]] = {
     "diffusion_samplers": (
+        "reweighted (IS) log Z error",
         "quick profile (K=32, 300 reverse-KL iterations): CMCD beats uncontrolled MCD in the ELBO "
         "on gmm25, funnel and many_well(32), but not in the importance-sampling log Z on gmm25 "
-        "and funnel (where broad uncontrolled weights are already near exact)"
+        "and funnel (where broad uncontrolled weights are already near exact)",
     ),
     "flow_hmc_u1": (
+        "tunnels between topological sectors",
         "quick profile (gauge flow trained 300 steps, KL ~45 nats): neither HMC nor flowed HMC "
-        "changes Q at beta = 6 in 4x1000 draws, so the >= 2x tunnelling claim fails; the "
-        "plaquette rows pass"
+        "changes Q at beta = 6 in 4x1000 draws, so the >= 2x tunnelling claim fails",
     ),
 }
 
@@ -44,11 +46,13 @@ def test_registry_nonempty():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _names())
 def test_reproduction_quick(name, tmp_path):
-    if name in KNOWN_FAILURES:
-        pytest.xfail(KNOWN_FAILURES[name])
     module = importlib.import_module(name)
     report = module.run(tmp_path, quick=True, seed=0)
-    failed = [r for r in report.rows if not r.passed]
-    assert not failed, f"{name}: failed claims {failed}"
     if report.figure is not None:
         assert Path(report.figure).exists()
+    phrase, reason = KNOWN_FAILURES.get(name, (None, ""))
+    failed = [r for r in report.rows if not r.passed]
+    unexpected = [r for r in failed if phrase is None or phrase not in r.claim]
+    assert not unexpected, f"{name}: failed claims {unexpected}"
+    if failed:
+        pytest.xfail(reason)
