@@ -231,15 +231,14 @@ def _leaf(params, s: _Loop) -> _Loop:
     is_even = (s.leaf % 2) == 0
     half_last = sub_rho - 0.5 * z.momentum
 
-    def check(carry):
-        k, _ = carry
-        start_dot = jnp.sum(s.ckpt_v[k] * half_last) + s.ckpt_a[k]
-        end_dot = sub_v - 0.5 * p_v - jnp.sum(s.ckpt_w[k] * v)
-        return k - 1, (start_dot <= 0) | (end_dot <= 0)
-
-    _, turning_sub = jax.lax.while_loop(
-        lambda c: (c[0] >= lo) & ~c[1] & ~is_even, check, (hi, jnp.array(False))
-    )
+    # all checkpoints at once, masked to lo..hi: two small mat-vecs are far cheaper than a
+    # nested while loop (each loop iteration costs microseconds of control flow on CPU)
+    slots = jnp.arange(depth_max + 1)
+    closed = (slots >= lo) & (slots <= hi) & ~is_even
+    num_slots = depth_max + 1
+    start_dot = s.ckpt_v.reshape(num_slots, -1) @ half_last.reshape(-1) + s.ckpt_a
+    end_dot = sub_v - 0.5 * p_v - s.ckpt_w.reshape(num_slots, -1) @ v.reshape(-1)
+    turning_sub = jnp.any(closed & ((start_dot <= 0) | (end_dot <= 0)))
     # checkpoint writes at even leaves (odd leaves write to the spare last row)
     slot = jnp.where(is_even, hi, depth_max)
     onehot = jnp.arange(depth_max + 1) == slot
