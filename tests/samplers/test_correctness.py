@@ -99,7 +99,10 @@ def test_banana(name):
 @pytest.mark.slow
 def test_banana_standard_nuts():
     """The standard banana (scale 10, curvature 0.03): Var x₂ = 19 lives in the far tails of x₁
-    (it needs E[x₁⁸] to converge), so only NUTS with a long run is checked here."""
+    (it needs E[x₁⁸] to converge), so only NUTS with a long run is checked here. The tails are
+    strongly curved: at the default target acceptance 0.8, NUTS diverges there (≈ 800 of 160k
+    transitions) and underestimates both variances by 4-6 MCSE on 2 of 4 seeds; at 0.95 (Stan's
+    advice for divergences) seeds 3-6 all fall within 4 MCSE."""
     target = de.banana()
     r = dx.sample(
         ds.NUTS(step_size=0.3),
@@ -109,6 +112,7 @@ def test_banana_standard_nuts():
         num_steps=40_000,
         num_warmup=2000,
         num_chains=4,
+        adaptation=ds.WindowAdaptation(target=0.95),
     )
     check_moments(r.samples, target.mean, target.variance, label="NUTS standard banana")
 
