@@ -2,18 +2,18 @@
 
 from ._adapters import (
     FromLogDensity as FromLogDensity,
-    NumPyroEnergy as NumPyroEnergy,
     from_log_density as from_log_density,
-    from_numpyro as from_numpyro,
     to_logdensity_fn as to_logdensity_fn,
 )
 from ._base import (
     AbstractEnergy as AbstractEnergy,
+    AbstractInitializable as AbstractInitializable,
     AbstractKnownMoments as AbstractKnownMoments,
     AbstractKnownNormalizer as AbstractKnownNormalizer,
     AbstractSampleable as AbstractSampleable,
     normalized_log_density as normalized_log_density,
 )
+from ._numpyro import NumPyroEnergy as NumPyroEnergy, from_numpyro as from_numpyro
 from ._bayes import (
     LGCP as LGCP,
     LogisticRegression as LogisticRegression,

@@ -111,6 +111,48 @@ class AbstractEnergy(eqx.Module):
         """Number of scalar coordinates of one point (`prod(event_shape)`)."""
         return math.prod(self.event_shape)
 
+    # -- the energy boundary: the user's points <-> the array the kernels act on -------------
+    #
+    # Kernels act on ONE array of shape `event_shape` and dtype `dtype`. An energy whose user-facing
+    # points are pytrees (dicts of arrays, numpyro sites) has a flat `event_shape == (dim,)` and
+    # overrides `ravel` / `unravel` / `variables`; for array energies all three are the identity.
+
+    @property
+    def dtype(self):
+        """The floating dtype of points (the energy decides: samplers cast `x0` and their
+        hyperparameters to it). Default: the dtype of the energy's first floating array field,
+        else JAX's default float."""
+        for leaf in jax.tree_util.tree_leaves(self):
+            if isinstance(leaf, (jax.Array, np.ndarray)) and jnp.issubdtype(
+                leaf.dtype, jnp.floating
+            ):
+                return jnp.dtype(leaf.dtype)
+        return jnp.dtype(jnp.result_type(float))
+
+    def ravel(self, point) -> Array:
+        """The kernels' array (shape `event_shape`) of ONE user-facing point."""
+        return check_event(point, self.event_shape, "x0")
+
+    def unravel(self, x: Array):
+        """The user-facing point (possibly a pytree) of ONE kernel array `x` of shape
+        `event_shape`. Works under `jax.vmap`."""
+        return x
+
+    def variables(self, x: Array) -> dict[str, Array]:
+        """The named variables a summary / ArviZ export shows for ONE kernel array `x`:
+        `{"x": x}` by default; pytree energies name leaves by their paths, numpyro energies by
+        site (constrained scale). Works under `jax.vmap`."""
+        return {"x": x}
+
+
+class AbstractInitializable(AbstractEnergy):
+    """Marker: the energy supplies dispersed starting points (e.g. Stan/numpyro's uniform(-2, 2)
+    on the unconstrained space, or prior draws); `driftax.sample` uses them when `x0` is None."""
+
+    @abc.abstractmethod
+    def initial_points(self, key: Key, num: int) -> Array:
+        """`num` dispersed starting points, shape `(num, *event_shape)`, dtype `dtype`."""
+
 
 class AbstractSampleable(AbstractEnergy):
     """Marker: the target can produce exact independent draws."""
