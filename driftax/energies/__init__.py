@@ -13,7 +13,6 @@ from ._base import (
     AbstractSampleable as AbstractSampleable,
     normalized_log_density as normalized_log_density,
 )
-from ._numpyro import NumPyroEnergy as NumPyroEnergy, from_numpyro as from_numpyro
 from ._bayes import (
     LGCP as LGCP,
     LogisticRegression as LogisticRegression,
@@ -96,6 +95,7 @@ from ._mixture import (
     gmm25 as gmm25,
     gmm40 as gmm40,
 )
+from ._numpyro import NumPyroEnergy as NumPyroEnergy, from_numpyro as from_numpyro
 from ._particles import (
     AbstractParticleSystem as AbstractParticleSystem,
     LennardJonesCluster as LennardJonesCluster,

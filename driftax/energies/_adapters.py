@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._custom_types import Array, Point, PyTree, Scalar, Shape
+from .._custom_types import Array, Point, Scalar, Shape
 from ._base import AbstractEnergy, check_event
 
 
