@@ -1,8 +1,18 @@
-"""Pictures of targets and samples (matplotlib; install with the `plot` or `dev` extra)."""
+"""Pictures of targets and samples (matplotlib; install with the `plot` or `dev` extra).
+
+Every function builds `matplotlib.figure.Figure` objects directly (the object-oriented API) and
+returns the figure; none of them imports `matplotlib.pyplot`, selects a backend or registers a
+figure with pyplot, so your own `plt.show()` and notebook figures work as before. To draw into
+a pyplot figure instead, pass `ax=` (e.g. from `plt.subplots()`); a returned `Figure` shows
+inline in a notebook when it is the cell's value, and [`save_figure`][] writes it to a file
+without any display.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -12,15 +22,31 @@ import numpy as np
 from .energies import AbstractEnergy
 
 
-def _pyplot():
+def _figure_class():
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("driftax.plotting needs matplotlib: pip install 'driftax[plot]'.") from e
-    return plt
+    return Figure
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, squeeze: bool = True, **kwargs):
+    """A new `Figure` and its grid of axes, like `plt.subplots` but outside pyplot (no backend,
+    no global figure list). Extra keyword arguments go to `Figure.subplots` (e.g. `sharey`).
+
+    **Returns:** `(figure, axes)`.
+    """
+    fig = _figure_class()(figsize=figsize)
+    axes = fig.subplots(nrows, ncols, squeeze=squeeze, **kwargs)
+    return fig, axes
+
+
+def _axes(ax, figsize):
+    if ax is None:
+        return subplots(figsize=figsize)
+    if not hasattr(ax, "figure"):
+        raise TypeError(f"`ax` must be a matplotlib Axes or None, got {type(ax).__name__}.")
+    return ax.figure, ax
 
 
 def density_grid(energy: AbstractEnergy, bounds, resolution: int = 200):
@@ -58,11 +84,12 @@ def plot_density_2d(
     """Draw a 2-D target's density contours with optional samples on top.
 
     Contours are of the density (not the log density), which shows the mass where it is;
-    `samples` (shape `(n, 2)`) are scattered up to `max_points`. Returns the axes.
+    `samples` (shape `(n, 2)`) are scattered up to `max_points`. Draws into `ax` when given,
+    else into a new 4 × 4 inch figure.
+
+    **Returns:** the `Figure` drawn into (`ax.figure` when `ax` is given).
     """
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = _axes(ax, (4, 4))
     xs, ys, logp = density_grid(energy, bounds, resolution)
     finite = np.isfinite(logp)
     dens = np.where(finite, np.exp(logp - (logp[finite].max() if finite.any() else 0.0)), 0.0)
@@ -78,7 +105,7 @@ def plot_density_2d(
     ax.set_aspect("equal")
     if title:
         ax.set_title(title, fontsize=9)
-    return ax
+    return fig
 
 
 def plot_histograms(
@@ -92,16 +119,17 @@ def plot_histograms(
 ):
     """Overlay histograms of 1-D quantities (e.g. energies or interatomic distances) by label.
 
-    `values` maps a label to an array (or is a sequence, labelled by position). Returns the axes.
+    `values` maps a label to an array (or is a sequence, labelled by position). Draws into `ax`
+    when given, else into a new 5 × 3 inch figure.
+
+    **Returns:** the `Figure` drawn into (`ax.figure` when `ax` is given).
     """
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3))
     items = values.items() if isinstance(values, Mapping) else enumerate(values)
     arrays = {str(k): np.asarray(v).reshape(-1) for k, v in items}
-    finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()])
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()] or [np.zeros(0)])
     if finite.size == 0:
         raise ValueError("`values` contain no finite numbers.")
+    fig, ax = _axes(ax, (5, 3))
     edges = np.histogram_bin_edges(finite, bins=bins)
     for label, a in arrays.items():
         ax.hist(a[np.isfinite(a)], bins=edges, density=density, histtype="step", label=label)
@@ -109,15 +137,22 @@ def plot_histograms(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    return ax
+    return fig
 
 
-def save_figure(fig, path) -> None:
-    """Save a figure (creating parent folders) and close it."""
-    from pathlib import Path
+def save_figure(fig, path, *, dpi: int = 110) -> Path:
+    """Write `fig` to `path` (format from the suffix; parent folders are created), headless.
 
-    plt = _pyplot()
+    Works for a bare `Figure` (no pyplot, no display needed). A figure that pyplot manages (made
+    with `plt.subplots`) is closed afterwards, so that scripts do not accumulate open figures.
+    Returns the path.
+    """
+    if not hasattr(fig, "savefig"):
+        raise TypeError(f"`fig` must be a matplotlib Figure, got {type(fig).__name__}.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt = sys.modules.get("matplotlib.pyplot")  # never import pyplot here: it picks a backend
+    if plt is not None and getattr(fig.canvas, "manager", None) is not None:
+        plt.close(fig)  # only pyplot's figures have a manager
+    return path

@@ -11,15 +11,13 @@ import numpy as np
 
 import driftax.diffusion as dd
 import driftax.energies as de
-from driftax.plotting import save_figure
+from driftax.plotting import save_figure, subplots
 
 NFES = (5, 10, 20)
 
 
 def run(out: Path, quick: bool = True) -> str:
     """Euler vs DPM-Solver++(2M) vs UniPC on the exact gmm9 field along a VP path."""
-    import matplotlib.pyplot as plt
-
     t0 = time.perf_counter()
     n = 2000 if quick else 20000
     path = dd.VP()
@@ -28,7 +26,7 @@ def run(out: Path, quick: bool = True) -> str:
     exact = field.sample(jax.random.key(1), path.t_data, n)
     reference = dd.solve(dd.DPMSolverPP3M(), field.score, path, x_init, num_steps=400)
     solvers = {"Euler": dd.Euler(), "DPM-Solver++(2M)": dd.DPMSolverPP2M(), "UniPC": dd.UniPC()}
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         len(solvers), len(NFES) + 1, figsize=(3.0 * (len(NFES) + 1), 3.0 * len(solvers))
     )
     rows = []

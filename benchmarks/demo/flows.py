@@ -12,15 +12,13 @@ import optax
 
 import driftax.energies as de
 import driftax.flows as fl
-from driftax.plotting import plot_density_2d, save_figure
+from driftax.plotting import plot_density_2d, save_figure, subplots
 
 BOUNDS = ((-4.0, 4.0), (-4.0, 4.0))
 
 
 def run(out: Path, quick: bool = True) -> str:
     """Fit a 4-layer RQ-spline coupling flow to U1 by reverse KL; picture and diagnostics."""
-    import matplotlib.pyplot as plt
-
     t0 = time.perf_counter()
     num_steps = 600 if quick else 3000
     num_samples = 10_000 if quick else 100_000
@@ -43,7 +41,7 @@ def run(out: Path, quick: bool = True) -> str:
     )
     samples = flow.sample(jax.random.key(3), 3000)
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+    fig, axes = subplots(1, 3, figsize=(12, 4))
     plot_density_2d(target, bounds=BOUNDS, ax=axes[0], title="target U1 (density)")
     plot_density_2d(flow, bounds=BOUNDS, ax=axes[1], resolution=120, title="flow density q")
     plot_density_2d(target, samples, bounds=BOUNDS, ax=axes[2], title="flow samples on target")

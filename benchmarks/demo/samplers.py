@@ -12,7 +12,7 @@ import numpy as np
 import driftax as dx
 import driftax.energies as de
 import driftax.samplers as ds
-from driftax.plotting import plot_density_2d, save_figure
+from driftax.plotting import plot_density_2d, save_figure, subplots
 
 GMM_BOX = ((-50.0, 50.0), (-50.0, 50.0))
 THIN = 10
@@ -40,8 +40,6 @@ def _row(target_name, name, r, target, secs):
 
 def run(out: Path, quick: bool = True) -> str:
     """NUTS and UBU through `driftax.sample` on funnel(10) and gmm40: a table and one figure."""
-    import matplotlib.pyplot as plt
-
     num_steps, num_warmup = (1000, 500) if quick else (10_000, 2000)
     funnel, gmm = de.funnel(10), de.gmm40()
     # gmm40's 40 modes are far apart: no local sampler crosses between them, so its chains
@@ -73,7 +71,7 @@ def run(out: Path, quick: bool = True) -> str:
             rows.append(_row(tname, name, r, target, secs))
             results[tname, name] = r
 
-    fig, axes = plt.subplots(1, 4, figsize=(13.0, 3.4))
+    fig, axes = subplots(1, 4, figsize=(13.0, 3.4))
     exact = np.asarray(funnel.sample(jax.random.key(99), 4000))
     for ax, name in zip(axes[:2], _samplers()):
         x = np.asarray(results["funnel(10)", name].samples).reshape(-1, 10)[::2]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import driftax.energies as de
-from driftax.plotting import plot_density_2d, save_figure
+from driftax.plotting import plot_density_2d, save_figure, subplots
 
 
 def _moment_check(energy, key, n):
@@ -150,8 +150,6 @@ def _check(name, energy, info, key, n):
 
 def run(out: Path, quick: bool = True) -> str:
     """Build every reference target, check its ground truth, draw the 2-D gallery."""
-    import matplotlib.pyplot as plt
-
     n = 20_000 if quick else 200_000
     rows, gallery = [], []
     for i, (name, info) in enumerate(de.reference_targets().items()):
@@ -179,7 +177,7 @@ def run(out: Path, quick: bool = True) -> str:
             gallery.append((name, energy, info.bounds, samples))
     cols = 4
     nrows = math.ceil(len(gallery) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.2 * nrows))
+    fig, axes = subplots(nrows, cols, figsize=(3.2 * cols, 3.2 * nrows))
     for ax in np.ravel(axes):
         ax.axis("off")
     for ax, (name, energy, bounds, samples) in zip(np.ravel(axes), gallery):

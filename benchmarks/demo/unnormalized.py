@@ -12,7 +12,7 @@ import numpy as np
 import driftax as dx
 import driftax.energies as de
 import driftax.samplers as ds
-from driftax.plotting import plot_density_2d, save_figure
+from driftax.plotting import plot_density_2d, save_figure, subplots
 
 
 def _many_well(quick: bool):
@@ -80,11 +80,9 @@ def _gmm40(quick: bool):
 
 def run(out: Path, quick: bool = True) -> str:
     """SMC log Z on many_well(32) against the exact value; SMC and PT samples on gmm40."""
-    import matplotlib.pyplot as plt
-
     mw = _many_well(quick)
     target, gm = _gmm40(quick)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    fig, axes = subplots(1, 3, figsize=(13, 4.2))
     for ax, (name, res) in zip(axes[:2], gm.items(), strict=True):
         plot_density_2d(
             target,

@@ -57,13 +57,17 @@ def figure_path(out: Path, name: str) -> Path:
 
 
 def save_figure(fig, out: Path, name: str, *, rect=None, dpi: int = 110) -> str:
-    """Lay out, save to `figure_path(out, name)` and close a matplotlib figure; returns the path."""
-    import matplotlib.pyplot as plt
+    """Lay out, save to `figure_path(out, name)` and close a matplotlib figure; returns the path.
+
+    Works for a bare `matplotlib.figure.Figure` (no pyplot); a pyplot figure is closed after."""
+    import sys
 
     fig.tight_layout(rect=rect) if rect is not None else fig.tight_layout()
     path = figure_path(out, name)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None and getattr(fig.canvas, "manager", None) is not None:
+        plt.close(fig)
     return str(path)
 
 
