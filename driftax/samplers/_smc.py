@@ -14,6 +14,9 @@ One SMC stage moves the particles from `π_β ∝ p_ref^{1-β} p^β` to `π_β'`
    particles' variance).
 
 The loop over stages is a `lax.while_loop`, the whole run ONE `eqx.filter_jit`-compiled call.
+Its state is typed: `_SMCCarry` holds the `_Population` (positions, log densities, weights,
+initial ancestors, momenta), the kernel with its adapted step size, the counters and the
+per-stage `_StageTrace`; a run returns a `WeightedSampleResult`.
 """
 
 from __future__ import annotations
