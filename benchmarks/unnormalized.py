@@ -119,7 +119,7 @@ class Output:
 
 
 def _resample(key, particles, log_weights, n):
-    idx = jax.random.categorical(key, log_weights, shape=(n,))
+    idx = ds.resample(log_weights, key=key, scheme="multinomial", num_samples=n)
     return np.asarray(particles[idx])
 
 
@@ -143,14 +143,16 @@ def _smc(resampling: str):
         )
         k_run, k_res = jax.random.split(key)
         r = smc.run(t.energy, key=k_run, num_particles=n)
-        x = _resample(k_res, r.particles, r.log_weights, n)
-        stages = int(r.num_stages)
+        x = _resample(k_res, r.samples, r.log_weights, n)
+        stages = int(r.extras["num_stages"])
+        stage_ess = float(np.asarray(r.extras["stage_ess"])[stages - 1])
         return Output(
             samples=x.reshape(n, -1),
-            log_z=float(r.log_z),
-            log_z_stderr=float(r.log_z_stderr),
+            log_z=float(r.log_normalizer.value),
+            log_z_stderr=float(r.log_normalizer.stderr),
+            elbo=None if r.elbo is None else float(r.elbo.value),  # AIS only
             grad_evals=int(r.num_grad_evals),
-            notes=f"{stages} stages, final ESS {float(np.asarray(r.ess)[stages - 1]):.0f}",
+            notes=f"{stages} stages, final ESS {stage_ess:.0f}",
         )
 
     return method

@@ -23,17 +23,17 @@ def _many_well(quick: bool):
     r = smc.run(target, key=jax.random.key(0), num_particles=num_particles, num_runs=num_runs)
     secs = time.perf_counter() - t0
     exact = float(target.log_normalizer)
-    runs = np.asarray(r.log_z, np.float64)
-    est = r.log_z_estimate
+    runs = np.asarray(r.log_normalizer.value, np.float64)
+    est = r.pooled_log_normalizer
     return {
         "exact": exact,
         "runs": runs,
-        "run_stderr": np.asarray(r.log_z_stderr, np.float64),
+        "run_stderr": np.asarray(r.log_normalizer.stderr, np.float64),
         "estimate": float(est.value),
         "stderr": float(est.stderr),
         "num_particles": num_particles,
         "num_runs": num_runs,
-        "stages": float(np.mean(np.asarray(r.num_stages))),
+        "stages": float(np.mean(np.asarray(r.extras["num_stages"]))),
         "grads": int(np.sum(np.asarray(r.num_grad_evals))),
         "seconds": secs,
     }
@@ -46,7 +46,7 @@ def _gmm40(quick: bool):
     t0 = time.perf_counter()
     r = smc.run(target, key=jax.random.key(1), num_particles=n)
     idx = jax.random.categorical(jax.random.key(2), r.log_weights, shape=(n,))
-    smc_x = r.particles[idx]
+    smc_x = r.samples[idx]
     smc_secs = time.perf_counter() - t0
     pt = ds.ParallelTempering(ds.MALA(step_size=0.5), num_replicas=10, max_temperature=300.0)
     t0 = time.perf_counter()
@@ -64,7 +64,12 @@ def _gmm40(quick: bool):
     pt_secs = time.perf_counter() - t0
     out = {}
     for name, x, secs, log_z in (
-        ("SMC", smc_x, smc_secs, f"{float(r.log_z):.3f} ± {float(r.log_z_stderr):.3f}"),
+        (
+            "SMC",
+            smc_x,
+            smc_secs,
+            f"{float(r.log_normalizer.value):.3f} ± {float(r.log_normalizer.stderr):.3f}",
+        ),
         ("PT (10 replicas)", pt_x, pt_secs, "—"),
     ):
         cover = de.mode_coverage(x, target)

@@ -24,7 +24,7 @@ class FlowTransport(AbstractTransport):
     identity: the coupling and affine bijections of `driftax.flows` start there), so one
     compiled program serves all stages. If a fit ends with a non-finite loss or moves a particle
     to a non-finite point, that stage falls back to the untrained `bijection` and the stage's
-    `transport_loss` in the [`driftax.samplers.SMCResult`][] is NaN.
+    `extras["transport_loss"]` of the [`driftax.samplers.WeightedSampleResult`][] is NaN.
 
     The bijection is fitted on `SMC`'s separate training population and applied to both
     populations: fitting a flow to the very particles it then moves biases `log Ẑ` upward (the

@@ -47,7 +47,7 @@ from ._metrics import (
 )
 from ._nuts import NUTS as NUTS
 from ._resampling import resample as resample
-from ._smc import AIS as AIS, SMC as SMC, SMCResult as SMCResult
+from ._smc import AIS as AIS, SMC as SMC
 from ._tempering import (
     ParallelTempering as ParallelTempering,
     ParallelTemperingAdaptation as ParallelTemperingAdaptation,
@@ -56,3 +56,4 @@ from ._tempering import (
     geometric_ladder as geometric_ladder,
 )
 from ._transport import AbstractTransport as AbstractTransport
+from ._weighted import WeightedSampleResult as WeightedSampleResult

@@ -38,7 +38,9 @@ def resample(
     scheme: str = "systematic",
     num_samples: int | None = None,
 ) -> Array:
-    """Ancestor indices drawn from the particles' weights `W ∝ exp(log_weights)`.
+    """Ancestor indices drawn from the particles' weights `W ∝ exp(log_weights)`: the one
+    resampler of driftax (SMC / AIS, the Feynman–Kac samplers of `driftax.diffusion`). It
+    traces: call it inside `jit`, `vmap` and `lax.scan` with traced log-weights.
 
     The offspring counts are unbiased for every scheme, `E[#{j : a_j = i}] = num_samples · W_i`;
     `"systematic"` has the lowest variance, `"multinomial"` the highest (independent draws).

@@ -14,53 +14,31 @@ One SMC stage moves the particles from `π_β ∝ p_ref^{1-β} p^β` to `π_β'`
    particles' variance).
 
 The loop over stages is a `lax.while_loop`, the whole run ONE `eqx.filter_jit`-compiled call.
+Its state is typed: `_SMCCarry` holds the `_Population` (positions, log densities, weights,
+initial ancestors, momenta), the kernel with its adapted step size, the counters and the
+per-stage `_StageTrace`; a run returns a `WeightedSampleResult`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._custom_types import Array, Key, Point, Scalar, Shape
-from ..energies._base import (
-    AbstractEnergy,
-    AbstractKnownNormalizer,
-    AbstractSampleable,
-    check_sample_shape,
-)
+from .._custom_types import Array, Key
+from ..energies._base import AbstractEnergy, AbstractKnownNormalizer, AbstractSampleable
 from ..energies._compose import GeometricPath
-from ..energies._metrics_logz import LogZEstimate, log_z_importance
+from ..energies._gaussian import Gaussian
+from ..energies._metrics_logz import LogZEstimate, importance_ess
 from ._adaptation import WindowAdaptation, step_size_statistic
 from ._base import AbstractSampler, check_hyper, float_leaf
 from ._resampling import RESAMPLING_SCHEMES, resample
 from ._transport import AbstractTransport
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-class _IsotropicGaussian(AbstractSampleable, AbstractKnownNormalizer):
-    """`N(0, scale² I)` on any event shape: the default SMC reference."""
-
-    scale: Array
-    event_shape: Shape = eqx.field(static=True)
-
-    def log_density(self, x: Point) -> Scalar:
-        return -0.5 * jnp.sum((x / self.scale) ** 2)
-
-    def sample(self, key: Key, shape=()) -> Array:
-        shape = check_sample_shape(shape)
-        eps = jax.random.normal(key, (*shape, *self.event_shape), jnp.result_type(float))
-        return self.scale * eps
-
-    @property
-    def log_normalizer(self) -> Scalar:
-        d = math.prod(self.event_shape)
-        return 0.5 * d * _LOG_2PI + d * jnp.log(self.scale)
+from ._weighted import WeightedSampleResult
 
 
 def _as_schedule(schedule):
@@ -151,9 +129,15 @@ class SMC(eqx.Module):
       `driftax.flows.FlowTransport`). Default `None`: geometric annealing leaves the particles
       in place.
 
-    **Outputs** (an [`SMCResult`][]): particles and normalized log-weights, `log_z` and its
-    single-run standard error, per-stage ESS, acceptance, step size, schedule, resampling
-    flags, and the number of target evaluations.
+    **Outputs:** `run` returns a [`WeightedSampleResult`][] (see [`SMC.run`][]): the
+    particles (`samples`, in the energy's own structure, so pytree positions come back as
+    pytrees) with their normalized `log_weights`, `log_normalizer` (`log Ẑ` and its
+    single-run standard error), the final `ess`, evaluation counts, and the per-stage records
+    in `extras`.
+
+    **Energies with pytree points** (an energy whose `unravel` gives the user's pytree): the
+    reference, the kernel and the transport act on the flat vector of shape `event_shape`
+    (so a `reference=` must have that flat event shape); `samples` are unravelled at the end.
 
     **Annealed flow transport** (Arbel, Matthews & Doucet 2021): with `transport=`, the particles
     are pushed through a map `T_k` fitted at every stage before the reweighting, with the
@@ -169,7 +153,7 @@ class SMC(eqx.Module):
     target = dx.energies.gaussian(jnp.ones(2), 0.5)
     smc = dx.samplers.SMC(dx.samplers.MALA(step_size=0.1), reference_scale=1.0)
     result = smc.run(target, key=jax.random.key(0), num_particles=256)
-    result.log_z, result.log_z_stderr  # log Z = 0 for a normalized target
+    result.log_normalizer.value, result.log_normalizer.stderr  # log Z = 0 here
     ```
     """
 
@@ -232,10 +216,18 @@ class SMC(eqx.Module):
             )
 
     def reference_for(self, energy: AbstractEnergy) -> AbstractEnergy:
-        """The `β = 0` reference used for `energy` (the given one, or the default Gaussian)."""
+        """The `β = 0` reference used for `energy`: the given one, or the default
+        `N(0, reference_scale² I)` (a `driftax.energies.Gaussian` on the energy's event shape
+        and dtype)."""
         if self.reference is not None:
             return self.reference
-        return _IsotropicGaussian(scale=self.reference_scale, event_shape=tuple(energy.event_shape))
+        shape, dtype = tuple(energy.event_shape), energy.dtype
+        return Gaussian(
+            loc=jnp.zeros(shape, dtype),
+            scale_diag=jnp.broadcast_to(jnp.asarray(self.reference_scale, dtype), shape),
+            scale_tril=None,
+            event_shape=shape,
+        )
 
     def run(
         self,
@@ -244,7 +236,7 @@ class SMC(eqx.Module):
         key: Key,
         num_particles: int,
         num_runs: int | None = None,
-    ) -> SMCResult:
+    ) -> WeightedSampleResult:
         """Run the sampler on `energy`, compiled once (a second call with the same shapes and
         settings reuses the compiled loop).
 
@@ -254,10 +246,39 @@ class SMC(eqx.Module):
         - `key`: a JAX PRNG key (same key → identical results).
         - `num_particles`: particles per run (at least 2).
         - `num_runs`: `None` (default) for one run, or a number of independent runs executed
-          together (vmapped); every field of the result then has a leading run axis and
-          `log_z_estimate` combines the runs.
+          together (vmapped); every array of the result then has a leading run axis (the
+          per-stage records are padded with NaN / False past each run's `num_stages`) and
+          `pooled_log_normalizer` combines the runs.
 
-        **Returns:** an [`SMCResult`][].
+        **Returns:** a [`WeightedSampleResult`][]:
+
+        - `samples`: the particles, `(num_particles, ...)` on every leaf of the energy's
+          `unravel`; `log_weights`: their normalized log-weights (uniform right after a
+          resampling; use them for estimates); `ess`: their Kish effective sample size.
+        - `log_normalizer`: `value` is the SMC estimate of `log Z` (`Ẑ` is unbiased; `log Ẑ`
+          is biased low by about half its variance); `stderr` its single-run standard error,
+          the square root of the Lee & Whiteley (2018) estimate of the relative variance of
+          `Ẑ`, `1 - (n/(n-1))^m (1 - Σ_k S_k²)`, with `S_k` the total final weight of the
+          particles descending from initial particle `k` and `m` = 1 + the number of
+          resampling events (derived for multinomial resampling; an approximation for the
+          other schemes; 0 when it comes out negative; unreliable once all particles descend
+          from few initial ones). For AIS it reduces to the importance-sampling delta-method
+          error.
+        - `elbo`: for AIS (`resampling="never"`), the mean log-weight of the trajectories (a
+          lower bound on `log Z`); `None` for SMC with resampling. `eubo`: `None`.
+        - `num_grad_evals`: gradients of the target evaluated (all particles, all stages;
+          with a transport also the training population and the maps' fits);
+          `num_energy_evals`: target log-density evaluations, with or without gradient;
+          `num_divergent`: divergent moves; `num_nonfinite`: final particles with a
+          non-finite weight or position.
+        - `extras`, per stage (`(num_stages,)`): `"stage_ess"` (effective sample size after
+          reweighting, before resampling — weight degeneracy is reported, not hidden),
+          `"resampled"`, `"acceptance_rate"` (mean over particles and moves), `"step_size"`
+          (after the stage's adaptation), `"log_normalizer_increments"`, `"transport_loss"`
+          (the final loss of each stage's transport fit; NaN without a transport);
+          `"betas"`: `(num_stages + 1,)` from 0 to 1; and the scalars `"num_stages"`,
+          `"num_resampling"`, `"truncated"` (the adaptive schedule hit `max_stages` and
+          jumped to `β = 1`).
         """
         if not isinstance(energy, AbstractEnergy):
             raise TypeError(
@@ -272,14 +293,15 @@ class SMC(eqx.Module):
         if tuple(reference.event_shape) != tuple(energy.event_shape):
             raise ValueError(
                 f"`reference` has event shape {tuple(reference.event_shape)}, the energy "
-                f"{tuple(energy.event_shape)}."
+                f"{tuple(energy.event_shape)} (for an energy with pytree points, the flat "
+                "vector the kernels act on)."
             )
         smc = self
         if self.adapt_metric:
             kernel = WindowAdaptation(metric="diagonal").prepare(self.kernel, energy.event_shape)
             smc = eqx.tree_at(lambda s: s.kernel, self, kernel)
         out = _run(smc, energy, reference, key, num_particles, num_runs or 0)
-        return _result(out, num_particles, num_runs)
+        return _finish(out, num_runs)
 
 
 def AIS(kernel: AbstractSampler, schedule=None, **kwargs) -> SMC:
@@ -295,67 +317,65 @@ def AIS(kernel: AbstractSampler, schedule=None, **kwargs) -> SMC:
 
 
 # ---------------------------------------------------------------------------------------------
-# The result
+# The typed loop state
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class SMCResult:
-    """What [`SMC.run`][] returns (with `num_runs`, every field has a leading run axis and the
-    per-stage arrays are padded with NaN / False past each run's `num_stages`).
+class _Population(eqx.Module):
+    """The particles of one stage (with a transport: the estimating population `:n` followed
+    by the training population `n:`), all on the kernels' flat arrays."""
 
-    - `particles`: `(num_particles, *event_shape)`; `log_weights`: their normalized
-      log-weights (uniform right after a resampling; use them for estimates).
-    - `log_z`: the SMC estimate of `log Z` (`Ẑ` is unbiased; `log Ẑ` is biased low by about
-      half its variance).
-    - `log_z_stderr`: the single-run standard error of `log_z`: the square root of the
-      Lee & Whiteley (2018) estimate of the relative variance of `Ẑ`,
-      `1 - (n/(n-1))^m (1 - Σ_k S_k²)`, with `S_k` the total final weight of the particles
-      descending from initial particle `k` and `m` = 1 + the number of resampling events
-      (derived for multinomial resampling; an approximation for the other schemes; 0 when it
-      comes out negative; unreliable once all particles descend from few initial ones). For
-      AIS it reduces to the importance-sampling delta-method error.
-    - per stage (`(num_stages,)`): `ess` (effective sample size after reweighting, before
-      resampling — weight degeneracy is reported, not hidden), `resampled`,
-      `acceptance_rate` (mean over particles and moves), `step_size` (after the stage's
-      adaptation), `log_z_increments`, `transport_loss` (the final loss of each stage's
-      transport fit; NaN without a transport); `betas`: `(num_stages + 1,)` from 0 to 1.
-    - `num_stages`, `num_resampling`; `truncated`: the adaptive schedule hit `max_stages` and
-      jumped to `β = 1`.
-    - `num_grad_evals`: gradients of the target evaluated (all particles, all stages; with a
-      transport also the training population and the maps' fits);
-      `num_energy_evals`: target log-density evaluations, with or without gradient;
-      `num_divergent`: divergent moves.
-    """
+    position: Array  # (pops * n, *event_shape)
+    log_reference: Array  # log p_ref at `position`
+    log_target: Array  # the target's log density at `position`
+    log_weights: Array  # normalized within each population
+    ancestor: Array  # index of each particle's initial ancestor ("Eve"), int32
+    momentum: Array | None  # kinetic kernels keep their momentum between stages
 
-    particles: Array
-    log_weights: Array
-    log_z: Array
-    log_z_stderr: Array
-    betas: np.ndarray
-    ess: np.ndarray
-    resampled: np.ndarray
-    acceptance_rate: np.ndarray
-    step_size: np.ndarray
-    log_z_increments: np.ndarray
-    transport_loss: np.ndarray
-    num_stages: np.ndarray
-    num_resampling: np.ndarray
-    truncated: np.ndarray
-    num_grad_evals: np.ndarray
-    num_energy_evals: np.ndarray
-    num_divergent: np.ndarray
-    num_runs: int | None = None
-    _cache: dict = field(default_factory=dict, repr=False)
 
-    @property
-    def log_z_estimate(self) -> LogZEstimate:
-        """`log Z` with its standard error: for one run, `(log_z, log_z_stderr)`; for several
-        runs, `log` of the mean of the runs' `Ẑ` with the delta-method error from their spread
-        (`driftax.energies.log_z_importance` applied to the runs' `log_z`)."""
-        if self.num_runs is None:
-            return LogZEstimate(value=self.log_z, stderr=self.log_z_stderr)
-        return log_z_importance(self.log_z)
+class _StageTrace(eqx.Module):
+    """Per-stage records, preallocated to the most stages and padded with NaN / False."""
+
+    betas: Array
+    ess: Array
+    resampled: Array
+    acceptance_rate: Array
+    step_size: Array
+    log_normalizer_increments: Array
+    transport_loss: Array
+
+    @classmethod
+    def empty(cls, num_stages: int, dtype) -> _StageTrace:
+        nan = jnp.full((num_stages,), jnp.nan, dtype)
+        return cls(nan, nan, jnp.zeros((num_stages,), bool), nan, nan, nan, nan)
+
+    def record(self, s, *, beta, ess, resampled, acceptance_rate, step_size, increment, loss):
+        """The trace with stage `s` filled in."""
+        return _StageTrace(
+            betas=self.betas.at[s].set(beta),
+            ess=self.ess.at[s].set(ess),
+            resampled=self.resampled.at[s].set(resampled),
+            acceptance_rate=self.acceptance_rate.at[s].set(acceptance_rate),
+            step_size=self.step_size.at[s].set(step_size),
+            log_normalizer_increments=self.log_normalizer_increments.at[s].set(increment),
+            transport_loss=self.transport_loss.at[s].set(loss),
+        )
+
+
+class _SMCCarry(eqx.Module):
+    """The carry of the loop over stages."""
+
+    population: _Population
+    beta: Array  # the current inverse temperature
+    log_normalizer: Array  # log Ẑ so far (estimating population)
+    stage: Array  # stages done, int32
+    kernel: AbstractSampler  # the move, with its adapted step size / metric
+    num_resampling: Array
+    num_grad_evals: Array
+    num_energy_evals: Array
+    num_divergent: Array
+    truncated: Array
+    trace: _StageTrace
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,8 +392,8 @@ def _log_normalize(logw):
     return logw - lse, lse
 
 
-def _ess(logw_normalized):
-    return jnp.exp(-jax.nn.logsumexp(2.0 * logw_normalized))
+def _kish_ess(logw):
+    return importance_ess(logw).ess
 
 
 def _conditional_ess_fraction(logw, diff, delta):
@@ -399,7 +419,7 @@ def _next_beta(logw, diff, beta, target_ess, num_bisection=60):
     return jnp.where(reach_one, 1.0, jnp.minimum(beta + delta, 1.0))
 
 
-def _transport_and_reweight(smc, path, key, stage, beta, beta_new, x, logw, l_ref, l_target, n):
+def _transport_and_reweight(smc, path, key, stage, beta, beta_new, pop: _Population, n):
     """The stage's incremental log-weights and particles.
 
     Geometric annealing leaves the particles in place: `log w_inc = (β' - β)(log p(x) -
@@ -407,11 +427,12 @@ def _transport_and_reweight(smc, path, key, stage, beta, beta_new, x, logw, l_re
     log|det ∇T(x)| - log π_β(x)`, where `T` is fitted on the training population (particles
     `n:`) only and applied to all. Returns `(x, inc, loss)`.
     """
+    x, l_ref, l_target = pop.position, pop.log_reference, pop.log_target
     if smc.transport is None:
         inc = _nan_to_neg_inf((beta_new - beta) * (l_target - l_ref))
         return x, inc, jnp.asarray(jnp.nan, l_ref.dtype)
     next_density = path.at(beta_new).log_density
-    train_logw, _ = _log_normalize(logw[n:])
+    train_logw, _ = _log_normalize(pop.log_weights[n:])
     y, log_det, loss = smc.transport.fit_and_transport(
         key, x[n:], train_logw, next_density, x, stage
     )
@@ -433,7 +454,7 @@ def _weighted_variance(x, logw):
     return jnp.where(ok, var, 1.0) + 1e-10
 
 
-def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
+def _smc_single(smc: SMC, energy, reference, key, num_particles: int) -> WeightedSampleResult:
     n = num_particles
     # With a transport, a second, independent population of `n` training particles runs
     # alongside (particles `n:`): the maps are fitted on it only, so the estimating population
@@ -455,81 +476,72 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
     k_init, k_loop = jax.random.split(key)
     x = reference.sample(k_init, (pops * n,))
     dtype = x.dtype
-    logw = jnp.full((pops * n,), -jnp.log(n), dtype)
     state_shape = eqx.filter_eval_shape(kernel.init, path, x[0])
     kernel_uses_grad = getattr(state_shape, "score", None) is not None
     # kinetic kernels keep their momentum from stage to stage (re-initialized states start at
     # rest, which would leave the momentum out of equilibrium after a few moves)
     has_momentum = getattr(state_shape, "momentum", None) is not None
 
-    def buffer(fill, dt):
-        return jnp.full((num_stages_max,), fill, dt)
+    def population(x, logw, ancestor, momentum) -> _Population:
+        return _Population(
+            position=x,
+            log_reference=log_ref(x).astype(dtype),
+            log_target=log_target(x).astype(dtype),
+            log_weights=logw,
+            ancestor=ancestor,
+            momentum=momentum,
+        )
 
-    carry = dict(
-        x=x,
-        l_ref=log_ref(x).astype(dtype),
-        l_target=log_target(x).astype(dtype),
-        logw=logw,
-        eve=jnp.arange(pops * n, dtype=jnp.int32),
-        momentum=jnp.zeros_like(x) if has_momentum else None,
+    int0 = jnp.zeros((), jnp.int32)
+    init = _SMCCarry(
+        population=population(
+            x,
+            jnp.full((pops * n,), -jnp.log(n), dtype),
+            jnp.arange(pops * n, dtype=jnp.int32),
+            jnp.zeros_like(x) if has_momentum else None,
+        ),
         beta=jnp.zeros((), dtype),
-        log_z=jnp.asarray(reference.log_normalizer, dtype),
-        stage=jnp.zeros((), jnp.int32),
+        log_normalizer=jnp.asarray(reference.log_normalizer, dtype),
+        stage=int0,
         kernel=kernel,
-        num_resampling=jnp.zeros((), jnp.int32),
-        grads=jnp.zeros((), jnp.int32),
-        evals=jnp.asarray(pops * n, jnp.int32),
-        divergent=jnp.zeros((), jnp.int32),
+        num_resampling=int0,
+        num_grad_evals=int0,
+        num_energy_evals=jnp.asarray(pops * n, jnp.int32),
+        num_divergent=int0,
         truncated=jnp.zeros((), bool),
-        betas=buffer(jnp.nan, dtype),
-        ess=buffer(jnp.nan, dtype),
-        resampled=buffer(False, bool),
-        acceptance=buffer(jnp.nan, dtype),
-        step_size=buffer(jnp.nan, dtype),
-        log_z_inc=buffer(jnp.nan, dtype),
-        transport_loss=buffer(jnp.nan, dtype),
+        trace=_StageTrace.empty(num_stages_max, dtype),
     )
 
-    def cond(c):
-        return (c["beta"] < 1.0) & (c["stage"] < num_stages_max)
+    def cond(c: _SMCCarry):
+        return (c.beta < 1.0) & (c.stage < num_stages_max)
 
-    def body(c):
-        c = dict(c)
-        s = c["stage"]
+    def body(c: _SMCCarry) -> _SMCCarry:
+        s = c.stage
         k_stage = jax.random.fold_in(k_loop, s)
         k_res, k_move, k_transport = jax.random.split(k_stage, 3)
-        beta = c["beta"]
-        diff = _nan_to_neg_inf(c["l_target"] - c["l_ref"])
+        beta = c.beta
+        pop = c.population
+        diff = _nan_to_neg_inf(pop.log_target - pop.log_reference)
         # 1. the next inverse temperature
+        truncated = c.truncated
         if fixed:
             beta_new = smc.schedule[s + 1].astype(dtype)
         else:
-            beta_new = _next_beta(c["logw"][:n], diff[:n], beta, smc.target_ess).astype(dtype)
+            beta_new = _next_beta(pop.log_weights[:n], diff[:n], beta, smc.target_ess)
+            beta_new = beta_new.astype(dtype)
             last = s == num_stages_max - 1
-            c["truncated"] = last & (beta_new < 1.0)
+            truncated = last & (beta_new < 1.0)
             beta_new = jnp.where(last, jnp.asarray(1.0, dtype), beta_new)
         # 2. reweight
-        x, inc, loss = _transport_and_reweight(
-            smc,
-            path,
-            k_transport,
-            s,
-            beta,
-            beta_new,
-            c["x"],
-            c["logw"],
-            c["l_ref"],
-            c["l_target"],
-            n,
-        )
-        logw, log_z_incs = jax.vmap(_log_normalize)((c["logw"] + inc).reshape(pops, n))
+        x, inc, loss = _transport_and_reweight(smc, path, k_transport, s, beta, beta_new, pop, n)
+        logw, log_z_incs = jax.vmap(_log_normalize)((pop.log_weights + inc).reshape(pops, n))
         log_z_inc = log_z_incs[0]
-        ess_pops = jax.vmap(_ess)(logw)
+        ess_pops = jax.vmap(_kish_ess)(logw)
         ess = ess_pops[0]
         # 3. resample
+        ancestor, momentum = pop.ancestor, pop.momentum
         if smc.resampling == "never":
             do = jnp.asarray(False)
-            eve, momentum = c["eve"], c["momentum"]
             logw = logw.reshape(-1)
         else:
             do_pops = ess_pops < smc.resampling_threshold * n
@@ -539,12 +551,12 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
             )
             idx = jnp.where(do_pops[:, None], idx, jnp.arange(n, dtype=idx.dtype))
             idx = (idx + n * jnp.arange(pops, dtype=idx.dtype)[:, None]).reshape(-1)
-            x, eve = x[idx], c["eve"][idx]
-            momentum = None if c["momentum"] is None else c["momentum"][idx]
+            x, ancestor = x[idx], ancestor[idx]
+            momentum = None if momentum is None else momentum[idx]
             logw = jnp.where(do_pops[:, None], jnp.full_like(logw, -jnp.log(n)), logw)
             logw = logw.reshape(-1)
         # 4. move
-        kernel = c["kernel"]
+        kernel = c.kernel
         if smc.adapt_metric:
             var = _weighted_variance(x[:n], logw[:n]).astype(kernel.metric.inverse_mass.dtype)
             kernel = eqx.tree_at(lambda k: k.metric.inverse_mass, kernel, var.reshape(event_shape))
@@ -572,60 +584,71 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int):
             move, (kernel, states), jax.random.split(k_move, smc.num_mcmc_steps)
         )
         x = states.position
-        c["x"] = x
-        c["l_ref"] = log_ref(x).astype(dtype)
-        c["l_target"] = log_target(x).astype(dtype)
-        c["logw"] = logw
-        c["eve"] = eve
-        if has_momentum:
-            c["momentum"] = states.momentum
-        c["beta"] = beta_new
-        c["log_z"] = c["log_z"] + log_z_inc
-        c["stage"] = s + 1
-        c["kernel"] = kernel
-        c["num_resampling"] = c["num_resampling"] + do.astype(jnp.int32)
         init_grads = pops * n if kernel_uses_grad else 0
         if smc.transport is not None:  # fitting the stage's map evaluates the target too
             init_grads = init_grads + smc.transport.num_grad_evals(n)
-        c["grads"] = c["grads"] + (jnp.sum(grads) + init_grads).astype(jnp.int32)
-        # + the kernel init and the new log densities
-        c["evals"] = c["evals"] + (jnp.sum(evals) + 2 * pops * n).astype(jnp.int32)
-        c["divergent"] = c["divergent"] + jnp.sum(divs).astype(jnp.int32)
-        c["betas"] = c["betas"].at[s].set(beta_new)
-        c["ess"] = c["ess"].at[s].set(ess)
-        c["resampled"] = c["resampled"].at[s].set(do)
-        c["acceptance"] = c["acceptance"].at[s].set(jnp.mean(acc).astype(dtype))
         step = kernel.step_size if hasattr(kernel, "step_size") else jnp.nan
-        c["step_size"] = c["step_size"].at[s].set(jnp.asarray(step, dtype))
-        c["log_z_inc"] = c["log_z_inc"].at[s].set(log_z_inc)
-        c["transport_loss"] = c["transport_loss"].at[s].set(loss)
-        return c
+        return _SMCCarry(
+            population=population(x, logw, ancestor, states.momentum if has_momentum else None),
+            beta=beta_new,
+            log_normalizer=c.log_normalizer + log_z_inc,
+            stage=s + 1,
+            kernel=kernel,
+            num_resampling=c.num_resampling + do.astype(jnp.int32),
+            num_grad_evals=c.num_grad_evals + (jnp.sum(grads) + init_grads).astype(jnp.int32),
+            # + the kernel init and the new log densities
+            num_energy_evals=c.num_energy_evals + (jnp.sum(evals) + 2 * pops * n).astype(jnp.int32),
+            num_divergent=c.num_divergent + jnp.sum(divs).astype(jnp.int32),
+            truncated=truncated,
+            trace=c.trace.record(
+                s,
+                beta=beta_new,
+                ess=ess,
+                resampled=do,
+                acceptance_rate=jnp.mean(acc).astype(dtype),
+                step_size=jnp.asarray(step, dtype),
+                increment=log_z_inc,
+                loss=loss,
+            ),
+        )
 
-    c = jax.lax.while_loop(cond, body, carry)
+    c = jax.lax.while_loop(cond, body, init)
+    pop = c.population
+    x, logw = pop.position[:n], pop.log_weights[:n]
     # Lee & Whiteley (2018) relative-variance estimate from the Eve (initial-ancestor) indices
-    w = jnp.exp(c["logw"][:n])
-    eve_mass = jnp.zeros((n,), dtype).at[c["eve"][:n]].add(w)
-    m = 1 + c["num_resampling"]
+    eve_mass = jnp.zeros((n,), dtype).at[pop.ancestor[:n]].add(jnp.exp(logw))
+    m = 1 + c.num_resampling
     factor = jnp.exp(m.astype(dtype) * (jnp.log(n) - jnp.log(n - 1.0)))
     rel_var = 1.0 - factor * (1.0 - jnp.sum(eve_mass**2))
-    return dict(
-        particles=c["x"][:n],
-        log_weights=c["logw"][:n],
-        log_z=c["log_z"],
-        log_z_stderr=jnp.sqrt(jnp.clip(rel_var, 0.0)),
-        betas=c["betas"],
-        ess=c["ess"],
-        resampled=c["resampled"],
-        acceptance=c["acceptance"],
-        step_size=c["step_size"],
-        log_z_inc=c["log_z_inc"],
-        transport_loss=c["transport_loss"],
-        num_stages=c["stage"],
-        num_resampling=c["num_resampling"],
-        truncated=c["truncated"],
-        grads=c["grads"],
-        evals=c["evals"],
-        divergent=c["divergent"],
+    elbo = None
+    if smc.resampling == "never":
+        # AIS: each trajectory's weight `w_i = n Ẑ W_i` is unbiased for Z, so E[log w] <= log Z
+        lw = logw + jnp.log(n) + c.log_normalizer
+        elbo = LogZEstimate(value=jnp.mean(lw), stderr=jnp.std(lw, ddof=1) / jnp.sqrt(n))
+    nonfinite = ~jnp.isfinite(logw) | ~jnp.all(jnp.isfinite(x.reshape(n, -1)), axis=1)
+    trace = c.trace
+    return WeightedSampleResult(
+        samples=jax.vmap(energy.unravel)(x),
+        log_weights=logw,
+        log_normalizer=LogZEstimate(value=c.log_normalizer, stderr=jnp.sqrt(jnp.clip(rel_var, 0))),
+        ess=_kish_ess(logw),
+        elbo=elbo,
+        num_grad_evals=c.num_grad_evals,
+        num_energy_evals=c.num_energy_evals,
+        num_divergent=c.num_divergent,
+        num_nonfinite=jnp.sum(nonfinite).astype(jnp.int32),
+        extras=dict(
+            betas=trace.betas,
+            stage_ess=trace.ess,
+            resampled=trace.resampled,
+            acceptance_rate=trace.acceptance_rate,
+            step_size=trace.step_size,
+            log_normalizer_increments=trace.log_normalizer_increments,
+            transport_loss=trace.transport_loss,
+            num_stages=c.stage,
+            num_resampling=c.num_resampling,
+            truncated=c.truncated,
+        ),
     )
 
 
@@ -639,30 +662,36 @@ def _smc_impl(smc, energy, reference, key, num_particles: int, num_runs: int):
 _run_traced = eqx.debug.assert_max_traces(_smc_impl, max_traces=None)
 _run = eqx.filter_jit(_run_traced)
 
+_PER_STAGE = (
+    "stage_ess",
+    "resampled",
+    "acceptance_rate",
+    "step_size",
+    "log_normalizer_increments",
+    "transport_loss",
+)
 
-def _result(out, num_particles: int, num_runs: int | None) -> SMCResult:
-    num_stages = np.asarray(out["num_stages"])
+
+def _finish(out: WeightedSampleResult, num_runs: int | None) -> WeightedSampleResult:
+    """Trim the per-stage records to the stages run (the most over runs), prepend `β = 0`, and
+    move the counters to NumPy."""
+    extras = dict(out.extras)
+    num_stages = np.asarray(extras["num_stages"])
     keep = int(np.max(num_stages))
-    trim = lambda a: np.asarray(a)[..., :keep]  # noqa: E731
-    betas = trim(out["betas"])
+    for name in _PER_STAGE:
+        extras[name] = np.asarray(extras[name])[..., :keep]
+    betas = np.asarray(extras["betas"])[..., :keep]
     zero = np.zeros((*betas.shape[:-1], 1), betas.dtype)
-    return SMCResult(
-        particles=out["particles"],
-        log_weights=out["log_weights"],
-        log_z=out["log_z"],
-        log_z_stderr=out["log_z_stderr"],
-        betas=np.concatenate([zero, betas], axis=-1),
-        ess=trim(out["ess"]),
-        resampled=trim(out["resampled"]),
-        acceptance_rate=trim(out["acceptance"]),
-        step_size=trim(out["step_size"]),
-        log_z_increments=trim(out["log_z_inc"]),
-        transport_loss=trim(out["transport_loss"]),
-        num_stages=num_stages,
-        num_resampling=np.asarray(out["num_resampling"]),
-        truncated=np.asarray(out["truncated"]),
-        num_grad_evals=np.asarray(out["grads"], np.int64),
-        num_energy_evals=np.asarray(out["evals"], np.int64),
-        num_divergent=np.asarray(out["divergent"]),
+    extras["betas"] = np.concatenate([zero, betas], axis=-1)
+    extras["num_stages"] = num_stages
+    extras["num_resampling"] = np.asarray(extras["num_resampling"])
+    extras["truncated"] = np.asarray(extras["truncated"])
+    return dataclasses.replace(
+        out,
+        num_grad_evals=np.asarray(out.num_grad_evals, np.int64),
+        num_energy_evals=np.asarray(out.num_energy_evals, np.int64),
+        num_divergent=np.asarray(out.num_divergent),
+        num_nonfinite=np.asarray(out.num_nonfinite),
+        extras=extras,
         num_runs=num_runs,
     )

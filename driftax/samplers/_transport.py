@@ -53,6 +53,6 @@ class AbstractTransport(eqx.Module):
 
     def num_grad_evals(self, num_train_particles: int) -> int:
         """Target gradient evaluations of one stage's fit with `num_train_particles` training
-        particles (counted in `SMCResult.num_grad_evals`); 0 unless a subclass says otherwise."""
+        particles (counted in the result's `num_grad_evals`); 0 unless a subclass says otherwise."""
         del num_train_particles
         return 0

@@ -72,3 +72,26 @@ def test_bad_input():
         ds.resample(jnp.zeros((2, 3)), key=jax.random.key(0))
     with pytest.raises(ValueError, match="num_samples"):
         ds.resample(jnp.zeros(3), key=jax.random.key(0), num_samples=0)
+
+
+@pytest.mark.parametrize("scheme", RESAMPLING_SCHEMES)
+def test_traced_inside_a_scan(scheme):
+    """The one resampler works on traced log-weights inside a compiled loop (as SMC and the
+    Feynman-Kac samplers use it): a particle of weight 1 takes over the population."""
+
+    def body(x, log_w):
+        idx = ds.resample(log_w, key=jax.random.key(0), scheme=scheme)
+        return x[idx], idx
+
+    log_ws = jnp.log(jnp.eye(N)[jnp.array([5, 2])])  # step 1: all weight on 5; step 2: on 2 (now a 5)
+    x, idxs = jax.jit(lambda lw: jax.lax.scan(body, jnp.arange(N), lw))(log_ws)
+    assert np.all(np.asarray(idxs[0]) == 5) and np.all(np.asarray(x) == 5)
+
+
+def test_importance_ess_under_jit_and_vmap():
+    """The one importance ESS (driftax.energies.importance_ess) is usable inside jit / vmap."""
+    import driftax.energies as de
+
+    log_w = jnp.log(jnp.array([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0], [2.0, 1.0, 1.0, 0.0]]))
+    ess = jax.jit(jax.vmap(lambda lw: de.importance_ess(lw).ess))(log_w)
+    np.testing.assert_allclose(np.asarray(ess), [4.0, 1.0, 16.0 / 6.0], rtol=1e-6)
