@@ -47,9 +47,8 @@ from ._losses import (
     meanflow_sample as meanflow_sample,
     ot_coupling as ot_coupling,
 )
-from ._model import ParameterizedField as ParameterizedField
+from ._model import AbstractField as AbstractField, ParameterizedField as ParameterizedField
 from ._models import (
-    AbstractDiffusionModel as AbstractDiffusionModel,
     Denoiser as Denoiser,
     MeanFlowModel as MeanFlowModel,
     NetworkField as NetworkField,
@@ -57,7 +56,6 @@ from ._models import (
 from ._nets import MLP as MLP
 from ._path import (
     EDM as EDM,
-    GVP as GVP,
     VE as VE,
     VP as VP,
     AbstractPath as AbstractPath,
@@ -74,6 +72,7 @@ from ._solve import (
 )
 from ._solvers import (
     DDIM as DDIM,
+    AbstractCorrector as AbstractCorrector,
     AbstractSolver as AbstractSolver,
     DPMSolverPP2M as DPMSolverPP2M,
     DPMSolverPP2S as DPMSolverPP2S,

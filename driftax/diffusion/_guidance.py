@@ -11,24 +11,24 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Key
 from ._grid import SCHEDULES, _check_num_steps, time_grid
-from ._model import ParameterizedField
+from ._model import AbstractField, ParameterizedField, declared_parameterization, declared_path
 from ._path import AbstractPath, check_parameterization
 from ._solve import _check_x_init, default_schedule
 from ._solvers import _epsilon_at
 
-
-def _declared(field):
-    p = getattr(field, "parameterization", None)
-    return p if isinstance(p, str) else None
+_declared = declared_parameterization
 
 
-class Guided(eqx.Module):
+class Guided(AbstractField):
     """`guide(t, x) + weight · (field(t, x) - guide(t, x))`: guidance by extrapolation.
 
     Every parameterization is affine in the score at fixed `(t, x)`, so the combination is the
     same whichever one both fields use (they must use the same). `weight = 1` is `field`;
     `weight > 1` pushes away from `guide`. See [`classifier_free_guidance`][] and
     [`autoguidance`][].
+
+    An [`AbstractField`][]: it declares the parameterization and path of its fields when they
+    declare them (then the conversion methods work), else `None`.
     """
 
     field: Callable
@@ -44,6 +44,11 @@ class Guided(eqx.Module):
     def parameterization(self) -> str | None:
         """The parameterization of the fields, when they declare one."""
         return _declared(self.field) or _declared(self.guide)
+
+    @property
+    def path(self) -> AbstractPath | None:
+        """The path of the fields, when they declare one."""
+        return declared_path(self.field) or declared_path(self.guide)
 
     def __call__(self, t, x):
         g = self.guide(t, x)

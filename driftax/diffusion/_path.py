@@ -411,7 +411,3 @@ class TrigonometricInterpolant(AbstractPath):
 
     def t_from_half_log_snr(self, lam):
         return jnp.arctan(jnp.exp(-_as_time(lam))) * (2.0 / math.pi)
-
-
-GVP = TrigonometricInterpolant
-"""Alias: the generalized variance-preserving path of SiT is the trigonometric interpolant."""

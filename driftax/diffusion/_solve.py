@@ -11,7 +11,7 @@ import numpy as np
 
 from .._custom_types import Array, Key
 from ._grid import SCHEDULES, _check_num_steps, _grid_impl, check_grid, check_log_snr_ends
-from ._model import ParameterizedField
+from ._model import ParameterizedField, declared_parameterization, declared_path
 from ._path import (
     EDM,
     VE,
@@ -85,16 +85,16 @@ def _check_x_init(x_init, *, check_finite: bool = True) -> Array:
 def _check_field(field, path, parameterization):
     if not callable(field):
         raise TypeError(f"`field` must be a callable field(t, x), got {type(field).__name__}.")
-    declared = getattr(field, "parameterization", None)
-    if isinstance(declared, str) and declared != parameterization:
+    declared = declared_parameterization(field)
+    if declared is not None and declared != parameterization:
         raise ValueError(
             f"`parameterization={parameterization!r}` does not match the model's declared "
             f"parameterization {declared!r}."
         )
-    declared_path = getattr(field, "path", None)
-    if isinstance(declared_path, AbstractPath) and type(declared_path) is not type(path):
+    declared = declared_path(field)
+    if declared is not None and type(declared) is not type(path):
         raise ValueError(
-            f"the model was built for a {type(declared_path).__name__} path but `path` is a "
+            f"the model was built for a {type(declared).__name__} path but `path` is a "
             f"{type(path).__name__}: the parameterizations would not match."
         )
 
