@@ -17,7 +17,7 @@ import lineax
 import numpy as np
 
 from .._custom_types import Array, Key
-from .._divergence import divergence_exact, divergence_hutchinson, sample_probes
+from .._divergence import integrate_with_divergence, sample_probes
 from ._model import ParameterizedField
 from ._path import AbstractPath, check_parameterization
 from ._solve import _check_field, _check_x_init
@@ -262,28 +262,24 @@ def _log_likelihood(
     method,
 ):
     shape = x.shape[1:]
+    exact = method == "exact"
 
-    def aug(t, state, args):
-        y, _ = state
-        fn = lambda z: model.velocity(t, z)
-        if method == "exact":
-            return divergence_exact(fn, y)
-        return divergence_hutchinson(fn, y, probes=args)
+    def velocity(t, z, args):
+        return model.velocity(t, z)
 
     def one(xi, probe):
         # From t_data to t_noise (either direction of time): delta = int_{t_data}^{t_noise} div v.
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(aug),
-            solver,
+        y_T, delta = integrate_with_divergence(
+            velocity,
+            xi,
             t_data,
             t_noise,
-            direction * -dt0,
-            (xi, jnp.zeros((), xi.dtype)),
-            args=probe,
+            probes=None if exact else probe,
+            solver=solver,
             stepsize_controller=controller,
+            dt0=direction * -dt0,
             max_steps=max_steps,
         )
-        y_T, delta = sol.ys[0][-1], sol.ys[1][-1]
         return prior_log_density(y_T.reshape(shape)) + delta
 
     return jax.vmap(one)(x, probes)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Key
+from ..energies._gaussian import normal_log_density
 from ._grid import SCHEDULES, _check_num_steps, time_grid
 from ._model import AbstractField, ParameterizedField, declared_parameterization, declared_path
 from ._path import AbstractPath, check_parameterization
@@ -149,9 +150,7 @@ def _fkc(models, betas, x_init, ts, key, epsilon, ess_threshold, resample, final
     sum_beta = sum(betas)
     sig0 = path.sigma(ts[0])
     # Experts at t_noise are ~ N(0, sigma^2) each; the product is N(0, sigma^2 / sum beta).
-    flat = x_init.reshape(n, -1)
-    d = flat.shape[1]
-    log_prior = -0.5 * jnp.sum(flat**2, axis=1) / sig0**2 - 0.5 * d * jnp.log(2 * jnp.pi * sig0**2)
+    log_prior = jax.vmap(lambda x: normal_log_density(x, scale=sig0))(x_init)
     log_w0 = (sum_beta - 1.0) * log_prior
     resample_fn = _systematic if resample == "systematic" else _multinomial
 

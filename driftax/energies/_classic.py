@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate
 
+from .._checks import check_int
 from .._custom_types import Array, Key, Point, Scalar, Shape
 from ._base import (
     AbstractKnownMoments,
@@ -20,22 +21,13 @@ from ._base import (
     check_positive,
     check_sample_shape,
 )
+from ._gaussian import normal_log_density
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _check_dim(dim, name: str = "dim", minimum: int = 1, even: bool = False) -> int:
-    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {dim!r}.")
-    if even and dim % 2:
-        raise ValueError(f"`{name}` must be even, got {dim!r}.")
-    return int(dim)
-
-
-def _normal_logpdf(x, scale_log=None, scale=None):
-    if scale_log is not None:
-        return -0.5 * x**2 * jnp.exp(-2.0 * scale_log) - scale_log - 0.5 * _LOG_2PI
-    return -0.5 * (x / scale) ** 2 - jnp.log(scale) - 0.5 * _LOG_2PI
+    return check_int(dim, name, minimum, even=even)
 
 
 class Funnel(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
@@ -51,8 +43,8 @@ class Funnel(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
         x0, rest = x[0], x[1:]
-        return _normal_logpdf(x0, scale=self.scale) + jnp.sum(
-            _normal_logpdf(rest, scale_log=0.5 * x0)
+        return normal_log_density(x0, scale=self.scale) + (
+            normal_log_density(rest, log_scale=0.5 * x0)
         )
 
     def sample(self, key: Key, shape: Shape | int = ()) -> Array:
@@ -97,8 +89,8 @@ class Banana(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
         shift = self.curvature * (x[0] ** 2 - self.scale**2)
-        lp = _normal_logpdf(x[0], scale=self.scale) + _normal_logpdf(x[1] - shift, scale=1.0)
-        return lp + jnp.sum(_normal_logpdf(x[2:], scale=1.0))
+        lp = normal_log_density(x[0], scale=self.scale) + normal_log_density(x[1] - shift)
+        return lp + normal_log_density(x[2:])
 
     def sample(self, key: Key, shape: Shape | int = ()) -> Array:
         shape = check_sample_shape(shape)
