@@ -4,7 +4,6 @@ training losses and guidance, and diffusion samplers trained from an energy (PIS
 
 from ._adaptive import (
     AdaptiveSolution as AdaptiveSolution,
-    integrate_adaptive as integrate_adaptive,
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
@@ -36,7 +35,6 @@ from ._interpolant import (
     InterpolantLoss as InterpolantLoss,
     InterpolantMixtureFields as InterpolantMixtureFields,
     StochasticInterpolant as StochasticInterpolant,
-    integrate_interpolant as integrate_interpolant,
     solve_interpolant as solve_interpolant,
 )
 from ._losses import (
@@ -67,7 +65,6 @@ from ._path import (
 from ._solve import (
     Solution as Solution,
     default_schedule as default_schedule,
-    integrate as integrate,
     solve as solve,
 )
 from ._solvers import (
