@@ -30,30 +30,30 @@ class MLPVectorField(eqx.Module):
     """
 
     mlp: MLP
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
 
     def __init__(
         self,
         key: Key,
-        shape,
+        event_shape,
         hidden=64,
         *,
         depth: int | None = 2,
         cond_dim: int | None = None,
         activation: Callable = jnp.tanh,
     ):
-        shape = _check_shape_arg(shape)
-        size = math.prod(shape)
+        event_shape = _check_shape_arg(event_shape, "event_shape")
+        size = math.prod(event_shape)
         widths = hidden_widths(hidden, depth if isinstance(hidden, int) else None)
         n_in = size + 1 + (0 if cond_dim is None else int(cond_dim))
         self.mlp = MLP(key, n_in, size, widths, activation=activation)
-        self.shape = shape
+        self.event_shape = event_shape
 
     def __call__(self, t, x, condition=None):
         parts = [x.reshape(-1), jnp.reshape(t, (1,)).astype(x.dtype)]
         if condition is not None:
             parts.append(condition.reshape(-1))
-        return self.mlp(jnp.concatenate(parts)).reshape(self.shape)
+        return self.mlp(jnp.concatenate(parts)).reshape(self.event_shape)
 
 
 class CNF(AbstractBijection):
