@@ -10,16 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate
 
-from .._checks import check_int
+from .._checks import check_finite, check_int, check_positive, check_sample_shape
 from .._custom_types import Array, Key, Point, Scalar, Shape
 from ._base import (
     AbstractKnownMoments,
     AbstractKnownNormalizer,
     AbstractSampleable,
     check_event,
-    check_finite,
-    check_positive,
-    check_sample_shape,
 )
 from ._gaussian import normal_log_density
 
