@@ -343,3 +343,30 @@ def test_non_finite_field_is_reported():
     assert failed[0] >= 0 and sol.num_failed >= 1
     with pytest.raises(RuntimeError, match="non-finite"):
         dd.solve(dd.Euler(), bad, path, x0, num_steps=10, schedule="uniform")
+
+
+class _ShrinkCorrector(dd.AbstractCorrector):
+    """A test corrector: moves `x` half-way to the model's denoised point (deterministic)."""
+
+    num_steps: int = eqx.field(default=1, static=True)
+
+    def correct(self, model, t, x, *, key):
+        return 0.5 * (x + model.denoise(t, x))
+
+
+def test_predictor_corrector_takes_any_corrector_subclass(x64):
+    """`PredictorCorrector` accepts any `AbstractCorrector` and applies it after each predictor
+    step; other objects are refused with a clear error."""
+    path = dd.VP()
+    field = de.NoisedGaussianMixture(small_mixture(), path)
+    x0 = jnp.ones((3, 2))
+    ts = dd.time_grid(path, 1, "uniform")
+    pc = dd.PredictorCorrector(predictor=dd.Euler(), corrector=_ShrinkCorrector())
+    assert pc.evals_per_step == 2
+    got = dd.solve(pc, field.score, path, x0, ts=ts, key=jax.random.key(0))
+    euler = dd.solve(dd.Euler(), field.score, path, x0, ts=ts)
+    t1 = ts[-1]
+    want = jax.vmap(lambda x: 0.5 * (x + field.denoise(t1, x)))(euler)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="AbstractCorrector"):
+        dd.PredictorCorrector(corrector=dd.Euler())
