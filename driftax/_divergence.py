@@ -76,3 +76,57 @@ def sample_probes(
     if distribution == "gaussian":
         return jax.random.normal(key, (num_probes, *shape), dtype=dtype)
     raise ValueError(f"`distribution` must be 'rademacher' or 'gaussian', got {distribution!r}.")
+
+
+def integrate_with_divergence(
+    vector_field: Callable,
+    x: Array,
+    t0,
+    t1,
+    *,
+    args=None,
+    probes: Array | None = None,
+    solver,
+    stepsize_controller,
+    dt0,
+    max_steps: int,
+    adjoint=None,
+    throw: bool = True,
+) -> tuple[Array, Array]:
+    """The augmented ODE of continuous normalizing flows and probability-flow likelihoods:
+    integrate `dz/dt = vector_field(t, z, args)` from `z(t0) = x` to `t1` together with
+    `d delta/dt = div vector_field`, and return `(z(t1), delta(t1))`, so
+    `log p_{t0}(x) = log p_{t1}(z(t1)) + delta(t1)`.
+
+    The divergence is exact (`probes=None`, `d` JVPs per evaluation) or Hutchinson's estimate
+    with the given `probes` of shape `(num_probes, *x.shape)`, held fixed along the solve.
+    `args` reach the field through diffrax's `args` (a continuous adjoint differentiates
+    through them). `solver`, `stepsize_controller`, `dt0`, `max_steps` and `adjoint` (default
+    diffrax's checkpointed adjoint) are diffrax's; ONE unbatched `x`.
+    """
+    import diffrax  # below flows and diffusion, which both depend on it
+
+    def rhs(t, state, augmented_args):
+        z, _ = state
+        field_args, field_probes = augmented_args
+        fn = lambda zz: vector_field(t, zz, field_args)
+        if field_probes is None:
+            return divergence_exact(fn, z)
+        return divergence_hutchinson(fn, z, probes=field_probes)
+
+    kwargs = {} if adjoint is None else {"adjoint": adjoint}
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(rhs),
+        solver,
+        t0,
+        t1,
+        dt0,
+        (x, jnp.zeros((), x.dtype)),
+        args=(args, probes),
+        stepsize_controller=stepsize_controller,
+        max_steps=max_steps,
+        throw=throw,
+        **kwargs,
+    )
+    z, delta = sol.ys
+    return z[-1], delta[-1]

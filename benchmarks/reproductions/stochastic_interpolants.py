@@ -1,5 +1,5 @@
 """Stochastic interpolants (Albergo, Boffi & Vanden-Eijnden 2023): one quadratic regression for
-the drift `b` and one for the denoiser `eta` give a generative ODE and a family of SDEs with
+the drift `b` and one for the denoiser `eta` (a noise prediction, loss target `"noise"`) give a generative ODE and a family of SDEs with
 tunable diffusion `eps` that all carry the base to the target.
 
 Claims checked.
@@ -16,7 +16,7 @@ Claims checked.
    `sqrt(E|b_hat - b|^2 / E|b|^2)` below 10 % over `x_t` for t in [0.05, 0.95].
 
 Everything goes through driftax: `StochasticInterpolant`, `InterpolantLoss` (targets
-`"velocity"` and `"denoiser"`), `MLP`, `fit`, `solve_interpolant` with `Heun` / `EulerMaruyama`.
+`"velocity"` and `"noise"`), `MLP`, `fit`, `solve_interpolant` with `Heun` / `EulerMaruyama`.
 
 Profiles. quick: 128-wide MLPs (depth 3), 6 000 / 6 000 / 2 000 training steps (batch 256 /
 256 / 512; about two minutes in all on 2 cores), 2 000 evaluation samples. full: the same
@@ -104,7 +104,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
     # gamma' z, whose variance diverges at the ends.
     model_v, loss_b = train(VelocityPartLoss(interpolant=interp), keys[1], steps_b, hidden, data)
     model_eta, loss_eta = train(
-        dd.InterpolantLoss(interpolant=interp, target="denoiser"), keys[2], steps_eta, hidden, data
+        dd.InterpolantLoss(interpolant=interp, target="noise"), keys[2], steps_eta, hidden, data
     )
 
     def drift(t, x):

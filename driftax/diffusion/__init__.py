@@ -4,7 +4,6 @@ training losses and guidance, and diffusion samplers trained from an energy (PIS
 
 from ._adaptive import (
     AdaptiveSolution as AdaptiveSolution,
-    integrate_adaptive as integrate_adaptive,
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
@@ -36,7 +35,6 @@ from ._interpolant import (
     InterpolantLoss as InterpolantLoss,
     InterpolantMixtureFields as InterpolantMixtureFields,
     StochasticInterpolant as StochasticInterpolant,
-    integrate_interpolant as integrate_interpolant,
     solve_interpolant as solve_interpolant,
 )
 from ._losses import (
@@ -47,9 +45,8 @@ from ._losses import (
     meanflow_sample as meanflow_sample,
     ot_coupling as ot_coupling,
 )
-from ._model import ParameterizedField as ParameterizedField
+from ._model import AbstractField as AbstractField, ParameterizedField as ParameterizedField
 from ._models import (
-    AbstractDiffusionModel as AbstractDiffusionModel,
     Denoiser as Denoiser,
     MeanFlowModel as MeanFlowModel,
     NetworkField as NetworkField,
@@ -57,7 +54,6 @@ from ._models import (
 from ._nets import MLP as MLP
 from ._path import (
     EDM as EDM,
-    GVP as GVP,
     VE as VE,
     VP as VP,
     AbstractPath as AbstractPath,
@@ -69,11 +65,11 @@ from ._path import (
 from ._solve import (
     Solution as Solution,
     default_schedule as default_schedule,
-    integrate as integrate,
     solve as solve,
 )
 from ._solvers import (
     DDIM as DDIM,
+    AbstractCorrector as AbstractCorrector,
     AbstractSolver as AbstractSolver,
     DPMSolverPP2M as DPMSolverPP2M,
     DPMSolverPP2S as DPMSolverPP2S,

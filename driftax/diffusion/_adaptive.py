@@ -17,7 +17,7 @@ import lineax
 import numpy as np
 
 from .._custom_types import Array, Key
-from .._divergence import divergence_exact, divergence_hutchinson, sample_probes
+from .._divergence import integrate_with_divergence, sample_probes
 from ._model import ParameterizedField
 from ._path import AbstractPath, check_parameterization
 from ._solve import _check_field, _check_x_init
@@ -25,7 +25,7 @@ from ._solvers import _epsilon_at
 
 
 class AdaptiveSolution(eqx.Module):
-    """The result of [`integrate_adaptive`][].
+    """The result of [`solve_adaptive`][]`(..., full_output=True)`.
 
     - `x`: the batch at `t_data`.
     - `num_steps`: steps taken per example (accepted and rejected).
@@ -136,7 +136,7 @@ def _adaptive_sde(
     return jax.vmap(one)(x_init, keys)
 
 
-def integrate_adaptive(
+def _solve_adaptive_full(
     field: Callable,
     path: AbstractPath,
     x_init: Array,
@@ -152,23 +152,7 @@ def integrate_adaptive(
     key: Key | None = None,
     brownian_tol: float | None = None,
 ) -> AdaptiveSolution:
-    """Integrate a batch from `t_noise` to `t_data` with a diffrax solver: the probability-flow
-    ODE (default) or, with `sde=True`, the reverse SDE `dx = (v + eps s) dtau + sqrt(2 eps) dW`.
-
-    **Arguments:**
-
-    - `field`, `path`, `x_init`, `parameterization`: as in [`solve`][].
-    - `solver`: a diffrax solver; default `diffrax.Tsit5()` for the ODE and `diffrax.ShARK()`
-      (strong order 1.5 for additive noise) for the SDE. Adaptive solvers get a
-      `PIDController(rtol, atol)`; others take constant steps `dt0`.
-    - `dt0`: initial (or constant) step in `tau`; default `|t_noise - t_data| / 100`.
-    - `max_steps`: diffrax's step budget per example.
-    - `sde`, `epsilon`: SDE mode and its diffusion (`None`: the path's reverse SDE, a number,
-      or a callable `t -> eps(t)`); `key` is then required.
-    - `brownian_tol`: tolerance of diffrax's `VirtualBrownianTree` (default `dt0 / 1000`).
-
-    **Returns:** an [`AdaptiveSolution`][] with the final batch and per-example step statistics.
-    """
+    """[`solve_adaptive`][] with `full_output=True`."""
     if not isinstance(path, AbstractPath):
         raise TypeError(
             f"`path` must be a driftax.diffusion AbstractPath, got {type(path).__name__}."
@@ -228,17 +212,37 @@ def integrate_adaptive(
     return AdaptiveSolution(x=x, num_steps=n, num_accepted_steps=na, successful=ok)
 
 
-def solve_adaptive(field: Callable, path: AbstractPath, x_init: Array, **kwargs) -> Array:
-    """[`integrate_adaptive`][] returning only the final batch; raises if any example failed.
+def solve_adaptive(
+    field: Callable, path: AbstractPath, x_init: Array, *, full_output: bool = False, **kwargs
+) -> Array | AdaptiveSolution:
+    """Integrate a batch from `t_noise` to `t_data` with an adaptive diffrax solver: the
+    probability-flow ODE (default) or, with `sde=True`, the reverse SDE
+    `dx = (v + eps s) dtau + sqrt(2 eps) dW`.
 
-    Keyword arguments as in [`integrate_adaptive`][].
+    **Arguments:**
+
+    - `field`, `path`, `x_init`, `parameterization`: as in [`solve`][].
+    - `solver`: a diffrax solver; default `diffrax.Tsit5()` for the ODE and `diffrax.ShARK()`
+      (strong order 1.5 for additive noise) for the SDE. Adaptive solvers get a
+      `PIDController(rtol, atol)` (defaults `1e-5`); others take constant steps `dt0`.
+    - `dt0`: initial (or constant) step in `tau`; default `|t_noise - t_data| / 100`.
+    - `max_steps`: diffrax's step budget per example (default 10 000).
+    - `sde`, `epsilon`: SDE mode and its diffusion (`None`: the path's reverse SDE, a number,
+      or a callable `t -> eps(t)`); `key` is then required.
+    - `brownian_tol`: tolerance of diffrax's `VirtualBrownianTree` (default `dt0 / 1000`).
+    - `full_output`: return an [`AdaptiveSolution`][] (per-example step statistics and
+      success flags) instead of raising when an example fails.
+
+    **Returns:** the batch at `t_data`, or an [`AdaptiveSolution`][].
     """
-    sol = integrate_adaptive(field, path, x_init, **kwargs)
+    sol = _solve_adaptive_full(field, path, x_init, **kwargs)
+    if full_output:
+        return sol
     ok = np.asarray(sol.successful)
     if not ok.all():
         raise RuntimeError(
             f"diffrax failed for {int((~ok).sum())} of {ok.size} examples (step budget or "
-            "non-finite values); use integrate_adaptive(...) to inspect."
+            "non-finite values); use solve_adaptive(..., full_output=True) to inspect."
         )
     return sol.x
 
@@ -262,28 +266,24 @@ def _log_likelihood(
     method,
 ):
     shape = x.shape[1:]
+    exact = method == "exact"
 
-    def aug(t, state, args):
-        y, _ = state
-        fn = lambda z: model.velocity(t, z)
-        if method == "exact":
-            return divergence_exact(fn, y)
-        return divergence_hutchinson(fn, y, probes=args)
+    def velocity(t, z, args):
+        return model.velocity(t, z)
 
     def one(xi, probe):
         # From t_data to t_noise (either direction of time): delta = int_{t_data}^{t_noise} div v.
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(aug),
-            solver,
+        y_T, delta = integrate_with_divergence(
+            velocity,
+            xi,
             t_data,
             t_noise,
-            direction * -dt0,
-            (xi, jnp.zeros((), xi.dtype)),
-            args=probe,
+            probes=None if exact else probe,
+            solver=solver,
             stepsize_controller=controller,
+            dt0=direction * -dt0,
             max_steps=max_steps,
         )
-        y_T, delta = sol.ys[0][-1], sol.ys[1][-1]
         return prior_log_density(y_T.reshape(shape)) + delta
 
     return jax.vmap(one)(x, probes)

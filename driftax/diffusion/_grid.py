@@ -9,6 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_int
 from .._custom_types import Array
 from ._path import AbstractPath
 
@@ -19,9 +20,7 @@ SCHEDULES: tuple[str, ...] = ("uniform", "log_snr", "karras", "quadratic")
 def _check_num_steps(num_steps) -> int:
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
         raise TypeError(f"`num_steps` must be an int, got {num_steps!r}.")
-    if num_steps < 1:
-        raise ValueError(f"`num_steps` must be >= 1, got {num_steps}.")
-    return int(num_steps)
+    return check_int(num_steps, "num_steps")
 
 
 def _grid_impl(path: AbstractPath, num_steps: int, schedule: str, rho: float, dtype=None) -> Array:

@@ -10,25 +10,26 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Key
+from ..energies._gaussian import normal_log_density
 from ._grid import SCHEDULES, _check_num_steps, time_grid
-from ._model import ParameterizedField
+from ._model import AbstractField, ParameterizedField, declared_parameterization, declared_path
 from ._path import AbstractPath, check_parameterization
 from ._solve import _check_x_init, default_schedule
 from ._solvers import _epsilon_at
 
-
-def _declared(field):
-    p = getattr(field, "parameterization", None)
-    return p if isinstance(p, str) else None
+_declared = declared_parameterization
 
 
-class Guided(eqx.Module):
+class Guided(AbstractField):
     """`guide(t, x) + weight · (field(t, x) - guide(t, x))`: guidance by extrapolation.
 
     Every parameterization is affine in the score at fixed `(t, x)`, so the combination is the
     same whichever one both fields use (they must use the same). `weight = 1` is `field`;
     `weight > 1` pushes away from `guide`. See [`classifier_free_guidance`][] and
     [`autoguidance`][].
+
+    An [`AbstractField`][]: it declares the parameterization and path of its fields when they
+    declare them (then the conversion methods work), else `None`.
     """
 
     field: Callable
@@ -44,6 +45,11 @@ class Guided(eqx.Module):
     def parameterization(self) -> str | None:
         """The parameterization of the fields, when they declare one."""
         return _declared(self.field) or _declared(self.guide)
+
+    @property
+    def path(self) -> AbstractPath | None:
+        """The path of the fields, when they declare one."""
+        return declared_path(self.field) or declared_path(self.guide)
 
     def __call__(self, t, x):
         g = self.guide(t, x)
@@ -144,9 +150,7 @@ def _fkc(models, betas, x_init, ts, key, epsilon, ess_threshold, resample, final
     sum_beta = sum(betas)
     sig0 = path.sigma(ts[0])
     # Experts at t_noise are ~ N(0, sigma^2) each; the product is N(0, sigma^2 / sum beta).
-    flat = x_init.reshape(n, -1)
-    d = flat.shape[1]
-    log_prior = -0.5 * jnp.sum(flat**2, axis=1) / sig0**2 - 0.5 * d * jnp.log(2 * jnp.pi * sig0**2)
+    log_prior = jax.vmap(lambda x: normal_log_density(x, scale=sig0))(x_init)
     log_w0 = (sum_beta - 1.0) * log_prior
     resample_fn = _systematic if resample == "systematic" else _multinomial
 

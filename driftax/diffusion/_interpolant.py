@@ -1,7 +1,11 @@
 """General stochastic interpolants (Albergo, Boffi, Vanden-Eijnden 2023):
-`x_t = a(t) x0 + b(t) x1 + gamma(t) z`, `x0 ~ rho0` (base, `t = 0`), `x1 ~ rho1` (target,
-`t = 1`), `z ~ N(0, I)`; their losses, exact fields between Gaussian mixtures, and sampling by the
-ODE `dx = b dt` or the SDEs `dx = (b + eps s) dt + sqrt(2 eps) dW`.
+`x_t = a(t) x0 + b(t) x1 + gamma(t) z`, `x0 ~ rho0` (base), `x1 ~ rho1` (target),
+`z ~ N(0, I)`; their losses, exact fields between Gaussian mixtures, and sampling by the ODE
+`dx = b dt` or the SDEs `dx = (b + eps s) dt + sqrt(2 eps) dW`.
+
+Time convention (the one of every path in `driftax.diffusion`): the noise / base end is
+`t_noise = 1` and the data / target end is `t_data = 0`, so `x_1 = x0` and `x_0 = x1`. The
+paper's time is `1 - t`; with it, the paper's coefficients are `a(1 - t)`, `b(1 - t)`.
 """
 
 from __future__ import annotations
@@ -28,24 +32,26 @@ def _t(t):
 
 
 class StochasticInterpolant(eqx.Module):
-    """The interpolant `x_t = a(t) x0 + b(t) x1 + gamma(t) z` on `t` in `[0, 1]`.
+    """The interpolant `x_t = a(t) x0 + b(t) x1 + gamma(t) z` on `t` in `[0, 1]`, with the base
+    `x0` at `t = 1` (`t_noise`) and the target `x1` at `t = 0` (`t_data`), as for every path of
+    `driftax.diffusion` (e.g. `LinearInterpolant`: noise at `t = 1`).
 
-    - `kind="linear"`: `a = 1 - t`, `b = t`; `kind="trigonometric"`: `a = cos(pi t / 2)`,
-      `b = sin(pi t / 2)`.
+    - `kind="linear"`: `a = t`, `b = 1 - t`; `kind="trigonometric"`: `a = sin(pi t / 2)`,
+      `b = cos(pi t / 2)` (the paper's coefficients at its time `1 - t`).
     - `gamma(t) = gamma_scale · sqrt(t (1 - t))` (`gamma_scale = sqrt(2)` is the paper's
       `sqrt(2 t (1 - t))`; `0` gives a deterministic interpolant, e.g. the one-sided
       Gaussian-base interpolant of flow matching).
 
     Two-sided: `x0` and `x1` are both arbitrary data. One-sided: `x0 ~ N(0, I)`.
-    `t_noise = 0` and `t_data = 1` are the ends `solve_interpolant` integrates between (the
+    `t_noise = 1` and `t_data = 0` are the ends `solve_interpolant` integrates between (the
     base end and the target end); `t_min`/`t_max` keep training times off the ends where
     `gamma'` is infinite.
     """
 
     kind: str = eqx.field(default="linear", static=True)
     gamma_scale: float = math.sqrt(2.0)
-    t_noise: float = 0.0
-    t_data: float = 1.0
+    t_noise: float = 1.0
+    t_data: float = 0.0
     t_min: float = 1e-3
     t_max: float = 1.0 - 1e-3
 
@@ -67,9 +73,9 @@ class StochasticInterpolant(eqx.Module):
         """`(a(t), b(t), gamma(t))`."""
         t = _t(t)
         if self.kind == "linear":
-            a, b = 1.0 - t, t
+            a, b = t, 1.0 - t
         else:
-            a, b = jnp.cos(0.5 * math.pi * t), jnp.sin(0.5 * math.pi * t)
+            a, b = jnp.sin(0.5 * math.pi * t), jnp.cos(0.5 * math.pi * t)
         g = self.gamma_scale * jnp.sqrt(jnp.clip(t * (1.0 - t), 0.0))
         return a, b, g
 
@@ -77,10 +83,10 @@ class StochasticInterpolant(eqx.Module):
         """`(a'(t), b'(t), gamma(t) gamma'(t))` (the last is finite at the ends)."""
         t = _t(t)
         if self.kind == "linear":
-            da, db = -jnp.ones_like(t), jnp.ones_like(t)
+            da, db = jnp.ones_like(t), -jnp.ones_like(t)
         else:
-            da = -0.5 * math.pi * jnp.sin(0.5 * math.pi * t)
-            db = 0.5 * math.pi * jnp.cos(0.5 * math.pi * t)
+            da = 0.5 * math.pi * jnp.cos(0.5 * math.pi * t)
+            db = -0.5 * math.pi * jnp.sin(0.5 * math.pi * t)
         ggd = 0.5 * self.gamma_scale**2 * (1.0 - 2.0 * t)
         return da, db, ggd
 
@@ -114,7 +120,8 @@ class InterpolantLoss(AbstractLoss):
     """The quadratic losses of stochastic interpolants, for a model `model(t, x)`:
 
     - `target="velocity"`: `||b(t, x_t) - (∂_t I + gamma' z)||^2` (the drift `b`);
-    - `target="denoiser"`: `||eta(t, x_t) - z||^2` (the noise denoiser; score `s = -eta/gamma`).
+    - `target="noise"`: `||eta(t, x_t) - z||^2` (the paper's denoiser `eta`, a noise prediction;
+      score `s = -eta/gamma`).
 
     `base` draws the `x0` batch, `base(key, shape) -> array`; `None` means `x0 ~ N(0, I)`
     (one-sided). The model is called as `model(t, x)` for ONE unbatched `x`.
@@ -125,10 +132,10 @@ class InterpolantLoss(AbstractLoss):
     base: Callable | None = None
 
     def __check_init__(self):
-        if self.target not in ("velocity", "denoiser"):
-            raise ValueError(f"`target` must be 'velocity' or 'denoiser', got {self.target!r}.")
-        if self.target == "denoiser" and self.interpolant.gamma_scale == 0:
-            raise ValueError("target='denoiser' needs gamma_scale > 0.")
+        if self.target not in ("velocity", "noise"):
+            raise ValueError(f"`target` must be 'velocity' or 'noise', got {self.target!r}.")
+        if self.target == "noise" and self.interpolant.gamma_scale == 0:
+            raise ValueError("target='noise' needs gamma_scale > 0.")
 
     def __call__(self, model, batch, *, key):
         n = batch.shape[0]
@@ -222,8 +229,9 @@ class InterpolantMixtureFields(eqx.Module):
         comp = da * e0 + db * e1 + ggd * sol
         return jax.nn.softmax(logp) @ comp
 
-    def denoiser(self, t: ScalarLike, x: Point) -> Point:
-        """`eta(t, x) = E[z | x_t = x] = -gamma(t) score(t, x)`."""
+    def noise(self, t: ScalarLike, x: Point) -> Point:
+        """The noise prediction (the paper's denoiser)
+        `eta(t, x) = E[z | x_t = x] = -gamma(t) score(t, x)`."""
         return -self.coefficients(t)[2] * self.score(t, x)
 
     def sample(self, key: Key, t: ScalarLike, n: int) -> Array:
@@ -261,7 +269,7 @@ class InterpolantField(eqx.Module):
         )
 
 
-def integrate_interpolant(
+def _solve_interpolant_full(
     solver: AbstractSolver,
     interpolant: StochasticInterpolant,
     x_init: Array,
@@ -273,12 +281,7 @@ def integrate_interpolant(
     key: Key | None = None,
     save_trajectory: bool = False,
 ) -> Solution:
-    """Transport a batch of base samples `x_init` (at `interpolant.t_noise`) to the target end
-    with the interpolant ODE (`Euler()`, `Heun()`: `dx = b dt`) or SDE
-    (`EulerMaruyama(epsilon=...)`: `dx = (b + eps s) dt + sqrt(2 eps) dW`, needs `score`).
-
-    Uniform grid of `num_steps` steps (or an explicit `ts`). Returns a [`Solution`][].
-    """
+    """[`solve_interpolant`][] with `full_output=True`."""
     if not isinstance(interpolant, StochasticInterpolant):
         raise TypeError("`interpolant` must be a StochasticInterpolant.")
     if isinstance(solver, Heun) and solver.churn > 0:
@@ -318,10 +321,26 @@ def integrate_interpolant(
     )
 
 
-def solve_interpolant(solver, interpolant, x_init, **kwargs) -> Array:
-    """[`integrate_interpolant`][] returning the final batch; raises if any sample is not
-    finite. Keyword arguments as there."""
-    sol = integrate_interpolant(solver, interpolant, x_init, **kwargs)
+def solve_interpolant(
+    solver: AbstractSolver,
+    interpolant: StochasticInterpolant,
+    x_init: Array,
+    *,
+    full_output: bool = False,
+    **kwargs,
+) -> Array | Solution:
+    """Transport a batch of base samples `x_init` (at `interpolant.t_noise`) to the target end
+    `interpolant.t_data` with the interpolant ODE (`Euler()`, `Heun()`: `dx = b dt`) or SDE
+    (`EulerMaruyama(epsilon=...)`: `dx = (b + eps s) dt + sqrt(2 eps) dW`, needs `score`).
+
+    **Keyword arguments:** `velocity` (the drift `b(t, x)`, required), `score` (for the SDE),
+    `num_steps` (a uniform grid) or an explicit grid `ts`, `key` (for the SDE),
+    `save_trajectory`, and `full_output` (return a [`Solution`][] and report non-finite
+    samples in it instead of raising).
+    """
+    sol = _solve_interpolant_full(solver, interpolant, x_init, **kwargs)
+    if full_output:
+        return sol
     bad = np.asarray(sol.failed_step)
     if np.any(bad >= 0):
         raise RuntimeError(f"{int(np.sum(bad >= 0))} samples became non-finite.")

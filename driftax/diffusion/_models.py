@@ -1,57 +1,19 @@
-"""Trainable diffusion models: a network in a declared parameterization along a declared path."""
+"""Trainable diffusion models: a network in a declared parameterization along a declared path
+(subclasses of [`AbstractField`][]), and MeanFlow's two-time model."""
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Callable
 
 import equinox as eqx
 import jax.numpy as jnp
 
 from .._custom_types import Point, ScalarLike
+from ._model import AbstractField
 from ._path import AbstractPath, check_parameterization
 
 
-class AbstractDiffusionModel(eqx.Module):
-    """A time-dependent field `model(t, x)` (ONE unbatched `x`) that returns a declared
-    `parameterization` (`"score"`, `"noise"`, `"data"` or `"velocity"`) along a declared `path`.
-
-    `solve` checks these against its own `path` and `parameterization` arguments, so a model
-    cannot silently be sampled in the wrong parameterization.
-    """
-
-    path: eqx.AbstractVar[AbstractPath]
-    parameterization: eqx.AbstractVar[str]
-
-    @abc.abstractmethod
-    def __call__(self, t: ScalarLike, x: Point) -> Point:
-        """The model output at `(t, x)` in `self.parameterization`."""
-
-    def as_(self, target: str) -> Callable:
-        """The model as a field `(t, x) -> output` in parameterization `target`."""
-        check_parameterization(target, "target")
-        return _Converted(model=self, target=target)
-
-
-class _Converted(eqx.Module):
-    model: AbstractDiffusionModel
-    target: str = eqx.field(static=True)
-
-    @property
-    def parameterization(self) -> str:
-        return self.target
-
-    @property
-    def path(self) -> AbstractPath:
-        return self.model.path
-
-    def __call__(self, t, x):
-        return self.model.path.convert(
-            self.model(t, x), t, x, source=self.model.parameterization, target=self.target
-        )
-
-
-class NetworkField(AbstractDiffusionModel):
+class NetworkField(AbstractField):
     """`net(t, x)` taken as the `parameterization` of a model along `path` (no preconditioning).
 
     Typical: a velocity network on a `LinearInterpolant` (flow matching), or a noise network on
@@ -69,7 +31,7 @@ class NetworkField(AbstractDiffusionModel):
         return self.net(t, x)
 
 
-class Denoiser(AbstractDiffusionModel):
+class Denoiser(AbstractField):
     """The EDM-preconditioned denoiser of Karras et al. (2022), for any Gaussian path.
 
     With the VE-equivalent noise level `s = sigma(t) / alpha(t)` and the rescaled point

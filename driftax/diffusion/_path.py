@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, ArrayLike, Key, Point, Scalar, ScalarLike
+from ..energies._gaussian import normal_log_density
 
 Parameterization = Literal["score", "noise", "data", "velocity"]
 PARAMETERIZATIONS: tuple[str, ...] = ("score", "noise", "data", "velocity")
@@ -125,9 +126,7 @@ class AbstractPath(eqx.Module):
 
     def prior_log_density(self, x: Point) -> Scalar:
         """Log density of `N(0, sigma(t_noise)^2 I)` at ONE point (the prior of `prior_sample`)."""
-        s = self.sigma(jnp.asarray(self.t_noise, x.dtype))
-        d = x.size
-        return -0.5 * jnp.sum(x**2) / s**2 - d * jnp.log(s) - 0.5 * d * math.log(2 * math.pi)
+        return normal_log_density(x, scale=self.sigma(jnp.asarray(self.t_noise, x.dtype)))
 
     # -------------------------------------------------------------------------- conversions
 
@@ -411,7 +410,3 @@ class TrigonometricInterpolant(AbstractPath):
 
     def t_from_half_log_snr(self, lam):
         return jnp.arctan(jnp.exp(-_as_time(lam))) * (2.0 / math.pi)
-
-
-GVP = TrigonometricInterpolant
-"""Alias: the generalized variance-preserving path of SiT is the trigonometric interpolant."""

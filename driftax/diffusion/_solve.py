@@ -11,7 +11,7 @@ import numpy as np
 
 from .._custom_types import Array, Key
 from ._grid import SCHEDULES, _check_num_steps, _grid_impl, check_grid, check_log_snr_ends
-from ._model import ParameterizedField
+from ._model import ParameterizedField, declared_parameterization, declared_path
 from ._path import (
     EDM,
     VE,
@@ -27,7 +27,7 @@ from ._solvers import AbstractSolver
 
 
 class Solution(eqx.Module):
-    """The result of [`integrate`][]: final points, the grid, optional trajectory, and failures.
+    """The result of [`solve`][]`(..., full_output=True)`: final points, the grid, optional trajectory, and failures.
 
     - `x`: the batch at `t_data`, shape `(batch, *event_shape)`.
     - `ts`: the time grid, shape `(num_steps + 1,)`.
@@ -85,16 +85,16 @@ def _check_x_init(x_init, *, check_finite: bool = True) -> Array:
 def _check_field(field, path, parameterization):
     if not callable(field):
         raise TypeError(f"`field` must be a callable field(t, x), got {type(field).__name__}.")
-    declared = getattr(field, "parameterization", None)
-    if isinstance(declared, str) and declared != parameterization:
+    declared = declared_parameterization(field)
+    if declared is not None and declared != parameterization:
         raise ValueError(
             f"`parameterization={parameterization!r}` does not match the model's declared "
             f"parameterization {declared!r}."
         )
-    declared_path = getattr(field, "path", None)
-    if isinstance(declared_path, AbstractPath) and type(declared_path) is not type(path):
+    declared = declared_path(field)
+    if declared is not None and type(declared) is not type(path):
         raise ValueError(
-            f"the model was built for a {type(declared_path).__name__} path but `path` is a "
+            f"the model was built for a {type(declared).__name__} path but `path` is a "
             f"{type(path).__name__}: the parameterizations would not match."
         )
 
@@ -188,7 +188,7 @@ def _post_checks(diag, solver, parameterization, ts):
             )
 
 
-def integrate(
+def _solve_full(
     solver: AbstractSolver,
     field: Callable,
     path: AbstractPath,
@@ -201,12 +201,8 @@ def integrate(
     ts: Array | None = None,
     save_trajectory: bool = False,
 ) -> Solution:
-    """Like [`solve`][] but returns a [`Solution`][] (trajectory, grid, failures) and never raises
-    on non-finite outputs: it reports them in `Solution.failed_step`.
-
-    Give either `num_steps` (with an optional `schedule`, see [`time_grid`][]) or an explicit
-    grid `ts` of times from the noise end towards the data end.
-    """
+    """[`solve`][] with `full_output=True`: a [`Solution`][], non-finite outputs reported in
+    `Solution.failed_step` rather than raised."""
     if not isinstance(solver, AbstractSolver):
         raise TypeError(
             f"`solver` must be a driftax.diffusion AbstractSolver, got {type(solver).__name__}."
@@ -275,7 +271,9 @@ def solve(
     schedule: str | None = None,
     ts: Array | None = None,
     throw: bool = True,
-) -> Array:
+    save_trajectory: bool = False,
+    full_output: bool = False,
+) -> Array | Solution:
     """Integrate a batch `x_init` from `path.t_noise` to `path.t_data` with a fixed-step solver.
 
     **Arguments:**
@@ -292,14 +290,17 @@ def solve(
     - `schedule`: the time grid (`"uniform"`, `"log_snr"`, `"karras"`, `"quadratic"`); default
       [`default_schedule`][]`(path, solver)`.
     - `ts`: an explicit grid instead of `num_steps`/`schedule`.
-    - `throw`: raise if any output is not finite (otherwise use [`integrate`][] to inspect).
+    - `throw`: raise if any output is not finite (ignored with `full_output=True`).
+    - `save_trajectory`: keep every grid time's batch (in the [`Solution`][]).
+    - `full_output`: return a [`Solution`][] (final batch, grid, optional trajectory, the first
+      non-finite step of each example, NFE) and never raise on non-finite outputs.
 
-    **Returns:** the batch at `t_data`, shape `(batch, *event_shape)`.
+    **Returns:** the batch at `t_data`, shape `(batch, *event_shape)`, or a [`Solution`][].
 
     The loop is one `lax.scan` compiled once per (solver, field, path, shapes): a second call
     with the same shapes does not retrace.
     """
-    sol = integrate(
+    sol = _solve_full(
         solver,
         field,
         path,
@@ -309,7 +310,10 @@ def solve(
         key=key,
         schedule=schedule,
         ts=ts,
+        save_trajectory=save_trajectory,
     )
+    if full_output:
+        return sol
     if throw and isinstance(sol.failed_step, jax.core.Tracer):
         return eqx.error_if(
             sol.x, jnp.any(sol.failed_step >= 0), "solve: samples became non-finite."
@@ -321,6 +325,6 @@ def solve(
             raise RuntimeError(
                 f"{int(np.sum(bad >= 0))} of {bad.shape[0]} samples became non-finite (first at "
                 f"step {first} of {sol.ts.shape[0] - 1}); the field returned non-finite values "
-                "or the solver diverged. Use `integrate(...)` to inspect the failures."
+                "or the solver diverged. Use `solve(..., full_output=True)` to inspect the failures."
             )
     return sol.x

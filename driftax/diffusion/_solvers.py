@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Key, Point, Scalar
 from ..samplers import AbstractSampler
-from ._model import ParameterizedField
+from ._model import AbstractField
 
 State = Any
 
@@ -55,13 +55,13 @@ class AbstractSolver(eqx.Module):
         return False
 
     @abc.abstractmethod
-    def init(self, model: ParameterizedField, t0: Scalar, x0: Point) -> State:
+    def init(self, model: AbstractField, t0: Scalar, x0: Point) -> State:
         """The solver state before the first step (multistep history, ...)."""
 
     @abc.abstractmethod
     def step(
         self,
-        model: ParameterizedField,
+        model: AbstractField,
         ts: Array,
         index: Array,
         x0: Point,
@@ -73,7 +73,7 @@ class AbstractSolver(eqx.Module):
 
         **Arguments:**
 
-        - `model`: the field with its path and parameterization (see `ParameterizedField`).
+        - `model`: the field with its path and parameterization (see `AbstractField`).
         - `ts`: the whole time grid, shape `(num_steps + 1,)` (multistep methods read their
           previous times from it); `index`: the step number, from 0.
         - `x0`: ONE unbatched point at `ts[index]`.
@@ -212,7 +212,7 @@ class DDIM(AbstractSolver):
         path = model.path
         a0, s0, lam0 = _coeffs(path, t0)
         a1, s1, lam1 = _coeffs(path, t1)
-        d = model.data(t0, x0)
+        d = model.denoise(t0, x0)
         h = lam1 - lam0
         if self.eta == 0:
             return (s1 / s0) * x0 - a1 * jnp.expm1(-h) * d, None
@@ -286,7 +286,7 @@ class _AbstractDPMSolverPP(AbstractSolver):
         lam = path.half_log_snr(ts)
         lam0, lam1 = lam[index], lam[index + 1]
         s0, a1, s1 = path.sigma(t0), path.alpha(t1), path.sigma(t1)
-        d0 = model.data(t0, x0)
+        d0 = model.denoise(t0, x0)
         h = lam1 - lam0
         finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
         prev_lam, count = _grid_lams(lam, index, self.order - 1)
@@ -396,7 +396,7 @@ class _AbstractSinglestepDPMSolver(AbstractSolver):
         t0, t1 = ts[index], ts[index + 1]
         a0, s0, lam0 = _coeffs(path, t0)
         a1, s1, lam1 = _coeffs(path, t1)
-        d0 = model.data(t0, x0)
+        d0 = model.denoise(t0, x0)
         h = lam1 - lam0
         finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
         hs = jnp.where(finite_h, h, 1.0)
@@ -432,7 +432,7 @@ class DPMSolverPP2S(_AbstractSinglestepDPMSolver):
     def _high_order(self, model, x0, s0, lam0, d0, h, a1, s1):
         r1 = self.r1
         t_u, _, _, u = self._stage(model, x0, s0, lam0, d0, h, r1)
-        d_u = model.data(t_u, u)
+        d_u = model.denoise(t_u, u)
         phi1 = jnp.expm1(-h)
         phi2 = phi1 / h + 1.0
         return (s1 / s0) * x0 - a1 * phi1 * d0 + (a1 * phi2 / r1) * (d_u - d0)
@@ -457,11 +457,11 @@ class DPMSolverPP3S(_AbstractSinglestepDPMSolver):
     def _high_order(self, model, x0, s0, lam0, d0, h, a1, s1):
         r1, r2 = 1.0 / 3.0, 2.0 / 3.0
         t_1, _, _, u1 = self._stage(model, x0, s0, lam0, d0, h, r1)
-        d1 = model.data(t_1, u1)
+        d1 = model.denoise(t_1, u1)
         t_2, a_2, _, u2 = self._stage(model, x0, s0, lam0, d0, h, r2)
         phi2_r2 = jnp.expm1(-r2 * h) / (r2 * h) + 1.0
         u2 = u2 + a_2 * phi2_r2 * (r2 / r1) * (d1 - d0)
-        d2 = model.data(t_2, u2)
+        d2 = model.denoise(t_2, u2)
         d1_0 = (d1 - d0) / r1
         d1_1 = (d2 - d0) / r2
         deriv1 = (r2 * d1_0 - r1 * d1_1) / (r2 - r1)
@@ -602,7 +602,7 @@ class UniPC(AbstractSolver):
         lam = path.half_log_snr(ts)
         lam0, lam1 = lam[index], lam[index + 1]
         a0, s0, a1, s1 = path.alpha(t0), path.sigma(t0), path.alpha(t1), path.sigma(t1)
-        d0 = model.data(t0, x0)
+        d0 = model.denoise(t0, x0)
         hist = state.hist
         lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
         prev_lam_all, count = _grid_lams(lam, index, p)  # lambda(ts[index - 1 - j])
@@ -693,7 +693,22 @@ class EulerMaruyama(AbstractSolver):
 # ---------------------------------------------------------------------- predictor-corrector
 
 
-class LangevinCorrector(eqx.Module):
+class AbstractCorrector(eqx.Module):
+    """A corrector of [`PredictorCorrector`][]: `num_steps` moves at time `t` that leave (an
+    approximation of) the time-t marginal `p_t` invariant.
+
+    Subclasses implement `correct(model, t, x, *, key) -> x` on ONE unbatched point;
+    [`LangevinCorrector`][] uses the model's score, [`SamplerCorrector`][] adapts any
+    `driftax.samplers` kernel. `num_steps` counts the field (or energy) evaluations it adds to
+    each solver step: every subclass has this field.
+    """
+
+    @abc.abstractmethod
+    def correct(self, model: AbstractField, t: Scalar, x: Point, *, key: Key) -> Point:
+        """The corrected point at time `t`, from `x`."""
+
+
+class LangevinCorrector(AbstractCorrector):
     """Unadjusted Langevin steps on the time-t score: `x <- x + delta s + sqrt(2 delta) z`.
 
     The step is `delta = 2 (snr · sigma(t))^2`: the signal-to-noise rule of Song et al. (2021),
@@ -715,7 +730,7 @@ class LangevinCorrector(eqx.Module):
         if not (isinstance(self.num_steps, int) and self.num_steps >= 1):
             raise ValueError(f"`num_steps` must be a positive int, got {self.num_steps!r}.")
 
-    def correct(self, model: ParameterizedField, t: Scalar, x: Point, *, key: Key) -> Point:
+    def correct(self, model: AbstractField, t: Scalar, x: Point, *, key: Key) -> Point:
         """`num_steps` Langevin steps at time `t` from `x`."""
         delta = 2.0 * (self.snr * model.path.sigma(t)) ** 2
 
@@ -727,7 +742,7 @@ class LangevinCorrector(eqx.Module):
         return jax.lax.fori_loop(0, self.num_steps, body, x)
 
 
-class SamplerCorrector(eqx.Module):
+class SamplerCorrector(AbstractCorrector):
     """A corrector that runs `num_steps` of any `driftax.samplers` kernel (e.g. `ULA`, `MALA`,
     `HMC`) on the time-t energy `energy_at(t)` (an `AbstractEnergy`, e.g.
     `NoisedGaussianMixture.at` or an energy-parameterized model).
@@ -749,7 +764,7 @@ class SamplerCorrector(eqx.Module):
         if not (isinstance(self.num_steps, int) and self.num_steps >= 1):
             raise ValueError(f"`num_steps` must be a positive int, got {self.num_steps!r}.")
 
-    def correct(self, model: ParameterizedField, t: Scalar, x: Point, *, key: Key) -> Point:
+    def correct(self, model: AbstractField, t: Scalar, x: Point, *, key: Key) -> Point:
         """`num_steps` kernel steps on `energy_at(t)` from `x`."""
         energy = self.energy_at(t)
         kernel = self.sampler
@@ -768,20 +783,24 @@ class PredictorCorrector(AbstractSolver):
     """Predictor–corrector sampling (Song et al. 2021): a `predictor` step (any solver, default
     reverse-SDE Euler–Maruyama) followed by `corrector` steps at the new time: Langevin on the
     model's score ([`LangevinCorrector`][], default) or any `driftax.samplers` kernel on a
-    time-t energy ([`SamplerCorrector`][]). NFE per step: the predictor's plus
+    time-t energy ([`SamplerCorrector`][]), or any [`AbstractCorrector`][]. NFE per step: the predictor's plus
     `corrector.num_steps`.
     """
 
     predictor: AbstractSolver = EulerMaruyama()
-    corrector: LangevinCorrector | SamplerCorrector = LangevinCorrector()
+    corrector: AbstractCorrector = LangevinCorrector()
 
     def __check_init__(self):
         if not isinstance(self.predictor, AbstractSolver):
             raise TypeError("`predictor` must be a driftax.diffusion AbstractSolver.")
         if isinstance(self.predictor, PredictorCorrector):
             raise TypeError("`predictor` must not itself be a PredictorCorrector.")
-        if not isinstance(self.corrector, LangevinCorrector | SamplerCorrector):
-            raise TypeError("`corrector` must be a LangevinCorrector or a SamplerCorrector.")
+        if not isinstance(self.corrector, AbstractCorrector):
+            raise TypeError(
+                "`corrector` must be a driftax.diffusion AbstractCorrector (LangevinCorrector, "
+                "or SamplerCorrector(kernel, energy_at) for any driftax.samplers kernel), got "
+                f"{type(self.corrector).__name__}."
+            )
 
     @property
     def order(self) -> int:

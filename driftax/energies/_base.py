@@ -13,6 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import (  # noqa: F401  (re-exported: energies use them from here)
+    check_finite as check_finite,
+    check_positive as check_positive,
+    check_sample_shape as check_sample_shape,
+)
 from .._custom_types import Array, Key, Point, Scalar, Shape
 
 
@@ -30,44 +35,6 @@ def check_event(x: Array, event_shape: Shape, name: str = "x") -> Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return x
-
-
-def check_finite(value, name: str) -> np.ndarray:
-    """Eagerly check that a concrete parameter is finite; return it as a NumPy array.
-
-    Raises a `ValueError` naming the parameter otherwise. Traced values are passed through.
-    """
-    if isinstance(value, jax.core.Tracer):
-        return value  # type: ignore[return-value]
-    arr = np.asarray(value, dtype=float)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"`{name}` must be finite, got {value!r}.")
-    return arr
-
-
-def check_positive(value, name: str, *, strict: bool = True) -> np.ndarray:
-    """Eagerly check that a concrete parameter is finite and positive (or non-negative)."""
-    arr = check_finite(value, name)
-    if isinstance(arr, jax.core.Tracer):
-        return arr
-    bad = np.any(arr <= 0) if strict else np.any(arr < 0)
-    if bad:
-        kind = "positive" if strict else "non-negative"
-        raise ValueError(f"`{name}` must be {kind}, got {value!r}.")
-    return arr
-
-
-def check_sample_shape(shape) -> Shape:
-    """Normalise a `sample` shape argument (int or tuple of non-negative ints)."""
-    if isinstance(shape, (int, np.integer)):
-        shape = (int(shape),)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError as e:
-        raise TypeError(f"`shape` must be an int or a tuple of ints, got {shape!r}.") from e
-    if any(s < 0 for s in shape):
-        raise ValueError(f"`shape` must be non-negative, got {shape!r}.")
-    return shape
 
 
 class AbstractEnergy(eqx.Module):

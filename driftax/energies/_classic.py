@@ -10,32 +10,21 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import integrate
 
+from .._checks import check_finite, check_int, check_positive, check_sample_shape
 from .._custom_types import Array, Key, Point, Scalar, Shape
 from ._base import (
     AbstractKnownMoments,
     AbstractKnownNormalizer,
     AbstractSampleable,
     check_event,
-    check_finite,
-    check_positive,
-    check_sample_shape,
 )
+from ._gaussian import normal_log_density
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _check_dim(dim, name: str = "dim", minimum: int = 1, even: bool = False) -> int:
-    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {dim!r}.")
-    if even and dim % 2:
-        raise ValueError(f"`{name}` must be even, got {dim!r}.")
-    return int(dim)
-
-
-def _normal_logpdf(x, scale_log=None, scale=None):
-    if scale_log is not None:
-        return -0.5 * x**2 * jnp.exp(-2.0 * scale_log) - scale_log - 0.5 * _LOG_2PI
-    return -0.5 * (x / scale) ** 2 - jnp.log(scale) - 0.5 * _LOG_2PI
+    return check_int(dim, name, minimum, even=even)
 
 
 class Funnel(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
@@ -51,8 +40,8 @@ class Funnel(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
         x0, rest = x[0], x[1:]
-        return _normal_logpdf(x0, scale=self.scale) + jnp.sum(
-            _normal_logpdf(rest, scale_log=0.5 * x0)
+        return normal_log_density(x0, scale=self.scale) + (
+            normal_log_density(rest, log_scale=0.5 * x0)
         )
 
     def sample(self, key: Key, shape: Shape | int = ()) -> Array:
@@ -97,8 +86,8 @@ class Banana(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
         shift = self.curvature * (x[0] ** 2 - self.scale**2)
-        lp = _normal_logpdf(x[0], scale=self.scale) + _normal_logpdf(x[1] - shift, scale=1.0)
-        return lp + jnp.sum(_normal_logpdf(x[2:], scale=1.0))
+        lp = normal_log_density(x[0], scale=self.scale) + normal_log_density(x[1] - shift)
+        return lp + normal_log_density(x[2:])
 
     def sample(self, key: Key, shape: Shape | int = ()) -> Array:
         shape = check_sample_shape(shape)
@@ -273,7 +262,7 @@ def double_well_2d(*, a: float = 1.0, b: float = 6.0, c: float = 0.5) -> ManyWel
     return many_well(2, a=a, b=b, c=c)
 
 
-# --- Rezende & Mohamed (2015) test energies, on a box ---------------------------------------
+# --- Rezende & Mohamed (2015) test energies: U1 on R^2, U2-U4 on a box----------------------------------
 
 
 def _w1(z1):
@@ -298,9 +287,13 @@ def _rm_energy(name: str, z, xp=jnp):
     return -logaddexp(-0.5 * ((z2 - w1) / 0.4) ** 2, -0.5 * ((z2 - w1 + w3) / 0.35) ** 2)
 
 
-_RM_NAMES = ("u1", "u2", "u3", "u4")
+_RM_NAMES = ("u1", "u2", "u3", "u4", "u1_box")
 _RM_LOG_MAX = {"u1": math.log(2.0), "u2": 0.0, "u3": math.log(2.0), "u4": math.log(2.0)}
 _RM_GRID: dict[tuple[str, float], tuple[float, np.ndarray, np.ndarray]] = {}
+# U1 on R^2: its mass lies on the ring r = 2 (radial scale 0.4); outside [-8, 8]^2 (r > 8, 15
+# radial scales out) the density is below exp(-110), so quadrature there is its integral on R^2.
+_U1_QUADRATURE_HALF_WIDTH = 8.0
+_U1_RING, _U1_RING_SCALE = 2.0, 0.4
 
 
 def _rm_grid_facts(name: str, half_width: float, n: int = 2001):
@@ -324,60 +317,119 @@ def _rm_grid_facts(name: str, half_width: float, n: int = 2001):
     return _RM_GRID[key]
 
 
-class RezendeMohamed(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
-    """One of the four 2-D test energies U1–U4 of Rezende & Mohamed (2015), restricted to the box
-    `[−half_width, half_width]²` (default 4): `log_density = −U(z)` inside, `−inf` outside.
+def _box_rejection(key: Key, name: str, h: float, dtype) -> Array:
+    """One exact draw of `exp(-U)` on `[-h, h]^2`: uniform proposals, accepted with
+    `exp(-U - max(-U))`."""
+    log_m = _RM_LOG_MAX[name]
 
-    U2–U4 are not normalizable on ℝ² (no confinement in z₁), so all four live on the box. Mixtures
-    use `logaddexp`. log Z and moments come from Simpson quadrature on a 2001² grid; `sample` is
-    exact rejection sampling from the uniform distribution on the box (`exp(−U) ≤ 2`). Build it
-    with [`rezende`][].
+    def body(state):
+        k, _, _ = state
+        k, ku, ka = jax.random.split(k, 3)
+        z = jax.random.uniform(ku, (2,), dtype, minval=-h, maxval=h)
+        log_u = jnp.log(jax.random.uniform(ka, (), dtype))
+        return k, z, log_u <= -_rm_energy(name, z) - log_m
+
+    init = (key, jnp.zeros(2, dtype), jnp.array(False))
+    return jax.lax.while_loop(lambda s: ~s[2], body, init)[1]
+
+
+def _u1_rejection(key: Key, dtype) -> Array:
+    """One exact draw of `exp(-U1)` on R^2.
+
+    Write `exp(-U1(z)) = phi(r) m(z1)` with `phi(r) = exp(-(r - 2)^2 / (2 s^2))`, `s = 0.4`, and
+    the bimodal factor `m = exp(-(z1-2)^2/0.72) + exp(-(z1+2)^2/0.72) <= 2`. In polar coordinates
+    the radius has density `∝ r phi(r)` on `r > 0`, bounded by `(2 + |u|) phi` with `u = r - 2`:
+    a mixture of `u ~ N(0, s^2)` (weight `2 s sqrt(2 pi)`) and `u = ±Rayleigh(s)` (weight
+    `2 s^2`). A proposal from that mixture with a uniform angle is accepted with probability
+    `r 1[r > 0] / (2 + |u|) · m(z1) / 2`, which gives exactly `exp(-U1)`.
+    """
+    s, ring = _U1_RING_SCALE, _U1_RING
+    p_normal = 2.0 * s * math.sqrt(2.0 * math.pi)
+    p_normal = p_normal / (p_normal + 2.0 * s * s)
+
+    def body(state):
+        k, _, _ = state
+        k, kc, kn, kr, ks, kt, ka = jax.random.split(k, 7)
+        normal = s * jax.random.normal(kn, (), dtype)
+        rayleigh = s * jnp.sqrt(-2.0 * jnp.log(jax.random.uniform(kr, (), dtype, minval=1e-300)))
+        sign = jnp.where(jax.random.bernoulli(ks), 1.0, -1.0).astype(dtype)
+        u = jnp.where(jax.random.bernoulli(kc, p_normal), normal, sign * rayleigh)
+        r = ring + u
+        theta = jax.random.uniform(kt, (), dtype, maxval=2.0 * math.pi)
+        z = jnp.stack([r * jnp.cos(theta), r * jnp.sin(theta)])
+        z1 = z[0]
+        log_m = jnp.logaddexp(-0.5 * ((z1 - 2.0) / 0.6) ** 2, -0.5 * ((z1 + 2.0) / 0.6) ** 2)
+        log_acc = jnp.log(jnp.maximum(r, 0.0)) - jnp.log(ring + jnp.abs(u)) + log_m - math.log(2.0)
+        log_v = jnp.log(jax.random.uniform(ka, (), dtype))
+        return k, z, (r > 0) & (log_v <= log_acc)
+
+    init = (key, jnp.zeros(2, dtype), jnp.array(False))
+    return jax.lax.while_loop(lambda st: ~st[2], body, init)[1]
+
+
+class RezendeMohamed(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
+    """One of the four 2-D test energies U1–U4 of Rezende & Mohamed (2015): `log_density = −U(z)`.
+
+    U1 (a ring of radius 2 with two lobes) is normalizable and lives on ℝ² (`half_width=None`),
+    as in the paper. U2–U4 are not normalizable on ℝ² (no confinement in z₁), so they live on the
+    box `[−half_width, half_width]²` (default 4), `−inf` outside; a boxed U1 is the variant
+    `"u1_box"` (or `"u1"` with an explicit `half_width`). Mixtures use `logaddexp`.
+
+    log Z and moments come from Simpson quadrature on a 2001² grid (on the box, or on
+    `[−8, 8]²` for U1 on ℝ², outside which its density is below `e^{−110}`). `sample` is exact
+    rejection sampling: from the uniform distribution on the box (`exp(−U) ≤ 2`), or for U1 on ℝ²
+    from a ring-shaped proposal (see `_u1_rejection`). Build it with [`rezende`][].
     """
 
     name: str = eqx.field(static=True)
-    half_width: float = eqx.field(static=True)
+    half_width: float | None = eqx.field(static=True)
     event_shape: Shape = eqx.field(static=True)
 
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
+        if self.half_width is None:
+            return -_rm_energy(self.name, x)
         inside = jnp.all(jnp.abs(x) <= self.half_width)
         return jnp.where(inside, -_rm_energy(self.name, x), -jnp.inf)
 
     def sample(self, key: Key, shape: Shape | int = ()) -> Array:
         shape = check_sample_shape(shape)
-        h, log_m, name = self.half_width, _RM_LOG_MAX[self.name], self.name
-
-        def one(k):
-            def body(state):
-                k, _, _ = state
-                k, ku, ka = jax.random.split(k, 3)
-                z = jax.random.uniform(ku, (2,), minval=-h, maxval=h)
-                log_u = jnp.log(jax.random.uniform(ka, ()))
-                return k, z, log_u <= -_rm_energy(name, z) - log_m
-
-            init = (k, jnp.zeros(2), jnp.array(False))
-            return jax.lax.while_loop(lambda s: ~s[2], body, init)[1]
-
+        dtype = jnp.result_type(float)
+        if self.half_width is None:
+            one = lambda k: _u1_rejection(k, dtype)
+        else:
+            one = lambda k: _box_rejection(k, self.name, self.half_width, dtype)
         n = math.prod(shape)
         return jax.vmap(one)(jax.random.split(key, n)).reshape(*shape, 2)
 
+    def _facts(self):
+        h = _U1_QUADRATURE_HALF_WIDTH if self.half_width is None else self.half_width
+        return _rm_grid_facts(self.name, h)
+
     @property
     def log_normalizer(self) -> Scalar:
-        return jnp.asarray(_rm_grid_facts(self.name, self.half_width)[0])
+        return jnp.asarray(self._facts()[0])
 
     @property
     def mean(self) -> Array:
-        return jnp.asarray(_rm_grid_facts(self.name, self.half_width)[1])
+        return jnp.asarray(self._facts()[1])
 
     @property
     def variance(self) -> Array:
-        return jnp.asarray(_rm_grid_facts(self.name, self.half_width)[2])
+        return jnp.asarray(self._facts()[2])
 
 
-def rezende(name: str = "u1", *, half_width: float = 4.0) -> RezendeMohamed:
-    """The Rezende–Mohamed test energy `name` ∈ {"u1", "u2", "u3", "u4"} on the box
-    `[−half_width, half_width]²`."""
+def rezende(name: str = "u1", *, half_width: float | None = None) -> RezendeMohamed:
+    """The Rezende–Mohamed test energy `name` ∈ {"u1", "u2", "u3", "u4", "u1_box"}.
+
+    `"u1"` lives on ℝ² (as in the paper) unless a `half_width` is given; `"u2"`–`"u4"` and
+    `"u1_box"` live on the box `[−half_width, half_width]²` (default `half_width = 4`).
+    """
     if not isinstance(name, str) or name.lower() not in _RM_NAMES:
         raise ValueError(f"`name` must be one of {_RM_NAMES}, got {name!r}.")
-    hw = float(check_positive(half_width, "half_width"))
-    return RezendeMohamed(name=name.lower(), half_width=hw, event_shape=(2,))
+    name = name.lower()
+    if name == "u1" and half_width is None:
+        return RezendeMohamed(name="u1", half_width=None, event_shape=(2,))
+    name = "u1" if name == "u1_box" else name
+    hw = 4.0 if half_width is None else float(check_positive(half_width, "half_width"))
+    return RezendeMohamed(name=name, half_width=hw, event_shape=(2,))

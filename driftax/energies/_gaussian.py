@@ -9,18 +9,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_finite, check_positive, check_sample_shape
 from .._custom_types import Array, Key, Point, Scalar, Shape
 from ._base import (
     AbstractKnownMoments,
     AbstractKnownNormalizer,
     AbstractSampleable,
     check_event,
-    check_finite,
-    check_positive,
-    check_sample_shape,
 )
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+
+def normal_log_density(x: Array, loc=0.0, scale=None, *, log_scale=None) -> Scalar:
+    """The log density of the diagonal normal `N(loc, diag(scale^2))` at `x`, summed over every
+    element of `x` (so a scalar for one point of any shape).
+
+    `loc` and `scale` broadcast against `x` (a scalar `scale` is isotropic; default 1); give
+    `log_scale` instead of `scale` where the log-scale is what is at hand (e.g. the funnel). The
+    one isotropic / diagonal Gaussian log density of the package.
+    """
+    x = jnp.asarray(x)
+    if log_scale is not None:
+        if scale is not None:
+            raise ValueError("give `scale` or `log_scale`, not both.")
+        log_scale = jnp.broadcast_to(log_scale, x.shape)
+        z = (x - loc) * jnp.exp(-log_scale)
+    else:
+        scale = 1.0 if scale is None else scale
+        log_scale = jnp.broadcast_to(jnp.log(scale), x.shape)
+        z = (x - loc) / scale
+    return -0.5 * jnp.sum(z**2) - jnp.sum(log_scale) - 0.5 * x.size * _LOG_2PI
 
 
 class Gaussian(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
@@ -39,14 +58,10 @@ class Gaussian(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments
 
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
-        r = x - self.loc
         if self.scale_tril is None:
-            z = r / self.scale_diag
-            half_logdet = jnp.sum(jnp.log(self.scale_diag))
-        else:
-            z = jax.scipy.linalg.solve_triangular(self.scale_tril, r, lower=True)
-            half_logdet = jnp.sum(jnp.log(jnp.diag(self.scale_tril)))
-        return -0.5 * jnp.sum(z**2) - half_logdet - 0.5 * self.dim * _LOG_2PI
+            return normal_log_density(x, self.loc, self.scale_diag)
+        z = jax.scipy.linalg.solve_triangular(self.scale_tril, x - self.loc, lower=True)
+        return normal_log_density(z) - jnp.sum(jnp.log(jnp.diag(self.scale_tril)))
 
     def sample(self, key: Key, shape: Shape | int = ()) -> Array:
         shape = check_sample_shape(shape)

@@ -10,15 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_finite, check_positive, check_sample_shape
 from .._custom_types import Array, Key, Point, Scalar, ScalarLike, Shape
 from ._base import (
     AbstractKnownMoments,
     AbstractKnownNormalizer,
     AbstractSampleable,
     check_event,
-    check_finite,
-    check_positive,
-    check_sample_shape,
 )
 
 _LOG_2PI = math.log(2.0 * math.pi)

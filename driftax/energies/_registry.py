@@ -72,7 +72,7 @@ def reference_targets() -> dict[str, TargetInfo]:
         TargetInfo("many_well", lambda: _classic.many_well(32), "d=32", None, lambda: _classic.many_well(4)),
         TargetInfo("double_well_2d", lambda: _classic.double_well_2d(), "a=1, b=6, c=0.5", ((-3.0, 3.0), (-3.5, 3.5))),
         *[
-            TargetInfo(f"rezende_{n}", lambda n=n: _classic.rezende(n), f"{n.upper()} on [-4, 4]^2", box(4.0))
+            TargetInfo(f"rezende_{n}", lambda n=n: _classic.rezende(n), "U1 on R^2" if n == "u1" else f"{n.upper()} on [-4, 4]^2", box(4.0))
             for n in ("u1", "u2", "u3", "u4")
         ],
         TargetInfo("dw4", _lazy("dw4"), "4 particles in 2-D, pairs counted once"),

@@ -16,7 +16,7 @@ import equinox as eqx
 import jax.numpy as jnp
 
 from .._custom_types import Key, Shape
-from .._divergence import divergence_exact, divergence_hutchinson, sample_probes
+from .._divergence import integrate_with_divergence, sample_probes
 from ._bijection import AbstractBijection, _check_dim, _check_shape_arg, check_input
 from ._distribution import Flow, StandardNormal
 from ._nn import MLP, hidden_widths
@@ -30,30 +30,30 @@ class MLPVectorField(eqx.Module):
     """
 
     mlp: MLP
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
 
     def __init__(
         self,
         key: Key,
-        shape,
+        event_shape,
         hidden=64,
         *,
         depth: int | None = 2,
         cond_dim: int | None = None,
         activation: Callable = jnp.tanh,
     ):
-        shape = _check_shape_arg(shape)
-        size = math.prod(shape)
+        event_shape = _check_shape_arg(event_shape, "event_shape")
+        size = math.prod(event_shape)
         widths = hidden_widths(hidden, depth if isinstance(hidden, int) else None)
         n_in = size + 1 + (0 if cond_dim is None else int(cond_dim))
         self.mlp = MLP(key, n_in, size, widths, activation=activation)
-        self.shape = shape
+        self.event_shape = event_shape
 
     def __call__(self, t, x, condition=None):
         parts = [x.reshape(-1), jnp.reshape(t, (1,)).astype(x.dtype)]
         if condition is not None:
             parts.append(condition.reshape(-1))
-        return self.mlp(jnp.concatenate(parts)).reshape(self.shape)
+        return self.mlp(jnp.concatenate(parts)).reshape(self.event_shape)
 
 
 class CNF(AbstractBijection):
@@ -154,16 +154,9 @@ class CNF(AbstractBijection):
         conditional = self.cond_shape is not None
 
         # everything differentiable goes through `args` (BacksolveAdjoint needs it so)
-        def rhs(t, state, args):
-            field, cond, probes = args
-            z, _ = state
-
-            def f(zz):
-                return field(t, zz, cond) if conditional else field(t, zz)
-
-            if exact:
-                return divergence_exact(f, z)
-            return divergence_hutchinson(f, z, probes=probes)
+        def field(t, z, args):
+            vector_field, cond = args
+            return vector_field(t, z, cond) if conditional else vector_field(t, z)
 
         ta, tb = (self.t0, self.t1) if forward else (self.t1, self.t0)
         if isinstance(self.solver, diffrax.AbstractAdaptiveSolver):
@@ -172,20 +165,19 @@ class CNF(AbstractBijection):
         else:
             controller = diffrax.ConstantStepSize()
             dt0 = math.copysign(self.dt0, tb - ta)
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(rhs),
-            self.solver,
+        return integrate_with_divergence(
+            field,
+            x,
             ta,
             tb,
-            dt0,
-            (x, jnp.zeros((), x.dtype)),
-            args=(self.vector_field, condition, None if exact else probes),
+            args=(self.vector_field, condition),
+            probes=None if exact else probes,
+            solver=self.solver,
             stepsize_controller=controller,
-            adjoint=self.adjoint,
+            dt0=dt0,
             max_steps=self.max_steps,
+            adjoint=self.adjoint,
         )
-        z, log_det = sol.ys
-        return z[-1], log_det[-1]
 
     def transform_and_log_det(self, x, condition=None, *, key: Key | None = None):
         x, condition = check_input(self, x, condition)

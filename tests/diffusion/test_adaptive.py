@@ -63,7 +63,7 @@ def test_hutchinson_likelihood_is_unbiased(x64, exact):
 def test_adaptive_ode_matches_fixed_step(x64, exact):
     path, field = exact
     x0 = field.sample(jax.random.key(2), path.t_noise, 8)
-    sol = dd.integrate_adaptive(field.score, path, x0, rtol=1e-9, atol=1e-9)
+    sol = dd.solve_adaptive(field.score, path, x0, rtol=1e-9, atol=1e-9, full_output=True)
     assert bool(jnp.all(sol.successful)) and int(sol.num_steps.min()) > 0
     ref = dd.solve(dd.DPMSolverPP3M(), field.score, path, x0, num_steps=400)
     np.testing.assert_allclose(sol.x, ref, atol=1e-5)
@@ -93,9 +93,9 @@ def test_adaptive_bad_input(exact):
     path, field = exact
     x0 = jnp.zeros((2, 2))
     with pytest.raises(ValueError, match="key"):
-        dd.integrate_adaptive(field.score, path, x0, sde=True)
+        dd.solve_adaptive(field.score, path, x0, sde=True)
     with pytest.raises(ValueError, match="rtol"):
-        dd.integrate_adaptive(field.score, path, x0, rtol=-1.0)
+        dd.solve_adaptive(field.score, path, x0, rtol=-1.0)
     with pytest.raises(ValueError, match="divergence"):
         dd.log_likelihood(field.score, path, x0, divergence="trace")
     with pytest.raises(ValueError, match="key"):

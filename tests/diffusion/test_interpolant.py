@@ -86,13 +86,13 @@ def test_interpolant_loss_is_minimised_by_the_exact_drift():
     data = small_mixture().sample(jax.random.key(0), 4000)
     base = lambda k, shape: _base().sample(k, shape[0])
     loss_b = dd.InterpolantLoss(it, target="velocity", base=base)
-    loss_eta = dd.InterpolantLoss(it, target="denoiser", base=base)
+    loss_eta = dd.InterpolantLoss(it, target="noise", base=base)
     key = jax.random.key(1)
     exact_b = float(loss_b(ex.velocity, data, key=key))
-    exact_eta = float(loss_eta(ex.denoiser, data, key=key))
+    exact_eta = float(loss_eta(ex.noise, data, key=key))
     assert exact_b < float(loss_b(lambda t, x: 1.1 * ex.velocity(t, x), data, key=key))
     assert exact_b < float(loss_b(lambda t, x: ex.velocity(t, x) + 0.1, data, key=key))
-    assert exact_eta < float(loss_eta(lambda t, x: 0.9 * ex.denoiser(t, x), data, key=key))
+    assert exact_eta < float(loss_eta(lambda t, x: 0.9 * ex.noise(t, x), data, key=key))
 
 
 def test_interpolant_bad_input():
@@ -117,4 +117,4 @@ def test_interpolant_bad_input():
     with pytest.raises(ValueError, match="kind"):
         dd.StochasticInterpolant(kind="cubic")
     with pytest.raises(ValueError, match="gamma_scale"):
-        dd.InterpolantLoss(dd.StochasticInterpolant(gamma_scale=0.0), target="denoiser")
+        dd.InterpolantLoss(dd.StochasticInterpolant(gamma_scale=0.0), target="noise")

@@ -49,6 +49,57 @@ def test_conversions_match_exact_fields(path, x64):
 
 
 @pytest.mark.parametrize("path", PATHS, ids=IDS)
+def test_field_base_conversions_round_trip(path, x64):
+    """An `AbstractField` in any parameterization gives every other one through its methods,
+    and `as_(b).as_(a)` returns the original field's values (float64)."""
+    exact_field = de.NoisedGaussianMixture(small_mixture(), path)
+    fns = {
+        "score": exact_field.score,
+        "noise": exact_field.noise,
+        "data": exact_field.denoise,
+        "velocity": exact_field.velocity,
+    }
+    x = jnp.array([0.7, -1.3])
+    for t in _interior_times(path, 3):
+        want = {k: f(t, x) for k, f in fns.items()}
+        for source, fn in fns.items():
+            model = dd.NetworkField(net=fn, path=path, parameterization=source)
+            assert isinstance(model, dd.AbstractField)
+            got = {
+                "score": model.score(t, x),
+                "noise": model.noise(t, x),
+                "data": model.denoise(t, x),
+                "velocity": model.velocity(t, x),
+            }
+            many = model.get_many(t, x, tuple(want))
+            for i, (target, value) in enumerate(want.items()):
+                np.testing.assert_allclose(got[target], value, rtol=1e-8, atol=1e-8)
+                np.testing.assert_allclose(many[i], value, rtol=1e-8, atol=1e-8)
+                converted = model.as_(target)
+                assert converted.parameterization == target and converted.path is path
+                np.testing.assert_allclose(converted(t, x), value, rtol=1e-8, atol=1e-8)
+                back = converted.as_(source)
+                np.testing.assert_allclose(back(t, x), want[source], rtol=1e-8, atol=1e-8)
+            assert model.as_(source) is model
+
+
+def test_field_declarations_are_checked(x64):
+    """A declared parameterization or path that disagrees with `solve`'s arguments raises."""
+    path = dd.VP()
+    model = dd.NetworkField(net=lambda t, x: -x, path=path, parameterization="score")
+    x0 = jnp.zeros((2, 2))
+    with pytest.raises(ValueError, match="parameterization"):
+        dd.solve(dd.Euler(), model, path, x0, num_steps=2, parameterization="noise")
+    with pytest.raises(ValueError, match="path"):
+        dd.solve(dd.Euler(), model, dd.VE(), x0, num_steps=2)
+    with pytest.raises(ValueError, match="parameterization"):
+        dd.ParameterizedField(field=model, path=path, parameterization="data")
+    guided = dd.Guided(field=model, guide=model, weight=2.0)
+    assert isinstance(guided, dd.AbstractField) and guided.parameterization == "score"
+    np.testing.assert_allclose(guided.denoise(0.5, jnp.ones(2)), model.denoise(0.5, jnp.ones(2)))
+
+
+@pytest.mark.parametrize("path", PATHS, ids=IDS)
 def test_derivatives_and_log_snr_inverse(path, x64):
     ts = _interior_times(path)
     for t in ts:

@@ -60,7 +60,9 @@ def test_integrate_returns_trajectory_and_stats():
     field = de.NoisedGaussianMixture(small_mixture(), path)
     x0 = path.prior_sample(jax.random.key(0), (5, 2))
     solver = dd.Heun()
-    sol = dd.integrate(solver, field.score, path, x0, num_steps=6, save_trajectory=True)
+    sol = dd.solve(
+        solver, field.score, path, x0, num_steps=6, save_trajectory=True, full_output=True
+    )
     assert sol.trajectory.shape == (7, 5, 2)
     np.testing.assert_array_equal(sol.trajectory[0], x0)
     np.testing.assert_allclose(
@@ -245,7 +247,9 @@ def test_singlestep_nfe_accounting():
     x0 = path.prior_sample(jax.random.key(0), (3, 2))
     for solver, order in [(dd.DPMSolverPP2S(), 2), (dd.DPMSolverPP3S(), 3)]:
         assert solver.order == order and solver.evals_per_step == order
-        sol = dd.integrate(solver, field.score, path, x0, num_steps=1)  # NFE = order: allowed
+        sol = dd.solve(
+            solver, field.score, path, x0, num_steps=1, full_output=True
+        )  # NFE = order: allowed
         assert sol.num_field_evals == order and np.all(np.isfinite(sol.x))
 
 
@@ -334,8 +338,35 @@ def test_non_finite_field_is_reported():
         return jnp.where((t < 0.5) & (x[0] > 0), jnp.nan, s)
 
     x0 = jnp.array([[1.0, 0.0], [-1.0, 0.0], [-2.0, 1.0]])
-    sol = dd.integrate(dd.Euler(), bad, path, x0, num_steps=10, schedule="uniform")
+    sol = dd.solve(dd.Euler(), bad, path, x0, num_steps=10, schedule="uniform", full_output=True)
     failed = np.asarray(sol.failed_step)
     assert failed[0] >= 0 and sol.num_failed >= 1
     with pytest.raises(RuntimeError, match="non-finite"):
         dd.solve(dd.Euler(), bad, path, x0, num_steps=10, schedule="uniform")
+
+
+class _ShrinkCorrector(dd.AbstractCorrector):
+    """A test corrector: moves `x` half-way to the model's denoised point (deterministic)."""
+
+    num_steps: int = eqx.field(default=1, static=True)
+
+    def correct(self, model, t, x, *, key):
+        return 0.5 * (x + model.denoise(t, x))
+
+
+def test_predictor_corrector_takes_any_corrector_subclass(x64):
+    """`PredictorCorrector` accepts any `AbstractCorrector` and applies it after each predictor
+    step; other objects are refused with a clear error."""
+    path = dd.VP()
+    field = de.NoisedGaussianMixture(small_mixture(), path)
+    x0 = jnp.ones((3, 2))
+    ts = dd.time_grid(path, 1, "uniform")
+    pc = dd.PredictorCorrector(predictor=dd.Euler(), corrector=_ShrinkCorrector())
+    assert pc.evals_per_step == 2
+    got = dd.solve(pc, field.score, path, x0, ts=ts, key=jax.random.key(0))
+    euler = dd.solve(dd.Euler(), field.score, path, x0, ts=ts)
+    t1 = ts[-1]
+    want = jax.vmap(lambda x: 0.5 * (x + field.denoise(t1, x)))(euler)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="AbstractCorrector"):
+        dd.PredictorCorrector(corrector=dd.Euler())

@@ -105,9 +105,10 @@ def test_rezende_u2_log_normalizer_semi_analytic(x64):
     np.testing.assert_allclose(de.rezende("u2").log_normalizer, _u2_log_z_by_erf(), atol=1e-8)
 
 
-@pytest.mark.parametrize("name", ["u1", "u2", "u3", "u4"])
+@pytest.mark.parametrize("name", ["u1_box", "u2", "u3", "u4"])
 def test_rezende_ground_truth(x64, name):
     target = de.rezende(name)
+    assert target.half_width == 4.0
     # Independent Monte Carlo estimate of log Z: uniform proposal on the box.
     u = jax.random.uniform(jax.random.key(3), (200_000, 2), minval=-4.0, maxval=4.0)
     w = np.asarray(jnp.exp(jax.vmap(target.log_density)(u))) * 64.0
@@ -119,6 +120,63 @@ def test_rezende_ground_truth(x64, name):
     assert_iid_variance(xs, target.variance)
     # Outside the box the density is zero.
     assert target.log_density(jnp.array([4.5, 0.0])) == -jnp.inf
+
+
+def test_rezende_u1_box_is_the_old_boxed_u1(x64):
+    """The boxed variant is unchanged: "u1_box" is "u1" with an explicit half-width 4."""
+    a, b = de.rezende("u1_box"), de.rezende("u1", half_width=4.0)
+    assert a == b and a.name == "u1" and a.half_width == 4.0
+    x = jnp.array([1.5, -0.3])
+    np.testing.assert_allclose(a.log_density(x), de.rezende("u1").log_density(x), rtol=1e-14)
+    assert de.rezende("u1", half_width=8.0).log_density(jnp.array([8.5, 0.0])) == -jnp.inf
+
+
+def test_rezende_u1_lives_on_r2(x64):
+    """U1 on R^2: log Z by an independent polar quadrature to infinity, moments against exact
+    samples, and a finite density far outside the old box."""
+    target = de.rezende("u1")
+    assert target.half_width is None
+    assert np.isfinite(target.log_density(jnp.array([6.0, -5.0])))
+
+    def u1(r, th):
+        z1 = r * np.cos(th)
+        lobes = np.logaddexp(-0.5 * ((z1 - 2) / 0.6) ** 2, -0.5 * ((z1 + 2) / 0.6) ** 2)
+        return r * np.exp(-0.5 * ((r - 2) / 0.4) ** 2 + lobes)
+
+    z, _ = integrate.dblquad(u1, 0.0, 2 * np.pi, 0.0, np.inf, epsabs=1e-12, epsrel=1e-11)
+    np.testing.assert_allclose(target.log_normalizer, np.log(z), atol=1e-8)
+    # Quadrature moments vs an independent closed form: E[z1] = E[z2] = 0 by symmetry.
+    np.testing.assert_allclose(target.mean, 0.0, atol=1e-10)
+    xs = target.sample(jax.random.key(5), N)
+    assert np.all(np.isfinite(np.asarray(xs)))
+    assert np.any(np.abs(np.asarray(xs)) > 3.0)  # mass outside [-3, 3]^2 is reached
+    assert_iid_mean(xs, target.mean)
+    assert_iid_variance(xs, target.variance)
+    # Radial law: P(r > 2.4) against the quadrature of the same density.
+    r = np.linalg.norm(np.asarray(xs), axis=1)
+    tail, _ = integrate.dblquad(u1, 0.0, 2 * np.pi, 2.4, np.inf, epsabs=1e-12)
+    assert_iid_probability(r > 2.4, tail / z)
+
+
+def test_planar_flow_reverse_kl_on_u1_is_finite():
+    """The paper's experiment: a planar flow fitted by reverse KL to U1 on R^2 has finite losses
+    (on the box, draws outside it gave infinite losses)."""
+    import optax
+
+    import driftax.flows as fl
+
+    flow = fl.planar_flow(jax.random.key(0), 2, 4)
+    _, losses = fl.fit_reverse_kl(
+        flow,
+        de.rezende("u1"),
+        key=jax.random.key(1),
+        optimizer=optax.adam(1e-2),
+        num_steps=30,
+        batch_size=64,
+    )
+    losses = np.asarray(losses["train"])
+    assert np.all(np.isfinite(losses))
+    assert losses[-5:].mean() < losses[:5].mean()
 
 
 def test_rezende_energies_are_finite_with_logaddexp():
