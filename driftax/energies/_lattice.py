@@ -167,7 +167,7 @@ class Phi4Chain(AbstractKnownNormalizer, AbstractKnownMoments):
     sites near `+1` or near `−1`), each of weight exactly 1/2.
 
     **Ground truth** (computed in NumPy at construction by transfer-matrix quadrature, see
-    [`chain_transfer_matrix_quadrature`][]): `log_normalizer`, the per-site `mean` and `variance`,
+    `chain_transfer_matrix_quadrature`): `log_normalizer`, the per-site `mean` and `variance`,
     `mode_weight = P(φ_{N//2} > 0)` and the one-site marginal densities (`site_marginals()`).
 
     **Checked against** `distribution/phi_four.py` of h2o64/flow_mcmc (itself taken from
@@ -417,7 +417,7 @@ class U1Lattice(AbstractKnownNormalizer):
 
     @property
     def exact_plaquette(self) -> float:
-        """Exact finite-volume `⟨cos θ_P⟩` (see [`u1_exact`][])."""
+        """Exact finite-volume `⟨cos θ_P⟩` (see `u1_exact`)."""
         return u1_exact(self.beta, self.size**2)[1]
 
     @property
