@@ -30,7 +30,7 @@ _REFERENCES_SCRIPT = "benchmarks/make_references.py"
 
 
 def _data_file(name: str):
-    return importlib.resources.files("driftax.energies").joinpath("data", name)
+    return importlib.resources.files("driftax.energies").joinpath("data").joinpath(name)
 
 
 def _load_npz(name: str) -> dict[str, np.ndarray]:
