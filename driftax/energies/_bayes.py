@@ -30,7 +30,7 @@ _REFERENCES_SCRIPT = "benchmarks/make_references.py"
 
 
 def _data_file(name: str):
-    return importlib.resources.files("driftax.energies").joinpath("data", name)
+    return importlib.resources.files("driftax.energies").joinpath("data").joinpath(name)
 
 
 def _load_npz(name: str) -> dict[str, np.ndarray]:
@@ -210,7 +210,7 @@ def simulate_lgcp_points(seed: int = 0, grid: int = 40) -> dict[str, np.ndarray]
 
 def lgcp_points() -> np.ndarray:
     """The shipped synthetic point pattern in the unit square, shape `(n, 2)` (see
-    [`simulate_lgcp_points`][]); the Finnish pines data are not shipped."""
+    `simulate_lgcp_points`); the Finnish pines data are not shipped."""
     return _load_npz(_LGCP_DATA)["points"]
 
 
@@ -230,7 +230,7 @@ class LGCP(AbstractEnergy):
     prior's normalizer absorbs, so **both have the same log Z** (the log marginal likelihood).
 
     **Data:** a synthetic point pattern simulated once from the prior (seed 0, see
-    [`simulate_lgcp_points`][]) is shipped; the Finnish pines data used in the papers are not, so
+    `simulate_lgcp_points`) is shipped; the Finnish pines data used in the papers are not, so
     numbers are not comparable to published ones. Smaller grids bin the same points.
 
     **Ground truth:** for the grids with a stored reference (40, the default, and 4),

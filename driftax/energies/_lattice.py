@@ -4,6 +4,7 @@ where one exists (transfer-matrix quadrature for the 1-D chain, Bessel sums for 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -62,7 +63,7 @@ def chain_transfer_matrix_quadrature(
     *,
     half_width: float | None = None,
     num_points: int | None = None,
-) -> dict[str, np.ndarray | float]:
+) -> dict[str, Any]:
     """Exact (quadrature) log Z and one-site marginals of the Ginzburg–Landau chain, in NumPy.
 
     The density `exp(-β U(φ))` of the chain is a product of nearest-neighbour factors, so
@@ -79,6 +80,7 @@ def chain_transfer_matrix_quadrature(
     kernel_std = 1.0 / math.sqrt(2.0 * coupling)
     spacing = min(0.02, kernel_std / 3.0)
     width = 5.0 if half_width is None else float(half_width)
+    out: dict[str, Any] = {}
     for _ in range(4):
         m = num_points if num_points is not None else 2 * int(math.ceil(width / spacing)) + 1
         grid = np.linspace(-width, width, m)
@@ -96,7 +98,7 @@ def chain_transfer_matrix_quadrature(
     return out
 
 
-def _normalize_rows(marg: np.ndarray, grid: np.ndarray) -> dict[str, np.ndarray]:
+def _normalize_rows(marg: np.ndarray, grid: np.ndarray) -> dict[str, Any]:
     h = grid[1] - grid[0]
     marg = marg / (marg.sum(axis=-1, keepdims=True) * h)
     mean = (marg * grid).sum(-1) * h
@@ -167,7 +169,7 @@ class Phi4Chain(AbstractKnownNormalizer, AbstractKnownMoments):
     sites near `+1` or near `−1`), each of weight exactly 1/2.
 
     **Ground truth** (computed in NumPy at construction by transfer-matrix quadrature, see
-    [`chain_transfer_matrix_quadrature`][]): `log_normalizer`, the per-site `mean` and `variance`,
+    `chain_transfer_matrix_quadrature`): `log_normalizer`, the per-site `mean` and `variance`,
     `mode_weight = P(φ_{N//2} > 0)` and the one-site marginal densities (`site_marginals()`).
 
     **Checked against** `distribution/phi_four.py` of h2o64/flow_mcmc (itself taken from
@@ -417,7 +419,7 @@ class U1Lattice(AbstractKnownNormalizer):
 
     @property
     def exact_plaquette(self) -> float:
-        """Exact finite-volume `⟨cos θ_P⟩` (see [`u1_exact`][])."""
+        """Exact finite-volume `⟨cos θ_P⟩` (see `u1_exact`)."""
         return u1_exact(self.beta, self.size**2)[1]
 
     @property

@@ -37,7 +37,11 @@ _REFERENCE_SCRIPT = "benchmarks/make_references.py"
 
 @functools.cache
 def _load_reference(name: str) -> dict[str, np.ndarray]:
-    path = importlib.resources.files("driftax.energies").joinpath("data", f"{name}_reference.npz")
+    path = (
+        importlib.resources.files("driftax.energies")
+        .joinpath("data")
+        .joinpath(f"{name}_reference.npz")
+    )
     if not path.is_file():
         raise NotImplementedError(
             f"The reference samples file `{name}_reference.npz` is missing; generate it with "

@@ -7,6 +7,7 @@ with one `lax.scan` ([`Scan`][]), so compile time does not grow with depth.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -209,7 +210,7 @@ def lattice_coupling_flow(
 
     def make_block(k):
         k0, k1 = jax.random.split(k)
-        kw = dict(
+        kw: dict[str, Any] = dict(
             transformer=transformer, hidden=hidden, depth=depth, activation=activation, **opts
         )
         return Chain([Coupling(k0, shape, mask=even, **kw), Coupling(k1, shape, mask=~even, **kw)])
