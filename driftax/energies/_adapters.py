@@ -80,9 +80,7 @@ def from_log_density(fn: Callable[[Any], Array], example) -> FromLogDensity:
     if not callable(fn):
         raise TypeError(f"`fn` must be callable, got {type(fn).__name__}.")
     layout, dtype = pytree_layout(example, "example")
-    is_array = layout.treedef == jax.tree_util.tree_structure(0.0) and isinstance(
-        example, (jax.Array, np.ndarray, np.generic)
-    )
+    is_array = jax.tree_util.treedef_is_leaf(layout.treedef)
     if is_array:
         shape = tuple(np.shape(example))
         spec = jax.ShapeDtypeStruct(shape, dtype)

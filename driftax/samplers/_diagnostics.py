@@ -27,6 +27,22 @@ def _values(ds, shape):
     return np.asarray(ds["x"].values).reshape(shape)
 
 
+def _quiet(fn):
+    """Run an ArviZ diagnostic without its NumPy warnings on degenerate (constant) chains: the
+    result is `nan`/`inf` there, and the driver's health checks report frozen chains."""
+    import functools
+    import warnings
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_quiet
 def ess(samples, method: str = "bulk") -> np.ndarray:
     """Effective sample size per coordinate of `samples` `(num_chains, num_draws, *event)`;
     `method` is `"bulk"` or `"tail"` (Vehtari et al. 2021), summed over chains."""
@@ -34,12 +50,14 @@ def ess(samples, method: str = "bulk") -> np.ndarray:
     return _values(_arviz().ess(ds, method=method), shape)
 
 
+@_quiet
 def rhat(samples) -> np.ndarray:
     """Rank-normalized split R-hat per coordinate (needs ≥ 1 chain; ≥ 2 recommended)."""
     ds, shape = _dataset(samples)
     return _values(_arviz().rhat(ds), shape)
 
 
+@_quiet
 def mcse(samples, method: str = "mean") -> np.ndarray:
     """Monte Carlo standard error per coordinate of the mean (`"mean"`) or sd (`"sd"`)."""
     ds, shape = _dataset(samples)

@@ -281,7 +281,21 @@ class SampleResult:
             f"min_ess={ess:.0f}, max_rhat={rhat:.3f}, "
         )
         if self.warnings:
-            return text + f"{len(self.warnings)} warning(s): {'; '.join(self.warnings)})"
+            h = self.health
+            flags = [
+                name
+                for name, on in (
+                    ("step_size_collapsed", h.step_size_collapsed),
+                    ("step_size_exploded", h.step_size_exploded),
+                    ("frozen_chains", bool(h.frozen_chains)),
+                    ("low_acceptance", h.low_acceptance),
+                    ("divergent", h.divergent),
+                    ("high_rhat", h.high_rhat),
+                    ("low_ess", h.low_ess),
+                )
+                if on
+            ]
+            return text + f"warnings=[{', '.join(flags)}] (see .warnings))"
         return text + "healthy)"
 
     def to_arviz(self, *, constrained: bool = True):
