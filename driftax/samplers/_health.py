@@ -125,7 +125,7 @@ def check_run(
         high_rhat = bool(r.size and r.max() > RHAT_MAX)
         if high_rhat:
             msgs.append(
-                f"{sampler_name}: R-hat is {r.max():.3f} (> {RHAT_MAX}), the chains disagree; "
+                f"{sampler_name}: R-hat is {r.max():.4g} (> {RHAT_MAX}), the chains disagree; "
                 "run longer (more warmup and steps), use more dispersed starting points, or "
                 "reparameterize."
             )
