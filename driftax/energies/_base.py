@@ -120,13 +120,13 @@ class AbstractEnergy(eqx.Module):
     @property
     def dtype(self):
         """The floating dtype of points (the energy decides: samplers cast `x0` and their
-        hyperparameters to it). Default: the dtype of the energy's first floating array field,
-        else JAX's default float."""
+        hyperparameters to it). Default: the dtype of the energy's first floating array field
+        (canonicalized: float64 data without x64 give float32), else JAX's default float."""
         for leaf in jax.tree_util.tree_leaves(self):
             if isinstance(leaf, (jax.Array, np.ndarray)) and jnp.issubdtype(
                 leaf.dtype, jnp.floating
             ):
-                return jnp.dtype(leaf.dtype)
+                return jnp.dtype(jax.dtypes.canonicalize_dtype(leaf.dtype))
         return jnp.dtype(jnp.result_type(float))
 
     def ravel(self, point) -> Array:

@@ -84,3 +84,9 @@ def test_wrong_point_structure_is_a_clear_error():
         e.ravel({"a": jnp.zeros(3)})
     with pytest.raises(ValueError, match="'b'"):
         e.ravel({"a": jnp.zeros(3), "b": jnp.zeros(4)})
+
+
+def test_default_dtype_is_canonical():
+    # a float64 NumPy field without x64 must not make samplers ask for float64
+    g = de.gaussian(np.zeros(2, np.float64))
+    assert g.dtype == jnp.zeros(()).dtype

@@ -380,3 +380,12 @@ def test_new_hyperparameter_on_resume_applies_and_says_so():
     np.testing.assert_array_equal(more.sampler.metric.inverse_mass, r.sampler.metric.inverse_mass)
     same = _quiet(dx.sample, ds.MALA(step_size=0.1), GAUSS, r, num_steps=20, **kw)
     np.testing.assert_array_equal(same.step_size, r.step_size)
+
+
+def test_kernel_coordinate_names_follow_the_pytree():
+    from driftax.samplers._result import coordinate_names
+
+    assert coordinate_names(TREE) == [
+        "a[0]", "a[1]", "a[2]", "b[0, 0]", "b[0, 1]", "b[1, 0]", "b[1, 1]",
+    ]  # fmt: skip
+    assert coordinate_names(de.gaussian(jnp.zeros(2))) == ["x[0]", "x[1]"]
