@@ -220,7 +220,7 @@ class PytreeLayout(eqx.Module):
         return dict(zip(self.names, self.leaves(x)))
 
 
-def pytree_layout(example, name: str = "example") -> tuple[PytreeLayout, object]:
+def pytree_layout(example, name: str = "example") -> tuple[PytreeLayout, np.dtype]:
     """`(layout, dtype)` of a pytree of floating arrays; a `TypeError` naming `name` if it is not
     one (a shape tuple, an int array, a string, an empty pytree)."""
     try:

@@ -209,6 +209,7 @@ def sample(
     num_warmup = _check_int(num_warmup, "num_warmup", 0)
     adaptation = resolve_adaptation(adaptation, sampler)
 
+    x0s = samplers = states = None
     if resume:
         prev = x0
         if tuple(prev.final_state.position.shape[1:]) != event_shape:

@@ -165,7 +165,7 @@ class SampleResult:
     @property
     def step_size(self) -> Array:
         """The (adapted) step size of each chain."""
-        return self.sampler.step_size
+        return self.sampler.step_size  # pyright: ignore[reportAttributeAccessIssue]
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -389,10 +389,10 @@ class SampleResult:
         info = None
         if "info.acceptance_rate" in data:
             info = Info(
-                **{
-                    k: jnp.asarray(data[f"info.{k}"])
-                    for k in ("acceptance_rate", "is_divergent", "energy_error", "num_grad_evals")
-                }
+                acceptance_rate=jnp.asarray(data["info.acceptance_rate"]),
+                is_divergent=jnp.asarray(data["info.is_divergent"]),
+                energy_error=jnp.asarray(data["info.energy_error"]),
+                num_grad_evals=jnp.asarray(data["info.num_grad_evals"]),
             )
         stats = StreamStats(
             **{f: jnp.asarray(data[f"stats.{f}"]) for f in StreamStats.__dataclass_fields__}
@@ -401,7 +401,16 @@ class SampleResult:
             **{f: jnp.asarray(data[f"counts.{f}"]) for f in ChainCounts.__dataclass_fields__}
         )
         h = meta["health"]
-        health = HealthReport(**{k: tuple(v) if isinstance(v, list) else v for k, v in h.items()})
+        health = HealthReport(
+            step_size_collapsed=bool(h["step_size_collapsed"]),
+            step_size_exploded=bool(h["step_size_exploded"]),
+            frozen_chains=tuple(int(c) for c in h["frozen_chains"]),
+            low_acceptance=bool(h["low_acceptance"]),
+            divergent=bool(h["divergent"]),
+            high_rhat=bool(h["high_rhat"]),
+            low_ess=bool(h["low_ess"]),
+            messages=tuple(str(m) for m in h["messages"]),
+        )
         samples = data.get("kernel_samples")
         return cls(
             energy=energy,
