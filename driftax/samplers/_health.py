@@ -42,6 +42,10 @@ class HealthReport:
         return not self.messages
 
 
+def _fmt(value: float) -> str:
+    return f"{value:.3f}" if value < 100 else f"{value:.3g}"
+
+
 def _finite(a):
     a = np.asarray(a, np.float64).reshape(-1)
     return a[np.isfinite(a)]
@@ -125,7 +129,7 @@ def check_run(
         high_rhat = bool(r.size and r.max() > RHAT_MAX)
         if high_rhat:
             msgs.append(
-                f"{sampler_name}: R-hat is {r.max():.4g} (> {RHAT_MAX}), the chains disagree; "
+                f"{sampler_name}: R-hat is {_fmt(r.max())} (> {RHAT_MAX}), the chains disagree; "
                 "run longer (more warmup and steps), use more dispersed starting points, or "
                 "reparameterize."
             )
