@@ -87,13 +87,13 @@ class AbstractEnergy(eqx.Module):
     @property
     def dtype(self):
         """The floating dtype of points (the energy decides: samplers cast `x0` and their
-        hyperparameters to it). Default: the dtype of the energy's first floating array field,
-        else JAX's default float."""
+        hyperparameters to it). Default: the dtype of the energy's first floating array field
+        (canonicalized: float64 data without x64 give float32), else JAX's default float."""
         for leaf in jax.tree_util.tree_leaves(self):
             if isinstance(leaf, (jax.Array, np.ndarray)) and jnp.issubdtype(
                 leaf.dtype, jnp.floating
             ):
-                return jnp.dtype(leaf.dtype)
+                return jnp.dtype(jax.dtypes.canonicalize_dtype(leaf.dtype))
         return jnp.dtype(jnp.result_type(float))
 
     def ravel(self, point) -> Array:
@@ -105,11 +105,120 @@ class AbstractEnergy(eqx.Module):
         `event_shape`. Works under `jax.vmap`."""
         return x
 
-    def variables(self, x: Array) -> dict[str, Array]:
+    def variables(self, x: Array, *, constrained: bool = True) -> dict[str, Array]:
         """The named variables a summary / ArviZ export shows for ONE kernel array `x`:
         `{"x": x}` by default; pytree energies name leaves by their paths, numpyro energies by
-        site (constrained scale). Works under `jax.vmap`."""
+        site (on the constrained scale unless `constrained=False`; other energies ignore the
+        flag). Works under `jax.vmap`."""
+        del constrained
         return {"x": x}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pytree points: a static, hashable layout (treedef, leaf shapes, names) and its ravel/unravel
+# ---------------------------------------------------------------------------------------------
+
+
+def _path_name(path) -> str:
+    """A readable name of a pytree path: `a`, `layer.w`, `w[0]` (`x` for the root)."""
+    name = ""
+    for entry in path:
+        if isinstance(entry, jax.tree_util.DictKey):
+            part = str(entry.key)
+            name = part if not name else f"{name}.{part}"
+        elif isinstance(entry, jax.tree_util.GetAttrKey):
+            name = entry.name if not name else f"{name}.{entry.name}"
+        elif isinstance(entry, jax.tree_util.SequenceKey):
+            name = f"{name or 'x'}[{entry.idx}]"
+        else:  # flattened-index keys of custom nodes
+            name = f"{name or 'x'}[{getattr(entry, 'key', entry)}]"
+    return name or "x"
+
+
+class PytreeLayout(eqx.Module):
+    """The static description of a pytree point: its treedef, leaf shapes and leaf names.
+
+    Hashable (all static), so an energy holding it stays a clean pytree and two energies on
+    points of the same structure compile the same loop. `ravel` / `unravel` / `named` act on
+    ONE point and work under `jax.vmap`.
+    """
+
+    treedef: object = eqx.field(static=True)
+    shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+    names: tuple[str, ...] = eqx.field(static=True)
+
+    @property
+    def dim(self) -> int:
+        """Total number of scalars."""
+        return sum(math.prod(s) for s in self.shapes)
+
+    def ravel(self, tree, dtype) -> Array:
+        """The flat `(dim,)` array of ONE pytree point (leaves cast to `dtype`)."""
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        if treedef != self.treedef:
+            raise ValueError(
+                f"`x0` must have the structure of the energy's example {self.treedef}, "
+                f"got {treedef}."
+            )
+        for name, leaf, shape in zip(self.names, leaves, self.shapes):
+            if tuple(jnp.shape(leaf)) != shape:
+                raise ValueError(
+                    f"`x0` leaf {name!r} must have shape {shape}, got {tuple(jnp.shape(leaf))}."
+                )
+        if not leaves:
+            return jnp.zeros((0,), dtype)
+        return jnp.concatenate([jnp.ravel(jnp.asarray(v)).astype(dtype) for v in leaves])
+
+    def leaves(self, x: Array) -> list[Array]:
+        """The leaves of ONE flat point `x` (shape `(dim,)`), in treedef order."""
+        out, start = [], 0
+        for shape in self.shapes:
+            size = math.prod(shape)
+            out.append(jax.lax.slice_in_dim(x, start, start + size, axis=-1).reshape(shape))
+            start += size
+        return out
+
+    def unravel(self, x: Array):
+        """The pytree point of ONE flat array `x` of shape `(dim,)`."""
+        return jax.tree_util.tree_unflatten(self.treedef, self.leaves(x))
+
+    def named(self, x: Array) -> dict[str, Array]:
+        """`{path name: leaf}` of ONE flat array `x`."""
+        return dict(zip(self.names, self.leaves(x)))
+
+
+def pytree_layout(example, name: str = "example") -> tuple[PytreeLayout, np.dtype]:
+    """`(layout, dtype)` of a pytree of floating arrays; a `TypeError` naming `name` if it is not
+    one (a shape tuple, an int array, a string, an empty pytree)."""
+    try:
+        flat, treedef = jax.tree_util.tree_flatten_with_path(example)
+    except Exception as e:  # noqa: BLE001
+        raise TypeError(f"`{name}` must be a pytree of floating arrays: {e}") from e
+    if not flat:
+        raise TypeError(f"`{name}` must be a pytree of floating arrays, got an empty pytree.")
+    dtypes = []
+    for path, leaf in flat:
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, float)) or isinstance(
+            leaf, bool
+        ):
+            raise TypeError(
+                f"`{name}` must be a pytree of floating arrays (an example point, not a shape); "
+                f"leaf {_path_name(path)!r} is {type(leaf).__name__} {leaf!r}."
+            )
+        dt = jnp.result_type(leaf)
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise TypeError(
+                f"`{name}` must be a pytree of floating arrays; leaf {_path_name(path)!r} has "
+                f"dtype {dt}."
+            )
+        dtypes.append(dt)
+    dtype = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.result_type(*dtypes)))
+    layout = PytreeLayout(
+        treedef=treedef,
+        shapes=tuple(tuple(np.shape(leaf)) for _, leaf in flat),
+        names=tuple(_path_name(path) for path, _ in flat),
+    )
+    return layout, dtype
 
 
 class AbstractInitializable(AbstractEnergy):

@@ -15,8 +15,14 @@ from ._base import (
     KineticState as KineticState,
     MCMCState as MCMCState,
 )
+from ._core import (
+    ChainCounts as ChainCounts,
+    ChainsOutput as ChainsOutput,
+    StreamStats as StreamStats,
+    run_chains as run_chains,
+)
 from ._diagnostics import ess as ess, mcse as mcse, rhat as rhat
-from ._driver import SampleResult as SampleResult, sample as sample
+from ._driver import sample as sample
 from ._hamiltonian import (
     HMC as HMC,
     MALA as MALA,
@@ -25,6 +31,7 @@ from ._hamiltonian import (
     ChEESState as ChEESState,
     RandomWalk as RandomWalk,
 )
+from ._health import HealthReport as HealthReport
 from ._integrators import (
     BAOAB as BAOAB,
     OBABO as OBABO,
@@ -47,6 +54,7 @@ from ._metrics import (
 )
 from ._nuts import NUTS as NUTS
 from ._resampling import resample as resample
+from ._result import SampleResult as SampleResult
 from ._smc import AIS as AIS, SMC as SMC
 from ._tempering import (
     ParallelTempering as ParallelTempering,

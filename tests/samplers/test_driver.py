@@ -89,8 +89,9 @@ def test_thinning_and_bounded_memory():
     m = _mala(num_steps=200, store_samples=False)
     assert m.samples is None
     assert m.mean.shape == (2, 3)
+    assert m.ess.shape == (3,) and m.rhat.shape == (3,)  # from batch means
     with pytest.raises(ValueError, match="store_samples"):
-        _ = m.ess
+        _ = m.ess_tail
     with pytest.raises(ValueError, match="multiple of `thin`"):
         _mala(num_steps=10, thin=3)
 
