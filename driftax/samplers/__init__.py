@@ -56,3 +56,9 @@ from ._tempering import (
     geometric_ladder as geometric_ladder,
 )
 from ._transport import AbstractTransport as AbstractTransport
+
+# capability bases (c-kernels; the lead places these with the other `_base` exports)
+from ._base import (  # noqa: E402
+    AbstractMetricSampler as AbstractMetricSampler,
+    AbstractStepSizeSampler as AbstractStepSizeSampler,
+)
