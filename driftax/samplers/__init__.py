@@ -8,9 +8,13 @@ from ._adaptation import (
     WindowAdaptation as WindowAdaptation,
     default_adaptation as default_adaptation,
 )
-from ._base import (
+
+# capability bases (c-kernels; the lead places these with the other `_base` exports)
+from ._base import (  # noqa: E402
     MAX_ENERGY_ERROR as MAX_ENERGY_ERROR,
+    AbstractMetricSampler as AbstractMetricSampler,
     AbstractSampler as AbstractSampler,
+    AbstractStepSizeSampler as AbstractStepSizeSampler,
     Info as Info,
     KineticState as KineticState,
     MCMCState as MCMCState,
@@ -56,9 +60,3 @@ from ._tempering import (
     geometric_ladder as geometric_ladder,
 )
 from ._transport import AbstractTransport as AbstractTransport
-
-# capability bases (c-kernels; the lead places these with the other `_base` exports)
-from ._base import (  # noqa: E402
-    AbstractMetricSampler as AbstractMetricSampler,
-    AbstractStepSizeSampler as AbstractStepSizeSampler,
-)
