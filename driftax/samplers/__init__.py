@@ -8,9 +8,7 @@ from ._adaptation import (
     WindowAdaptation as WindowAdaptation,
     default_adaptation as default_adaptation,
 )
-
-# capability bases (c-kernels; the lead places these with the other `_base` exports)
-from ._base import (  # noqa: E402
+from ._base import (
     MAX_ENERGY_ERROR as MAX_ENERGY_ERROR,
     AbstractMetricSampler as AbstractMetricSampler,
     AbstractSampler as AbstractSampler,
