@@ -118,19 +118,26 @@ class NeuTra(AbstractSampler):
         self.bijection = bij
 
     def init(self, energy: AbstractEnergy, x0: Array) -> NeuTraState:
-        pulled = neutra(self.bijection, energy)
         x0 = check_event(x0, energy.event_shape, "x0")
-        z0 = cast_like(x0, self.bijection.inverse(x0))
+        bijection = cast_like(x0, self.bijection)
+        pulled = neutra(bijection, energy)
+        z0 = bijection.inverse(x0)
         latent = self.inner.init(pulled, z0)
         return NeuTraState(position=x0, log_density=log_density_at(energy, x0), latent=latent)
 
     def step(self, energy: AbstractEnergy, state: NeuTraState, *, key: Key):
         # the inner kernel rejects non-finite latent log densities (it is a kernel like any
         # other); the data-space point of a finite latent state is finite
-        pulled = neutra(self.bijection, energy)
+        bijection = cast_like(state.position, self.bijection)
+        pulled = neutra(bijection, energy)
         latent, info = self.inner.step(pulled, state.latent, key=key)
-        x = cast_like(state.position, self.bijection.transform(latent.position))
+        x = bijection.transform(latent.position)
         return NeuTraState(position=x, log_density=log_density_at(energy, x), latent=latent), info
+
+
+def _flow_log_density(flow: Flow, x: Array) -> Array:
+    """`log q(x)` in the dtype of `x` (the flow is cast to it; a no-op when they agree)."""
+    return cast_like(x, cast_like(x, flow).log_density(x))
 
 
 def _init_flow_state(flow: Flow, energy: AbstractEnergy, x0, with_score: bool) -> FlowState:
@@ -139,7 +146,7 @@ def _init_flow_state(flow: Flow, energy: AbstractEnergy, x0, with_score: bool) -
     return FlowState(
         position=x0,
         log_density=logp,
-        proposal_log_density=cast_like(x0, flow.log_density(x0)),
+        proposal_log_density=_flow_log_density(flow, x0),
         score=score,
     )
 
@@ -162,7 +169,9 @@ class IndependentMH(AbstractSampler):
 
 def _imh_step(flow, energy, state, key, with_score):
     k_prop, k_mh = jax.random.split(key)
-    y, log_q = cast_like(state.position, flow.sample_and_log_density(k_prop))
+    # the position's dtype decides: the flow is cast to it (a no-op when they agree)
+    x = state.position
+    y, log_q = cast_like(x, cast_like(x, flow).sample_and_log_density(k_prop))
     if with_score:
         log_p, score = value_and_score_at(energy, y)
     else:
@@ -209,8 +218,9 @@ class ISIR(AbstractSampler):
 
     def step(self, energy: AbstractEnergy, state: FlowState, *, key: Key):
         k_prop, k_sel = jax.random.split(key)
+        flow = cast_like(state.position, self.flow)
         ys, log_qs = cast_like(
-            state.position, self.flow.sample_and_log_density(k_prop, (self.num_proposals - 1,))
+            state.position, flow.sample_and_log_density(k_prop, (self.num_proposals - 1,))
         )
         log_ps = jax.vmap(lambda y: log_density_at(energy, y))(ys)
         log_w = log_ps - log_qs
@@ -300,7 +310,7 @@ class FlowLocalHybrid(AbstractSampler):
         new = FlowState(
             position=x,
             log_density=local_state.log_density,
-            proposal_log_density=cast_like(x, self.flow.log_density(x)),
+            proposal_log_density=_flow_log_density(self.flow, x),
             score=local_state.score if needs else None,
         )
         info = Info(

@@ -184,14 +184,14 @@ def check_fraction(value, name: str, *, low_open: bool = True, high_open: bool =
 
 
 def cast_like(x: Array, tree: PyTree) -> PyTree:
-    """Cast the floating leaves of `tree` to the floating dtype of `x` (the position's dtype
-    decides; a no-op when they already agree)."""
+    """Cast the floating array leaves of `tree` (outputs, or a whole module such as a flow)
+    to the floating dtype of `x` (the position's dtype decides; a no-op when they agree)."""
     dtype = jnp.result_type(x)
 
     def cast(a):
-        if a is None or not jnp.issubdtype(jnp.result_type(a), jnp.floating):
-            return a
-        return jnp.asarray(a).astype(dtype)
+        if eqx.is_array(a) and jnp.issubdtype(a.dtype, jnp.floating):
+            return a.astype(dtype)
+        return a
 
     return jax.tree.map(cast, tree)
 
