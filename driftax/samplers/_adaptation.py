@@ -206,7 +206,8 @@ def step_size_statistic(sampler: AbstractSampler, infos: Info, target, dim: int,
     Adjusted samplers: the acceptance rate. Unadjusted samplers: the step size should make the
     energy error's variance per dimension equal to `target`, i.e. `Var[ΔE] = v = d·target`.
     Squared errors are heavy-tailed, so the bounded statistic `exp(-|ΔE|)` is used instead: for
-    `ΔE ~ N(0, v)` its mean is `2 e^{v/2} Φ(-√v)`, which is the value aimed at.
+    `ΔE ~ N(0, v)` its mean is `2 e^{v/2} Φ(-√v)`, which is the value aimed at. Divergent
+    steps count as acceptance 0 (adjusted) or `2·aim - 1` (unadjusted; see the code).
     """
     if sampler.is_adjusted:
         # kernels report acceptance 0 for a divergent proposal (NUTS: the trajectory's mean)
@@ -214,11 +215,15 @@ def step_size_statistic(sampler: AbstractSampler, infos: Info, target, dim: int,
         observed = jnp.where(jnp.isfinite(acc), acc, 0.0)
         aim = target
     else:
-        # a divergent step (non-finite energy) counts as the worst energy error
         e = infos.energy_error
-        observed = jnp.where(jnp.isfinite(e) & ~infos.is_divergent, jnp.exp(-jnp.abs(e)), 0.0)
         v = dim * target
         aim = jnp.exp(jnp.log(2.0) + 0.5 * v + jax.scipy.special.log_ndtr(-jnp.sqrt(v)))
+        # A divergent step counts as `2·aim - 1`: as far below the aim as a perfect step is
+        # above it. Divergences push the step size down, but a region the chain may never
+        # enter (a NaN hole), which it meets at a rate that falls only like √h, cannot drive the
+        # step size to zero (counted as 0, it would: the aim is close to 1).
+        ok = jnp.isfinite(e) & ~infos.is_divergent
+        observed = jnp.where(ok, jnp.exp(-jnp.abs(e)), 2.0 * aim - 1.0)
     stat = aim - (jnp.mean(observed) if pooled else observed)
     return jnp.broadcast_to(stat, infos.acceptance_rate.shape)
 

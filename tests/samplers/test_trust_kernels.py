@@ -152,7 +152,8 @@ def _check_sampled_hole(name, r):
     assert np.all(np.isfinite(np.asarray(r.info.energy_error)))
     acc = np.asarray(r.info.acceptance_rate)
     assert np.all((acc >= 0) & (acc <= 1))
-    assert np.mean(acc) < 0.999  # not "100 % acceptance" on a target with a hole
+    # the chains are not frozen (the issue's failure: a collapsed step size, 100 % acceptance)
+    assert np.all(np.std(xs[..., 0], axis=1) > 0.2), np.std(xs[..., 0], axis=1)
     if isinstance(r.sampler, ds.AbstractStepSizeSampler):
         # dual averaging neither collapsed nor exploded (the unit Gaussian needs ~0.1-1)
         h = np.asarray(r.step_size)
@@ -216,21 +217,23 @@ def test_sample_dtype_matrix(name, mode):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@jax.jit
+def _dual_average(step_size, statistic):
+    def body(state, _):
+        return dual_averaging_update(state, statistic), None
+
+    state, _ = jax.lax.scan(body, dual_averaging_init(step_size), None, length=3000)
+    return jnp.exp(state.log_step), jnp.exp(state.log_step_avg)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, -1.0])
 def test_dual_averaging_survives_non_finite_statistics(bad):
-    state = dual_averaging_init(jnp.asarray(0.5))
-    for _ in range(2000):
-        state = dual_averaging_update(state, bad)
-    h = float(jnp.exp(state.log_step))
-    h_avg = float(jnp.exp(state.log_step_avg))
+    """NaN and infinite statistics, or a chain that accepts everything forever (statistic -1),
+    can never produce a zero, infinite or NaN step size."""
+    h, h_avg = map(float, _dual_average(jnp.asarray(0.5), jnp.asarray(bad, jnp.float32)))
     assert np.isfinite(h) and h > 0 and np.isfinite(h_avg) and h_avg > 0
     if not bad < 0:  # NaN counts as "shrink"; +inf clips to the largest shrink signal
-        assert h < 0.5
-    # an always-accepting chain (statistic -1 forever) cannot overflow the step size either
-    state = dual_averaging_init(jnp.asarray(0.5, jnp.float32))
-    for _ in range(3000):
-        state = dual_averaging_update(state, -1.0)
-    assert np.isfinite(float(jnp.exp(state.log_step)))
+        assert h < 0.5 and h_avg < 0.5
 
 
 def test_unadjusted_kernel_bounces_off_a_nan_region():
