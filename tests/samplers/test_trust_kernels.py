@@ -145,19 +145,18 @@ def _sample_hole(name, bad, **kw):
 
 
 def _check_sampled_hole(name, r):
+    # only the result's samples, counts and adapted sampler: the kernel-level test above checks
+    # the per-step `Info` (energy errors finite, acceptance 0 on divergent steps)
     xs = np.asarray(r.samples)
     assert np.all(np.isfinite(xs))
     assert np.all(xs[..., 0] <= HOLE)
     assert r.num_divergent + r.num_divergent_warmup > 0
-    assert np.all(np.isfinite(np.asarray(r.info.energy_error)))
-    acc = np.asarray(r.info.acceptance_rate)
-    assert np.all((acc >= 0) & (acc <= 1))
     # the chains are not frozen (the failure: a collapsed step size, 100 % acceptance)
     assert np.all(np.std(xs[..., 0], axis=1) > 0.2), np.std(xs[..., 0], axis=1)
     if isinstance(r.sampler, ds.AbstractStepSizeSampler):
         # dual averaging neither collapsed nor exploded (the unit Gaussian needs ~0.1-1)
-        h = np.asarray(r.step_size)
-        assert np.all((h > 1e-3) & (h < 50.0)), h
+        h = np.asarray(r.sampler.step_size)
+        assert np.all((h > 1e-2) & (h < 50.0)), h
 
 
 _SAMPLE_DEFAULT = [("NUTS", -np.inf), ("BAOAB", np.nan), ("RMP-kinetic", np.inf), ("ULA", np.nan)]
