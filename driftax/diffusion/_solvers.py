@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Key, Point, Scalar
 from ..samplers import AbstractSampler
+from ..samplers._base import AbstractStepSizeSampler
 from ._model import AbstractField
 
 State = Any
@@ -768,7 +769,7 @@ class SamplerCorrector(AbstractCorrector):
         """`num_steps` kernel steps on `energy_at(t)` from `x`."""
         energy = self.energy_at(t)
         kernel = self.sampler
-        if self.relative_step_size and hasattr(kernel, "step_size"):
+        if self.relative_step_size and isinstance(kernel, AbstractStepSizeSampler):
             scale = model.path.sigma(t) ** 2
             kernel = eqx.tree_at(lambda k: k.step_size, kernel, kernel.step_size * scale)
         state = kernel.init(energy, x)

@@ -6,6 +6,10 @@ All are `driftax.samplers.AbstractSampler`s, so `driftax.sample` runs them (many
 compiled loop, diagnostics). The accept/reject step is the samplers' shared
 `metropolis_hastings`. Exactness does not depend on the flow's quality: a poor flow only slows
 mixing (Grenioux et al., 2023).
+
+A proposal with a non-finite target log density (NaN, +∞ or -∞) or flow log density is never
+accepted and is counted divergent. States keep the dtype of the starting point (the flow's
+draws and densities are cast to it).
 """
 
 from __future__ import annotations
@@ -17,7 +21,17 @@ import jax.numpy as jnp
 from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy, check_event
 from ..energies._compose import PullBack
-from ..samplers._base import AbstractSampler, Info, MCMCState, init_position
+from ..samplers._base import (
+    AbstractSampler,
+    Info,
+    MCMCState,
+    cast_like,
+    check_int,
+    init_position,
+    log_density_at,
+    safe_energy_error,
+    value_and_score_at,
+)
 from ..samplers._mh import metropolis_hastings
 from ._bijection import AbstractBijection
 from ._distribution import Flow
@@ -94,28 +108,46 @@ class NeuTra(AbstractSampler):
     def __init__(self, inner: AbstractSampler, bijection: Flow | AbstractBijection):
         if not isinstance(inner, AbstractSampler):
             raise TypeError(f"`inner` must be an AbstractSampler, got {type(inner).__name__}.")
+        bij = bijection.bijection if isinstance(bijection, Flow) else bijection
+        if not isinstance(bij, AbstractBijection):
+            raise TypeError(
+                "`bijection` must be a Flow or an AbstractBijection, got "
+                f"{type(bijection).__name__}."
+            )
         self.inner = inner
-        self.bijection = bijection.bijection if isinstance(bijection, Flow) else bijection
+        self.bijection = bij
 
     def init(self, energy: AbstractEnergy, x0: Array) -> NeuTraState:
-        pulled = neutra(self.bijection, energy)
         x0 = check_event(x0, energy.event_shape, "x0")
-        z0 = self.bijection.inverse(x0)
+        bijection = cast_like(x0, self.bijection)
+        pulled = neutra(bijection, energy)
+        z0 = bijection.inverse(x0)
         latent = self.inner.init(pulled, z0)
-        return NeuTraState(position=x0, log_density=energy.log_density(x0), latent=latent)
+        return NeuTraState(position=x0, log_density=log_density_at(energy, x0), latent=latent)
 
     def step(self, energy: AbstractEnergy, state: NeuTraState, *, key: Key):
-        pulled = neutra(self.bijection, energy)
+        # the inner kernel rejects non-finite latent log densities (it is a kernel like any
+        # other); the data-space point of a finite latent state is finite
+        bijection = cast_like(state.position, self.bijection)
+        pulled = neutra(bijection, energy)
         latent, info = self.inner.step(pulled, state.latent, key=key)
-        x = self.bijection.transform(latent.position)
-        return NeuTraState(position=x, log_density=energy.log_density(x), latent=latent), info
+        x = bijection.transform(latent.position)
+        return NeuTraState(position=x, log_density=log_density_at(energy, x), latent=latent), info
+
+
+def _flow_log_density(flow: Flow, x: Array) -> Array:
+    """`log q(x)` in the dtype of `x` (the flow is cast to it; a no-op when they agree)."""
+    return cast_like(x, cast_like(x, flow).log_density(x))
 
 
 def _init_flow_state(flow: Flow, energy: AbstractEnergy, x0, with_score: bool) -> FlowState:
     _check_shapes(flow, energy)
     x0, logp, score = init_position(energy, x0, with_score=with_score)
     return FlowState(
-        position=x0, log_density=logp, proposal_log_density=flow.log_density(x0), score=score
+        position=x0,
+        log_density=logp,
+        proposal_log_density=_flow_log_density(flow, x0),
+        score=score,
     )
 
 
@@ -137,19 +169,25 @@ class IndependentMH(AbstractSampler):
 
 def _imh_step(flow, energy, state, key, with_score):
     k_prop, k_mh = jax.random.split(key)
-    y, log_q = flow.sample_and_log_density(k_prop)
+    # the position's dtype decides: the flow is cast to it (a no-op when they agree)
+    x = state.position
+    y, log_q = cast_like(x, cast_like(x, flow).sample_and_log_density(k_prop))
     if with_score:
-        log_p, score = energy.value_and_score(y)
+        log_p, score = value_and_score_at(energy, y)
     else:
-        log_p, score = energy.log_density(y), None
+        log_p, score = log_density_at(energy, y), None
     proposal = FlowState(position=y, log_density=log_p, proposal_log_density=log_q, score=score)
     log_ratio = (log_p - log_q) - (state.log_density - state.proposal_log_density)
-    valid = jnp.isfinite(log_q) & (jnp.all(jnp.isfinite(score)) if with_score else True)
+    # NaN, +inf and -inf log densities (target or flow) and non-finite draws or scores are
+    # divergent: never accepted
+    valid = jnp.isfinite(log_p) & jnp.isfinite(log_q) & jnp.all(jnp.isfinite(y))
+    if with_score:
+        valid = valid & jnp.all(jnp.isfinite(score))
     new, acc, _, div = metropolis_hastings(log_ratio, proposal, state, key=k_mh, valid=valid)
     info = Info(
         acceptance_rate=acc,
         is_divergent=div,
-        energy_error=-log_ratio,
+        energy_error=safe_energy_error(-log_ratio),
         num_grad_evals=jnp.asarray(1 if with_score else 0, jnp.int32),
     )
     return new, info
@@ -161,7 +199,9 @@ class ISIR(AbstractSampler):
     probabilities proportional to the importance weights `p̃ / q` of all `num_proposals`
     candidates (the current state included). Exact for any flow; gradient-free.
 
-    `acceptance_rate` reports the probability of leaving the current state.
+    `acceptance_rate` reports the probability of leaving the current state. A candidate with a
+    non-finite target or flow log density (NaN, +∞ or -∞) gets weight 0 (it is never chosen);
+    the step is then counted divergent, and `extras["num_nonfinite"]` says how many there were.
     """
 
     flow: Flow
@@ -169,23 +209,27 @@ class ISIR(AbstractSampler):
 
     def __init__(self, flow: Flow, num_proposals: int = 16):
         self.flow = _check_flow(flow)
-        if (
-            isinstance(num_proposals, bool)
-            or not isinstance(num_proposals, int)
-            or num_proposals < 2
-        ):
+        if isinstance(num_proposals, bool) or not isinstance(num_proposals, int):
             raise ValueError(f"`num_proposals` must be an int >= 2, got {num_proposals!r}.")
-        self.num_proposals = num_proposals
+        self.num_proposals = check_int(num_proposals, "num_proposals", 2)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> FlowState:
         return _init_flow_state(self.flow, energy, x0, with_score=False)
 
     def step(self, energy: AbstractEnergy, state: FlowState, *, key: Key):
         k_prop, k_sel = jax.random.split(key)
-        ys, log_qs = self.flow.sample_and_log_density(k_prop, (self.num_proposals - 1,))
-        log_ps = jax.vmap(energy.log_density)(ys)
+        flow = cast_like(state.position, self.flow)
+        ys, log_qs = cast_like(
+            state.position, flow.sample_and_log_density(k_prop, (self.num_proposals - 1,))
+        )
+        log_ps = jax.vmap(lambda y: log_density_at(energy, y))(ys)
         log_w = log_ps - log_qs
-        log_w = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
+        finite = (
+            jnp.isfinite(log_ps)
+            & jnp.isfinite(log_qs)
+            & jnp.all(jnp.isfinite(ys.reshape(ys.shape[0], -1)), axis=1)
+        )
+        log_w = jnp.where(finite, log_w, -jnp.inf)
         log_w0 = state.log_density - state.proposal_log_density
         all_log_w = jnp.concatenate([log_w0[None], log_w])
         idx = jax.random.categorical(k_sel, all_log_w)
@@ -197,11 +241,11 @@ class ISIR(AbstractSampler):
             score=None,
         )
         new = jax.tree.map(lambda a: a[idx], cands)
-        n_bad = jnp.sum(~jnp.isfinite(log_w))
+        n_bad = jnp.sum(~finite)
         info = Info(
             acceptance_rate=1.0 - probs[0],
-            is_divergent=n_bad == self.num_proposals - 1,
-            energy_error=log_w0 - jax.scipy.special.logsumexp(all_log_w),
+            is_divergent=n_bad > 0,
+            energy_error=safe_energy_error(log_w0 - jax.scipy.special.logsumexp(all_log_w)),
             num_grad_evals=jnp.asarray(0, jnp.int32),
             extras={"num_nonfinite": n_bad},
         )
@@ -226,14 +270,10 @@ class FlowLocalHybrid(AbstractSampler):
         self.flow = _check_flow(flow)
         if not isinstance(local, AbstractSampler):
             raise TypeError(f"`local` must be an AbstractSampler, got {type(local).__name__}.")
-        if (
-            isinstance(num_local_steps, bool)
-            or not isinstance(num_local_steps, int)
-            or num_local_steps < 1
-        ):
+        if isinstance(num_local_steps, bool) or not isinstance(num_local_steps, int):
             raise ValueError(f"`num_local_steps` must be an int >= 1, got {num_local_steps!r}.")
         self.local = local
-        self.num_local_steps = num_local_steps
+        self.num_local_steps = check_int(num_local_steps, "num_local_steps", 1)
 
     def _local_needs_score(self, energy, x) -> bool | None:
         """`True`/`False` if the local kernel's state is an `MCMCState` with/without a score;
@@ -270,7 +310,7 @@ class FlowLocalHybrid(AbstractSampler):
         new = FlowState(
             position=x,
             log_density=local_state.log_density,
-            proposal_log_density=self.flow.log_density(x),
+            proposal_log_density=_flow_log_density(self.flow, x),
             score=local_state.score if needs else None,
         )
         info = Info(

@@ -10,7 +10,9 @@ from ._adaptation import (
 )
 from ._base import (
     MAX_ENERGY_ERROR as MAX_ENERGY_ERROR,
+    AbstractMetricSampler as AbstractMetricSampler,
     AbstractSampler as AbstractSampler,
+    AbstractStepSizeSampler as AbstractStepSizeSampler,
     Info as Info,
     KineticState as KineticState,
     MCMCState as MCMCState,

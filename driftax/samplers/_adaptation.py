@@ -18,7 +18,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, PyTree
-from ._base import AbstractSampler, Info
+from ._base import (
+    AbstractMetricSampler,
+    AbstractSampler,
+    AbstractStepSizeSampler,
+    Info,
+    check_fraction,
+    check_hyper,
+    check_int,
+)
 from ._hamiltonian import ChEESHMC
 from ._metrics import AbstractMetric, DenseMetric, DiagonalMetric, IdentityMetric
 
@@ -37,10 +45,22 @@ class DualAveragingState(eqx.Module):
     count: Array
 
 
+def _log_step_bounds(dtype) -> tuple[float, float]:
+    """Bounds on the log step size: well inside the dtype's normal range, so that no statistic
+    can drive the step size to 0 or to infinity (the health checks then report the collapse)."""
+    info = jnp.finfo(dtype)
+    return 0.5 * math.log(float(info.tiny)), 0.5 * math.log(float(info.max))
+
+
 def dual_averaging_init(step_size, shrink_factor: float = 10.0) -> DualAveragingState:
     """Start dual averaging at `step_size`, shrinking towards `shrink_factor · step_size`
     (10 as in Stan for adjusted samplers; unadjusted ones use a cautious 2, since a step size
     far too large makes them unstable rather than merely rejected)."""
+    if not isinstance(step_size, jax.core.Tracer):
+        check_hyper(step_size, "step_size")
+    step_size = jnp.asarray(step_size)
+    if not jnp.issubdtype(step_size.dtype, jnp.floating):
+        step_size = step_size.astype(jnp.result_type(float))
     log_step = jnp.log(step_size)
     zero = jnp.zeros_like(log_step)
     return DualAveragingState(
@@ -56,12 +76,20 @@ def dual_averaging_update(
     state: DualAveragingState, statistic, gamma=0.05, t0=10.0, kappa=0.75
 ) -> DualAveragingState:
     """One update with `statistic = target - observed` for an acceptance rate (positive: the
-    step is too large, it shrinks)."""
+    step is too large, it shrinks).
+
+    The statistic is clipped to `[-1, 1]` (the range of a difference of rates) and a non-finite
+    one counts as `+1` (shrink: something broke), and the log step size stays within bounds
+    set by the dtype, so NaN or infinite statistics can never produce a zero, infinite or NaN
+    step size. All arithmetic stays in the state's dtype."""
+    dtype = state.log_step.dtype
+    statistic = jnp.asarray(statistic).astype(dtype)
     t = state.count + 1.0
     eta = 1.0 / (t + t0)
-    statistic = jnp.where(jnp.isfinite(statistic), statistic, -1.0)
+    statistic = jnp.where(jnp.isfinite(statistic), jnp.clip(statistic, -1.0, 1.0), 1.0)
     h_bar = (1.0 - eta) * state.h_bar + eta * statistic
-    log_step = state.mu - jnp.sqrt(t) / gamma * h_bar
+    lo, hi = _log_step_bounds(dtype)
+    log_step = jnp.clip(state.mu - jnp.sqrt(t) / gamma * h_bar, lo, hi)
     w = t ** (-kappa)
     log_step_avg = w * log_step + (1.0 - w) * state.log_step_avg
     return DualAveragingState(
@@ -135,6 +163,10 @@ def window_schedule(
     """Stan's windowed schedule: `(in_slow_window, window_ends)` boolean arrays of length
     `num_warmup` — a fast initial buffer, slow windows doubling in size, a fast terminal buffer.
     Fewer than 20 steps: no metric windows."""
+    num_warmup = check_int(num_warmup, "num_warmup", 0)
+    init_buffer = check_int(init_buffer, "init_buffer", 0)
+    term_buffer = check_int(term_buffer, "term_buffer", 0)
+    base_window = check_int(base_window, "base_window", 1)
     slow = np.zeros(num_warmup, bool)
     ends = np.zeros(num_warmup, bool)
     if num_warmup < 20:
@@ -174,16 +206,24 @@ def step_size_statistic(sampler: AbstractSampler, infos: Info, target, dim: int,
     Adjusted samplers: the acceptance rate. Unadjusted samplers: the step size should make the
     energy error's variance per dimension equal to `target`, i.e. `Var[ΔE] = v = d·target`.
     Squared errors are heavy-tailed, so the bounded statistic `exp(-|ΔE|)` is used instead: for
-    `ΔE ~ N(0, v)` its mean is `2 e^{v/2} Φ(-√v)`, which is the value aimed at.
+    `ΔE ~ N(0, v)` its mean is `2 e^{v/2} Φ(-√v)`, which is the value aimed at. Divergent
+    steps count as acceptance 0 (adjusted) or `2·aim - 1` (unadjusted; see the code).
     """
     if sampler.is_adjusted:
-        observed = jnp.where(jnp.isfinite(infos.acceptance_rate), infos.acceptance_rate, 0.0)
+        # kernels report acceptance 0 for a divergent proposal (NUTS: the trajectory's mean)
+        acc = infos.acceptance_rate
+        observed = jnp.where(jnp.isfinite(acc), acc, 0.0)
         aim = target
     else:
         e = infos.energy_error
-        observed = jnp.where(jnp.isfinite(e), jnp.exp(-jnp.abs(e)), 0.0)
         v = dim * target
         aim = jnp.exp(jnp.log(2.0) + 0.5 * v + jax.scipy.special.log_ndtr(-jnp.sqrt(v)))
+        # A divergent step counts as `2·aim - 1`: as far below the aim as a perfect step is
+        # above it. Divergences push the step size down, but a region the chain may never
+        # enter (a NaN hole), which it meets at a rate that falls only like √h, cannot drive the
+        # step size to zero (counted as 0, it would: the aim is close to 1).
+        ok = jnp.isfinite(e) & ~infos.is_divergent
+        observed = jnp.where(ok, jnp.exp(-jnp.abs(e)), 2.0 * aim - 1.0)
     stat = aim - (jnp.mean(observed) if pooled else observed)
     return jnp.broadcast_to(stat, infos.acceptance_rate.shape)
 
@@ -251,8 +291,12 @@ class WindowAdaptation(AbstractAdaptation):
 
     - `metric`: `"diagonal"` (default), `"dense"`, or `None` (step size only, keep the metric).
     - `target`: target acceptance rate (adjusted samplers; default: the sampler's own), or the
-      target energy-error variance per dimension (unadjusted samplers; default `5e-4`).
+      target energy-error variance per dimension (unadjusted samplers; default `5e-4`); in
+      (0, 1) either way.
     - `pooled`: share one step size and one metric across chains, estimated from all of them.
+
+    Adapts samplers with a step size ([`AbstractStepSizeSampler`][]); the metric is adapted
+    only for samplers that have one ([`AbstractMetricSampler`][]).
     """
 
     metric: Literal["diagonal", "dense"] | None = "diagonal"
@@ -262,6 +306,10 @@ class WindowAdaptation(AbstractAdaptation):
     def __check_init__(self):
         if self.metric not in ("diagonal", "dense", None):
             raise ValueError(f"`metric` must be 'diagonal', 'dense' or None, got {self.metric!r}.")
+        if self.target is not None:
+            check_fraction(self.target, "target")
+        if not isinstance(self.pooled, bool):
+            raise TypeError(f"`pooled` must be a bool, got {self.pooled!r}.")
 
     def _target(self, sampler) -> float:
         if self.target is not None:
@@ -269,11 +317,20 @@ class WindowAdaptation(AbstractAdaptation):
         return sampler.default_target_acceptance if sampler.is_adjusted else 5e-4
 
     def prepare(self, sampler, event_shape):
-        if self.metric is None or not hasattr(sampler, "metric"):
+        if not isinstance(sampler, AbstractStepSizeSampler):
+            raise TypeError(
+                f"`{type(self).__name__}` adapts samplers with a step size "
+                f"(AbstractStepSizeSampler); {type(sampler).__name__} has none: pass "
+                "`adaptation=None`, or the adaptation made for it."
+            )
+        check_hyper(sampler.step_size, "step_size")
+        if self.metric is None or not isinstance(sampler, AbstractMetricSampler):
             return sampler
         m = sampler.metric
         size = math.prod(event_shape)
-        dtype = jnp.result_type(float)
+        # the metric keeps the step size's dtype (hyperparameter dtypes never change in the
+        # compiled loop); kernels cast both to the position's dtype when they use them
+        dtype = jnp.result_type(sampler.step_size)
         if self.metric == "diagonal" and not isinstance(m, DiagonalMetric):
             if isinstance(m, IdentityMetric):
                 return eqx.tree_at(
@@ -330,6 +387,8 @@ class WindowAdaptation(AbstractAdaptation):
                 cov = jnp.broadcast_to(cov, (x.shape[0], *cov.shape))
             else:
                 cov = jax.vmap(regularized_covariance)(welford)
+            # the metric keeps its dtype across the compiled loop (positions may differ)
+            cov = cov.astype(samplers.metric.inverse_mass.dtype)
             metric = jax.vmap(lambda c: _metric_from(self.metric, c, event_shape))(cov)
             samplers = eqx.tree_at(lambda s: s.metric, samplers, metric)
             # restart dual averaging around the current step size
@@ -378,6 +437,12 @@ class ChEESAdaptation(AbstractAdaptation):
     learning_rate: float = 0.025
     metric: Literal["diagonal"] | None = "diagonal"
 
+    def __check_init__(self):
+        check_fraction(self.target, "target")
+        check_hyper(self.learning_rate, "learning_rate")
+        if self.metric not in ("diagonal", None):
+            raise ValueError(f"`metric` must be 'diagonal' or None, got {self.metric!r}.")
+
     def _window(self) -> WindowAdaptation:
         return WindowAdaptation(metric=self.metric, target=self.target, pooled=True)
 
@@ -412,8 +477,12 @@ class ChEESAdaptation(AbstractAdaptation):
         # trajectory length: ChEES gradient over all chains
         ex = infos.extras
         x0 = _flat(ex["start_position"])
-        x1 = _flat(ex["proposed_position"])
-        p1 = _flat(ex["proposed_momentum"])
+        # a divergent chain's proposal may be non-finite: it gets weight 0, and 0·NaN must not
+        # poison the sums
+        ok = ok & jnp.all(jnp.isfinite(_flat(ex["proposed_position"])), axis=1)
+        ok = ok & jnp.all(jnp.isfinite(_flat(ex["proposed_momentum"])), axis=1)
+        x1 = jnp.where(ok[:, None], _flat(ex["proposed_position"]), x0)
+        p1 = jnp.where(ok[:, None], _flat(ex["proposed_momentum"]), 0.0)
         w = jnp.where(ok, acc, 0.0)
         x1_mean = jnp.sum(w[:, None] * x1, axis=0) / jnp.maximum(jnp.sum(w), 1e-10)
         x0_mean = jnp.mean(x0, axis=0)
@@ -429,7 +498,7 @@ class ChEESAdaptation(AbstractAdaptation):
         g_chain = diff * jnp.sum(c1 * p1, axis=1)
         t = ex["jitter"][0] * jnp.exp(astate.log_length)
         g = t * jnp.sum(jnp.where(ok, w * g_chain, 0.0)) / (jnp.sum(w) + 1e-10)
-        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        g = jnp.where(jnp.isfinite(g), g, 0.0).astype(astate.adam_m.dtype)
         # Adam ascent on log length
         b1, b2 = 0.9, 0.999
         count = astate.count + 1.0
@@ -490,11 +559,11 @@ def default_adaptation(sampler: AbstractSampler) -> AbstractAdaptation:
     samplers and pooled across chains for unadjusted ones."""
     if isinstance(sampler, ChEESHMC):
         return ChEESAdaptation()
-    if hasattr(sampler, "step_size"):
+    if isinstance(sampler, AbstractStepSizeSampler):
         # unadjusted samplers pool across chains: their energy-error statistic is noisier and
         # a poor per-chain metric makes them unstable rather than merely slow
         return WindowAdaptation(
-            metric="diagonal" if hasattr(sampler, "metric") else None,
+            metric="diagonal" if isinstance(sampler, AbstractMetricSampler) else None,
             pooled=not sampler.is_adjusted,
         )
     return NoAdaptation()

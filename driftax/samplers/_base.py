@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import equinox as eqx
 import jax
@@ -14,7 +14,9 @@ from .._custom_types import Array, Key, PyTree
 from ..energies._base import AbstractEnergy, check_event, check_finite
 
 MAX_ENERGY_ERROR = 1000.0
-"""An energy error above this (or a non-finite one) marks a step as divergent."""
+"""An energy error above this (or a non-finite one) marks a step as divergent. `Info.energy_error`
+is clipped to `[-MAX_ENERGY_ERROR, MAX_ENERGY_ERROR]` and reads `MAX_ENERGY_ERROR` when the energy
+was not finite, so that adaptation statistics stay finite."""
 
 
 class MCMCState(eqx.Module):
@@ -44,10 +46,13 @@ class Info(eqx.Module):
 
     - `acceptance_rate`: Metropolis acceptance probability of the proposal (1 for unadjusted
       samplers, 0 on a divergent step; for NUTS the mean over the trajectory).
-    - `is_divergent`: the step hit a non-finite energy or an energy error above
-      `MAX_ENERGY_ERROR`; it was rejected.
+    - `is_divergent`: the step hit a non-finite energy, log density or score (NaN, +∞ and -∞
+      alike) or an energy error above `MAX_ENERGY_ERROR`; the proposal was rejected (unadjusted
+      samplers keep their previous state).
     - `energy_error`: the error in the Hamiltonian (or, for overdamped samplers, minus the
       Metropolis log ratio) of the proposal; the statistic unadjusted step sizes are tuned on.
+      Always finite: clipped to `±MAX_ENERGY_ERROR`, and `MAX_ENERGY_ERROR` for a non-finite
+      energy.
     - `num_grad_evals`: gradients of the log density evaluated by this step.
     - `extras`: sampler-specific extras (e.g. NUTS tree depth), a dict of arrays.
     """
@@ -100,6 +105,22 @@ class AbstractSampler(eqx.Module):
         """
 
 
+class AbstractStepSizeSampler(AbstractSampler):
+    """Capability base: a sampler with an adaptable `step_size` (a positive floating array
+    leaf), which the step-size adaptations (dual averaging) tune."""
+
+    step_size: eqx.AbstractVar[Array]
+
+
+class AbstractMetricSampler(AbstractSampler):
+    """Capability base: a sampler with an adaptable `metric` (an `AbstractMetric`), which the
+    windowed adaptation re-estimates from the chains' draws. Subclasses declare the field
+    themselves."""
+
+    if TYPE_CHECKING:
+        metric: eqx.Module
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------------
@@ -118,10 +139,16 @@ def float_leaf(value):
 
 def check_hyper(value, name: str, *, strict: bool = True) -> None:
     """Eagerly check that a concrete hyperparameter is finite and positive (non-negative if not
-    `strict`); traced values pass. Raises a `ValueError` naming it."""
+    `strict`); traced values pass. Raises a `ValueError` naming it (a `TypeError` for a
+    non-number)."""
     if isinstance(value, jax.core.Tracer):
         return
-    arr = np.asarray(value, dtype=float)
+    if isinstance(value, (bool, str)) or value is None:
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`{name}` must be a number, got {value!r}.") from e
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"`{name}` must be finite, got {value!r}.")
     if np.any(arr <= 0) if strict else np.any(arr < 0):
@@ -130,17 +157,78 @@ def check_hyper(value, name: str, *, strict: bool = True) -> None:
         )
 
 
+def check_int(value, name: str, minimum: int, maximum: int | None = None) -> int:
+    """Eagerly check that `value` is a Python/NumPy int (not a bool) in `[minimum, maximum]`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {value!r}.")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"`{name}` must be an int {bound}, got {value!r}.")
+    return int(value)
+
+
+def check_fraction(value, name: str, *, low_open: bool = True, high_open: bool = True) -> float:
+    """Eagerly check that a concrete number lies in the interval (0, 1) (ends open or closed
+    as asked). Raises a `ValueError` naming it (a `TypeError` for a non-number)."""
+    if isinstance(value, (bool, str, np.bool_)) or value is None:
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`{name}` must be a number, got {value!r}.") from e
+    ok = (0.0 < v if low_open else 0.0 <= v) and (v < 1.0 if high_open else v <= 1.0)
+    if not (np.isfinite(v) and ok):
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"`{name}` must be in {lo}0, 1{hi}, got {value!r}.")
+    return v
+
+
+def cast_like(x: Array, tree: PyTree) -> PyTree:
+    """Cast the floating array leaves of `tree` (outputs, or a whole module such as a flow)
+    to the floating dtype of `x` (the position's dtype decides; a no-op when they agree)."""
+    dtype = jnp.result_type(x)
+
+    def cast(a):
+        if eqx.is_array(a) and jnp.issubdtype(a.dtype, jnp.floating):
+            return a.astype(dtype)
+        return a
+
+    return jax.tree.map(cast, tree)
+
+
+def log_density_at(energy: AbstractEnergy, x: Array) -> Array:
+    """`energy.log_density(x)` in the dtype of `x`."""
+    return energy.log_density(x).astype(jnp.result_type(x))
+
+
+def value_and_score_at(energy: AbstractEnergy, x: Array) -> tuple[Array, Array]:
+    """`energy.value_and_score(x)` in the dtype of `x`."""
+    logp, score = energy.value_and_score(x)
+    dtype = jnp.result_type(x)
+    return logp.astype(dtype), score.astype(dtype)
+
+
 def init_position(energy: AbstractEnergy, x0, *, with_score: bool = True):
-    """Check `x0` against the energy and return `(x0, log_density, score)`."""
+    """Check `x0` against the energy and return `(x0, log_density, score)`, all in `x0`'s
+    floating dtype (the position's dtype decides; an integer `x0` becomes JAX's default
+    float)."""
     if not isinstance(energy, AbstractEnergy):
         raise TypeError(f"`energy` must be a driftax AbstractEnergy, got {type(energy).__name__}.")
     x0 = check_event(x0, energy.event_shape, "x0")
     if not isinstance(x0, jax.core.Tracer):
         check_finite(x0, "x0")
     if with_score:
-        logp, score = energy.value_and_score(x0)
+        logp, score = value_and_score_at(energy, x0)
         return x0, logp, score
-    return x0, energy.log_density(x0), None
+    return x0, log_density_at(energy, x0), None
+
+
+def safe_energy_error(delta: Array) -> Array:
+    """The energy error reported in `Info`: clipped to `±MAX_ENERGY_ERROR`, and
+    `MAX_ENERGY_ERROR` where it is not finite (NaN, +∞ or -∞), so that adaptation statistics
+    and summaries stay finite."""
+    cap = jnp.asarray(MAX_ENERGY_ERROR, jnp.result_type(delta))
+    return jnp.where(jnp.isfinite(delta), jnp.clip(delta, -cap, cap), cap)
 
 
 def all_finite(*arrays) -> Array:

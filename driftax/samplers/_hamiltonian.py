@@ -13,13 +13,17 @@ from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy
 from ._base import (
     MAX_ENERGY_ERROR,
-    AbstractSampler,
+    AbstractMetricSampler,
+    AbstractStepSizeSampler,
     Info,
     KineticState,
     MCMCState,
     check_hyper,
+    check_int,
     float_leaf,
     init_position,
+    log_density_at,
+    safe_energy_error,
     select,
 )
 from ._integrators import (
@@ -41,6 +45,13 @@ def _hamiltonian_integrator(v):
 def _check_metric(metric) -> None:
     if not isinstance(metric, AbstractMetric):
         raise TypeError(f"`metric` must be an AbstractMetric, got {type(metric).__name__}.")
+
+
+def _check_jitter(value, name: str = "jitter_step_size") -> None:
+    if isinstance(value, (bool, str)) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a float in [0, 1), got {value!r}.")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
 
 
 def _to_kinetic(state: MCMCState, momentum: Array) -> KineticState:
@@ -95,13 +106,13 @@ def _adjusted_step(integrator, energy, metric, state, step_size, num_steps, xi, 
     info = Info(
         acceptance_rate=acc,
         is_divergent=div,
-        energy_error=jnp.where(valid, delta, jnp.inf),
+        energy_error=safe_energy_error(delta),
         num_grad_evals=jnp.asarray(n_grad, jnp.int32),
     )
     return new, info, z1
 
 
-class RandomWalk(AbstractSampler):
+class RandomWalk(AbstractStepSizeSampler, AbstractMetricSampler):
     """Random-walk Metropolis: propose `x + step_size · M^{-1/2} ξ`, accept by Metropolis.
 
     Gradient-free (`num_grad_evals = 0`); the metric's inverse mass is the proposal covariance
@@ -122,22 +133,24 @@ class RandomWalk(AbstractSampler):
         return MCMCState(position=x0, log_density=logp, score=None)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
-        xi, u = draws(key, jnp.shape(state.position), 1, jnp.result_type(state.position))
-        y = state.position + self.step_size * self.metric.position_noise(xi)
-        logp_y = energy.log_density(y)
+        dtype = jnp.result_type(state.position)
+        xi, u = draws(key, jnp.shape(state.position), 1, dtype)
+        y = state.position + self.step_size.astype(dtype) * self.metric.position_noise(xi)
+        logp_y = log_density_at(energy, y)
         proposal = MCMCState(position=y, log_density=logp_y, score=None)
         delta = state.log_density - logp_y
+        # a non-finite log density (NaN, +inf or -inf) makes `delta` non-finite: divergent
         new, acc, _, div = metropolis_hastings(-delta, proposal, state, u=u[0])
         info = Info(
             acceptance_rate=acc,
             is_divergent=div,
-            energy_error=delta,
+            energy_error=safe_energy_error(delta),
             num_grad_evals=jnp.asarray(0, jnp.int32),
         )
         return new, info
 
 
-class MALA(AbstractSampler):
+class MALA(AbstractStepSizeSampler, AbstractMetricSampler):
     """Metropolis-adjusted Langevin: propose `y = x + h M⁻¹∇log π(x) + √(2h) M^{-1/2} ξ`.
 
     Built as one leapfrog step of size `√(2h)` from a fresh momentum (the same proposal and the
@@ -158,17 +171,19 @@ class MALA(AbstractSampler):
         return MCMCState(position=x0, log_density=logp, score=score)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
-        eps = jnp.sqrt(2.0 * self.step_size)
-        xi, u = draws(key, jnp.shape(state.position), 1, jnp.result_type(state.position))
+        dtype = jnp.result_type(state.position)
+        eps = jnp.sqrt(2.0 * self.step_size.astype(dtype))
+        xi, u = draws(key, jnp.shape(state.position), 1, dtype)
         new, info, _ = _adjusted_step(Leapfrog(), energy, self.metric, state, eps, 1, xi, u[0], 1)
         return new, info
 
 
-class ULA(AbstractSampler):
+class ULA(AbstractStepSizeSampler, AbstractMetricSampler):
     """The unadjusted Langevin algorithm: `x ← x + h M⁻¹∇log π(x) + √(2h) M^{-1/2} ξ`.
 
-    Biased by `O(h)`; no accept/reject, except that a step to a non-finite log density or score
-    is rejected and counted divergent. `energy_error` is minus the MALA log ratio of the move
+    Biased by `O(h)`; no accept/reject, except that a step to a non-finite position, log
+    density (NaN, +∞ or -∞) or score, or with an energy error above `MAX_ENERGY_ERROR`, is
+    rejected (the chain stays where it is), counted divergent and reported with acceptance 0. `energy_error` is minus the MALA log ratio of the move
     (the statistic its step size is adapted on). 1 gradient per step.
     """
 
@@ -186,23 +201,24 @@ class ULA(AbstractSampler):
         return MCMCState(position=x0, log_density=logp, score=score)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
-        eps = jnp.sqrt(2.0 * self.step_size)
-        xi, _ = draws(key, jnp.shape(state.position), 0, jnp.result_type(state.position))
+        dtype = jnp.result_type(state.position)
+        eps = jnp.sqrt(2.0 * self.step_size.astype(dtype))
+        xi, _ = draws(key, jnp.shape(state.position), 0, dtype)
         _, z1, delta, valid = hamiltonian_proposal(
             Leapfrog(), energy, self.metric, state, eps, 1, xi
         )
         ok = valid & (jnp.abs(delta) < MAX_ENERGY_ERROR)
         new = select(ok, _to_mcmc(z1), state)
         info = Info(
-            acceptance_rate=ok.astype(jnp.result_type(delta)),
+            acceptance_rate=ok.astype(dtype),
             is_divergent=~ok,
-            energy_error=jnp.where(ok, delta, jnp.inf),
+            energy_error=safe_energy_error(delta),
             num_grad_evals=jnp.asarray(1, jnp.int32),
         )
         return new, info
 
 
-class HMC(AbstractSampler):
+class HMC(AbstractStepSizeSampler, AbstractMetricSampler):
     """Hamiltonian Monte Carlo with a static trajectory of `num_integration_steps` steps.
 
     **Arguments:**
@@ -227,22 +243,19 @@ class HMC(AbstractSampler):
     def __check_init__(self):
         check_hyper(self.step_size, "step_size")
         _check_metric(self.metric)
-        if not isinstance(self.num_integration_steps, int) or self.num_integration_steps < 1:
-            raise ValueError(
-                f"`num_integration_steps` must be a positive int, got {self.num_integration_steps!r}."
-            )
-        if not 0.0 <= self.jitter_step_size < 1.0:
-            raise ValueError(
-                f"`jitter_step_size` must be in [0, 1), got {self.jitter_step_size!r}."
-            )
+        check_int(self.num_integration_steps, "num_integration_steps", 1)
+        _check_jitter(self.jitter_step_size)
+        if not isinstance(self.jitter_num_steps, bool):
+            raise TypeError(f"`jitter_num_steps` must be a bool, got {self.jitter_num_steps!r}.")
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
         x0, logp, score = init_position(energy, x0)
         return MCMCState(position=x0, log_density=logp, score=score)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
-        xi, u = draws(key, jnp.shape(state.position), 3, jnp.result_type(state.position))
-        h = self.step_size
+        dtype = jnp.result_type(state.position)
+        xi, u = draws(key, jnp.shape(state.position), 3, dtype)
+        h = self.step_size.astype(dtype)
         if self.jitter_step_size > 0:
             j = self.jitter_step_size
             h = h * (1.0 - j + 2.0 * j * u[1])
@@ -280,7 +293,7 @@ def halton(i, base: int = 2, max_bits: int = 20):
     return r
 
 
-class ChEESHMC(AbstractSampler):
+class ChEESHMC(AbstractStepSizeSampler, AbstractMetricSampler):
     """Jittered HMC for many chains on an accelerator (Hoffman, Radul & Sountsov 2021).
 
     Every trajectory has length `u · trajectory_length` with `u` from a Halton sequence of the
@@ -306,6 +319,7 @@ class ChEESHMC(AbstractSampler):
         check_hyper(self.step_size, "step_size")
         check_hyper(self.trajectory_length, "trajectory_length")
         _check_metric(self.metric)
+        check_int(self.max_num_steps, "max_num_steps", 1)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> ChEESState:
         x0, logp, score = init_position(energy, x0)
@@ -318,14 +332,18 @@ class ChEESHMC(AbstractSampler):
         return halton(iteration + 1)
 
     def step(self, energy: AbstractEnergy, state: ChEESState, *, key: Key):
-        u = self.jitter(state.iteration)
-        n = jnp.ceil(u * self.trajectory_length / self.step_size).astype(jnp.int32)
-        n = jnp.clip(n, 1, self.max_num_steps)
+        dtype = jnp.result_type(state.position)
+        u = self.jitter(state.iteration).astype(dtype)
+        h = self.step_size.astype(dtype)
+        n = jnp.ceil(u * self.trajectory_length.astype(dtype) / h)
+        # a NaN ratio (never for valid hyperparameters) must not become a huge int
+        n = jnp.where(jnp.isfinite(n), n, 1.0)
+        n = jnp.clip(n, 1, self.max_num_steps).astype(jnp.int32)
         mcmc = MCMCState(position=state.position, log_density=state.log_density, score=state.score)
         n_grad = n * self.integrator.num_grad_evals
-        xi, uu = draws(key, jnp.shape(state.position), 1, jnp.result_type(state.position))
+        xi, uu = draws(key, jnp.shape(state.position), 1, dtype)
         new, info, z1 = _adjusted_step(
-            self.integrator, energy, self.metric, mcmc, self.step_size, n, xi, uu[0], n_grad
+            self.integrator, energy, self.metric, mcmc, h, n, xi, uu[0], n_grad
         )
         new_state = ChEESState(
             position=new.position,

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Key, Scalar
 from ..energies._base import AbstractEnergy
-from ._base import KineticState
+from ._base import KineticState, value_and_score_at
 from ._metrics import AbstractMetric
 from ._random import draws
 
@@ -39,8 +39,9 @@ IntegratorState = KineticState
 
 
 def refresh(energy: AbstractEnergy, state: KineticState) -> KineticState:
-    """Recompute `(log_density, score)` at the state's position (one gradient)."""
-    logp, score = energy.value_and_score(state.position)
+    """Recompute `(log_density, score)` at the state's position (one gradient), in the
+    position's dtype."""
+    logp, score = value_and_score_at(energy, state.position)
     return KineticState(
         position=state.position, momentum=state.momentum, log_density=logp, score=score
     )
@@ -154,7 +155,12 @@ def run_scheme(
     """Apply one step of a splitting `scheme` (a tuple of `(op, coefficient)` pairs, `op` in
     `"BAOU"`). Returns the new state (with fresh `log_density`/`score`) and the kinetic energy
     injected by the stochastic steps (O and U), so that `ΔH - heat` is the integration error.
+    The step size and friction are cast to the position's dtype (the state keeps its dtype).
     """
+    dtype = jnp.result_type(state.position)
+    step_size = jnp.asarray(step_size).astype(dtype)
+    if friction is not None:
+        friction = jnp.asarray(friction).astype(dtype)
     num_noise = sum({"O": 1, "U": 2}.get(op, 0) for op, _ in scheme)
     if num_noise and (key is None or friction is None):
         raise ValueError("this integrator is stochastic: pass `friction` and `key`.")
@@ -163,7 +169,7 @@ def run_scheme(
         noise, _ = draws(key, (num_noise, *shape), 0, dtype)
     used = 0
     stale = False
-    heat = jnp.zeros((), jnp.result_type(state.log_density))
+    heat = jnp.zeros((), dtype)
     for op, c in scheme:
         h = c * step_size
         if op == "B":

@@ -12,7 +12,8 @@ from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy
 from ._base import (
     MAX_ENERGY_ERROR,
-    AbstractSampler,
+    AbstractMetricSampler,
+    AbstractStepSizeSampler,
     Info,
     KineticState,
     MCMCState,
@@ -20,7 +21,9 @@ from ._base import (
     check_hyper,
     float_leaf,
     init_position,
+    safe_energy_error,
     select,
+    value_and_score_at,
 )
 from ._hamiltonian import _check_metric
 from ._integrators import (
@@ -47,26 +50,39 @@ def _kinetic_init(metric: AbstractMetric, energy: AbstractEnergy, x0) -> Kinetic
     return KineticState(position=x0, momentum=jnp.zeros_like(x0), log_density=logp, score=score)
 
 
-def _unadjusted_info(state, new, metric, heat, n_grad):
-    # a non-finite position, momentum, log density or score makes delta NaN
+def _reject_kinetic(ok, new: KineticState, state: KineticState) -> KineticState:
+    """`new` where `ok`, else the previous state with its momentum negated: a chain that hit a
+    non-finite region bounces back instead of pushing into it step after step (which would
+    freeze it there and drive the step-size adaptation to zero)."""
+    return select(ok, new, eqx.tree_at(lambda s: s.momentum, state, -state.momentum))
+
+
+def _unadjusted_info(state, new, metric, heat, n_grad, extra_ok=None):
+    # a non-finite position, momentum, log density (NaN, +inf or -inf) or score makes delta
+    # non-finite
     delta = checked_hamiltonian(metric, new) - hamiltonian(metric, state) - heat
     ok = jnp.abs(delta) < MAX_ENERGY_ERROR
+    if extra_ok is not None:
+        ok = ok & extra_ok
     info = Info(
-        acceptance_rate=ok.astype(jnp.result_type(delta)),
+        acceptance_rate=ok.astype(jnp.result_type(state.position)),
         is_divergent=~ok,
-        energy_error=jnp.where(ok, delta, jnp.inf),
+        energy_error=safe_energy_error(delta),
         num_grad_evals=jnp.asarray(n_grad, jnp.int32),
     )
-    return select(ok, new, state), info
+    return _reject_kinetic(ok, new, state), info
 
 
-class UnderdampedLangevin(AbstractSampler):
+class UnderdampedLangevin(AbstractStepSizeSampler, AbstractMetricSampler):
     """Unadjusted underdamped (kinetic) Langevin dynamics.
 
     `dx = M⁻¹p dt`, `dp = ∇log π(x) dt - γ p dt + √(2γ) M^{1/2} dW`, discretized by `integrator`
     (`"BAOAB"` default, `"OBABO"` or `"UBU"`), one gradient per step. The stationary bias is
     `O(h²)`; `energy_error` (the integration error of the Hamiltonian parts) is what the step
-    size is adapted on. A step to a non-finite log density is rejected and counted divergent.
+    size is adapted on. A step to a non-finite position, log density (NaN, +∞ or -∞) or score,
+    or with an energy error above `MAX_ENERGY_ERROR`, is rejected and counted divergent (with
+    acceptance 0): the chain keeps its position and its momentum is negated, so it moves away
+    from the bad region.
 
     **Arguments:** `step_size`, `friction` (`γ`, in units of inverse time), `metric`,
     `integrator`.
@@ -88,13 +104,14 @@ class UnderdampedLangevin(AbstractSampler):
         return _kinetic_init(self.metric, energy, x0)
 
     def step(self, energy: AbstractEnergy, state: KineticState, *, key: Key):
+        # the integrator casts the step size and friction to the position's dtype
         new, heat = self.integrator.step(
             energy, self.metric, state, self.step_size, friction=self.friction, key=key
         )
         return _unadjusted_info(state, new, self.metric, heat, self.integrator.num_grad_evals)
 
 
-class RandomizedMidpoint(AbstractSampler):
+class RandomizedMidpoint(AbstractStepSizeSampler, AbstractMetricSampler):
     """The randomized midpoint method (Shen & Lee 2019; Yu, Karagulyan & Dalalyan 2024).
 
     Each step draws `α ~ U(0, 1)` and evaluates the force at a random point `αh` of the step,
@@ -106,6 +123,10 @@ class RandomizedMidpoint(AbstractSampler):
       (x, p) and `x_mid` is the position at `αh` with the force frozen at the start.
     - `dynamics="overdamped"`: `x_mid = x + αh M⁻¹∇log π(x) + √2 M^{-1/2} W_{αh}`,
       `x' = x + h M⁻¹∇log π(x_mid) + √2 M^{-1/2} W_h`.
+
+    A step that meets a non-finite log density or score (at the midpoint or the end) is
+    rejected and counted divergent, as in [`UnderdampedLangevin`][] (kinetic: the momentum is
+    negated; overdamped: the position is kept).
 
     **Arguments:** `step_size`, `friction` (kinetic only), `metric`, `dynamics`.
     """
@@ -138,8 +159,8 @@ class RandomizedMidpoint(AbstractSampler):
         return self._overdamped_step(energy, state, key)
 
     def _kinetic_step(self, energy, state: KineticState, key):
-        metric, h, gamma = self.metric, self.step_size, self.friction
         dtype = jnp.result_type(state.position)
+        metric, h, gamma = self.metric, self.step_size.astype(dtype), self.friction.astype(dtype)
         xi, u = draws(key, (4, *jnp.shape(state.position)), 1, dtype)
         a = h * u[0]
         free = linear_flow(state, metric, a, gamma, xi[:2])  # exact flow to αh, no force
@@ -147,7 +168,7 @@ class RandomizedMidpoint(AbstractSampler):
         # ∫₀^a (1 - e^{-γ(a-s)})/γ ds = (a - (1 - e^{-γa})/γ)/γ
         _, x_from_v, *_ = linear_flow_coefficients(a, gamma)
         x_mid = free.position + ((a - x_from_v) / gamma) * metric.velocity(state.score)
-        logp_mid, score_mid = energy.value_and_score(x_mid)
+        logp_mid, score_mid = value_and_score_at(energy, x_mid)
         # the midpoint force acts as an impulse h·∇log π(x_mid) at time αh
         z = kick(free, h, score_mid)
         z = refresh(energy, linear_flow(z, metric, h - a, gamma, xi[2:]))
@@ -164,29 +185,22 @@ class RandomizedMidpoint(AbstractSampler):
             + metric.kinetic_energy(z.momentum)
             - metric.kinetic_energy(free.momentum + h * g_trap)
         )
-        new, info = _unadjusted_info(state, z, metric, heat, 2)
-        ok = jnp.isfinite(logp_mid) & ~info.is_divergent
-        new = select(ok, new, state)
-        return new, Info(
-            acceptance_rate=ok.astype(dtype),
-            is_divergent=~ok,
-            energy_error=info.energy_error,
-            num_grad_evals=info.num_grad_evals,
-        )
+        # a non-finite midpoint score already makes z's momentum (hence delta) non-finite
+        return _unadjusted_info(state, z, metric, heat, 2, extra_ok=jnp.isfinite(logp_mid))
 
     def _overdamped_step(self, energy, state: MCMCState, key):
-        metric, h = self.metric, self.step_size
         x = state.position
         shape, dtype = jnp.shape(x), jnp.result_type(x)
+        metric, h = self.metric, self.step_size.astype(dtype)
         xi, u = draws(key, (2, *shape), 1, dtype)
         a = h * u[0]
         w_a = jnp.sqrt(a) * xi[0]
         w_h = w_a + jnp.sqrt(h - a) * xi[1]
         sqrt2 = jnp.sqrt(jnp.asarray(2.0, dtype))
         x_mid = x + a * metric.velocity(state.score) + sqrt2 * metric.position_noise(w_a)
-        logp_mid, score_mid = energy.value_and_score(x_mid)
+        logp_mid, score_mid = value_and_score_at(energy, x_mid)
         y = x + h * metric.velocity(score_mid) + sqrt2 * metric.position_noise(w_h)
-        logp_y, score_y = energy.value_and_score(y)
+        logp_y, score_y = value_and_score_at(energy, y)
 
         # energy error: minus the Langevin (MALA-type) log ratio of the move x -> y
         def log_q(to, frm, score_frm):
@@ -199,6 +213,6 @@ class RandomizedMidpoint(AbstractSampler):
         return new, Info(
             acceptance_rate=ok.astype(dtype),
             is_divergent=~ok,
-            energy_error=jnp.where(ok, delta, jnp.inf),
+            energy_error=safe_energy_error(delta),
             num_grad_evals=jnp.asarray(2, jnp.int32),
         )

@@ -2,7 +2,9 @@
 
 A metric fixes the kinetic energy `K(p) = ½ pᵀ M⁻¹ p`. The inverse mass matrix `M⁻¹` is the
 preconditioner: set it to (an estimate of) the target's covariance. Everything acts on ONE point of
-any event shape; the dense metric flattens internally.
+any event shape; the dense metric flattens internally. Every method works in the dtype of its
+argument (the position's dtype decides): a float64 mass matrix applied to a float32 momentum
+gives float32.
 """
 
 from __future__ import annotations
@@ -80,20 +82,23 @@ class DiagonalMetric(AbstractMetric):
                 raise ValueError("`inverse_mass` must be finite and positive.")
         self.inverse_mass = jnp.asarray(inverse_mass, dtype=jnp.result_type(inverse_mass, float))
 
+    def _m(self, like: Array) -> Array:
+        return self.inverse_mass.astype(jnp.result_type(like))
+
     def kinetic_energy(self, momentum: Array) -> Scalar:
-        return 0.5 * jnp.sum(self.inverse_mass * momentum**2)
+        return 0.5 * jnp.sum(self._m(momentum) * momentum**2)
 
     def velocity(self, momentum: Array) -> Array:
-        return self.inverse_mass * momentum
+        return self._m(momentum) * momentum
 
     def velocity_to_momentum(self, velocity: Array) -> Array:
-        return velocity / self.inverse_mass
+        return velocity / self._m(velocity)
 
     def momentum_noise(self, xi: Array) -> Array:
-        return xi * jax.lax.rsqrt(self.inverse_mass)
+        return xi * jax.lax.rsqrt(self._m(xi))
 
     def position_noise(self, xi: Array) -> Array:
-        return xi * jnp.sqrt(self.inverse_mass)
+        return xi * jnp.sqrt(self._m(xi))
 
 
 class DenseMetric(AbstractMetric):
@@ -121,22 +126,28 @@ class DenseMetric(AbstractMetric):
     def _apply(self, fn, v: Array) -> Array:
         return fn(v.reshape(-1)).reshape(jnp.shape(v))
 
+    def _m(self, like: Array) -> Array:
+        return self.inverse_mass.astype(jnp.result_type(like))
+
+    def _chol(self, like: Array) -> Array:
+        return self.cholesky.astype(jnp.result_type(like))
+
     def kinetic_energy(self, momentum: Array) -> Scalar:
         p = momentum.reshape(-1)
-        return 0.5 * p @ (self.inverse_mass @ p)
+        return 0.5 * p @ (self._m(p) @ p)
 
     def velocity(self, momentum: Array) -> Array:
-        return self._apply(lambda p: self.inverse_mass @ p, momentum)
+        return self._apply(lambda p: self._m(p) @ p, momentum)
 
     def velocity_to_momentum(self, velocity: Array) -> Array:
-        return self._apply(lambda v: jax.scipy.linalg.cho_solve((self.cholesky, True), v), velocity)
+        return self._apply(lambda v: jax.scipy.linalg.cho_solve((self._chol(v), True), v), velocity)
 
     def momentum_noise(self, xi: Array) -> Array:
         # M^{1/2} = L^{-T}: (L^{-T})(L^{-T})ᵀ = (L Lᵀ)^{-1} = M.
         return self._apply(
-            lambda z: jax.scipy.linalg.solve_triangular(self.cholesky, z, lower=True, trans="T"),
+            lambda z: jax.scipy.linalg.solve_triangular(self._chol(z), z, lower=True, trans="T"),
             xi,
         )
 
     def position_noise(self, xi: Array) -> Array:
-        return self._apply(lambda z: self.cholesky @ z, xi)
+        return self._apply(lambda z: self._chol(z) @ z, xi)

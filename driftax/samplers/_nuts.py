@@ -22,16 +22,19 @@ from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy
 from ._base import (
     MAX_ENERGY_ERROR,
-    AbstractSampler,
+    AbstractMetricSampler,
+    AbstractStepSizeSampler,
     Info,
     KineticState,
     MCMCState,
     check_hyper,
+    check_int,
     float_leaf,
     init_position,
+    safe_energy_error,
     select,
 )
-from ._hamiltonian import _check_metric, _hamiltonian_integrator
+from ._hamiltonian import _check_jitter, _check_metric, _hamiltonian_integrator
 from ._integrators import AbstractIntegrator, Leapfrog
 from ._metrics import AbstractMetric, IdentityMetric
 from ._random import draws, hash_uniforms
@@ -76,7 +79,7 @@ def _ckpt_range(leaf):
     return hi - num_closed + 1, hi
 
 
-class NUTS(AbstractSampler):
+class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
     """The No-U-Turn Sampler (multinomial, generalized U-turn, max tree depth).
 
     **Arguments:**
@@ -87,6 +90,10 @@ class NUTS(AbstractSampler):
     - `integrator`: a Hamiltonian integrator (default leapfrog).
     - `max_tree_depth`: at most `2**max_tree_depth - 1` integration steps per transition.
     - `max_energy_error`: an energy error above this ends the trajectory as divergent.
+
+    A leaf whose energy is not finite (a log density of NaN, +∞ or -∞, or a non-finite
+    momentum) ends the trajectory as divergent; it is never chosen as the proposal and its
+    weight never enters the multinomial sums. A proposal whose score is not finite is rejected.
     - `jitter_step_size`: relative jitter `j` (Stan's `stepsize_jitter`): each transition uses
       the step size `h·U(1-j, 1+j)`. Occasional smaller steps let chains enter regions of high
       curvature (the neck of a funnel) that a fixed step size skips.
@@ -108,14 +115,9 @@ class NUTS(AbstractSampler):
     def __check_init__(self):
         check_hyper(self.step_size, "step_size")
         _check_metric(self.metric)
-        if not isinstance(self.max_tree_depth, int) or not 1 <= self.max_tree_depth <= 30:
-            raise ValueError(
-                f"`max_tree_depth` must be an int in [1, 30], got {self.max_tree_depth!r}."
-            )
-        if not 0.0 <= self.jitter_step_size < 1.0:
-            raise ValueError(
-                f"`jitter_step_size` must be in [0, 1), got {self.jitter_step_size!r}."
-            )
+        check_int(self.max_tree_depth, "max_tree_depth", 1, 30)
+        check_hyper(self.max_energy_error, "max_energy_error")
+        _check_jitter(self.jitter_step_size)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
         x0, logp, score = init_position(energy, x0)
@@ -131,7 +133,7 @@ class NUTS(AbstractSampler):
         xi, u = draws(key, jnp.shape(x), 4 if jitter > 0 else 3, dtype)
         seed = (u[:2] * 2.0**32).astype(jnp.uint32)
         first_forward = u[2] < 0.5
-        step_size = self.step_size
+        step_size = self.step_size.astype(dtype)
         if jitter > 0:
             step_size = step_size * (1.0 - jitter + 2.0 * jitter * u[3])
         p0 = metric.momentum_noise(xi)
@@ -177,7 +179,7 @@ class NUTS(AbstractSampler):
         info = Info(
             acceptance_rate=jnp.where(bad, 0.0, out.sum_accept / n.astype(dtype)),
             is_divergent=out.diverging | bad,
-            energy_error=jnp.where(bad, jnp.inf, prop.energy - h0),
+            energy_error=jnp.where(bad, MAX_ENERGY_ERROR, safe_energy_error(prop.energy - h0)),
             num_grad_evals=n * self.integrator.num_grad_evals,
             extras=dict(tree_depth=out.depth, num_integration_steps=n, is_turning=out.turning),
         )
@@ -211,8 +213,9 @@ def _leaf(params, s: _Loop) -> _Loop:
     v_other = jnp.sum(v * s.other.momentum)
     energy_z = -z.log_density + 0.5 * p_v
     delta = energy_z - h0
-    delta = jnp.where(jnp.isnan(delta), jnp.inf, delta)
-    diverging = delta > sampler.max_energy_error
+    # NaN, +inf AND -inf (a log density of +inf) are divergent: never accepted with probability
+    # one, never in the multinomial sums
+    diverging = ~(jnp.isfinite(delta) & (delta <= sampler.max_energy_error))
     log_w_leaf = jnp.where(diverging, -jnp.inf, -delta)
     accept = jnp.where(diverging, 0.0, jnp.exp(jnp.minimum(-delta, 0.0)))
     # progressive uniform sampling inside the subtree

@@ -25,7 +25,14 @@ from ._adaptation import (
     dual_averaging_update,
     step_size_statistic,
 )
-from ._base import AbstractSampler, Info
+from ._base import (
+    AbstractSampler,
+    AbstractStepSizeSampler,
+    Info,
+    check_fraction,
+    check_int,
+    log_density_at,
+)
 
 SWAP_SCHEMES = ("deo", "seo")
 
@@ -232,11 +239,10 @@ class ParallelTempering(AbstractSampler):
             )
         if not isinstance(x0, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x0))):
             raise ValueError("`x0` must be finite.")
-        betas = self.inverse_temperatures
-        replicas = self._vmap_kernel(
-            lambda k, b, x: k.init(Tempered(energy, b), x), betas, x0.astype(betas.dtype)
-        )
-        logp = jax.vmap(energy.log_density)(replicas.position)
+        # the position's dtype decides: the ladder is cast to it (not the reverse)
+        betas = self.inverse_temperatures.astype(x0.dtype)
+        replicas = self._vmap_kernel(lambda k, b, x: k.init(Tempered(energy, b), x), betas, x0)
+        logp = jax.vmap(lambda x: log_density_at(energy, x))(replicas.position)
         dtype = logp.dtype
         return PTState(
             position=replicas.position[0],
@@ -252,7 +258,7 @@ class ParallelTempering(AbstractSampler):
 
     def step(self, energy: AbstractEnergy, state: PTState, *, key: Key):
         r = self.num_replicas
-        betas = self.inverse_temperatures
+        betas = self.inverse_temperatures.astype(state.inverse_temperatures.dtype)
         k_local, k_parity, k_swap = jax.random.split(key, 3)
         # a changed ladder (warmup adaptation): re-temper the caches, restart the swap counts
         changed = jnp.any(state.inverse_temperatures != betas)
@@ -275,7 +281,9 @@ class ParallelTempering(AbstractSampler):
         pair = jnp.arange(r - 1)
         attempted = (pair % 2) == parity
         log_ratio = (betas[:-1] - betas[1:]) * (logp[1:] - logp[:-1])
-        log_ratio = jnp.where(jnp.isfinite(log_ratio), log_ratio, -jnp.inf)
+        # a non-finite log density on either side (NaN, +inf or -inf) never swaps
+        ok_pair = jnp.isfinite(logp[1:]) & jnp.isfinite(logp[:-1]) & jnp.isfinite(log_ratio)
+        log_ratio = jnp.where(ok_pair, log_ratio, -jnp.inf)
         prob = jnp.where(attempted, jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
         u = jax.random.uniform(k_swap, (r - 1,), prob.dtype)
         swapped = attempted & (u < prob)
@@ -288,7 +296,7 @@ class ParallelTempering(AbstractSampler):
         logp = logp[perm]
         info = Info(
             acceptance_rate=infos.acceptance_rate[0],
-            is_divergent=jnp.any(infos.is_divergent),
+            is_divergent=jnp.any(infos.is_divergent) | jnp.any(attempted & ~ok_pair),
             energy_error=infos.energy_error[0],
             num_grad_evals=jnp.sum(infos.num_grad_evals).astype(jnp.int32),
             extras=dict(
@@ -379,10 +387,13 @@ class ParallelTemperingAdaptation(AbstractAdaptation):
     first_window: int = 25
 
     def __check_init__(self):
-        if not 0.0 < self.ladder_fraction <= 1.0:
-            raise ValueError(f"`ladder_fraction` must be in (0, 1], got {self.ladder_fraction!r}.")
-        if not isinstance(self.first_window, int) or self.first_window < 2:
-            raise ValueError(f"`first_window` must be an int >= 2, got {self.first_window!r}.")
+        for name in ("adapt_ladder", "adapt_step_size"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"`{name}` must be a bool, got {getattr(self, name)!r}.")
+        if self.target is not None:
+            check_fraction(self.target, "target")
+        check_fraction(self.ladder_fraction, "ladder_fraction", high_open=False)
+        check_int(self.first_window, "first_window", 2)
 
     def prepare(self, sampler, event_shape):
         if not isinstance(sampler, ParallelTempering):
@@ -393,7 +404,7 @@ class ParallelTemperingAdaptation(AbstractAdaptation):
         return sampler
 
     def _steps(self, samplers) -> bool:
-        return self.adapt_step_size and hasattr(samplers.kernel, "step_size")
+        return self.adapt_step_size and isinstance(samplers.kernel, AbstractStepSizeSampler)
 
     def _target(self, kernel) -> float:
         if self.target is not None:
@@ -401,6 +412,7 @@ class ParallelTemperingAdaptation(AbstractAdaptation):
         return kernel.default_target_acceptance if kernel.is_adjusted else 5e-4
 
     def init(self, samplers, states, num_warmup):
+        num_warmup = check_int(num_warmup, "num_warmup", 0)
         r = samplers.inverse_temperatures.shape[-1]
         dtype = samplers.inverse_temperatures.dtype
         ends = ladder_schedule(num_warmup, self.ladder_fraction, self.first_window)

@@ -1,5 +1,8 @@
 """A registry of every sampler (and integrator) for the generic tests."""
 
+import jax
+
+import driftax.flows as fl
 import driftax.samplers as ds
 
 # name -> factory(step_size) ; step sizes suited to a unit-scale Gaussian
@@ -20,6 +23,28 @@ SAMPLERS = {
     "RMP-kinetic": lambda: ds.RandomizedMidpoint(step_size=0.2),
     "RMP-overdamped": lambda: ds.RandomizedMidpoint(step_size=0.05, dynamics="overdamped"),
 }
+
+
+def _flow(dim: int = 2):
+    """A small untrained planar flow on R^dim (a poor but valid proposal)."""
+    return fl.planar_flow(jax.random.key(7), dim, 2, init_scale=0.3)
+
+
+# kernels built on other kernels or on a flow; their factories build for a 2-D event
+COMPOSITE_SAMPLERS = {
+    "PT-MALA": lambda: ds.ParallelTempering(
+        ds.MALA(step_size=0.3), num_replicas=3, max_temperature=4.0
+    ),
+    "PT-RandomWalk": lambda: ds.ParallelTempering(
+        ds.RandomWalk(step_size=0.8), num_replicas=3, max_temperature=4.0, swap="seo"
+    ),
+    "IMH": lambda: fl.IndependentMH(_flow()),
+    "ISIR": lambda: fl.ISIR(_flow(), num_proposals=4),
+    "FlowLocalHybrid": lambda: fl.FlowLocalHybrid(_flow(), ds.MALA(step_size=0.3)),
+    "NeuTra-HMC": lambda: fl.NeuTra(ds.HMC(step_size=0.3, num_integration_steps=3), _flow()),
+}
+
+ALL_SAMPLERS = {**SAMPLERS, **COMPOSITE_SAMPLERS}
 
 HAMILTONIAN_INTEGRATORS = [ds.Leapfrog, ds.McLachlan, ds.Yoshida]
 LANGEVIN_INTEGRATORS = [ds.BAOAB, ds.OBABO, ds.UBU]
