@@ -35,7 +35,13 @@ from ..energies._compose import GeometricPath
 from ..energies._gaussian import Gaussian
 from ..energies._metrics_logz import LogZEstimate, importance_ess
 from ._adaptation import WindowAdaptation, step_size_statistic
-from ._base import AbstractSampler, check_hyper, float_leaf
+from ._base import (
+    AbstractMetricSampler,
+    AbstractSampler,
+    AbstractStepSizeSampler,
+    check_hyper,
+    float_leaf,
+)
 from ._resampling import RESAMPLING_SCHEMES, resample
 from ._transport import AbstractTransport
 from ._weighted import WeightedSampleResult
@@ -199,7 +205,7 @@ class SMC(eqx.Module):
         check_hyper(self.reference_scale, "reference_scale")
         if self.target_acceptance is not None:
             _check_fraction(self.target_acceptance, "target_acceptance", closed_high=False)
-        if self.adapt_step_size and not hasattr(self.kernel, "step_size"):
+        if self.adapt_step_size and not isinstance(self.kernel, AbstractStepSizeSampler):
             raise ValueError(
                 f"`adapt_step_size=True` needs a kernel with a `step_size`; "
                 f"{type(self.kernel).__name__} has none (pass adapt_step_size=False)."
@@ -209,7 +215,7 @@ class SMC(eqx.Module):
                 "`transport` must be an AbstractTransport (e.g. driftax.flows.FlowTransport), "
                 f"got {type(self.transport).__name__}."
             )
-        if self.adapt_metric and not hasattr(self.kernel, "metric"):
+        if self.adapt_metric and not isinstance(self.kernel, AbstractMetricSampler):
             raise ValueError(
                 f"`adapt_metric=True` needs a kernel with a `metric`; "
                 f"{type(self.kernel).__name__} has none."
@@ -587,7 +593,7 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int) -> Weighte
         init_grads = pops * n if kernel_uses_grad else 0
         if smc.transport is not None:  # fitting the stage's map evaluates the target too
             init_grads = init_grads + smc.transport.num_grad_evals(n)
-        step = kernel.step_size if hasattr(kernel, "step_size") else jnp.nan
+        step = kernel.step_size if isinstance(kernel, AbstractStepSizeSampler) else jnp.nan
         return _SMCCarry(
             population=population(x, logw, ancestor, states.momentum if has_momentum else None),
             beta=beta_new,
