@@ -147,6 +147,14 @@ def _num_rows(data) -> int:
     return n
 
 
+class StepIndex(AbstractBatcher):
+    """Batch = the step index (an int32 scalar): for key-only losses with a schedule in the
+    step (e.g. annealing)."""
+
+    def next(self, state, model, key, step):
+        return step, state
+
+
 class _KeyOnly(AbstractBatcher):
     def next(self, state, model, key, step):
         return None, state
@@ -305,7 +313,8 @@ def _loop(
     return params, ema, (best, best_val), history
 
 
-def _check_optimizer(optimizer) -> None:
+def check_optimizer(optimizer) -> None:
+    """An optax `GradientTransformation` (init/update), else a `TypeError` naming `optimizer`."""
     if not (
         callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
     ):
@@ -323,7 +332,7 @@ def check_count(value, name: str) -> int:
 
 
 def _checked_options(optimizer, num_steps, ema_decay, batcher, eval_every, patience, validation):
-    _check_optimizer(optimizer)
+    check_optimizer(optimizer)
     num_steps = check_count(num_steps, "num_steps")
     if ema_decay is not None:
         ema_decay = float(ema_decay)
