@@ -102,11 +102,13 @@ class Minibatches(AbstractBatcher):
     With `replace=False` (the default) the data are shuffled once per epoch and cut into
     `n // batch_size` consecutive batches (the last `n % batch_size` rows of each shuffle are
     left out of that epoch); with `replace=True` every batch is `batch_size` rows drawn
-    uniformly with replacement."""
+    uniformly with replacement. An optional `sharding` (a `jax.sharding.Sharding`) shards
+    every batch over devices (data parallelism)."""
 
     data: PyTree
     batch_size: int = eqx.field(static=True)
     replace: bool = eqx.field(static=True, default=False)
+    sharding: Any = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         n = _num_rows(self.data)
@@ -131,7 +133,10 @@ class Minibatches(AbstractBatcher):
             j = step % per_epoch
             state = jax.lax.cond(j == 0, lambda: jax.random.permutation(key, n), lambda: state)
             idx = jax.lax.dynamic_slice_in_dim(state, j * self.batch_size, self.batch_size)
-        return jax.tree.map(lambda a: a[idx], self.data), state
+        batch = jax.tree.map(lambda a: a[idx], self.data)
+        if self.sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, self.sharding)
+        return batch, state
 
 
 def _num_rows(data) -> int:
