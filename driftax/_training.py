@@ -347,7 +347,7 @@ def _checked_options(optimizer, num_steps, ema_decay, batcher, eval_every, patie
         batcher = _KeyOnly()
     elif not isinstance(batcher, AbstractBatcher):
         raise TypeError(
-            f"`batches` must be an AbstractBatcher (e.g. Minibatches) or None, got "
+            f"`data` must be an AbstractBatcher (e.g. Minibatches) or None, got "
             f"{type(batcher).__name__}."
         )
     if patience is not None:
@@ -361,7 +361,7 @@ def _checked_options(optimizer, num_steps, ema_decay, batcher, eval_every, patie
 def train_loop(
     model,
     loss: Callable,
-    batches: AbstractBatcher | None = None,
+    data: AbstractBatcher | None = None,
     *,
     key: Key,
     optimizer,
@@ -378,7 +378,7 @@ def train_loop(
     """[`train`][] without the jit boundary and the host-side warning: callable inside a traced
     function (e.g. one fit per SMC stage). Returns `(trained_model, TrainHistory)`."""
     num_steps, ema_decay, batcher, eval_every, patience = _checked_options(
-        optimizer, num_steps, ema_decay, batches, eval_every, patience, validation
+        optimizer, num_steps, ema_decay, data, eval_every, patience, validation
     )
     params, static = _partition(model, filter_spec)
     out = _loop(
@@ -434,11 +434,12 @@ class _Options(eqx.Module):
 def train(
     model,
     loss: Callable,
-    batches: AbstractBatcher | None = None,
+    data: Any = None,
     *,
     key: Key,
     optimizer,
     num_steps: int,
+    batch_size: int | None = None,
     filter_spec: Any = eqx.is_inexact_array,
     ema_decay: float | None = None,
     validation: Callable | None = None,
@@ -457,8 +458,11 @@ def train(
     - `model`: any pytree (usually an `eqx.Module`).
     - `loss`: the objective; write it as an `eqx.Module` or a module-level function so that a
       second fit reuses the compiled loop (a closure made per call recompiles).
-    - `batches`: a [`Minibatches`][] over a dataset, another [`AbstractBatcher`][], or `None`
-      for a key-only loss (`batch` is then `None`).
+    - `data`: a dataset (a pytree of arrays with a leading sample axis: batches of
+      `batch_size` rows in shuffled epochs, i.e. `Minibatches(data, batch_size)`), a
+      [`Minibatches`][] or other [`AbstractBatcher`][], or `None` for a key-only loss (`batch`
+      is then `None`).
+    - `batch_size`: rows per batch when `data` is a dataset (ignored otherwise).
     - `key`: PRNG key; step `i` uses its own key, split into batch / loss / after-step keys.
     - `optimizer`: an optax `GradientTransformation` (reuse the same object to reuse the
       compiled loop).
@@ -477,8 +481,12 @@ def train(
     **Returns:** `(trained_model, TrainHistory)`. If any step was skipped as non-finite, a
     single `RuntimeWarning` is raised after the loop.
     """
+    if data is not None and not isinstance(data, AbstractBatcher):
+        if batch_size is None:
+            raise ValueError("`batch_size` is needed to cut `data` into minibatches.")
+        data = Minibatches(data, check_count(batch_size, "batch_size"))
     num_steps, ema_decay, batcher, eval_every, patience = _checked_options(
-        optimizer, num_steps, ema_decay, batches, eval_every, patience, validation
+        optimizer, num_steps, ema_decay, data, eval_every, patience, validation
     )
     params, static = _partition(model, filter_spec)
     with _progress.progress_bar(num_steps, desc, progress) as (bar_id, every):

@@ -137,6 +137,16 @@ def test_minibatch_epochs_visit_every_row_once_and_replacement_draws():
         num_steps=6,
     )
     rows = np.asarray(hist.aux)[..., 0]  # (6, 4)
+    _, again = tr.train(
+        {"w": jnp.zeros(1)},
+        _mean_fit,
+        data,  # a dataset plus batch_size: the same epochs
+        key=jax.random.key(0),
+        optimizer=optax.sgd(0.1),
+        num_steps=6,
+        batch_size=4,
+    )
+    np.testing.assert_array_equal(np.asarray(again.aux)[..., 0], rows)
     for epoch in (rows[:3], rows[3:]):
         np.testing.assert_array_equal(np.sort(epoch.ravel()), np.arange(12.0))
     assert not np.array_equal(rows[:3], rows[3:])  # reshuffled
@@ -215,7 +225,7 @@ def test_bad_input():
         tr.train(
             m, _quadratic, key=jax.random.key(0), optimizer=optax.sgd(0.1), num_steps=3, patience=2
         )
-    with pytest.raises(TypeError, match="batches"):
+    with pytest.raises(ValueError, match="batch_size"):
         tr.train(
             m,
             _quadratic,
