@@ -48,7 +48,7 @@ def main(out: Path) -> str:
         r = sampler.run(gmm, key=jax.random.key(7), num_samples=4000, target_samples=ys)
         c = de.mode_coverage(r.samples, gmm, max_distance=1.5)
         return (
-            f"| {name} | {float(r.log_z.value):.3f} ± {float(r.log_z.stderr):.3f} | "
+            f"| {name} | {float(r.log_normalizer.value):.3f} ± {float(r.log_normalizer.stderr):.3f} | "
             f"{float(r.elbo.value):.2f} | {float(r.eubo.value):.2f} | {float(r.ess):.0f} | "
             f"{int(c.num_covered)} | {1 - float(c.unassigned_fraction):.2f} | {seconds} |"
         )
@@ -62,9 +62,8 @@ def main(out: Path) -> str:
             sampler,
             gmm,
             key=jax.random.key(1),
-            num_iterations=400,
+            num_steps=400 * kwargs.get("num_updates", 1),  # 400 simulated batches
             batch_size=128,
-            num_chunks=2,
             **kwargs,
         )
         rows.append(row(name, sampler, f"{time.perf_counter() - t:.0f}"))

@@ -225,7 +225,7 @@ def _learned(kind: str, loss: str = "log_variance"):
             sampler,
             t.energy,
             key=k_fit,
-            num_iterations=iters,
+            num_steps=iters,
             batch_size=batch,
             loss=loss,
             local_search=search,
@@ -237,12 +237,12 @@ def _learned(kind: str, loss: str = "log_variance"):
         grads = (iters * batch + 2 * n) * steps  # every path step evaluates the target score
         return Output(
             samples=x.reshape(n, -1),
-            log_z=float(r.log_z.value),
-            log_z_stderr=float(r.log_z.stderr),
+            log_z=float(r.log_normalizer.value),
+            log_z_stderr=float(r.log_normalizer.stderr),
             elbo=float(r.elbo.value),
             eubo=None if r.eubo is None else float(r.eubo.value),
             grad_evals=grads,
-            notes=f"{iters} iterations ({loss}), ESS {float(r.ess):.0f}/{n}, "
+            notes=f"{iters} steps ({loss}), ESS {float(r.ess):.0f}/{n}, "
             f"{r.num_nonfinite} non-finite paths",
         )
 

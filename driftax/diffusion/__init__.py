@@ -7,18 +7,6 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
-from ._energy_samplers import (
-    CMCD as CMCD,
-    DDS as DDS,
-    PIS as PIS,
-    AbstractDiffusionSampler as AbstractDiffusionSampler,
-    DiffusionSamplerResult as DiffusionSamplerResult,
-    FitInfo as FitInfo,
-    LocalSearch as LocalSearch,
-    backward_path as backward_path,
-    fit_sampler as fit_sampler,
-    forward_path as forward_path,
-)
 from ._grid import check_grid as check_grid, time_grid as time_grid
 from ._guidance import (
     FKCResult as FKCResult,
@@ -62,6 +50,16 @@ from ._path import (
     SubVP as SubVP,
     TrigonometricInterpolant as TrigonometricInterpolant,
 )
+from ._samplers._buffer import LocalSearch as LocalSearch
+from ._samplers._cmcd import CMCD as CMCD
+from ._samplers._core import (
+    AbstractDiffusionSampler as AbstractDiffusionSampler,
+    backward_path as backward_path,
+    forward_path as forward_path,
+)
+from ._samplers._dds import DDS as DDS
+from ._samplers._fit import FitInfo as FitInfo, fit_sampler as fit_sampler
+from ._samplers._pis import PIS as PIS
 from ._solve import (
     Solution as Solution,
     default_schedule as default_schedule,

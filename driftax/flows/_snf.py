@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Key, Shape
+from .._training import check_count, train
 from ..energies._base import (
     AbstractEnergy,
     AbstractKnownNormalizer,
@@ -29,7 +30,6 @@ from ..energies._base import (
 from ..energies._compose import GeometricPath
 from ..samplers._base import AbstractSampler
 from ._bijection import AbstractBijection
-from ._train import _check_count, _check_optimizer, _report_nonfinite, _sgd_step
 
 
 class MCMCBlock(eqx.Module):
@@ -52,7 +52,7 @@ class MCMCBlock(eqx.Module):
             raise ValueError(f"`beta` must lie in [0, 1], got {beta!r}.")
         self.sampler = sampler
         self.beta = float(beta)
-        self.num_steps = _check_count(num_steps, "num_steps")
+        self.num_steps = check_count(num_steps, "num_steps")
 
     def run(self, base: AbstractEnergy, energy: AbstractEnergy, x: Array, key: Key):
         """`(x_out, log B/F, acceptance)` for one point."""
@@ -168,7 +168,8 @@ class StochasticFlow(eqx.Module):
         )
 
 
-def _snf_partition(snf: StochasticFlow):
+def _snf_spec(snf: StochasticFlow):
+    """What trains: the bijections' float arrays (the MCMC blocks stay fixed)."""
     spec = jax.tree.map(lambda _: False, snf)
     layers = tuple(
         jax.tree.map(eqx.is_inexact_array, layer)
@@ -176,26 +177,18 @@ def _snf_partition(snf: StochasticFlow):
         else jax.tree.map(lambda _: False, layer)
         for layer in snf.layers
     )
-    spec = eqx.tree_at(lambda s: s.layers, spec, replace=layers)
-    return eqx.partition(snf, spec)
+    return eqx.tree_at(lambda s: s.layers, spec, replace=layers)
 
 
-@eqx.filter_jit
-def _snf_loop(params, static, energy, key, optimizer, num_steps, batch_size):
-    def loss_fn(p, k):
-        snf = eqx.combine(p, static)
-        _, log_w = snf.sample_and_log_weight(energy, key=k, shape=(batch_size,))
-        return -jnp.mean(log_w)
+class _PathKL(eqx.Module):
+    """`E[-log w]` over `batch_size` forward paths (key-only)."""
 
-    def body(carry, k):
-        params, opt_state = carry
-        params, opt_state, loss, ok = _sgd_step(loss_fn, optimizer, params, opt_state, k)
-        return (params, opt_state), (loss, ok)
+    energy: AbstractEnergy
+    batch_size: int = eqx.field(static=True)
 
-    (params, _), (losses, ok) = jax.lax.scan(
-        body, (params, optimizer.init(params)), jax.random.split(key, num_steps)
-    )
-    return params, losses, ok
+    def __call__(self, snf, batch, *, key):
+        _, log_w = snf.sample_and_log_weight(self.energy, key=key, shape=(self.batch_size,))
+        return -jnp.mean(log_w), None
 
 
 def fit_stochastic_flow(
@@ -206,22 +199,33 @@ def fit_stochastic_flow(
     optimizer,
     num_steps: int,
     batch_size: int,
+    progress: bool = False,
 ) -> tuple[StochasticFlow, dict[str, Array]]:
     """Train the bijections of a [`StochasticFlow`][] end to end by minimising `E[-log w]`
     (the path-space KL, reparameterised through the MCMC blocks' accepted moves; the MCMC
     hyperparameters are kept fixed).
+
+    `key`, `optimizer`, `num_steps`, `batch_size` (paths per step) and `progress` as for
+    [`fit_reverse_kl`][]; the shared training loop skips and reports non-finite steps.
 
     **Returns:** `(trained_snf, losses)` with `losses["train"]` the per-step `-mean(log w)`
     (an upper bound on `-log Z`).
     """
     if not isinstance(snf, StochasticFlow):
         raise TypeError(f"`snf` must be a StochasticFlow, got {type(snf).__name__}.")
-    _check_optimizer(optimizer)
-    num_steps = _check_count(num_steps, "num_steps")
-    batch_size = _check_count(batch_size, "batch_size")
+    batch_size = check_count(batch_size, "batch_size")
     if tuple(energy.event_shape) != snf.event_shape:
         raise ValueError(f"`energy` event shape must equal {snf.event_shape}.")
-    params, static = _snf_partition(snf)
-    params, losses, ok = _snf_loop(params, static, energy, key, optimizer, num_steps, batch_size)
-    _report_nonfinite(np.asarray(ok), "fit_stochastic_flow")
-    return eqx.combine(params, static), {"train": losses}
+    trained, history = train(
+        snf,
+        _PathKL(energy, batch_size),
+        None,
+        key=key,
+        optimizer=optimizer,
+        num_steps=num_steps,
+        filter_spec=_snf_spec(snf),
+        progress=progress,
+        desc="fit_stochastic_flow",
+        warn_name="fit_stochastic_flow",
+    )
+    return trained, {"train": history.losses}

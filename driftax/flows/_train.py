@@ -1,17 +1,15 @@
 """Training flows with optax: maximum likelihood on samples, reverse / forward KL to an energy.
 
-Every fit runs as ONE compiled `lax.scan` over the optimisation steps. The compiled loop is cached
-on the flow's structure, the optimiser object and the static options, so a second fit of the
-same flow with the same optimiser does not recompile. A step whose loss or gradient is not finite
-is skipped (parameters unchanged), recorded as such in the loss history, and reported with a
-`RuntimeWarning` after the fit; nothing silently returns a NaN flow.
+Each fit is a loss module plus a thin front door on the shared loop (`driftax/_training.py`):
+ONE compiled `lax.scan` over the optimisation steps, reused by a second fit of a flow with the
+same structure and the same optimiser object. A step whose loss or gradient is not finite is
+skipped (parameters and optimizer state kept), shows as NaN/inf in the loss history, and is
+reported with one `RuntimeWarning` after the fit; nothing silently returns a NaN flow.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -19,8 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Key
+from .._training import Minibatches, StepIndex, check_count, train
 from ..energies._base import AbstractEnergy
 from ._distribution import Flow
+from ._snf import StochasticFlow
 
 # ----------------------------------------------------------------------------------------------
 # losses (each for a batch; the fit functions use them inside their compiled loops)
@@ -106,20 +106,7 @@ def forward_kl_loss(
 
 
 # ----------------------------------------------------------------------------------------------
-# plumbing shared by the fits
-
-
-def _check_optimizer(optimizer):
-    if not (
-        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
-    ):
-        raise TypeError("`optimizer` must be an optax GradientTransformation (with init/update).")
-
-
-def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
+# the fits: a loss module each, trained by the shared loop (driftax/_training.py)
 
 
 def _check_flow(flow):
@@ -127,8 +114,8 @@ def _check_flow(flow):
         raise TypeError(f"`flow` must be a driftax.flows.Flow, got {type(flow).__name__}.")
 
 
-def _partition(flow: Flow, train_base: bool):
-    """Trainable parameters: the bijection's float arrays (and the base's if asked)."""
+def _flow_spec(flow: Flow, train_base: bool):
+    """What trains: the bijection's float arrays (and the base's if asked)."""
     spec = jax.tree.map(lambda _: False, flow)
     spec = eqx.tree_at(
         lambda f: f.bijection, spec, replace=jax.tree.map(eqx.is_inexact_array, flow.bijection)
@@ -137,176 +124,65 @@ def _partition(flow: Flow, train_base: bool):
         spec = eqx.tree_at(
             lambda f: f.base, spec, replace=jax.tree.map(eqx.is_inexact_array, flow.base)
         )
-    return eqx.partition(flow, spec)
+    return spec
 
 
-def _all_finite(tree) -> Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+class _MaxLikelihood(eqx.Module):
+    """Batch `(x, condition)` (condition `None` for an unconditional flow)."""
+
+    def __call__(self, flow, batch, *, key):
+        x, c = batch
+        return max_likelihood_loss(flow, x, c, key=key), None
 
 
-def _sgd_step(loss_fn, optimizer, params, opt_state, *args):
-    """One optimiser step; skipped (parameters unchanged) when the loss, gradient or result is
-    not finite. Returns `(params, opt_state, loss, ok)`."""
-    loss, grads = jax.value_and_grad(loss_fn)(params, *args)
-    updates, new_state = optimizer.update(grads, opt_state, params)
-    new_params = eqx.apply_updates(params, updates)
-    ok = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
-    params, opt_state = jax.tree.map(
-        lambda a, b: jnp.where(ok, a, b), (new_params, new_state), (params, opt_state)
-    )
-    return params, opt_state, loss, ok
+class _Validation(eqx.Module):
+    # the same probes at every evaluation (common random numbers for early stopping)
+    x: Array
+    condition: Array | None
+    key: Key
+
+    def __call__(self, flow):
+        return max_likelihood_loss(flow, self.x, self.condition, key=self.key)
 
 
-def _progress_callback(num_steps: int):
-    """A host callback drawing a progress bar (tqdm if installed, else plain prints)."""
-    state = {}
+class _KL(eqx.Module):
+    """The (annealed) reverse KL mixed with the SNIS forward KL; batch = the step index."""
 
-    def update(step, loss):
-        step = int(step)
-        if "bar" not in state:
-            try:
-                from tqdm.auto import tqdm
+    energy: AbstractEnergy
+    batch_size: int = eqx.field(static=True)
+    stick_the_landing: bool = eqx.field(static=True)
+    forward_weight: float = eqx.field(static=True)
+    annealing_steps: int = eqx.field(static=True)
 
-                state["bar"] = tqdm(total=num_steps)
-            except ImportError:  # pragma: no cover
-                state["bar"] = None
-        bar = state["bar"]
-        if bar is not None:
-            bar.n = step
-            bar.set_postfix(loss=float(loss), refresh=False)
-            bar.refresh()
-            if step >= num_steps:
-                bar.close()
-                state.clear()
-        else:  # pragma: no cover
-            print(f"step {step}/{num_steps}  loss {float(loss):.4f}")
-
-    return update
-
-
-def _maybe_report(i, loss, num_steps: int, progress: bool):
-    if not progress:
-        return
-    every = max(num_steps // 100, 1)
-    jax.lax.cond(
-        ((i + 1) % every == 0) | (i + 1 == num_steps),
-        lambda: jax.debug.callback(_progress_callback_cache(num_steps), i + 1, loss),
-        lambda: None,
-    )
-
-
-_CALLBACKS: dict[int, Callable] = {}
-
-
-def _progress_callback_cache(num_steps: int):
-    # one callback object per length, so the compiled loop is reusable
-    if num_steps not in _CALLBACKS:
-        _CALLBACKS[num_steps] = _progress_callback(num_steps)
-    return _CALLBACKS[num_steps]
-
-
-def _report_nonfinite(ok: np.ndarray, what: str):
-    bad = int(np.size(ok) - np.count_nonzero(ok))
-    if bad:
-        first = int(np.argmin(ok))
-        warnings.warn(
-            f"{what}: {bad} of {np.size(ok)} steps had a non-finite loss or gradient (first at "
-            f"step {first}); they were skipped and are NaN/inf in the returned loss history.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    def __call__(self, flow, step, *, key):
+        beta = 1.0
+        if self.annealing_steps:
+            beta = jnp.minimum(1.0, 0.01 + step / self.annealing_steps)
+        total = 0.0
+        if self.forward_weight < 1.0:
+            rev = reverse_kl_loss(
+                flow,
+                self.energy,
+                key=key,
+                batch_size=self.batch_size,
+                stick_the_landing=self.stick_the_landing,
+                inverse_temperature=beta,
+            )
+            total = total + (1.0 - self.forward_weight) * rev
+        if self.forward_weight > 0.0:
+            fwd = forward_kl_loss(
+                flow,
+                self.energy,
+                key=jax.random.fold_in(key, 1),
+                batch_size=self.batch_size,
+                inverse_temperature=beta,
+            )
+            total = total + self.forward_weight * fwd
+        return total, None
 
 
 # ----------------------------------------------------------------------------------------------
 # maximum likelihood
-
-
-@eqx.filter_jit
-@eqx.debug.assert_max_traces(
-    max_traces=None
-)  # counts traces (tests check a refit does not retrace)
-def _ml_loop(
-    params,
-    static,
-    train_x,
-    train_c,
-    val_x,
-    val_c,
-    key,
-    optimizer,
-    num_steps,
-    batch_size,
-    eval_every,
-    patience,
-    progress,
-):
-    n_train = train_x.shape[0]
-    steps_per_epoch = n_train // batch_size
-    has_val = val_x is not None
-
-    def loss_fn(p, xb, cb, k):
-        return max_likelihood_loss(eqx.combine(p, static), xb, cb, key=k)
-
-    def val_loss(p):
-        # the same probes at every evaluation (common random numbers for early stopping)
-        return loss_fn(p, val_x, val_c, jax.random.fold_in(key, 0x7FFFFFFF))
-
-    def body(carry, i):
-        params, opt_state, perm, best, best_val, bad, stopped = carry
-        was_stopped = stopped
-        epoch, j = i // steps_per_epoch, i % steps_per_epoch
-        perm = jax.lax.cond(
-            j == 0,
-            lambda: jax.random.permutation(jax.random.fold_in(key, epoch), n_train),
-            lambda: perm,
-        )
-        idx = jax.lax.dynamic_slice_in_dim(perm, j * batch_size, batch_size)
-        xb = train_x[idx]
-        cb = None if train_c is None else train_c[idx]
-
-        def do_step(args):
-            params, opt_state = args
-            k = jax.random.fold_in(jax.random.fold_in(key, 0x7FFFFFFE), i)
-            return _sgd_step(loss_fn, optimizer, params, opt_state, xb, cb, k)
-
-        def skip(args):
-            params, opt_state = args
-            return params, opt_state, jnp.array(jnp.nan, train_x.dtype), jnp.array(True)
-
-        if patience is None:  # never stops: no branch to compile
-            params, opt_state, loss, ok = do_step((params, opt_state))
-        else:
-            params, opt_state, loss, ok = jax.lax.cond(stopped, skip, do_step, (params, opt_state))
-        if has_val:
-            evaluate = (~stopped) & (((i + 1) % eval_every == 0) | (i + 1 == num_steps))
-            v = jax.lax.cond(
-                evaluate, lambda: val_loss(params), lambda: jnp.array(jnp.nan, train_x.dtype)
-            )
-            improved = evaluate & (v < best_val)
-            best = jax.tree.map(lambda a, b: jnp.where(improved, a, b), params, best)
-            best_val = jnp.where(improved, v, best_val)
-            bad = jnp.where(evaluate, jnp.where(improved, 0, bad + 1), bad)
-            if patience is not None:
-                stopped = stopped | (bad >= patience)
-        else:
-            v = jnp.array(jnp.nan, train_x.dtype)
-        _maybe_report(i, loss, num_steps, progress)
-        return (params, opt_state, perm, best, best_val, bad, stopped), (loss, v, ok, was_stopped)
-
-    init = (
-        params,
-        optimizer.init(params),
-        jnp.arange(n_train),
-        params,
-        jnp.array(jnp.inf, train_x.dtype),
-        jnp.array(0),
-        jnp.array(False),
-    )
-    (params, _, _, best, best_val, _, _), (losses, vals, ok, stopped) = jax.lax.scan(
-        body, init, jnp.arange(num_steps)
-    )
-    return params, best, best_val, losses, vals, ok, stopped
 
 
 def fit_max_likelihood(
@@ -325,7 +201,9 @@ def fit_max_likelihood(
     train_base: bool = False,
     progress: bool = False,
 ) -> tuple[Flow, dict[str, Array]]:
-    """Fit a flow to samples by maximum likelihood with mini-batch optax steps.
+    """Fit a flow to samples by maximum likelihood with mini-batch optax steps (the shared
+    training loop: one compiled scan, a non-finite step skipped and reported by a
+    `RuntimeWarning`).
 
     **Arguments:**
 
@@ -350,9 +228,8 @@ def fit_max_likelihood(
     `losses["validation"]` holds the validation losses at the evaluation steps.
     """
     _check_flow(flow)
-    _check_optimizer(optimizer)
-    num_steps = _check_count(num_steps, "num_steps")
-    batch_size = _check_count(batch_size, "batch_size")
+    num_steps = check_count(num_steps, "num_steps")
+    batch_size = check_count(batch_size, "batch_size")
     data = jnp.asarray(data)
     if not jnp.issubdtype(data.dtype, jnp.floating):
         data = data.astype(jnp.result_type(float))
@@ -375,7 +252,7 @@ def fit_max_likelihood(
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"`validation_fraction` must lie in [0, 1), got {validation_fraction!r}.")
     if patience is not None:
-        patience = _check_count(patience, "patience")
+        patience = check_count(patience, "patience")
         if validation_fraction == 0.0:
             raise ValueError("early stopping (`patience`) needs `validation_fraction > 0`.")
 
@@ -388,104 +265,45 @@ def fit_max_likelihood(
     train_idx, val_idx = order[n_val:], order[:n_val]
     train_x = data[train_idx]
     train_c = None if condition is None else condition[train_idx]
-    val_x = data[val_idx] if n_val else None
-    val_c = None if (condition is None or not n_val) else condition[val_idx]
     if batch_size > train_x.shape[0]:
         raise ValueError(
             f"`batch_size` ({batch_size}) exceeds the number of training samples ({train_x.shape[0]})."
         )
     steps_per_epoch = train_x.shape[0] // batch_size
-    eval_every = steps_per_epoch if eval_every is None else _check_count(eval_every, "eval_every")
-
-    params, static = _partition(flow, train_base)
-    last, best, best_val, losses, vals, ok, stopped = _ml_loop(
-        params,
-        static,
-        train_x,
-        train_c,
-        val_x,
-        val_c,
-        key_loop,
-        optimizer,
-        num_steps,
-        batch_size,
-        eval_every if n_val else None,
-        patience,
-        progress,
-    )
-    stopped = np.asarray(stopped)
-    taken = int(np.argmax(stopped)) if stopped.any() else num_steps
-    ok = np.asarray(ok)[:taken]
-    _report_nonfinite(ok, "fit_max_likelihood")
-    out = {"train": losses[:taken]}
-    chosen = last
+    eval_every = steps_per_epoch if eval_every is None else check_count(eval_every, "eval_every")
+    validation = None
     if n_val:
-        v = np.asarray(vals)
+        validation = _Validation(
+            data[val_idx],
+            None if condition is None else condition[val_idx],
+            jax.random.fold_in(key_loop, 0x7FFFFFFF),
+        )
+    trained, history = train(
+        flow,
+        _MaxLikelihood(),
+        Minibatches((train_x, train_c), batch_size),
+        key=key_loop,
+        optimizer=optimizer,
+        num_steps=num_steps,
+        filter_spec=_flow_spec(flow, train_base),
+        validation=validation,
+        eval_every=eval_every,
+        patience=patience,
+        return_best=return_best,
+        progress=progress,
+        desc="fit_max_likelihood",
+        warn_name="fit_max_likelihood",
+    )
+    taken = history.num_steps_taken
+    out = {"train": history.losses[:taken]}
+    if n_val:
+        v = np.asarray(history.validation)
         out["validation"] = jnp.asarray(v[np.isfinite(v)])
-        if return_best and np.isfinite(np.asarray(best_val)):
-            chosen = best
-    return eqx.combine(chosen, static), out
+    return trained, out
 
 
 # ----------------------------------------------------------------------------------------------
 # reverse / forward KL to an energy
-
-
-@eqx.filter_jit
-@eqx.debug.assert_max_traces(max_traces=None)
-def _kl_loop(
-    params,
-    static,
-    energy,
-    key,
-    optimizer,
-    num_steps,
-    batch_size,
-    stl,
-    forward_weight,
-    annealing_steps,
-    progress,
-):
-    def loss_fn(p, k, beta):
-        flow = eqx.combine(p, static)
-        total = 0.0
-        if forward_weight < 1.0:
-            rev = reverse_kl_loss(
-                flow,
-                energy,
-                key=k,
-                batch_size=batch_size,
-                stick_the_landing=stl,
-                inverse_temperature=beta,
-            )
-            total = total + (1.0 - forward_weight) * rev
-        if forward_weight > 0.0:
-            fwd = forward_kl_loss(
-                flow,
-                energy,
-                key=jax.random.fold_in(k, 1),
-                batch_size=batch_size,
-                inverse_temperature=beta,
-            )
-            total = total + forward_weight * fwd
-        return total
-
-    def body(carry, ik):
-        i, k = ik
-        params, opt_state = carry
-        if annealing_steps:
-            beta = jnp.minimum(1.0, 0.01 + i / annealing_steps)
-        else:
-            beta = 1.0
-        params, opt_state, loss, ok = _sgd_step(loss_fn, optimizer, params, opt_state, k, beta)
-        _maybe_report(i, loss, num_steps, progress)
-        return (params, opt_state), (loss, ok)
-
-    keys = jax.random.split(key, num_steps)
-    (params, _), (losses, ok) = jax.lax.scan(
-        body, (params, optimizer.init(params)), (jnp.arange(num_steps), keys)
-    )
-    return params, losses, ok
 
 
 def fit_reverse_kl(
@@ -510,7 +328,8 @@ def fit_reverse_kl(
     - `flow`: the [`Flow`][] to train (prefer a flow with cheap `sample_and_log_density`:
       planar, coupling, or `masked_autoregressive_flow(..., invert=False)`).
     - `energy`: the target, any `AbstractEnergy` with the flow's event shape.
-    - `key`, `optimizer`, `num_steps`, `batch_size`: as for [`fit_max_likelihood`][].
+    - `key`, `optimizer`, `num_steps`, `batch_size`, `progress`: as for
+      [`fit_max_likelihood`][] (`batch_size` draws from the flow per step).
     - `stick_the_landing`: drop the score term of `log q` from the gradient (lower variance).
     - `forward_weight`: `α` in `(1 - α) KL(q‖p) + α KL(p‖q)`, the forward part estimated by
       self-normalised importance sampling ([`forward_kl_loss`][]); `α = 1` is the pure forward KL.
@@ -522,7 +341,6 @@ def fit_reverse_kl(
     reverse KL it estimates `KL(q‖p) - log Z = -ELBO`.
     """
     _check_flow(flow)
-    _check_optimizer(optimizer)
     if not isinstance(energy, AbstractEnergy):
         raise TypeError(f"`energy` must be a driftax AbstractEnergy, got {type(energy).__name__}.")
     if tuple(energy.event_shape) != tuple(flow.event_shape):
@@ -531,8 +349,7 @@ def fit_reverse_kl(
         )
     if flow.cond_shape is not None:
         raise ValueError("fit_reverse_kl needs an unconditional flow.")
-    num_steps = _check_count(num_steps, "num_steps")
-    batch_size = _check_count(batch_size, "batch_size")
+    batch_size = check_count(batch_size, "batch_size")
     forward_weight = float(forward_weight)
     if not 0.0 <= forward_weight <= 1.0:
         raise ValueError(f"`forward_weight` must lie in [0, 1], got {forward_weight!r}.")
@@ -542,23 +359,20 @@ def fit_reverse_kl(
         or annealing_steps < 0
     ):
         raise ValueError(f"`annealing_steps` must be a non-negative int, got {annealing_steps!r}.")
-    annealing_steps = int(annealing_steps)
-    params, static = _partition(flow, train_base)
-    params, losses, ok = _kl_loop(
-        params,
-        static,
-        energy,
-        key,
-        optimizer,
-        num_steps,
-        batch_size,
-        bool(stick_the_landing),
-        forward_weight,
-        annealing_steps,
-        progress,
+    loss = _KL(energy, batch_size, bool(stick_the_landing), forward_weight, int(annealing_steps))
+    trained, history = train(
+        flow,
+        loss,
+        StepIndex(),
+        key=key,
+        optimizer=optimizer,
+        num_steps=num_steps,
+        filter_spec=_flow_spec(flow, train_base),
+        progress=progress,
+        desc="fit_reverse_kl",
+        warn_name="fit_reverse_kl",
     )
-    _report_nonfinite(np.asarray(ok), "fit_reverse_kl")
-    return eqx.combine(params, static), {"train": losses}
+    return trained, {"train": history.losses}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -592,11 +406,9 @@ def importance_diagnostics(
       with `log Ẑ` (then an underestimate),
     - `num_nonfinite`: draws whose weight was not finite (counted as zero weight).
     """
-    from ._snf import StochasticFlow
-
     if not isinstance(flow, (Flow, StochasticFlow)):
         raise TypeError(f"`flow` must be a Flow or a StochasticFlow, got {type(flow).__name__}.")
-    num_samples = _check_count(num_samples, "num_samples")
+    num_samples = check_count(num_samples, "num_samples")
     log_w = np.asarray(_log_weights(flow, energy, key, num_samples), dtype=np.float64)
     finite = np.isfinite(log_w)
     lw = np.where(finite, log_w, -np.inf)

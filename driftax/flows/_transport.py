@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import optax
 
 from .._custom_types import Array, Key, Scalar
+from .._training import AbstractBatcher, check_count, check_optimizer, train_loop
 from ..samplers._transport import AbstractTransport
 from ._bijection import AbstractBijection
-from ._train import _check_count, _check_optimizer
 
 
 class FlowTransport(AbstractTransport):
@@ -38,7 +38,7 @@ class FlowTransport(AbstractTransport):
     - `bijection`: the [`AbstractBijection`][] to fit at every stage (its event shape must be
       the target's).
     - `optimizer`: an optax optimizer (default `optax.adam(1e-3)`).
-    - `num_train_steps`: optimizer steps per stage (default 100).
+    - `num_steps`: optimizer steps per stage (default 100).
     - `batch_size`: training particles per step, drawn by their weights; `None` (default)
       uses all of them with their weights.
 
@@ -51,7 +51,7 @@ class FlowTransport(AbstractTransport):
     target = dx.energies.gaussian(jnp.array([2.0, -1.0]), jnp.array([0.5, 2.0]))
     transport = dx.flows.FlowTransport(
         bijection=dx.flows.Affine(loc=jnp.zeros(2), scale=jnp.ones(2)),
-        optimizer=optax.adam(0.05), num_train_steps=200)
+        optimizer=optax.adam(0.05), num_steps=200)
     smc = dx.samplers.SMC(dx.samplers.MALA(step_size=0.1), schedule=jnp.linspace(0, 1, 3),
                           reference_scale=1.0, transport=transport)
     result = smc.run(target, key=jax.random.key(0), num_particles=512)
@@ -60,14 +60,14 @@ class FlowTransport(AbstractTransport):
 
     bijection: AbstractBijection
     optimizer: optax.GradientTransformation = eqx.field(static=True)
-    num_train_steps: int = eqx.field(static=True)
+    num_steps: int = eqx.field(static=True)
     batch_size: int | None = eqx.field(static=True)
 
     def __init__(
         self,
         bijection: AbstractBijection,
         optimizer: optax.GradientTransformation | None = None,
-        num_train_steps: int = 100,
+        num_steps: int = 100,
         batch_size: int | None = None,
     ):
         if not isinstance(bijection, AbstractBijection):
@@ -75,17 +75,17 @@ class FlowTransport(AbstractTransport):
                 f"`bijection` must be a driftax AbstractBijection, got {type(bijection).__name__}."
             )
         optimizer = optax.adam(1e-3) if optimizer is None else optimizer
-        _check_optimizer(optimizer)
+        check_optimizer(optimizer)
         self.bijection = bijection
         self.optimizer = optimizer
-        self.num_train_steps = _check_count(num_train_steps, "num_train_steps")
-        self.batch_size = None if batch_size is None else _check_count(batch_size, "batch_size")
+        self.num_steps = check_count(num_steps, "num_steps")
+        self.batch_size = None if batch_size is None else check_count(batch_size, "batch_size")
 
     def num_grad_evals(self, num_train_particles: int) -> int:
-        """Target gradient evaluations of one stage's fit: `num_train_steps` steps over
+        """Target gradient evaluations of one stage's fit: `num_steps` steps over
         `batch_size` (or all `num_train_particles`) training particles, plus the final loss."""
         per_step = num_train_particles if self.batch_size is None else self.batch_size
-        return self.num_train_steps * per_step + num_train_particles
+        return self.num_steps * per_step + num_train_particles
 
     def fit_and_transport(
         self,
@@ -102,33 +102,18 @@ class FlowTransport(AbstractTransport):
         x_train = jax.lax.stop_gradient(x_train)
         log_weights = jax.lax.stop_gradient(log_weights)
         weights = jnp.exp(log_weights - jax.nn.logsumexp(log_weights))
-        params, static = eqx.partition(self.bijection, eqx.is_inexact_array)
-
-        def loss_fn(p, xb, wb):
-            bij = eqx.combine(p, static)
-            y, log_det = jax.vmap(bij.transform_and_log_det)(xb)
-            lp = jax.vmap(log_density_next)(y)
-            per = jnp.where(wb > 0, -(lp + log_det), 0.0)  # zero-weight particles may sit anywhere
-            return jnp.sum(wb * per) / jnp.sum(wb)
-
-        def step(carry, k):
-            p, opt_state = carry
-            if self.batch_size is None:
-                xb, wb = x_train, weights
-            else:
-                idx = jax.random.categorical(k, log_weights, shape=(self.batch_size,))
-                xb, wb = x_train[idx], jnp.ones((self.batch_size,), x_train.dtype)
-            loss, grads = jax.value_and_grad(loss_fn)(p, xb, wb)
-            updates, opt_state = self.optimizer.update(grads, opt_state, p)
-            p_new = optax.apply_updates(p, updates)
-            ok = jnp.isfinite(loss)  # a non-finite step is skipped, not taken
-            p = jax.tree.map(lambda a, b: jnp.where(ok, a, b), p_new, p)
-            return (p, opt_state), loss
-
-        keys = jax.random.split(key, self.num_train_steps)
-        (trained, _), _ = jax.lax.scan(step, (params, self.optimizer.init(params)), keys)
-        final = loss_fn(trained, x_train, weights)
-        y, log_det = jax.vmap(eqx.combine(trained, static).transform_and_log_det)(x)
+        loss = _TransportLoss(log_density_next)
+        batches = _WeightedParticles(x_train, log_weights, weights, self.batch_size)
+        trained_bij, _ = train_loop(
+            self.bijection,
+            loss,
+            batches,
+            key=key,
+            optimizer=self.optimizer,
+            num_steps=self.num_steps,
+        )
+        final = loss(trained_bij, (x_train, weights), key=key)[0]
+        y, log_det = jax.vmap(trained_bij.transform_and_log_det)(x)
         ok = (
             jnp.isfinite(final)
             & jnp.all(jnp.isfinite(y.reshape(y.shape[0], -1)))
@@ -138,3 +123,31 @@ class FlowTransport(AbstractTransport):
         y = jnp.where(ok, y, y0)
         log_det = jnp.where(ok, log_det, log_det0)
         return y, log_det, jnp.where(ok, final, jnp.nan)
+
+
+class _TransportLoss(eqx.Module):
+    """Weighted `-log π_next(T(x)) - log|det ∇T(x)|` over a batch `(x, w)`."""
+
+    log_density_next: object
+
+    def __call__(self, bij, batch, *, key):
+        xb, wb = batch
+        y, log_det = jax.vmap(bij.transform_and_log_det)(xb)
+        lp = jax.vmap(self.log_density_next)(y)
+        per = jnp.where(wb > 0, -(lp + log_det), 0.0)  # zero-weight particles may sit anywhere
+        return jnp.sum(wb * per) / jnp.sum(wb), None
+
+
+class _WeightedParticles(AbstractBatcher):
+    """All particles with their weights, or `batch_size` of them drawn by their weights."""
+
+    x: Array
+    log_weights: Array
+    weights: Array
+    batch_size: int | None = eqx.field(static=True)
+
+    def next(self, state, model, key, step):
+        if self.batch_size is None:
+            return (self.x, self.weights), state
+        idx = jax.random.categorical(key, self.log_weights, shape=(self.batch_size,))
+        return (self.x[idx], jnp.ones((self.batch_size,), self.x.dtype)), state

@@ -120,13 +120,12 @@ def test_fit_progress_bar_ema_and_bad_input(capsys):
         optimizer=opt,
         num_steps=30,
         batch_size=32,
-        progress_bar=True,
-        num_chunks=3,
+        progress=True,
     )
     b, lb = dd.fit(
         model, loss, data, key=jax.random.key(2), optimizer=opt, num_steps=30, batch_size=32
     )
-    np.testing.assert_allclose(la, lb, rtol=1e-5)  # chunking does not change the run
+    np.testing.assert_allclose(la, lb, rtol=1e-5)  # the progress bar does not change the run
     leaves = lambda m: jax.tree.leaves(eqx.filter(m, eqx.is_inexact_array))
     for x, y in zip(leaves(a), leaves(b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)

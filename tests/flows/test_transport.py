@@ -22,7 +22,7 @@ def test_affine_transport_is_exact_on_a_gaussian():
     reference onto the target, so the weights are nearly uniform and log Z (= 0) is recovered;
     without the transport the same single stage degenerates."""
     target = de.gaussian(jnp.array([2.0, -1.0, 0.5]), jnp.array([0.5, 2.0, 1.0]))
-    transport = df.FlowTransport(_affine(3), optimizer=optax.adam(0.05), num_train_steps=300)
+    transport = df.FlowTransport(_affine(3), optimizer=optax.adam(0.05), num_steps=300)
     kw = dict(schedule=jnp.linspace(0.0, 1.0, 2), reference_scale=1.0)
     r = ds.SMC(ds.MALA(step_size=0.1), transport=transport, **kw).run(
         target, key=jax.random.key(0), num_particles=512
@@ -40,7 +40,7 @@ def test_affine_transport_is_exact_on_a_gaussian():
 
 
 def test_nonfinite_fit_falls_back_to_the_initial_bijection():
-    transport = df.FlowTransport(_affine(2), optimizer=optax.adam(0.1), num_train_steps=5)
+    transport = df.FlowTransport(_affine(2), optimizer=optax.adam(0.1), num_steps=5)
     x = jax.random.normal(jax.random.key(1), (16, 2))
     logw = jnp.full((16,), -jnp.log(16.0))
     y, log_det, loss = transport.fit_and_transport(
@@ -54,8 +54,8 @@ def test_nonfinite_fit_falls_back_to_the_initial_bijection():
 def test_bad_arguments():
     with pytest.raises(TypeError, match="bijection"):
         df.FlowTransport(3)
-    with pytest.raises(ValueError, match="num_train_steps"):
-        df.FlowTransport(_affine(2), num_train_steps=0)
+    with pytest.raises(ValueError, match="num_steps"):
+        df.FlowTransport(_affine(2), num_steps=0)
     with pytest.raises(TypeError, match="optimizer"):
         df.FlowTransport(_affine(2), optimizer="adam")
     with pytest.raises(TypeError, match="transport"):
@@ -70,7 +70,7 @@ def test_coupling_transport_log_z_unbiased_on_many_well():
     flow = df.coupling_flow(
         jax.random.key(1), 8, transformer="affine", num_layers=4, hidden=32, permutation="reverse"
     )
-    transport = df.FlowTransport(flow.bijection, optimizer=optax.adam(1e-3), num_train_steps=100)
+    transport = df.FlowTransport(flow.bijection, optimizer=optax.adam(1e-3), num_steps=100)
     smc = ds.SMC(
         ds.MALA(step_size=0.1),
         schedule=jnp.linspace(0.0, 1.0, 6),

@@ -1,0 +1,180 @@
+"""The training objectives of the learned samplers, as loss modules for the shared loop
+(`driftax/_training.py`), with the batchers that feed them (a replay buffer refined by local
+search; the Adjoint Sampling buffer of terminal states and lean adjoints)."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ..._training import AbstractBatcher
+from ...energies._base import AbstractEnergy
+from ._buffer import LocalSearch, _local_search
+from ._core import _clip, _score_fn, backward_path, forward_path
+
+LOSSES: tuple[str, ...] = ("kl", "log_variance", "adjoint")
+
+
+class PathLoss(eqx.Module):
+    """`"kl"`: `-mean log w` over reparameterized forward paths; `"log_variance"`: `Var[log w]`
+    over detached forward paths plus, with a replay buffer, backward paths from buffer samples.
+    Batch: the buffer state `(data, count, acceptance)` or `None`. Aux: `(x_K, elbo, log Z,
+    acceptance)` of the on-policy paths (the acceptance of the local search that fed this
+    step's buffer)."""
+
+    energy: AbstractEnergy
+    loss: str = eqx.field(static=True)
+    batch_size: int = eqx.field(static=True)
+    search: LocalSearch | None
+
+    def __call__(self, sampler, batch, *, key):
+        energy, search, n = self.energy, self.search, self.batch_size
+        k_on, k_off = jax.random.split(key)
+        n_on = n if search is None else n - int(round(n * search.fraction))
+        detach = self.loss == "log_variance"
+        on_keys = jax.random.split(k_on, n_on)
+        x, log_w = jax.vmap(lambda k: forward_path(sampler, energy, k, detach=detach))(on_keys)
+        all_w = log_w
+        acc = jnp.zeros((), x.dtype)
+        if search is not None:
+            data, count, acc = batch
+            k_idx, k_path = jax.random.split(k_off)
+            n_off = n - n_on
+            idx = jax.random.randint(k_idx, (n_off,), 0, jnp.maximum(count, 1))
+            fallback = jax.lax.stop_gradient(x[jnp.arange(n_off) % n_on])
+            starts = jnp.where(count > 0, data[idx], fallback)
+            _, log_w_off = jax.vmap(lambda y, k: backward_path(sampler, energy, y, k))(
+                starts, jax.random.split(k_path, n_off)
+            )
+            all_w = jnp.concatenate([log_w, log_w_off])
+        value = -jnp.mean(all_w) if self.loss == "kl" else jnp.var(all_w)
+        log_w = jax.lax.stop_gradient(log_w)
+        aux = (
+            jax.lax.stop_gradient(x),
+            jnp.mean(log_w),
+            jax.nn.logsumexp(log_w) - jnp.log(n_on),
+            acc,
+        )
+        return value, aux
+
+
+class ReplayBuffer(AbstractBatcher):
+    """A FIFO buffer of terminal samples refined by MCMC local search: after a step the
+    on-policy samples wait in the state; before the next step they take the local-search
+    moves and enter the buffer, which is that step's batch."""
+
+    energy: AbstractEnergy
+    search: LocalSearch
+    dim: int = eqx.field(static=True)
+    batch_size: int = eqx.field(static=True)
+
+    def init(self, key):
+        dtype = jnp.result_type(float)
+        data = jnp.zeros((self.search.buffer_size, self.dim), dtype)
+        n_on = self.batch_size - int(round(self.batch_size * self.search.fraction))
+        pending = jnp.zeros((n_on, self.dim), dtype)
+        return data, jnp.array(0), pending, jnp.array(False), jnp.zeros((), dtype)
+
+    def next(self, state, model, key, step):
+        data, count, pending, has_pending, _ = state
+        fresh, acc_each = _local_search(
+            self.search.kernel, self.energy, pending, key, self.search.num_steps
+        )
+        good = jnp.all(jnp.isfinite(fresh), axis=-1)
+        fresh = jnp.where(good[:, None], fresh, pending)
+        size = data.shape[0]
+        pos = (count + jnp.arange(fresh.shape[0])) % size
+        pushed = data.at[pos].set(fresh)
+        data = jnp.where(has_pending, pushed, data)
+        count = jnp.where(has_pending, jnp.minimum(count + fresh.shape[0], size), count)
+        acc = jnp.where(has_pending, jnp.mean(acc_each), 0.0).astype(data.dtype)
+        return (data, count, acc), (data, count, pending, has_pending, acc)
+
+    def update(self, state, model, aux, key):
+        data, count, _, _, acc = state
+        return data, count, aux[0], jnp.array(True), acc
+
+
+class AdjointLoss(eqx.Module):
+    """Reciprocal adjoint matching (Adjoint Sampling): `|f(t, X_t)/σ² + a|²` at Brownian-bridge
+    points `X_t` between 0 and buffer samples `x` with lean adjoints `a = ∇g(x)`,
+    `g = log N(·; 0, σ²T) - log p̃`. Batch: the [`AdjointBuffer`][] state."""
+
+    energy: AbstractEnergy
+    batch_size: int = eqx.field(static=True)
+
+    def __call__(self, sampler, batch, *, key):
+        data, targets, count, lower, log_z, acc = batch
+        n = self.batch_size
+        ts = sampler.times().astype(data.dtype)
+        horizon, sigma = sampler.horizon, sampler.sigma
+        score = _score_fn(sampler, self.energy)
+        ki, kt, kn = jax.random.split(key, 3)
+        idx = jax.random.randint(ki, (n,), 0, jnp.maximum(count, 1))
+        x1, a1 = data[idx], targets[idx]
+        t = ts[jax.random.randint(kt, (n,), 0, sampler.num_steps)]
+        noise = jax.vmap(sampler.project)(jax.random.normal(kn, x1.shape, x1.dtype))
+        std = sigma * jnp.sqrt(t * (horizon - t) / horizon)
+        xt = (t / horizon)[:, None] * x1 + std[:, None] * noise
+        f = jax.vmap(sampler.drift)(t, xt, jax.vmap(score)(xt))
+        value = jnp.mean(jnp.sum((f / sigma**2 + a1) ** 2, axis=-1))
+        return value, (None, lower, log_z, acc)
+
+
+class AdjointBuffer(AbstractBatcher):
+    """Every `num_updates` steps: simulate `batch_size` paths of the current sampler (no
+    gradients), optionally move the terminal states by local search, and push them with their
+    lean adjoints into a FIFO buffer of `size`."""
+
+    energy: AbstractEnergy
+    search: LocalSearch | None
+    dim: int = eqx.field(static=True)
+    batch_size: int = eqx.field(static=True)
+    size: int = eqx.field(static=True)
+    num_updates: int = eqx.field(static=True)
+
+    def init(self, key):
+        dtype = jnp.result_type(float)
+        empty = jnp.zeros((self.size, self.dim), dtype)
+        zero = jnp.zeros((), dtype)
+        return empty, empty, jnp.array(0), zero, zero, zero
+
+    def _refresh(self, state, sampler, key):
+        data, targets, count, _, _, _ = state
+        energy, n = self.energy, self.batch_size
+        k_sim, k_ls = jax.random.split(key)
+        x, log_w = jax.vmap(lambda k: forward_path(sampler, energy, k, detach=True))(
+            jax.random.split(k_sim, n)
+        )
+        x, log_w = jax.lax.stop_gradient((x, log_w))
+        acc = jnp.zeros((), x.dtype)
+        if self.search is not None:
+            moved, acc_each = _local_search(
+                self.search.kernel, energy, x, k_ls, self.search.num_steps
+            )
+            moved = jax.vmap(sampler.project)(moved)
+            x = jnp.where(jnp.all(jnp.isfinite(moved), -1)[:, None], moved, x)
+            acc = jnp.mean(acc_each)
+        nu = sampler.sigma**2 * sampler.horizon
+
+        def adjoint(y):
+            return -sampler.project(_clip(energy.score(y), sampler.clip) + y / nu)
+
+        a = jax.vmap(adjoint)(x)
+        good = jnp.all(jnp.isfinite(x), -1) & jnp.all(jnp.isfinite(a), -1)
+        pos = (count + jnp.arange(n)) % self.size
+        data = data.at[pos].set(jnp.where(good[:, None], x, data[pos]))
+        targets = targets.at[pos].set(jnp.where(good[:, None], a, targets[pos]))
+        count = jnp.minimum(count + n, self.size)
+        lower = jnp.mean(log_w)
+        log_z = jax.nn.logsumexp(log_w) - jnp.log(n)
+        return data, targets, count, lower, log_z, acc
+
+    def next(self, state, model, key, step):
+        state = jax.lax.cond(
+            step % self.num_updates == 0,
+            lambda: self._refresh(state, model, key),
+            lambda: state,
+        )
+        return state, state
