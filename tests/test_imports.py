@@ -25,10 +25,7 @@ ROOT = Path(driftax.__file__).resolve().parent
 
 # module -> reason: modules known to sit on an import cycle. Each is xfail(strict=True), so its
 # entry must be removed as soon as the cycle is gone.
-KNOWN_CYCLES: dict[str, str] = {
-    "driftax.flows._snf": "fixed by the training-core split",
-    "driftax.flows._train": "fixed by the training-core split",
-}
+KNOWN_CYCLES: dict[str, str] = {}
 
 # subpackage -> the subpackages it may import (the design's direction:
 # energies <- samplers <- {flows, diffusion}; private top-level modules sit below all of them).
