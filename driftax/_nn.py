@@ -160,6 +160,7 @@ class TimeMLP(eqx.Module):
         make = lambda k: eqx.nn.Linear(hidden, hidden, key=k)
         self.blocks = eqx.filter_vmap(make)(jax.random.split(k2, depth - 1))
         last = eqx.nn.Linear(hidden, dim, key=k3)
+        assert last.bias is not None  # use_bias=True
         # Start near zero output so every parameterization starts from a sensible field.
         self.last = eqx.tree_at(
             lambda m: (m.weight, m.bias), last, (last.weight * 0.1, last.bias * 0)

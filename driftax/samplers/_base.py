@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
