@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import check_int
-from ._custom_types import Array, Key
+from ._custom_types import Array, ArrayLike, Key
 
 
 def hidden_widths(hidden, depth: int | None = None) -> tuple[int, ...]:
@@ -58,7 +58,7 @@ class MLP(eqx.Module):
         hidden: Sequence[int],
         *,
         activation: Callable = jax.nn.relu,
-        masks: Sequence[Array] | None = None,
+        masks: Sequence[ArrayLike] | None = None,
         zero_last: bool = True,
     ):
         sizes = (in_size, *hidden, out_size)
