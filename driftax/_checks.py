@@ -4,7 +4,11 @@ values pass through the value checks (they are checked where they become concret
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, cast
+
 import jax
+import jax.core
 import numpy as np
 
 from ._custom_types import Shape
@@ -80,7 +84,7 @@ def check_shape(shape, name: str = "shape", *, minimum: int = 1) -> Shape:
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (int(shape),)
     try:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(int(s) for s in cast("Iterable[Any]", shape))  # a bool raises below
     except TypeError as e:
         raise TypeError(f"`{name}` must be an int or a tuple of ints, got {shape!r}.") from e
     if any(s < minimum for s in shape):

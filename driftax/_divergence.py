@@ -128,5 +128,6 @@ def integrate_with_divergence(
         throw=throw,
         **kwargs,
     )
+    assert sol.ys is not None  # the default SaveAt(t1=True) saves the end state
     z, delta = sol.ys
     return z[-1], delta[-1]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import check_int
-from ._custom_types import Array, Key
+from ._custom_types import Array, ArrayLike, Key
 
 
 def hidden_widths(hidden, depth: int | None = None) -> tuple[int, ...]:
@@ -58,7 +58,7 @@ class MLP(eqx.Module):
         hidden: Sequence[int],
         *,
         activation: Callable = jax.nn.relu,
-        masks: Sequence[Array] | None = None,
+        masks: Sequence[ArrayLike] | None = None,
         zero_last: bool = True,
     ):
         sizes = (in_size, *hidden, out_size)
@@ -160,6 +160,7 @@ class TimeMLP(eqx.Module):
         make = lambda k: eqx.nn.Linear(hidden, hidden, key=k)
         self.blocks = eqx.filter_vmap(make)(jax.random.split(k2, depth - 1))
         last = eqx.nn.Linear(hidden, dim, key=k3)
+        assert last.bias is not None  # use_bias=True
         # Start near zero output so every parameterization starts from a sensible field.
         self.last = eqx.tree_at(
             lambda m: (m.weight, m.bias), last, (last.weight * 0.1, last.bias * 0)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-_BARS: dict[int, object] = {}
+_BARS: dict[int, Any] = {}  # id -> tqdm bar (tqdm is imported lazily)
 _BAR_IDS = itertools.count(1)
 
 

@@ -235,6 +235,7 @@ def _loop(
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         params, opt_state = keep((new_params, new_opt), (params, opt_state))
         if ema is not None:
+            assert ema_decay is not None  # ema exists only with a decay
             n = i.astype(dtype)
             d = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
             new_ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)

@@ -69,6 +69,7 @@ def _adaptive_ode(model, x_init, solver, controller, dt0, max_steps, t_noise, t_
             max_steps=max_steps,
             throw=False,
         )
+        assert sol.ys is not None  # SaveAt(t1=True) by default
         return (
             sol.ys[-1].reshape(shape),
             sol.stats["num_steps"],
@@ -126,6 +127,7 @@ def _adaptive_sde(
             max_steps=max_steps,
             throw=False,
         )
+        assert sol.ys is not None  # SaveAt(t1=True) by default
         return (
             sol.ys[-1].reshape(shape),
             sol.stats["num_steps"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -12,6 +12,9 @@ import numpy as np
 from .._checks import check_int
 from .._custom_types import Array
 from ._path import AbstractPath
+
+if TYPE_CHECKING:
+    from ._interpolant import StochasticInterpolant
 
 Schedule = Literal["uniform", "log_snr", "karras", "quadratic"]
 SCHEDULES: tuple[str, ...] = ("uniform", "log_snr", "karras", "quadratic")
@@ -103,7 +106,7 @@ def time_grid(
     return _grid(path, num_steps, schedule, float(rho))
 
 
-def check_grid(path: AbstractPath, ts, *, name: str = "ts") -> np.ndarray:
+def check_grid(path: AbstractPath | StochasticInterpolant, ts, *, name: str = "ts") -> np.ndarray:
     """Eagerly check a user time grid: 1-D, at least 2 finite times, strictly monotone from the
     noise end towards the data end, inside the path's domain. Returns it as a NumPy array."""
     arr = np.asarray(ts, dtype=float)

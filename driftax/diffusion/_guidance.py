@@ -4,6 +4,7 @@ score sums, and Feynman–Kac corrector (FKC) weights with SMC resampling along 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Key
 from ..energies._gaussian import normal_log_density
-from ._grid import SCHEDULES, _check_num_steps, time_grid
+from ._grid import SCHEDULES, Schedule, _check_num_steps, time_grid
 from ._model import AbstractField, ParameterizedField, declared_parameterization, declared_path
 from ._path import AbstractPath, check_parameterization
 from ._solve import _check_x_init, default_schedule
@@ -61,13 +62,15 @@ def classifier_free_guidance(
 ) -> Guided:
     """Classifier-free guidance (Ho & Salimans 2022): `u + w (c - u)` for a conditional field
     `c` and an unconditional field `u` in the same parameterization."""
-    return Guided(field=conditional, guide=unconditional, weight=weight)
+    # pyright reads the base's AbstractVar `path`/`parameterization` as init fields; Guided
+    # implements them as properties, so they are not constructor arguments
+    return Guided(field=conditional, guide=unconditional, weight=weight)  # pyright: ignore[reportCallIssue]
 
 
 def autoguidance(model: Callable, weak_model: Callable, weight: float) -> Guided:
     """Autoguidance (Karras et al. 2024): guide a model with a weaker version of itself
     (smaller or less trained), `D0 + w (D1 - D0)`."""
-    return Guided(field=model, guide=weak_model, weight=weight)
+    return Guided(field=model, guide=weak_model, weight=weight)  # pyright: ignore[reportCallIssue]
 
 
 class ScoreSum(eqx.Module):
@@ -254,7 +257,7 @@ def fkc_sample(
     sched = default_schedule(path, None) if schedule is None else schedule
     if sched not in SCHEDULES:
         raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {sched!r}.")
-    ts = time_grid(path, num_steps, sched).astype(x_init.dtype)
+    ts = time_grid(path, num_steps, cast(Schedule, sched)).astype(x_init.dtype)
     models = tuple(
         ParameterizedField(field=f, path=path, parameterization=parameterization) for f in fields
     )

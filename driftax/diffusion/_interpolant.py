@@ -260,6 +260,8 @@ class InterpolantField(eqx.Module):
 
     def score(self, t, x):
         """The score (required for SDE sampling)."""
+        if self.score_fn is None:
+            raise TypeError("this interpolant field has no `score`; give one for SDE sampling.")
         return self.score_fn(t, x)
 
     def get_many(self, t, x, targets):

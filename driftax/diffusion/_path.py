@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Literal
+from typing import Literal, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -19,11 +20,11 @@ Parameterization = Literal["score", "noise", "data", "velocity"]
 PARAMETERIZATIONS: tuple[str, ...] = ("score", "noise", "data", "velocity")
 
 
-def check_parameterization(parameterization, name: str = "parameterization") -> str:
+def check_parameterization(parameterization, name: str = "parameterization") -> Parameterization:
     """Raise a clear `ValueError` unless `parameterization` is one of the four known names."""
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"`{name}` must be one of {PARAMETERIZATIONS}, got {parameterization!r}.")
-    return parameterization
+    return cast(Parameterization, parameterization)
 
 
 def _as_time(t) -> Array:
@@ -166,8 +167,8 @@ class AbstractPath(eqx.Module):
         t: ScalarLike,
         x: Point,
         *,
-        source: Parameterization,
-        target: Parameterization,
+        source: str,
+        target: str,
     ) -> Point:
         """Convert a model output at `(t, x)` from parameterization `source` to `target`.
 
@@ -179,8 +180,8 @@ class AbstractPath(eqx.Module):
 
         **Returns:** the output in parameterization `target`.
         """
-        check_parameterization(source, "source")
-        check_parameterization(target, "target")
+        source = check_parameterization(source, "source")
+        target = check_parameterization(target, "target")
         if source == target:
             return value
         t = _as_time(t)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -123,7 +125,7 @@ def _scan(solver, model, x_init, keys, ts, save_trajectory):
     failed0 = jnp.full((batch,), -1, jnp.int32)
     (x, _, failed), traj = jax.lax.scan(body, (x_init, state, failed0), jnp.arange(num_steps))
     if save_trajectory:
-        traj = jnp.concatenate([x_init[None], traj], axis=0)
+        traj = jnp.concatenate([x_init[None], cast(Array, traj)], axis=0)
     return x, traj, failed
 
 
@@ -144,6 +146,7 @@ def _integrate(
     keys, the loop, and the values the eager checks need (so a cold call compiles once)."""
     dtype = x_init.dtype
     if ts is None:
+        assert num_steps is not None and schedule is not None  # set by _solve_full
         ts = _grid_impl(model.path, num_steps, schedule, 7.0, dtype)
     ts = ts.astype(dtype)
     if solver.stochastic:
@@ -232,7 +235,7 @@ def _solve_full(
             raise ValueError(
                 f"`num_steps={num_steps}` does not match the grid `ts` ({ts_np.shape[0] - 1} steps)."
             )
-        num_steps = ts_np.shape[0] - 1
+        num_steps = int(ts_np.shape[0]) - 1
         sched = None
         ts_arr = jnp.asarray(ts_np, x_init.dtype)
     nfe = num_steps * solver.evals_per_step

@@ -809,7 +809,10 @@ class PredictorCorrector(AbstractSolver):
 
     @property
     def evals_per_step(self) -> int:
-        return self.predictor.evals_per_step + self.corrector.num_steps
+        # every corrector has a `num_steps` field; the base cannot declare it (a string
+        # `eqx.AbstractVar` annotation would become a real field and reorder subclass fields)
+        n = self.corrector.num_steps  # pyright: ignore[reportAttributeAccessIssue]
+        return self.predictor.evals_per_step + n
 
     @property
     def stochastic(self) -> bool:

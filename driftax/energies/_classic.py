@@ -395,10 +395,11 @@ class RezendeMohamed(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownM
     def sample(self, key: Key, shape: Shape | int = ()) -> Array:
         shape = check_sample_shape(shape)
         dtype = jnp.result_type(float)
-        if self.half_width is None:
+        half_width = self.half_width
+        if half_width is None:
             one = lambda k: _u1_rejection(k, dtype)
         else:
-            one = lambda k: _box_rejection(k, self.name, self.half_width, dtype)
+            one = lambda k: _box_rejection(k, self.name, half_width, dtype)
         n = math.prod(shape)
         return jax.vmap(one)(jax.random.split(key, n)).reshape(*shape, 2)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_finite, check_positive, check_sample_shape
-from .._custom_types import Array, Key, Point, Scalar, Shape
+from .._custom_types import Array, ArrayLike, Key, Point, Scalar, Shape
 from ._base import (
     AbstractKnownMoments,
     AbstractKnownNormalizer,
@@ -21,7 +22,7 @@ from ._base import (
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def normal_log_density(x: Array, loc=0.0, scale=None, *, log_scale=None) -> Scalar:
+def normal_log_density(x: Array, loc: ArrayLike = 0.0, scale=None, *, log_scale=None) -> Scalar:
     """The log density of the diagonal normal `N(loc, diag(scale^2))` at `x`, summed over every
     element of `x` (so a scalar for one point of any shape).
 
@@ -67,7 +68,7 @@ class Gaussian(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments
         shape = check_sample_shape(shape)
         eps = jax.random.normal(key, (*shape, *self.event_shape), dtype=self.loc.dtype)
         if self.scale_tril is None:
-            return self.loc + eps * self.scale_diag
+            return self.loc + eps * cast(Array, self.scale_diag)
         return self.loc + eps @ self.scale_tril.T
 
     @property
@@ -78,7 +79,7 @@ class Gaussian(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments
     def covariance(self) -> Array:
         """The dense covariance matrix Σ."""
         if self.scale_tril is None:
-            return jnp.diag(self.scale_diag**2)
+            return jnp.diag(cast(Array, self.scale_diag) ** 2)
         return self.scale_tril @ self.scale_tril.T
 
     @property
@@ -88,7 +89,7 @@ class Gaussian(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments
     @property
     def variance(self) -> Array:
         if self.scale_tril is None:
-            return self.scale_diag**2
+            return cast(Array, self.scale_diag) ** 2
         return jnp.sum(self.scale_tril**2, axis=-1)
 
 

@@ -141,7 +141,7 @@ def median_heuristic(x, y) -> Scalar:
     return _median_distance(x, y)
 
 
-def _kernel_fn(kernel: str, bandwidth: Array):
+def _kernel_fn(kernel: str, bandwidth: Array | float):
     if kernel == "rbf":
         return lambda s: jnp.exp(-0.5 * s / bandwidth**2)
     if kernel == "imq":

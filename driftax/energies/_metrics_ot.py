@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -121,7 +123,7 @@ def wasserstein2_exact(x, y) -> float:
                 ) from e
             cost = _sq_cost(xn, yn)
             w2sq = ot.emd2(np.full(n, 1.0 / n), np.full(m, 1.0 / m), cost, numItermax=10**7)
-            return float(np.sqrt(max(float(w2sq), 0.0)))
+            return float(np.sqrt(max(float(cast(float, w2sq)), 0.0)))  # a scalar here
     cost = _sq_cost(xn, yn)
     rows, cols = linear_sum_assignment(cost)
     return float(np.sqrt(max(cost[rows, cols].mean(), 0.0)))
@@ -225,7 +227,7 @@ def _sinkhorn_core(x, y, epsilon, threshold, max_iterations, lse_mode):
     # <P, C> with the materialized plan: ott's `primal_cost` goes through a low-rank
     # factorization of the cost that is ~10-80x slower here.
     plan = out.matrix
-    cost = jnp.sum(plan * geom.cost_matrix)
+    cost = jnp.sum(plan * cast(Array, geom.cost_matrix))  # a point cloud always has one
     marginal_error = jnp.sum(jnp.abs(jnp.sum(plan, 1) - out.a)) + jnp.sum(
         jnp.abs(jnp.sum(plan, 0) - out.b)
     )
@@ -400,7 +402,7 @@ def energy_w2(x, y, energy) -> Scalar:
     **Returns:** the distance `W2` between the energy histograms. Non-finite energies raise
     a `ValueError` naming the sample set (when not traced).
     """
-    fn = getattr(energy, "energy", energy)
+    fn: Callable[..., Array] = getattr(energy, "energy", energy)
     if not callable(fn):
         raise TypeError(f"`energy` must be an energy or a callable, got {type(energy)}.")
     x = jnp.asarray(x)

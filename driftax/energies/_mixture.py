@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Protocol, cast
 
 import equinox as eqx
 import jax
@@ -52,8 +52,8 @@ class GaussianMixture(AbstractSampleable, AbstractKnownNormalizer, AbstractKnown
         x = check_event(x, self.event_shape)
         r = x - self.means
         if self.scale_tril is None:
-            z = r / self.scale_diag
-            half_logdet = jnp.sum(jnp.log(self.scale_diag), axis=-1)
+            z = r / cast(Array, self.scale_diag)
+            half_logdet = jnp.sum(jnp.log(cast(Array, self.scale_diag)), axis=-1)
         else:
             z = jax.vmap(lambda L, b: jax.scipy.linalg.solve_triangular(L, b, lower=True))(
                 self.scale_tril, r
@@ -78,13 +78,13 @@ class GaussianMixture(AbstractSampleable, AbstractKnownNormalizer, AbstractKnown
         comp = jax.random.categorical(k_key, self.log_weights, shape=shape)
         eps = jax.random.normal(n_key, (*shape, *self.event_shape), dtype=self.means.dtype)
         if self.scale_tril is None:
-            return self.means[comp] + eps * self.scale_diag[comp]
+            return self.means[comp] + eps * cast(Array, self.scale_diag)[comp]
         return self.means[comp] + jnp.einsum("...ij,...j->...i", self.scale_tril[comp], eps)
 
     def component_covariances(self) -> Array:
         """Dense covariances of every component, shape `(K, d, d)`."""
         if self.scale_tril is None:
-            return jax.vmap(jnp.diag)(self.scale_diag**2)
+            return jax.vmap(jnp.diag)(cast(Array, self.scale_diag) ** 2)
         return self.scale_tril @ jnp.swapaxes(self.scale_tril, -1, -2)
 
     @property
@@ -98,7 +98,7 @@ class GaussianMixture(AbstractSampleable, AbstractKnownNormalizer, AbstractKnown
     @property
     def variance(self) -> Array:
         if self.scale_tril is None:
-            comp_var = self.scale_diag**2
+            comp_var = cast(Array, self.scale_diag) ** 2
         else:
             comp_var = jnp.sum(self.scale_tril**2, axis=-1)
         second = self.weights @ (comp_var + self.means**2)
@@ -113,7 +113,7 @@ class GaussianMixture(AbstractSampleable, AbstractKnownNormalizer, AbstractKnown
         sigma = jnp.asarray(sigma, self.means.dtype)
         means = alpha * self.means
         if self.scale_tril is None:
-            scale = jnp.sqrt(alpha**2 * self.scale_diag**2 + sigma**2)
+            scale = jnp.sqrt(alpha**2 * cast(Array, self.scale_diag) ** 2 + sigma**2)
             return GaussianMixture(
                 log_weights=self.log_weights,
                 means=means,
@@ -136,7 +136,7 @@ class GaussianMixture(AbstractSampleable, AbstractKnownNormalizer, AbstractKnown
         sigma = jnp.asarray(sigma, self.means.dtype)
         r = x - alpha * self.means
         if self.scale_tril is None:
-            var = self.scale_diag**2
+            var = cast(Array, self.scale_diag) ** 2
             return self.means + alpha * var * r / (alpha**2 * var + sigma**2)
         cov = self.component_covariances()
         noised_cov = alpha**2 * cov + sigma**2 * jnp.eye(self.dim)
@@ -282,11 +282,11 @@ def four_mode_gmm(d: int = 16) -> GaussianMixture:
 class GaussianPathLike(Protocol):
     """Anything with `alpha(t)` and `sigma(t)`: the Gaussian path `x_t = alpha(t) x + sigma(t) eps`."""
 
-    def alpha(self, t):
+    def alpha(self, t: ScalarLike) -> Array:
         """The signal scale `alpha(t)`."""
         ...
 
-    def sigma(self, t):
+    def sigma(self, t: ScalarLike) -> Array:
         """The noise scale `sigma(t)`."""
         ...
 
@@ -332,7 +332,7 @@ class NoisedGaussianMixture(eqx.Module):
         resp = noised.responsibilities(x)
         r = x - noised.means
         if noised.scale_tril is None:
-            comp_scores = -r / noised.scale_diag**2
+            comp_scores = -r / cast(Array, noised.scale_diag) ** 2
         else:
             comp_scores = -jax.vmap(lambda L, b: jax.scipy.linalg.cho_solve((L, True), b))(
                 noised.scale_tril, r

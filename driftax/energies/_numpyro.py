@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -101,7 +102,7 @@ class NumPyroEnergy(AbstractInitializable):
         from numpyro.infer.util import potential_energy
 
         args, kwargs = self._args()
-        return -potential_energy(self.model, args, kwargs, self.unravel(x))
+        return -cast(Array, potential_energy(self.model, args, kwargs, self.unravel(x)))
 
     # -- the energy boundary -------------------------------------------------------------------
 
@@ -193,7 +194,8 @@ def _strategy(init):
     from numpyro.infer import init_to_median, init_to_sample, init_to_uniform
 
     if init == "uniform":
-        return init_to_uniform(radius=2.0)
+        # numpyro documents `radius` as a float; pyright infers int from its default `2`
+        return init_to_uniform(radius=2.0)  # pyright: ignore[reportArgumentType]
     if init == "prior":
         return init_to_sample()
     if init == "median":

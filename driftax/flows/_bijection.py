@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -232,7 +233,7 @@ class Scan(AbstractBijection):
                 f"with eqx.filter_vmap); got leading sizes {sorted(map(str, sizes))}."
             )
         self.layers = layers
-        self.num_layers = int(sizes.pop())
+        self.num_layers = int(cast(int, sizes.pop()))  # None was excluded above
 
     @property
     def shape(self) -> Shape:

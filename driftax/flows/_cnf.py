@@ -164,6 +164,7 @@ class CNF(AbstractBijection):
             dt0 = None if self.dt0 is None else math.copysign(self.dt0, tb - ta)
         else:
             controller = diffrax.ConstantStepSize()
+            assert self.dt0 is not None  # required for a non-adaptive solver (checked at init)
             dt0 = math.copysign(self.dt0, tb - ta)
         return integrate_with_divergence(
             field,

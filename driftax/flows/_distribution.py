@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -51,7 +53,7 @@ class StandardNormal(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownM
         return jnp.ones(self.event_shape, jnp.result_type(float))
 
 
-def _batched(fn, n_batch_dims: int, in_axes=0):
+def _batched(fn, n_batch_dims: int, in_axes: int | None | Sequence[Any] = 0):
     for _ in range(n_batch_dims):
         fn = jax.vmap(fn, in_axes=in_axes)
     return fn

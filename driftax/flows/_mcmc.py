@@ -14,6 +14,8 @@ draws and densities are cast to it).
 
 from __future__ import annotations
 
+from typing import cast
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -182,7 +184,7 @@ def _imh_step(flow, energy, state, key, with_score):
     # divergent: never accepted
     valid = jnp.isfinite(log_p) & jnp.isfinite(log_q) & jnp.all(jnp.isfinite(y))
     if with_score:
-        valid = valid & jnp.all(jnp.isfinite(score))
+        valid = valid & jnp.all(jnp.isfinite(cast(Array, score)))
     new, acc, _, div = metropolis_hastings(log_ratio, proposal, state, key=k_mh, valid=valid)
     info = Info(
         acceptance_rate=acc,

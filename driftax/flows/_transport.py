@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -128,7 +130,7 @@ class FlowTransport(AbstractTransport):
 class _TransportLoss(eqx.Module):
     """Weighted `-log π_next(T(x)) - log|det ∇T(x)|` over a batch `(x, w)`."""
 
-    log_density_next: object
+    log_density_next: Callable
 
     def __call__(self, bij, batch, *, key):
         xb, wb = batch

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Literal
+from typing import Any, Literal, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
-from .._custom_types import Array, PyTree
+from .._custom_types import Array, ArrayLike, PyTree
 from ._base import (
     AbstractMetricSampler,
     AbstractSampler,
@@ -115,7 +116,7 @@ def welford_init(dim: int, dense: bool, dtype) -> WelfordState:
     return WelfordState(count=jnp.zeros((), dtype), mean=jnp.zeros(dim, dtype), m2=m2)
 
 
-def welford_update(state: WelfordState, x: Array, weight=1.0) -> WelfordState:
+def welford_update(state: WelfordState, x: Array, weight: ArrayLike = 1.0) -> WelfordState:
     """Add one flat point `x` (with `weight` 0 or 1)."""
     count = state.count + weight
     delta = x - state.mean
@@ -347,7 +348,7 @@ class WindowAdaptation(AbstractAdaptation):
             return eqx.tree_at(lambda s: s.metric, sampler, DenseMetric(jnp.eye(size, dtype=dtype)))
         return sampler
 
-    def init(self, samplers, states, num_warmup):
+    def init(self, samplers: Any, states, num_warmup):  # a step-size sampler (prepare)
         slow, ends = window_schedule(num_warmup)
         if self.metric is None:
             slow[:] = False
@@ -389,7 +390,8 @@ class WindowAdaptation(AbstractAdaptation):
                 cov = jax.vmap(regularized_covariance)(welford)
             # the metric keeps its dtype across the compiled loop (positions may differ)
             cov = cov.astype(samplers.metric.inverse_mass.dtype)
-            metric = jax.vmap(lambda c: _metric_from(self.metric, c, event_shape))(cov)
+            kind = cast(str, self.metric)  # not None: returned early above
+            metric = jax.vmap(lambda c: _metric_from(kind, c, event_shape))(cov)
             samplers = eqx.tree_at(lambda s: s.metric, samplers, metric)
             # restart dual averaging around the current step size
             da = jax.vmap(lambda h: dual_averaging_init(h, _shrink(samplers)))(samplers.step_size)
@@ -451,7 +453,7 @@ class ChEESAdaptation(AbstractAdaptation):
             raise TypeError("`ChEESAdaptation` adapts `ChEESHMC` only.")
         return self._window().prepare(sampler, event_shape)
 
-    def init(self, samplers, states, num_warmup):
+    def init(self, samplers: Any, states, num_warmup):  # a ChEESHMC (prepare)
         length = samplers.trajectory_length
         zero = jnp.zeros_like(length[0])
         log_len = jnp.log(length[0])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal, overload
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -208,7 +209,21 @@ def value_and_score_at(energy: AbstractEnergy, x: Array) -> tuple[Array, Array]:
     return logp.astype(dtype), score.astype(dtype)
 
 
-def init_position(energy: AbstractEnergy, x0, *, with_score: bool = True):
+@overload
+def init_position(
+    energy: AbstractEnergy, x0, *, with_score: Literal[True] = True
+) -> tuple[Array, Array, Array]: ...
+
+
+@overload
+def init_position(
+    energy: AbstractEnergy, x0, *, with_score: bool
+) -> tuple[Array, Array, Array | None]: ...
+
+
+def init_position(
+    energy: AbstractEnergy, x0, *, with_score: bool = True
+) -> tuple[Array, Array, Array | None]:
     """Check `x0` against the energy and return `(x0, log_density, score)`, all in `x0`'s
     floating dtype (the position's dtype decides; an integer `x0` becomes JAX's default
     float)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 
 from .._custom_types import Array, Key, PyTree

@@ -3,7 +3,7 @@ Metropolis, ULA, MALA, HMC and the many-chain ChEES-HMC."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -59,7 +59,7 @@ def _to_kinetic(state: MCMCState, momentum: Array) -> KineticState:
         position=state.position,
         momentum=momentum,
         log_density=state.log_density,
-        score=state.score,
+        score=cast(Array, state.score),  # the gradient samplers' states carry one
     )
 
 

@@ -165,6 +165,7 @@ def run_scheme(
     if num_noise and (key is None or friction is None):
         raise ValueError("this integrator is stochastic: pass `friction` and `key`.")
     if num_noise:  # all the step's Gaussian noise in one PRNG call
+        assert key is not None  # checked above
         shape, dtype = jnp.shape(state.momentum), jnp.result_type(state.momentum)
         noise, _ = draws(key, (num_noise, *shape), 0, dtype)
     used = 0

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -197,7 +197,9 @@ class RandomizedMidpoint(AbstractStepSizeSampler, AbstractMetricSampler):
         w_a = jnp.sqrt(a) * xi[0]
         w_h = w_a + jnp.sqrt(h - a) * xi[1]
         sqrt2 = jnp.sqrt(jnp.asarray(2.0, dtype))
-        x_mid = x + a * metric.velocity(state.score) + sqrt2 * metric.position_noise(w_a)
+        x_mid = (
+            x + a * metric.velocity(cast(Array, state.score)) + sqrt2 * metric.position_noise(w_a)
+        )
         logp_mid, score_mid = value_and_score_at(energy, x_mid)
         y = x + h * metric.velocity(score_mid) + sqrt2 * metric.position_noise(w_h)
         logp_y, score_y = value_and_score_at(energy, y)

@@ -12,7 +12,7 @@ leaf done at once as a masked vector operation.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -136,11 +136,12 @@ class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
         step_size = self.step_size.astype(dtype)
         if jitter > 0:
             step_size = step_size * (1.0 - jitter + 2.0 * jitter * u[3])
+        score0 = cast(Array, state.score)  # NUTS states carry the score
         p0 = metric.momentum_noise(xi)
         v0 = metric.velocity(p0)
-        z0 = KineticState(position=x, momentum=p0, log_density=state.log_density, score=state.score)
+        z0 = KineticState(position=x, momentum=p0, log_density=state.log_density, score=score0)
         h0 = -state.log_density + 0.5 * jnp.sum(p0 * v0)
-        prop0 = _Proposal(position=x, log_density=state.log_density, score=state.score, energy=h0)
+        prop0 = _Proposal(position=x, log_density=state.log_density, score=score0, energy=h0)
         depth_max = self.max_tree_depth
         # one spare checkpoint row (index depth_max) absorbs the writes of odd leaves
         ckpt = jnp.zeros((depth_max + 1, *jnp.shape(x)), dtype)

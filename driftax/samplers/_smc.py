@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -470,7 +472,7 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int) -> Weighte
     event_shape = tuple(energy.event_shape)
     dim = math.prod(event_shape)
     fixed = smc.schedule is not None
-    num_stages_max = smc.schedule.shape[0] - 1 if fixed else smc.max_stages
+    num_stages_max = smc.schedule.shape[0] - 1 if smc.schedule is not None else smc.max_stages
     adapt = smc.adapt_step_size
     target_acc = smc.target_acceptance
     if target_acc is None:
@@ -531,7 +533,7 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int) -> Weighte
         # 1. the next inverse temperature
         truncated = c.truncated
         if fixed:
-            beta_new = smc.schedule[s + 1].astype(dtype)
+            beta_new = cast(Array, smc.schedule)[s + 1].astype(dtype)
         else:
             beta_new = _next_beta(pop.log_weights[:n], diff[:n], beta, smc.target_ess)
             beta_new = beta_new.astype(dtype)
@@ -564,11 +566,13 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int) -> Weighte
         # 4. move
         kernel = c.kernel
         if smc.adapt_metric:
-            var = _weighted_variance(x[:n], logw[:n]).astype(kernel.metric.inverse_mass.dtype)
+            metric = cast(Any, kernel).metric  # an AbstractMetricSampler (checked at init)
+            var = _weighted_variance(x[:n], logw[:n]).astype(metric.inverse_mass.dtype)
             kernel = eqx.tree_at(lambda k: k.metric.inverse_mass, kernel, var.reshape(event_shape))
         target_b = path.at(beta_new)
         states = jax.vmap(lambda xi: kernel.init(target_b, xi))(x)
         if has_momentum:
+            momentum = cast(Array, momentum)  # carried when the kernel has one
             states = eqx.tree_at(lambda st: st.momentum, states, momentum.astype(x.dtype))
 
         def move(mc, k):

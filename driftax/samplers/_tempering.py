@@ -10,9 +10,11 @@ with probability `min(1, exp((β_i - β_{i+1})(log p(x_{i+1}) - log p(x_i))))`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -21,6 +23,7 @@ from ..energies._base import AbstractEnergy, check_event, check_finite
 from ..energies._compose import Tempered
 from ._adaptation import (
     AbstractAdaptation,
+    DualAveragingState,
     dual_averaging_init,
     dual_averaging_update,
     step_size_statistic,
@@ -362,7 +365,7 @@ class _PTAdaptState(eqx.Module):
     ends: Array
     accepted: Array  # (R-1,) pooled over chains since the last ladder update
     attempts: Array
-    da: object  # dual averaging state, leaves (chains, R)
+    da: DualAveragingState | None  # dual averaging state, leaves (chains, R)
 
 
 class ParallelTemperingAdaptation(AbstractAdaptation):
@@ -411,7 +414,8 @@ class ParallelTemperingAdaptation(AbstractAdaptation):
             return self.target
         return kernel.default_target_acceptance if kernel.is_adjusted else 5e-4
 
-    def init(self, samplers, states, num_warmup):
+    # `samplers` is a ParallelTempering (checked in prepare) with a step-size kernel
+    def init(self, samplers: Any, states, num_warmup):
         num_warmup = check_int(num_warmup, "num_warmup", 0)
         r = samplers.inverse_temperatures.shape[-1]
         dtype = samplers.inverse_temperatures.dtype
@@ -430,7 +434,7 @@ class ParallelTemperingAdaptation(AbstractAdaptation):
             da=da,
         )
 
-    def update(self, samplers, astate: _PTAdaptState, states, infos, i):
+    def update(self, samplers: Any, astate: _PTAdaptState, states, infos, i):
         ex = infos.extras
         accepted = astate.accepted + jnp.sum(ex["swap_acceptance"], axis=0).astype(
             astate.accepted.dtype
@@ -478,7 +482,7 @@ class ParallelTemperingAdaptation(AbstractAdaptation):
             ends=astate.ends, accepted=accepted, attempts=attempts, da=da
         )
 
-    def finalize(self, samplers, astate: _PTAdaptState):
+    def finalize(self, samplers: Any, astate: _PTAdaptState):
         if astate.da is None:
             return samplers
         kernel = samplers.kernel

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..._custom_types import Array, Key, Scalar
+from ..._custom_types import Array, ArrayLike, Key, Scalar
 from ...energies._base import AbstractEnergy
 from ...energies._metrics_logz import elbo, eubo, importance_ess, log_z_importance
 from ...samplers._weighted import WeightedSampleResult
@@ -72,7 +72,7 @@ def _positive(value, name: str) -> float:
     return v
 
 
-def _gaussian_log_density(x: Array, mean: Array, std: Array, dim: int | None = None) -> Scalar:
+def _gaussian_log_density(x: Array, mean: ArrayLike, std: Array, dim: int | None = None) -> Scalar:
     """`log N(x; mean, std² I)` for an isotropic scalar `std`, on a `dim`-dimensional subspace
     that contains `x - mean` (all of `x`'s space by default)."""
     z = (x - mean) / std
@@ -93,6 +93,7 @@ class _TimeNet(eqx.Module):
         self.frequencies = jnp.exp(jnp.linspace(0.0, math.log(10.0), 8))
         mlp = eqx.nn.MLP(17, dim, hidden, 2, activation=jax.nn.silu, key=key)
         last = mlp.layers[-1]
+        assert last.bias is not None  # eqx.nn.MLP uses biases by default
         self.mlp = eqx.tree_at(
             lambda m: (m.layers[-1].weight, m.layers[-1].bias),
             mlp,
