@@ -8,8 +8,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._checks import check_int
 from .._custom_types import Shape
-from ._bijection import AbstractBijection, _check_dim, check_input
+from ._bijection import AbstractBijection, check_input
 from ._nn import MLP, hidden_widths, made_masks
 from ._transformers import AbstractTransformer, make_transformer
 
@@ -47,7 +48,7 @@ class MaskedAutoregressive(AbstractBijection):
         activation: Callable = jax.nn.relu,
         **transformer_options,
     ):
-        d = _check_dim(dim)
+        d = check_int(dim)
         if cond_dim is not None and (isinstance(cond_dim, bool) or int(cond_dim) < 1):
             raise ValueError(f"`cond_dim` must be a positive int or None, got {cond_dim!r}.")
         self.transformer = make_transformer(transformer, **transformer_options)

@@ -17,24 +17,6 @@ import jax.numpy as jnp
 from .._custom_types import Array, Scalar, Shape
 
 
-def _check_shape_arg(shape, name: str = "shape") -> Shape:
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError as e:
-        raise TypeError(f"`{name}` must be an int or a tuple of ints, got {shape!r}.") from e
-    if any(s < 1 for s in shape):
-        raise ValueError(f"`{name}` must contain positive sizes, got {shape!r}.")
-    return shape
-
-
-def _check_dim(dim, name: str = "dim", minimum: int = 1) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {dim!r}.")
-    return int(dim)
-
-
 def check_input(bijection: AbstractBijection, x, condition, name: str = "x"):
     """Check (at trace time) one unbatched input and its condition against a bijection.
 

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_shape
 from .._custom_types import Key, Shape
-from ._bijection import AbstractBijection, _check_shape_arg, check_input
+from ._bijection import AbstractBijection, check_input
 from ._nn import MLP, hidden_widths
 from ._transformers import AbstractTransformer, make_transformer
 
@@ -20,7 +21,7 @@ def checkerboard_mask(shape, parity: int = 0) -> np.ndarray:
     """A boolean checkerboard mask of `shape` (for lattice fields): `True` where the sum of the
     indices has the given `parity`. `True` marks the coordinates a coupling layer leaves
     unchanged (and conditions on)."""
-    shape = _check_shape_arg(shape)
+    shape = check_shape(shape)
     if parity not in (0, 1):
         raise ValueError(f"`parity` must be 0 or 1, got {parity!r}.")
     return (np.indices(shape).sum(axis=0) % 2) == parity
@@ -91,7 +92,7 @@ class Coupling(AbstractBijection):
         activation: Callable = jax.nn.relu,
         **transformer_options,
     ):
-        shape = _check_shape_arg(shape)
+        shape = check_shape(shape)
         size = math.prod(shape)
         if mask is None:
             mask = half_mask(size).reshape(shape)

@@ -8,6 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._checks import check_shape
 from .._custom_types import Array, Key, Point, Scalar, Shape
 from ..energies._base import (
     AbstractEnergy,
@@ -17,9 +18,8 @@ from ..energies._base import (
     check_event,
     check_sample_shape,
 )
-from ._bijection import AbstractBijection, _check_shape_arg
-
-_LOG_2PI = math.log(2.0 * math.pi)
+from ..energies._gaussian import normal_log_density
+from ._bijection import AbstractBijection
 
 
 class StandardNormal(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
@@ -28,11 +28,11 @@ class StandardNormal(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownM
     event_shape: Shape = eqx.field(static=True)
 
     def __init__(self, shape):
-        self.event_shape = _check_shape_arg(shape)
+        self.event_shape = check_shape(shape)
 
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
-        return -0.5 * jnp.sum(x**2) - 0.5 * self.dim * _LOG_2PI
+        return normal_log_density(x)
 
     def sample(self, key: Key, shape: Shape | int = ()) -> Array:
         shape = check_sample_shape(shape)

@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_shape
 from .._custom_types import Array, Shape
 from ..energies._base import check_finite
-from ._bijection import AbstractBijection, _check_shape_arg, check_input
+from ._bijection import AbstractBijection, check_input
 
 
 def _float(x) -> Array:
@@ -56,7 +57,7 @@ class _AbstractParameterless(AbstractBijection):
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, shape=()):
-        self.shape = _check_shape_arg(shape) if shape != () else ()
+        self.shape = check_shape(shape) if shape != () else ()
 
 
 class Softplus(_AbstractParameterless):

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_int, check_shape
 from .._custom_types import Array, Key, Point, Scalar, Shape
 from ..energies._base import (
     AbstractKnownNormalizer,
@@ -26,13 +27,12 @@ from ..energies._base import (
     check_event,
     check_sample_shape,
 )
+from ..energies._gaussian import _LOG_2PI
 from ..energies._lattice import U1Lattice, _wrap
-from ._bijection import AbstractBijection, Chain, _check_dim, _check_shape_arg, check_input
+from ._bijection import AbstractBijection, Chain, check_input
 from ._distribution import Flow
 from ._nn import MLP, hidden_widths
 from ._transformers import AbstractTransformer, make_transformer
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class UniformAngles(AbstractSampleable, AbstractKnownNormalizer):
@@ -43,7 +43,7 @@ class UniformAngles(AbstractSampleable, AbstractKnownNormalizer):
     event_shape: Shape = eqx.field(static=True)
 
     def __init__(self, shape):
-        self.event_shape = _check_shape_arg(shape)
+        self.event_shape = check_shape(shape)
 
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
@@ -64,7 +64,7 @@ def u1_plaquette_masks(size: int, mu: int, offset: int) -> dict[str, np.ndarray]
     of 4): `"active"` plaquettes (one stripe of every four, `n_ν ≡ offset`, `ν = 1 − μ`),
     `"frozen"` ones (the next two stripes) and `"passive"` ones (the stripe before), each a
     boolean `(L, L)` array; the active links are `θ_μ(n)` at the active plaquettes."""
-    size = _check_dim(size, "L", minimum=4)
+    size = check_int(size, "L", minimum=4)
     if size % 4:
         raise ValueError(f"`L` must be a multiple of 4 for the stripe masks, got {size}.")
     if mu not in (0, 1):
@@ -185,7 +185,7 @@ def u1_gauge_flow(
     Train it by [`fit_reverse_kl`][] on `driftax.energies.u1_lattice(L, beta)`; with HMC on
     [`neutra`][]`(flow, target)` (or [`NeuTra`][]`(HMC(...), flow)`) it is flow-transformed HMC.
     """
-    num_layers = _check_dim(num_layers, "num_layers")
+    num_layers = check_int(num_layers, "num_layers")
     keys = jax.random.split(key, num_layers)
     layers = [
         U1GaugeCoupling(

@@ -8,8 +8,9 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_int, check_shape
 from .._custom_types import Array, Key, Shape
-from ._bijection import AbstractBijection, _check_dim, _check_shape_arg, check_input
+from ._bijection import AbstractBijection, check_input
 
 
 class Permutation(AbstractBijection):
@@ -60,7 +61,7 @@ class Reverse(AbstractBijection):
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, dim: int):
-        self.shape = (_check_dim(dim),)
+        self.shape = (check_int(dim),)
 
     def transform_and_log_det(self, x, condition=None):
         x, _ = check_input(self, x, condition)
@@ -87,7 +88,7 @@ class LULinear(AbstractBijection):
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, dim: int):
-        d = _check_dim(dim)
+        d = check_int(dim)
         dtype = jnp.result_type(float)
         self.lower = jnp.zeros((d, d), dtype)
         self.upper = jnp.zeros((d, d), dtype)
@@ -133,7 +134,7 @@ class ActNorm(AbstractBijection):
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, shape, loc=None, log_scale=None):
-        shape = _check_shape_arg(shape)
+        shape = check_shape(shape)
         dtype = jnp.result_type(float)
         self.loc = jnp.zeros(shape, dtype) if loc is None else jnp.broadcast_to(loc, shape)
         self.log_scale = (

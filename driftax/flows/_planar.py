@@ -6,8 +6,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._checks import check_int
 from .._custom_types import Array, Key, Shape
-from ._bijection import AbstractBijection, _check_dim, check_input
+from ._bijection import AbstractBijection, check_input
 
 
 def _planar_m(a):
@@ -37,7 +38,7 @@ class Planar(AbstractBijection):
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = _check_dim(dim)
+        d = check_int(dim)
         ku, kw, kb = jax.random.split(key, 3)
         dtype = jnp.result_type(float)
         self.u = init_scale * jax.random.normal(ku, (d,), dtype)
@@ -113,7 +114,7 @@ class Radial(AbstractBijection):
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = _check_dim(dim)
+        d = check_int(dim)
         kc, ka, kb = jax.random.split(key, 3)
         dtype = jnp.result_type(float)
         self.center = init_scale * jax.random.normal(kc, (d,), dtype)

@@ -47,19 +47,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._checks import check_count
 from ..._custom_types import Array, Key, Scalar
 from ...energies._base import AbstractEnergy
+from ...energies._gaussian import _LOG_2PI, normal_log_density
 from ...energies._metrics_logz import elbo, eubo, importance_ess, log_z_importance
 from ...samplers._weighted import WeightedSampleResult
 from .._nets import MLP
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def _positive(value, name: str) -> float:
@@ -75,9 +69,11 @@ def _positive(value, name: str) -> float:
 def _gaussian_log_density(x: Array, mean: Array, std: Array, dim: int | None = None) -> Scalar:
     """`log N(x; mean, std² I)` for an isotropic scalar `std`, on a `dim`-dimensional subspace
     that contains `x - mean` (all of `x`'s space by default)."""
-    z = (x - mean) / std
-    dim = x.size if dim is None else dim
-    return -0.5 * jnp.sum(z**2) - dim * (jnp.log(std) + 0.5 * _LOG_2PI)
+    full = normal_log_density(x, mean, std)
+    if dim is None or dim == x.size:
+        return full
+    # the normalizer counts only the `dim` directions of the subspace
+    return full + (x.size - dim) * (jnp.log(std) + 0.5 * _LOG_2PI)
 
 
 class _TimeNet(eqx.Module):
@@ -176,7 +172,7 @@ class AbstractDiffusionSampler(eqx.Module):
         `extras["path_log_weights"]`, the unnormalized path log-weights `log w`.
         """
         _check_energy(self, energy)
-        num_samples = _count(num_samples, "num_samples")
+        num_samples = check_count(num_samples, "num_samples")
         keys = jax.random.split(key, num_samples)
         x, log_w = _forward_batch(self, energy, keys)
         log_w = np.asarray(log_w)

@@ -6,9 +6,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..._checks import check_count
 from ..._custom_types import Array, Key
 from .._nets import MLP
-from ._core import _clip, _count, _GaussianStart, _positive, _TimeNet
+from ._core import _clip, _GaussianStart, _positive, _TimeNet
 
 
 def _cosine_alpha_bar(s: Array) -> Array:
@@ -52,8 +53,8 @@ class DDS(_GaussianStart):
         depth: int = 3,
         clip: float = 100.0,
     ):
-        self.dim = _count(dim, "dim")
-        self.num_steps = _count(num_steps, "num_steps")
+        self.dim = check_count(dim, "dim")
+        self.num_steps = check_count(num_steps, "num_steps")
         self.sigma = _positive(sigma, "sigma")
         self.clip = _positive(clip, "clip")
         k1, k2 = jax.random.split(key)
