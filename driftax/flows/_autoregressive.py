@@ -33,7 +33,7 @@ class MaskedAutoregressive(AbstractBijection):
 
     made: MLP
     transformer: AbstractTransformer
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(
@@ -58,12 +58,12 @@ class MaskedAutoregressive(AbstractBijection):
         self.made = MLP(
             key, d + nc, d * self.transformer.num_params, widths, activation=activation, masks=masks
         )
-        self.shape = (d,)
+        self.event_shape = (d,)
         self.cond_shape = None if cond_dim is None else (nc,)
 
     def _raw(self, x, condition):
         inp = x if condition is None else jnp.concatenate([x, condition.reshape(-1)])
-        return self.made(inp).reshape(self.shape[0], self.transformer.num_params)
+        return self.made(inp).reshape(self.event_shape[0], self.transformer.num_params)
 
     def transform_and_log_det(self, x, condition=None):
         x, condition = check_input(self, x, condition)
@@ -72,7 +72,7 @@ class MaskedAutoregressive(AbstractBijection):
 
     def inverse_and_log_det(self, y, condition=None):
         y, condition = check_input(self, y, condition, "y")
-        d = self.shape[0]
+        d = self.event_shape[0]
 
         def body(carry, i):
             x, log_det = carry

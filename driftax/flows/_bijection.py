@@ -25,9 +25,9 @@ def check_input(bijection: AbstractBijection, x, condition, name: str = "x"):
     bijections ignore `condition` (so a chain can pass one condition to every layer).
     """
     x = jnp.asarray(x)
-    if tuple(x.shape) != tuple(bijection.shape):
+    if tuple(x.shape) != tuple(bijection.event_shape):
         raise ValueError(
-            f"`{name}` must have the bijection's shape {tuple(bijection.shape)} (one unbatched "
+            f"`{name}` must have the bijection's shape {tuple(bijection.event_shape)} (one unbatched "
             f"point), got shape {tuple(x.shape)}; batch with jax.vmap."
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -70,7 +70,7 @@ class AbstractBijection(eqx.Module):
     ```
     """
 
-    shape: eqx.AbstractVar[Shape]
+    event_shape: eqx.AbstractVar[Shape]
     cond_shape: eqx.AbstractVar[Shape | None]
 
     @abc.abstractmethod
@@ -101,7 +101,7 @@ class AbstractBijection(eqx.Module):
     @property
     def size(self) -> int:
         """Number of scalar coordinates of one point (`prod(shape)`)."""
-        return math.prod(self.shape)
+        return math.prod(self.event_shape)
 
     @property
     def stochastic_log_det(self) -> bool:
@@ -124,8 +124,8 @@ class Invert(AbstractBijection):
         self.bijection = bijection
 
     @property
-    def shape(self) -> Shape:
-        return self.bijection.shape
+    def event_shape(self) -> Shape:
+        return self.bijection.event_shape
 
     @property
     def cond_shape(self) -> Shape | None:
@@ -155,7 +155,7 @@ class Chain(AbstractBijection):
     """
 
     bijections: tuple[AbstractBijection, ...]
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(self, bijections):
@@ -165,11 +165,11 @@ class Chain(AbstractBijection):
         for i, b in enumerate(bijections):
             if not isinstance(b, AbstractBijection):
                 raise TypeError(f"`bijections[{i}]` must be an AbstractBijection, got {type(b)}.")
-        shapes = {tuple(b.shape) for b in bijections}
+        shapes = {tuple(b.event_shape) for b in bijections}
         if len(shapes) != 1:
             raise ValueError(f"all `bijections` must share one shape, got {sorted(shapes)}.")
         self.bijections = bijections
-        self.shape = tuple(bijections[0].shape)
+        self.event_shape = tuple(bijections[0].event_shape)
         self.cond_shape = _common_cond_shape(bijections, "bijections")
 
     def transform_and_log_det(self, x, condition=None):
@@ -217,8 +217,8 @@ class Scan(AbstractBijection):
         self.num_layers = int(sizes.pop())
 
     @property
-    def shape(self) -> Shape:
-        return self.layers.shape
+    def event_shape(self) -> Shape:
+        return self.layers.event_shape
 
     @property
     def cond_shape(self) -> Shape | None:

@@ -64,7 +64,7 @@ class CNF(AbstractBijection):
 
     - `vector_field`: a callable Module `(t, x) -> dx/dt` (or `(t, x, condition)` when
       `cond_shape` is set), e.g. [`MLPVectorField`][] or any closed-form field.
-    - `shape`: the event shape; `cond_shape`: the condition's shape (default `None`).
+    - `event_shape`: the event shape; `cond_shape`: the condition's shape (default `None`).
     - `t0`, `t1`: integration interval.
     - `divergence`: `"exact"` (Jacobian trace, `d` JVPs per evaluation) or `"hutchinson"`
       (`num_probes` Rademacher probes, fixed along the solve; then `transform_and_log_det` and
@@ -77,7 +77,7 @@ class CNF(AbstractBijection):
     """
 
     vector_field: Callable
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: Shape | None = eqx.field(static=True)
     t0: float = eqx.field(static=True)
     t1: float = eqx.field(static=True)
@@ -93,7 +93,7 @@ class CNF(AbstractBijection):
     def __init__(
         self,
         vector_field: Callable,
-        shape,
+        event_shape,
         *,
         cond_shape=None,
         t0: float = 0.0,
@@ -128,7 +128,7 @@ class CNF(AbstractBijection):
         if not adaptive and dt0 is None:
             raise ValueError("a non-adaptive `solver` needs a fixed step `dt0`.")
         self.vector_field = vector_field
-        self.shape = check_shape(shape)
+        self.event_shape = check_shape(event_shape, "event_shape")
         self.cond_shape = None if cond_shape is None else check_shape(cond_shape, "cond_shape")
         self.t0, self.t1 = float(t0), float(t1)
         self.divergence = divergence

@@ -58,8 +58,8 @@ class Coupling(AbstractBijection):
     **Arguments:**
 
     - `key`: PRNG key for the conditioner.
-    - `shape`: the event shape (an int `d` for vectors, or a tuple, e.g. a lattice `(L, L)`).
-    - `mask`: boolean array of `shape`, `True` = unchanged (default: the first `d // 2`
+    - `event_shape`: the event shape (an int `d` for vectors, or a tuple, e.g. a lattice `(L, L)`).
+    - `mask`: boolean array of `event_shape`, `True` = unchanged (default: the first `d // 2`
       coordinates of the flattened event). It must have at least one `True` and one `False`.
     - `transformer`: `"affine"` (RealNVP), `"spline"` (rational-quadratic, neural spline flow),
       `"circular_spline"` (angles in `[-π, π)`), or an [`AbstractTransformer`][].
@@ -76,13 +76,13 @@ class Coupling(AbstractBijection):
     transformer: AbstractTransformer
     kept_index: tuple[int, ...] = eqx.field(static=True)
     changed_index: tuple[int, ...] = eqx.field(static=True)
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(
         self,
         key: Key,
-        shape,
+        event_shape,
         *,
         mask=None,
         transformer="affine",
@@ -92,7 +92,7 @@ class Coupling(AbstractBijection):
         activation: Callable = jax.nn.relu,
         **transformer_options,
     ):
-        shape = check_shape(shape)
+        shape = check_shape(event_shape, "event_shape")
         size = math.prod(shape)
         if mask is None:
             mask = half_mask(size).reshape(shape)
@@ -112,7 +112,7 @@ class Coupling(AbstractBijection):
         self.transformer = make_transformer(transformer, **transformer_options)
         self.kept_index = tuple(int(i) for i in np.flatnonzero(flat))
         self.changed_index = tuple(int(i) for i in np.flatnonzero(~flat))
-        self.shape = shape
+        self.event_shape = shape
         self.cond_shape = None if cond_dim is None else (int(cond_dim),)
         n_in = len(self.kept_index) + (0 if cond_dim is None else int(cond_dim))
         n_out = len(self.changed_index) * self.transformer.num_params
@@ -132,7 +132,7 @@ class Coupling(AbstractBijection):
         fn = self.transformer.inverse if inverse else self.transformer.forward
         new, log_grad = fn(changed, raw)
         out = _merge(kept, self.kept_index, new, self.changed_index, flat.size)
-        return out.reshape(self.shape), jnp.sum(log_grad)
+        return out.reshape(self.event_shape), jnp.sum(log_grad)
 
     def transform_and_log_det(self, x, condition=None):
         x, condition = check_input(self, x, condition)

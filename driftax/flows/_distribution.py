@@ -27,8 +27,8 @@ class StandardNormal(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownM
 
     event_shape: Shape = eqx.field(static=True)
 
-    def __init__(self, shape):
-        self.event_shape = check_shape(shape)
+    def __init__(self, event_shape):
+        self.event_shape = check_shape(event_shape, "event_shape")
 
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
@@ -94,17 +94,17 @@ class Flow(AbstractSampleable, AbstractKnownNormalizer):
                 "`base` must be a sampleable energy with a known normalizer "
                 f"(AbstractSampleable and AbstractKnownNormalizer), got {type(base).__name__}."
             )
-        if tuple(base.event_shape) != tuple(bijection.shape):
+        if tuple(base.event_shape) != tuple(bijection.event_shape):
             raise ValueError(
                 f"`base` event shape {tuple(base.event_shape)} must equal the bijection shape "
-                f"{tuple(bijection.shape)}."
+                f"{tuple(bijection.event_shape)}."
             )
         self.base = base
         self.bijection = bijection
 
     @property
     def event_shape(self) -> Shape:
-        return tuple(self.bijection.shape)
+        return tuple(self.bijection.event_shape)
 
     @property
     def cond_shape(self) -> Shape | None:

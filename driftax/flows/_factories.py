@@ -187,7 +187,7 @@ def masked_autoregressive_flow(
 
 def lattice_coupling_flow(
     key: Key,
-    shape,
+    event_shape,
     transformer: str = "affine",
     num_layers: int = 4,
     hidden=64,
@@ -198,14 +198,14 @@ def lattice_coupling_flow(
     activation: Callable = jax.nn.relu,
     base=None,
 ) -> Flow:
-    """A coupling flow for lattice fields of event `shape` (e.g. `(L, L)`): each of the
+    """A coupling flow for lattice fields of shape `event_shape` (e.g. `(L, L)`): each of the
     `num_layers` blocks is a pair of [`Coupling`][] layers with the two checkerboard masks, so
     every site is updated once per block conditioned on its neighbours' parity class. With HMC
     on [`neutra`][]`(flow, action)` this is flow-transformed HMC (Foreman et al.).
 
-    Other arguments as for [`coupling_flow`][]; the base defaults to `StandardNormal(shape)`.
+    Other arguments as for [`coupling_flow`][]; the base defaults to `StandardNormal(event_shape)`.
     """
-    shape = check_shape(shape)
+    shape = check_shape(event_shape, "event_shape")
     even = checkerboard_mask(shape, 0)
     opts = _transformer_options(transformer, knots, interval)
 

@@ -42,8 +42,8 @@ class UniformAngles(AbstractSampleable, AbstractKnownNormalizer):
 
     event_shape: Shape = eqx.field(static=True)
 
-    def __init__(self, shape):
-        self.event_shape = check_shape(shape)
+    def __init__(self, event_shape):
+        self.event_shape = check_shape(event_shape, "event_shape")
 
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
@@ -108,7 +108,7 @@ class U1GaugeCoupling(AbstractBijection):
     offset: int = eqx.field(static=True)
     active_index: tuple[int, ...] = eqx.field(static=True)
     frozen_index: tuple[int, ...] = eqx.field(static=True)
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(
@@ -128,9 +128,9 @@ class U1GaugeCoupling(AbstractBijection):
         self.mu, self.offset = int(mu), int(offset) % 4
         self.active_index = tuple(int(i) for i in np.flatnonzero(masks["active"]))
         self.frozen_index = tuple(int(i) for i in np.flatnonzero(masks["frozen"]))
-        self.shape = (2, int(L), int(L))
+        self.event_shape = (2, int(L), int(L))
         self.cond_shape = None
-        self.lattice = U1Lattice(size=int(L), beta=1.0, event_shape=self.shape)
+        self.lattice = U1Lattice(size=int(L), beta=1.0, event_shape=self.event_shape)
         self.transformer = make_transformer(transformer, **transformer_options)
         n_in = 2 * len(self.frozen_index)
         n_out = len(self.active_index) * self.transformer.num_params
@@ -139,7 +139,7 @@ class U1GaugeCoupling(AbstractBijection):
         )
 
     def _apply(self, x, inverse: bool):
-        size = self.shape[-1]
+        size = self.event_shape[-1]
         plaq = self.lattice.plaquettes(x).reshape(-1)
         frozen = plaq[np.asarray(self.frozen_index)]
         active = plaq[np.asarray(self.active_index)]

@@ -34,7 +34,7 @@ class Planar(AbstractBijection):
     u: Array
     w: Array
     b: Array
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
@@ -44,7 +44,7 @@ class Planar(AbstractBijection):
         self.u = init_scale * jax.random.normal(ku, (d,), dtype)
         self.w = init_scale * jax.random.normal(kw, (d,), dtype)
         self.b = init_scale * jax.random.normal(kb, (), dtype)
-        self.shape = (d,)
+        self.event_shape = (d,)
 
     @property
     def u_hat(self) -> Array:
@@ -110,7 +110,7 @@ class Radial(AbstractBijection):
     center: Array
     raw_alpha: Array
     raw_beta: Array
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
@@ -120,14 +120,14 @@ class Radial(AbstractBijection):
         self.center = init_scale * jax.random.normal(kc, (d,), dtype)
         self.raw_alpha = init_scale * jax.random.normal(ka, (), dtype)
         self.raw_beta = init_scale * jax.random.normal(kb, (), dtype)
-        self.shape = (d,)
+        self.event_shape = (d,)
 
     def _alpha_beta(self):
         alpha = jax.nn.softplus(self.raw_alpha)
         return alpha, -alpha + jax.nn.softplus(self.raw_beta)
 
     def _log_det(self, r, alpha, beta):
-        d = self.shape[0]
+        d = self.event_shape[0]
         h = 1.0 / (alpha + r)
         bh = beta * h
         # d/dr [r (1 + β h)] = 1 + β h + β h' r, h' = -h²
