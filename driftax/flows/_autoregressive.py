@@ -48,7 +48,7 @@ class MaskedAutoregressive(AbstractBijection):
         activation: Callable = jax.nn.relu,
         **transformer_options,
     ):
-        d = check_int(dim)
+        d = check_int(dim, "dim")
         if cond_dim is not None and (isinstance(cond_dim, bool) or int(cond_dim) < 1):
             raise ValueError(f"`cond_dim` must be a positive int or None, got {cond_dim!r}.")
         self.transformer = make_transformer(transformer, **transformer_options)
@@ -67,7 +67,7 @@ class MaskedAutoregressive(AbstractBijection):
 
     def transform_and_log_det(self, x, condition=None):
         x, condition = check_input(self, x, condition)
-        y, log_grad = self.transformer.forward(x, self._raw(x, condition))
+        y, log_grad = self.transformer.transform_and_log_det(x, self._raw(x, condition))
         return y, jnp.sum(log_grad)
 
     def inverse_and_log_det(self, y, condition=None):
@@ -78,7 +78,7 @@ class MaskedAutoregressive(AbstractBijection):
             x, log_det = carry
             raw_i = jax.lax.dynamic_index_in_dim(self._raw(x, condition), i, keepdims=True)
             y_i = jax.lax.dynamic_slice_in_dim(y, i, 1)
-            x_i, lg = self.transformer.inverse(y_i, raw_i)
+            x_i, lg = self.transformer.inverse_and_log_det(y_i, raw_i)
             return (jax.lax.dynamic_update_slice_in_dim(x, x_i, i, 0), log_det + lg[0]), None
 
         (x, log_det), _ = jax.lax.scan(

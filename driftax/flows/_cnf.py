@@ -213,7 +213,7 @@ def continuous_flow(
     log-likelihood gradients at `num_probes` vector-Jacobian products per solver stage instead of
     `dim` Jacobian columns), and `Flow.log_density` needs a `key`.
     """
-    dim = check_int(dim)
+    dim = check_int(dim, "dim")
     field = MLPVectorField(
         key, (dim,), hidden, depth=depth, cond_dim=cond_dim, activation=activation
     )

@@ -129,7 +129,11 @@ class Coupling(AbstractBijection):
         kept = _take(flat, self.kept_index)
         changed = _take(flat, self.changed_index)
         raw = self._raw(kept, condition)
-        fn = self.transformer.inverse if inverse else self.transformer.forward
+        fn = (
+            self.transformer.inverse_and_log_det
+            if inverse
+            else self.transformer.transform_and_log_det
+        )
         new, log_grad = fn(changed, raw)
         out = _merge(kept, self.kept_index, new, self.changed_index, flat.size)
         return out.reshape(self.event_shape), jnp.sum(log_grad)

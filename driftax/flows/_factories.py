@@ -67,7 +67,7 @@ def planar_flow(
     **Returns:** a [`Flow`][]. Sampling is explicit; `log_density` inverts each layer by a
     scalar bisection.
     """
-    dim = check_int(dim)
+    dim = check_int(dim, "dim")
     layers = _stack(lambda k: Planar(k, dim, init_scale=init_scale), key, num_layers)
     return Flow(_base(base, dim), layers)
 
@@ -76,7 +76,7 @@ def radial_flow(
     key: Key, dim: int, num_layers: int = 16, *, init_scale: float = 0.1, base=None
 ) -> Flow:
     """A flow of `num_layers` [`Radial`][] layers on `R^dim` (Rezende & Mohamed, 2015)."""
-    dim = check_int(dim)
+    dim = check_int(dim, "dim")
     layers = _stack(lambda k: Radial(k, dim, init_scale=init_scale), key, num_layers)
     return Flow(_base(base, dim), layers)
 
@@ -162,7 +162,7 @@ def masked_autoregressive_flow(
     autoregressive flow (IAF): fast sampling and `sample_and_log_density` (use it for reverse-KL
     training), sequential `log_density`. Other arguments as for [`coupling_flow`][].
     """
-    dim = check_int(dim)
+    dim = check_int(dim, "dim")
     opts = _transformer_options(transformer, knots, interval)
 
     def make_layer(k):

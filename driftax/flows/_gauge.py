@@ -145,7 +145,11 @@ class U1GaugeCoupling(AbstractBijection):
         active = plaq[np.asarray(self.active_index)]
         raw = self.conditioner(jnp.concatenate([jnp.cos(frozen), jnp.sin(frozen)]))
         raw = raw.reshape(len(self.active_index), self.transformer.num_params)
-        fn = self.transformer.inverse if inverse else self.transformer.forward
+        fn = (
+            self.transformer.inverse_and_log_det
+            if inverse
+            else self.transformer.transform_and_log_det
+        )
         new, log_grad = fn(active, raw)
         delta = jnp.zeros(size * size, x.dtype).at[np.asarray(self.active_index)].set(new - active)
         # θ_0(n) enters P(n) with +, θ_1(n) with −

@@ -61,7 +61,7 @@ class Reverse(AbstractBijection):
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, dim: int):
-        self.event_shape = (check_int(dim),)
+        self.event_shape = (check_int(dim, "dim"),)
 
     def transform_and_log_det(self, x, condition=None):
         x, _ = check_input(self, x, condition)
@@ -88,7 +88,7 @@ class LULinear(AbstractBijection):
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, dim: int):
-        d = check_int(dim)
+        d = check_int(dim, "dim")
         dtype = jnp.result_type(float)
         self.lower = jnp.zeros((d, d), dtype)
         self.upper = jnp.zeros((d, d), dtype)

@@ -38,7 +38,7 @@ class Planar(AbstractBijection):
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = check_int(dim)
+        d = check_int(dim, "dim")
         ku, kw, kb = jax.random.split(key, 3)
         dtype = jnp.result_type(float)
         self.u = init_scale * jax.random.normal(ku, (d,), dtype)
@@ -114,7 +114,7 @@ class Radial(AbstractBijection):
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = check_int(dim)
+        d = check_int(dim, "dim")
         kc, ka, kb = jax.random.split(key, 3)
         dtype = jnp.result_type(float)
         self.center = init_scale * jax.random.normal(kc, (d,), dtype)
