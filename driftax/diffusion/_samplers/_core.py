@@ -249,6 +249,23 @@ def _increment(sampler, k, x, x_next, forward, backward) -> Scalar:
     return log_b - log_f
 
 
+def _draw(sampler, key: Key, kernel) -> Array:
+    """One draw `mean + std · P z` from a Gaussian kernel `(mean, std)` (`P` the sampler's
+    projection onto the space the paths live in)."""
+    mean, std = kernel
+    return mean + std * sampler.project(jax.random.normal(key, mean.shape, mean.dtype))
+
+
+def _check_common(dim, num_steps, sigma, clip) -> tuple[int, int, float, float]:
+    """`(dim, num_steps, sigma, clip)` checked: the arguments every learned sampler takes."""
+    return (
+        check_count(dim, "dim"),
+        check_count(num_steps, "num_steps"),
+        _positive(sigma, "sigma"),
+        _positive(clip, "clip"),
+    )
+
+
 def forward_path(
     sampler: AbstractDiffusionSampler,
     energy: AbstractEnergy,
@@ -273,8 +290,7 @@ def forward_path(
         x, g, acc = carry
         k, kk = inputs
         fwd = sampler.forward_kernel(k, x, g)
-        noise = sampler.project(jax.random.normal(kk, x.shape, x.dtype))
-        x_next = fwd[0] + fwd[1] * noise
+        x_next = _draw(sampler, kk, fwd)
         if detach:
             x_next = jax.lax.stop_gradient(x_next)
         g_next = score(x_next)
@@ -300,9 +316,7 @@ def backward_path(
         x_next, g_next, acc = carry
         k, kk = inputs
         bwd = sampler.backward_kernel(k, x_next, g_next)
-        noise = sampler.project(jax.random.normal(kk, x_next.shape, x_next.dtype))
-        x = bwd[0] + bwd[1] * noise
-        x = jax.lax.stop_gradient(x)
+        x = jax.lax.stop_gradient(_draw(sampler, kk, bwd))
         g = score(x)
         fwd = sampler.forward_kernel(k, x, g)
         return (x, g, acc + _increment(sampler, k, x, x_next, fwd, bwd)), None
