@@ -83,9 +83,7 @@ def test_traced_inside_a_scan(scheme):
         idx = ds.resample(log_w, key=jax.random.key(0), scheme=scheme)
         return x[idx], idx
 
-    log_ws = jnp.log(
-        jnp.eye(N)[jnp.array([5, 2])]
-    )  # step 1: all weight on 5; step 2: on 2 (now a 5)
+    log_ws = jnp.log(jnp.eye(N)[jnp.array([5, 2])])  # step 1: all weight on 5; step 2: on 2 (now a 5)
     x, idxs = jax.jit(lambda lw: jax.lax.scan(body, jnp.arange(N), lw))(log_ws)
     assert np.all(np.asarray(idxs[0]) == 5) and np.all(np.asarray(x) == 5)
 
