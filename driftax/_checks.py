@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import jax
 import jax.core
+import jax.numpy as jnp
 import numpy as np
 
 from ._custom_types import Shape
@@ -104,3 +105,37 @@ def check_sample_shape(shape) -> Shape:
     if any(s < 0 for s in shape):
         raise ValueError(f"`shape` must be non-negative, got {shape!r}.")
     return shape
+
+
+def check_hyper(value, name: str, *, strict: bool = True) -> None:
+    """Eagerly check that a concrete hyperparameter is finite and positive (non-negative if not
+    `strict`); traced values pass. Raises a `ValueError` naming it (a `TypeError` for a
+    non-number)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, (bool, str)) or value is None:
+        raise TypeError(f"`{name}` must be a number, got {value!r}.")
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`{name}` must be a number, got {value!r}.") from e
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must be finite, got {value!r}.")
+    if np.any(arr <= 0) if strict else np.any(arr < 0):
+        raise ValueError(
+            f"`{name}` must be {'positive' if strict else 'non-negative'}, got {value!r}."
+        )
+
+
+def check_count(value, name: str) -> int:
+    """A positive int (not a bool), else a `ValueError` naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def check_finite_array(x, name: str) -> None:
+    """Raise a `ValueError` naming `name` when a concrete array holds NaN or inf (traced arrays
+    pass)."""
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")

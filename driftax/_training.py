@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _progress
+from ._checks import check_count as check_count
 from ._custom_types import Array, Key, PyTree
 
 # ----------------------------------------------------------------------------------------------
@@ -328,13 +329,6 @@ def check_optimizer(optimizer) -> None:
             "`optimizer` must be an optax GradientTransformation (with init/update), got "
             f"{type(optimizer).__name__}."
         )
-
-
-def check_count(value, name: str) -> int:
-    """A positive int (not a bool), else a `ValueError` naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def _checked_options(optimizer, num_steps, ema_decay, batcher, eval_every, patience, validation):

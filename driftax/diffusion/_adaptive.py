@@ -49,6 +49,29 @@ def _controller(rtol, atol, solver):
     return diffrax.ConstantStepSize()
 
 
+def _integrate(terms, solver, tau, dt0, x, controller, max_steps):
+    """Integrate one flattened point `x` over `tau = (start, end)` with diffrax; return
+    `(final point in x's shape, steps tried, steps accepted, success)` (never raises)."""
+    sol = diffrax.diffeqsolve(
+        terms,
+        solver,
+        tau[0],
+        tau[1],
+        dt0,
+        x.reshape(-1),
+        stepsize_controller=controller,
+        max_steps=max_steps,
+        throw=False,
+    )
+    assert sol.ys is not None  # SaveAt(t1=True) by default
+    return (
+        sol.ys[-1].reshape(x.shape),
+        sol.stats["num_steps"],
+        sol.stats["num_accepted_steps"],
+        sol.result == diffrax.RESULTS.successful,
+    )
+
+
 @eqx.filter_jit
 def _adaptive_ode(model, x_init, solver, controller, dt0, max_steps, t_noise, t_data, direction):
     shape = x_init.shape[1:]
@@ -58,24 +81,8 @@ def _adaptive_ode(model, x_init, solver, controller, dt0, max_steps, t_noise, t_
         return direction * model.velocity(t, y.reshape(shape)).reshape(-1)
 
     def one(x):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(drift),
-            solver,
-            direction * t_noise,
-            direction * t_data,
-            dt0,
-            x.reshape(-1),
-            stepsize_controller=controller,
-            max_steps=max_steps,
-            throw=False,
-        )
-        assert sol.ys is not None  # SaveAt(t1=True) by default
-        return (
-            sol.ys[-1].reshape(shape),
-            sol.stats["num_steps"],
-            sol.stats["num_accepted_steps"],
-            sol.result == diffrax.RESULTS.successful,
-        )
+        tau = (direction * t_noise, direction * t_data)
+        return _integrate(diffrax.ODETerm(drift), solver, tau, dt0, x, controller, max_steps)
 
     return jax.vmap(one)(x_init)
 
@@ -116,24 +123,7 @@ def _adaptive_sde(
             tau0, tau1, tol=brownian_tol, shape=(size,), key=key, levy_area=levy_area
         )
         terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
-        sol = diffrax.diffeqsolve(
-            terms,
-            solver,
-            tau0,
-            tau1,
-            dt0,
-            x.reshape(-1),
-            stepsize_controller=controller,
-            max_steps=max_steps,
-            throw=False,
-        )
-        assert sol.ys is not None  # SaveAt(t1=True) by default
-        return (
-            sol.ys[-1].reshape(shape),
-            sol.stats["num_steps"],
-            sol.stats["num_accepted_steps"],
-            sol.result == diffrax.RESULTS.successful,
-        )
+        return _integrate(terms, solver, (tau0, tau1), dt0, x, controller, max_steps)
 
     return jax.vmap(one)(x_init, keys)
 

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 
 from .._custom_types import Array, Key
 from ..energies._gaussian import normal_log_density
+from ..energies._metrics_logz import importance_ess
+from ..samplers._resampling import resample as resample_index
 from ._grid import SCHEDULES, Schedule, _check_num_steps, time_grid
 from ._model import AbstractField, ParameterizedField, declared_parameterization, declared_path
 from ._path import AbstractPath, check_parameterization
@@ -131,20 +133,6 @@ class FKCResult(eqx.Module):
     log_normalizer: Array
 
 
-def _systematic(key, log_w):
-    n = log_w.shape[0]
-    w = jax.nn.softmax(log_w)
-    u = (jax.random.uniform(key, ()) + jnp.arange(n)) / n
-    idx = jnp.searchsorted(jnp.cumsum(w), u)
-    return jnp.clip(idx, 0, n - 1)
-
-
-def _multinomial(key, log_w):
-    n = log_w.shape[0]
-    idx = jnp.searchsorted(jnp.cumsum(jax.nn.softmax(log_w)), jax.random.uniform(key, (n,)))
-    return jnp.clip(idx, 0, n - 1)
-
-
 @eqx.filter_jit
 def _fkc(models, betas, x_init, ts, key, epsilon, ess_threshold, resample, final_resample):
     path = models[0].path
@@ -155,7 +143,6 @@ def _fkc(models, betas, x_init, ts, key, epsilon, ess_threshold, resample, final
     # Experts at t_noise are ~ N(0, sigma^2) each; the product is N(0, sigma^2 / sum beta).
     log_prior = jax.vmap(lambda x: normal_log_density(x, scale=sig0))(x_init)
     log_w0 = (sum_beta - 1.0) * log_prior
-    resample_fn = _systematic if resample == "systematic" else _multinomial
 
     def fields(t, x):
         vs, ss = [], []
@@ -181,11 +168,11 @@ def _fkc(models, betas, x_init, ts, key, epsilon, ess_threshold, resample, final
         log_z = log_z + jax.nn.logsumexp(log_w + inc) - jax.nn.logsumexp(log_w)
         log_w = log_w + inc
         log_w = log_w - jax.nn.logsumexp(log_w)
-        ess = 1.0 / jnp.sum(jnp.exp(2.0 * log_w))
+        ess = importance_ess(log_w).ess
         do = ess < ess_threshold * n
         if final_resample:
             do = do | (i == num_steps - 1)
-        idx = jnp.where(do, resample_fn(k_res, log_w), jnp.arange(n))
+        idx = jnp.where(do, resample_index(log_w, key=k_res, scheme=resample), jnp.arange(n))
         x = x[idx]
         log_w = jnp.where(do, jnp.full_like(log_w, -jnp.log(n)), log_w)
         return (x, log_w, log_z, count + do.astype(jnp.int32), key), ess
@@ -281,6 +268,6 @@ def weighted_moments(x: Array, log_weights: Array) -> tuple[Array, Array, Array]
     flat = x.reshape(x.shape[0], -1)
     mean = w @ flat
     var = w @ (flat - mean) ** 2
-    ess = 1.0 / jnp.sum(w**2)
+    ess = importance_ess(log_weights).ess
     shape = x.shape[1:]
     return mean.reshape(shape), var.reshape(shape), ess

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Array, Key, Scalar
+from ._model import declared_parameterization
 from ._path import AbstractPath, LinearInterpolant, check_parameterization
 
 
@@ -27,11 +28,11 @@ class AbstractLoss(eqx.Module):
 
 
 def _check_model(model):
-    p = getattr(model, "parameterization", None)
-    if not isinstance(p, str):
+    p = declared_parameterization(model)
+    if p is None:
         raise TypeError(
-            "`model` must declare its `parameterization` (e.g. a driftax.diffusion Denoiser or "
-            "NetworkField)."
+            "`model` must be a driftax.diffusion AbstractField that declares its "
+            "`parameterization` (e.g. a Denoiser or NetworkField)."
         )
     return p
 

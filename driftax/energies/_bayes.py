@@ -19,8 +19,8 @@ import numpy as np
 
 from .._custom_types import Array, Point, Scalar, Shape
 from ._base import AbstractEnergy, AbstractKnownMoments, check_event
+from ._gaussian import normal_log_density
 
-_LOG_2PI = math.log(2.0 * math.pi)
 _LOGREG_DATA = "breast_cancer.npz"
 _LOGREG_REFERENCE = "logreg_reference.npz"
 _LGCP_DATA = "lgcp_synthetic_points.npz"
@@ -87,12 +87,7 @@ class LogisticRegression(AbstractKnownMoments):
         w = check_event(x, self.event_shape)
         z = self.design @ w
         log_lik = jnp.sum(self.labels * z - jax.nn.softplus(z))
-        d = self.event_shape[0]
-        log_prior = (
-            -0.5 * jnp.sum((w / self.prior_scale) ** 2)
-            - d * math.log(self.prior_scale)
-            - 0.5 * d * _LOG_2PI
-        )
+        log_prior = normal_log_density(w, scale=self.prior_scale)
         return log_lik + log_prior
 
     def _ref(self, key: str) -> Array:
@@ -265,13 +260,12 @@ class LGCP(AbstractEnergy):
 
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
-        d = self.event_shape[0]
         if self.whitened:
             e, f = x, self.latent_from_white(x)
-            log_prior = -0.5 * jnp.sum(e**2) - 0.5 * d * _LOG_2PI
+            log_prior = normal_log_density(e)
         else:
             e, f = self.white_from_latent(x), x
-            log_prior = -0.5 * jnp.sum(e**2) - 0.5 * d * _LOG_2PI - self.half_log_det
+            log_prior = normal_log_density(e) - self.half_log_det
         return log_prior + self.log_likelihood(f)
 
     @property

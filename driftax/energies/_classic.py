@@ -23,10 +23,6 @@ from ._gaussian import normal_log_density
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _check_dim(dim, name: str = "dim", minimum: int = 1, even: bool = False) -> int:
-    return check_int(dim, name, minimum, even=even)
-
-
 class Funnel(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
     """Neal's funnel: `x₀ ~ N(0, scale²)`, `xᵢ | x₀ ~ N(0, exp(x₀))` for `i = 1..dim-1`.
 
@@ -67,7 +63,7 @@ class Funnel(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
 
 def funnel(dim: int = 10, *, scale: float = 3.0) -> Funnel:
     """Neal's funnel in `dim` dimensions (default 10) with `x₀ ~ N(0, scale²)` (default scale 3)."""
-    dim = _check_dim(dim, minimum=2)
+    dim = check_int(dim, "dim", minimum=2)
     return Funnel(scale=float(check_positive(scale, "scale")), event_shape=(dim,))
 
 
@@ -114,7 +110,7 @@ class Banana(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
 
 def banana(dim: int = 2, *, scale: float = 10.0, curvature: float = 0.03) -> Banana:
     """The banana (twisted Gaussian) target; `dim >= 2`, extra coordinates are standard normal."""
-    dim = _check_dim(dim, minimum=2)
+    dim = check_int(dim, "dim", minimum=2)
     return Banana(
         scale=float(check_positive(scale, "scale")),
         curvature=float(check_finite(curvature, "curvature")),
@@ -249,7 +245,7 @@ def many_well(d: int = 32, *, a: float = 1.0, b: float = 6.0, c: float = 0.5) ->
 
     With the defaults, `log Z = (d/2)·(ln 11784.50927 + ½ ln 2π)` (164.696 for d = 32).
     """
-    d = _check_dim(d, "d", minimum=2, even=True)
+    d = check_int(d, "d", minimum=2, even=True)
     a = float(check_positive(a, "a"))
     return ManyWell(
         a=a, b=float(check_finite(b, "b")), c=float(check_finite(c, "c")), event_shape=(d,)

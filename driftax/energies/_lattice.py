@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
+from .._checks import check_choice, check_int
 from .._custom_types import Array, Point, Scalar, Shape
 from ._base import (
     AbstractEnergy,
@@ -22,20 +23,6 @@ from ._base import (
 )
 
 _LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_choice(value, name: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"`{name}` must be a string, one of {choices}, got {value!r}.")
-    if value not in choices:
-        raise ValueError(f"Unknown `{name}` {value!r}; expected one of {choices}.")
-    return value
 
 
 def _scalar(value, name: str) -> float:
@@ -293,7 +280,7 @@ def phi4(
 
     Passing a parameter of the other variant raises a `TypeError`.
     """
-    variant = _check_choice(variant, "variant", ("chain", "lattice"))
+    variant = check_choice(variant, "variant", ("chain", "lattice"))
     given = {
         "a": a,
         "b": b,
@@ -307,7 +294,7 @@ def phi4(
         if given[k] is not None:
             raise TypeError(f"`{k}` is not a parameter of the phi4 variant {variant!r}.")
     if variant == "lattice":
-        size = _check_int(8 if n is None else n, "n", 2)
+        size = check_int(8 if n is None else n, "n", 2)
         m2_ = _scalar(-4.0 if m2 is None else m2, "m2")
         lam_ = _scalar(8.0 if lam is None else lam, "lam")
         if lam_ <= 0:
@@ -315,11 +302,11 @@ def phi4(
                 f"`lam` must be positive (the density must be normalizable), got {lam!r}."
             )
         return Phi4Lattice(size=size, m2=m2_, lam=lam_, event_shape=(size, size))
-    n_ = _check_int(64 if n is None else n, "n", 1)
+    n_ = check_int(64 if n is None else n, "n", 1)
     a_ = float(check_positive(_scalar(0.1 if a is None else a, "a"), "a"))
     b_ = _scalar(0.0 if b is None else b, "b")
     beta_ = float(check_positive(_scalar(20.0 if beta is None else beta, "beta"), "beta"))
-    bc = _check_choice(
+    bc = check_choice(
         "dirichlet" if boundary is None else boundary, "boundary", ("dirichlet", "periodic")
     )
     out = chain_transfer_matrix_quadrature(n_, a_, b_, beta_, bc)
@@ -436,6 +423,6 @@ def u1_lattice(L: int = 8, beta: float = 6.0) -> U1Lattice:
     - `L`: lattice side, an int ≥ 2 (default 8).
     - `beta`: the inverse coupling β > 0 (default 6.0).
     """
-    size = _check_int(L, "L", 2)
+    size = check_int(L, "L", 2)
     beta_ = float(check_positive(_scalar(beta, "beta"), "beta"))
     return U1Lattice(size=size, beta=beta_, event_shape=(2, size, size))

@@ -14,6 +14,7 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_finite_array as check_finite_array
 from .._custom_types import Array, Float, Scalar
 
 _KERNELS = ("rbf", "imq", "energy")
@@ -32,12 +33,6 @@ def as_float(x) -> Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
     return x
-
-
-def check_finite_array(x: Array, name: str) -> None:
-    """Raise a `ValueError` naming `name` when a concrete array holds NaN or inf."""
-    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
 
 
 def as_samples(x, name: str, *, min_n: int = 1) -> Float[Array, "n d"]:

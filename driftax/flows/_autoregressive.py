@@ -8,8 +8,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._checks import check_int
 from .._custom_types import Shape
-from ._bijection import AbstractBijection, _check_dim, check_input
+from ._bijection import AbstractBijection, check_input
 from ._nn import MLP, hidden_widths, made_masks
 from ._transformers import AbstractTransformer, make_transformer
 
@@ -32,7 +33,7 @@ class MaskedAutoregressive(AbstractBijection):
 
     made: MLP
     transformer: AbstractTransformer
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(
@@ -47,7 +48,7 @@ class MaskedAutoregressive(AbstractBijection):
         activation: Callable = jax.nn.relu,
         **transformer_options,
     ):
-        d = _check_dim(dim)
+        d = check_int(dim, "dim")
         if cond_dim is not None and (isinstance(cond_dim, bool) or int(cond_dim) < 1):
             raise ValueError(f"`cond_dim` must be a positive int or None, got {cond_dim!r}.")
         self.transformer = make_transformer(transformer, **transformer_options)
@@ -57,27 +58,27 @@ class MaskedAutoregressive(AbstractBijection):
         self.made = MLP(
             key, d + nc, d * self.transformer.num_params, widths, activation=activation, masks=masks
         )
-        self.shape = (d,)
+        self.event_shape = (d,)
         self.cond_shape = None if cond_dim is None else (nc,)
 
     def _raw(self, x, condition):
         inp = x if condition is None else jnp.concatenate([x, condition.reshape(-1)])
-        return self.made(inp).reshape(self.shape[0], self.transformer.num_params)
+        return self.made(inp).reshape(self.event_shape[0], self.transformer.num_params)
 
     def transform_and_log_det(self, x, condition=None):
         x, condition = check_input(self, x, condition)
-        y, log_grad = self.transformer.forward(x, self._raw(x, condition))
+        y, log_grad = self.transformer.transform_and_log_det(x, self._raw(x, condition))
         return y, jnp.sum(log_grad)
 
     def inverse_and_log_det(self, y, condition=None):
         y, condition = check_input(self, y, condition, "y")
-        d = self.shape[0]
+        d = self.event_shape[0]
 
         def body(carry, i):
             x, log_det = carry
             raw_i = jax.lax.dynamic_index_in_dim(self._raw(x, condition), i, keepdims=True)
             y_i = jax.lax.dynamic_slice_in_dim(y, i, 1)
-            x_i, lg = self.transformer.inverse(y_i, raw_i)
+            x_i, lg = self.transformer.inverse_and_log_det(y_i, raw_i)
             return (jax.lax.dynamic_update_slice_in_dim(x, x_i, i, 0), log_det + lg[0]), None
 
         (x, log_det), _ = jax.lax.scan(

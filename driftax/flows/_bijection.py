@@ -18,24 +18,6 @@ import jax.numpy as jnp
 from .._custom_types import Array, Scalar, Shape
 
 
-def _check_shape_arg(shape, name: str = "shape") -> Shape:
-    if isinstance(shape, int):
-        shape = (shape,)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError as e:
-        raise TypeError(f"`{name}` must be an int or a tuple of ints, got {shape!r}.") from e
-    if any(s < 1 for s in shape):
-        raise ValueError(f"`{name}` must contain positive sizes, got {shape!r}.")
-    return shape
-
-
-def _check_dim(dim, name: str = "dim", minimum: int = 1) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {dim!r}.")
-    return int(dim)
-
-
 def check_input(bijection: AbstractBijection, x, condition, name: str = "x"):
     """Check (at trace time) one unbatched input and its condition against a bijection.
 
@@ -44,9 +26,9 @@ def check_input(bijection: AbstractBijection, x, condition, name: str = "x"):
     bijections ignore `condition` (so a chain can pass one condition to every layer).
     """
     x = jnp.asarray(x)
-    if tuple(x.shape) != tuple(bijection.shape):
+    if tuple(x.shape) != tuple(bijection.event_shape):
         raise ValueError(
-            f"`{name}` must have the bijection's shape {tuple(bijection.shape)} (one unbatched "
+            f"`{name}` must have the bijection's shape {tuple(bijection.event_shape)} (one unbatched "
             f"point), got shape {tuple(x.shape)}; batch with jax.vmap."
         )
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -89,7 +71,7 @@ class AbstractBijection(eqx.Module):
     ```
     """
 
-    shape: eqx.AbstractVar[Shape]
+    event_shape: eqx.AbstractVar[Shape]
     cond_shape: eqx.AbstractVar[Shape | None]
 
     @abc.abstractmethod
@@ -120,7 +102,7 @@ class AbstractBijection(eqx.Module):
     @property
     def size(self) -> int:
         """Number of scalar coordinates of one point (`prod(shape)`)."""
-        return math.prod(self.shape)
+        return math.prod(self.event_shape)
 
     @property
     def stochastic_log_det(self) -> bool:
@@ -143,8 +125,8 @@ class Invert(AbstractBijection):
         self.bijection = bijection
 
     @property
-    def shape(self) -> Shape:
-        return self.bijection.shape
+    def event_shape(self) -> Shape:
+        return self.bijection.event_shape
 
     @property
     def cond_shape(self) -> Shape | None:
@@ -174,7 +156,7 @@ class Chain(AbstractBijection):
     """
 
     bijections: tuple[AbstractBijection, ...]
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(self, bijections):
@@ -184,11 +166,11 @@ class Chain(AbstractBijection):
         for i, b in enumerate(bijections):
             if not isinstance(b, AbstractBijection):
                 raise TypeError(f"`bijections[{i}]` must be an AbstractBijection, got {type(b)}.")
-        shapes = {tuple(b.shape) for b in bijections}
+        shapes = {tuple(b.event_shape) for b in bijections}
         if len(shapes) != 1:
             raise ValueError(f"all `bijections` must share one shape, got {sorted(shapes)}.")
         self.bijections = bijections
-        self.shape = tuple(bijections[0].shape)
+        self.event_shape = tuple(bijections[0].event_shape)
         self.cond_shape = _common_cond_shape(bijections, "bijections")
 
     def transform_and_log_det(self, x, condition=None):
@@ -236,8 +218,8 @@ class Scan(AbstractBijection):
         self.num_layers = int(cast(int, sizes.pop()))  # None was excluded above
 
     @property
-    def shape(self) -> Shape:
-        return self.layers.shape
+    def event_shape(self) -> Shape:
+        return self.layers.event_shape
 
     @property
     def cond_shape(self) -> Shape | None:

@@ -15,9 +15,10 @@ import diffrax
 import equinox as eqx
 import jax.numpy as jnp
 
+from .._checks import check_int, check_shape
 from .._custom_types import Key, Shape
 from .._divergence import integrate_with_divergence, sample_probes
-from ._bijection import AbstractBijection, _check_dim, _check_shape_arg, check_input
+from ._bijection import AbstractBijection, check_input
 from ._distribution import Flow, StandardNormal
 from ._nn import MLP, hidden_widths
 
@@ -42,7 +43,7 @@ class MLPVectorField(eqx.Module):
         cond_dim: int | None = None,
         activation: Callable = jnp.tanh,
     ):
-        event_shape = _check_shape_arg(event_shape, "event_shape")
+        event_shape = check_shape(event_shape, "event_shape")
         size = math.prod(event_shape)
         widths = hidden_widths(hidden, depth if isinstance(hidden, int) else None)
         n_in = size + 1 + (0 if cond_dim is None else int(cond_dim))
@@ -63,7 +64,7 @@ class CNF(AbstractBijection):
 
     - `vector_field`: a callable Module `(t, x) -> dx/dt` (or `(t, x, condition)` when
       `cond_shape` is set), e.g. [`MLPVectorField`][] or any closed-form field.
-    - `shape`: the event shape; `cond_shape`: the condition's shape (default `None`).
+    - `event_shape`: the event shape; `cond_shape`: the condition's shape (default `None`).
     - `t0`, `t1`: integration interval.
     - `divergence`: `"exact"` (Jacobian trace, `d` JVPs per evaluation) or `"hutchinson"`
       (`num_probes` Rademacher probes, fixed along the solve; then `transform_and_log_det` and
@@ -76,7 +77,7 @@ class CNF(AbstractBijection):
     """
 
     vector_field: Callable
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: Shape | None = eqx.field(static=True)
     t0: float = eqx.field(static=True)
     t1: float = eqx.field(static=True)
@@ -92,7 +93,7 @@ class CNF(AbstractBijection):
     def __init__(
         self,
         vector_field: Callable,
-        shape,
+        event_shape,
         *,
         cond_shape=None,
         t0: float = 0.0,
@@ -127,16 +128,16 @@ class CNF(AbstractBijection):
         if not adaptive and dt0 is None:
             raise ValueError("a non-adaptive `solver` needs a fixed step `dt0`.")
         self.vector_field = vector_field
-        self.shape = _check_shape_arg(shape)
-        self.cond_shape = None if cond_shape is None else _check_shape_arg(cond_shape, "cond_shape")
+        self.event_shape = check_shape(event_shape, "event_shape")
+        self.cond_shape = None if cond_shape is None else check_shape(cond_shape, "cond_shape")
         self.t0, self.t1 = float(t0), float(t1)
         self.divergence = divergence
-        self.num_probes = _check_dim(num_probes, "num_probes")
+        self.num_probes = check_int(num_probes, "num_probes")
         self.solver = solver
         self.adjoint = adjoint
         self.rtol, self.atol = float(rtol), float(atol)
         self.dt0 = None if dt0 is None else float(dt0)
-        self.max_steps = _check_dim(max_steps, "max_steps")
+        self.max_steps = check_int(max_steps, "max_steps")
 
     @property
     def stochastic_log_det(self) -> bool:
@@ -213,7 +214,7 @@ def continuous_flow(
     log-likelihood gradients at `num_probes` vector-Jacobian products per solver stage instead of
     `dim` Jacobian columns), and `Flow.log_density` needs a `key`.
     """
-    dim = _check_dim(dim)
+    dim = check_int(dim, "dim")
     field = MLPVectorField(
         key, (dim,), hidden, depth=depth, cond_dim=cond_dim, activation=activation
     )

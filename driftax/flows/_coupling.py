@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_shape
 from .._custom_types import Key, Shape
-from ._bijection import AbstractBijection, _check_shape_arg, check_input
+from ._bijection import AbstractBijection, check_input
 from ._nn import MLP, hidden_widths
 from ._transformers import AbstractTransformer, make_transformer
 
@@ -20,7 +21,7 @@ def checkerboard_mask(shape, parity: int = 0) -> np.ndarray:
     """A boolean checkerboard mask of `shape` (for lattice fields): `True` where the sum of the
     indices has the given `parity`. `True` marks the coordinates a coupling layer leaves
     unchanged (and conditions on)."""
-    shape = _check_shape_arg(shape)
+    shape = check_shape(shape)
     if parity not in (0, 1):
         raise ValueError(f"`parity` must be 0 or 1, got {parity!r}.")
     return (np.indices(shape).sum(axis=0) % 2) == parity
@@ -57,8 +58,8 @@ class Coupling(AbstractBijection):
     **Arguments:**
 
     - `key`: PRNG key for the conditioner.
-    - `shape`: the event shape (an int `d` for vectors, or a tuple, e.g. a lattice `(L, L)`).
-    - `mask`: boolean array of `shape`, `True` = unchanged (default: the first `d // 2`
+    - `event_shape`: the event shape (an int `d` for vectors, or a tuple, e.g. a lattice `(L, L)`).
+    - `mask`: boolean array of `event_shape`, `True` = unchanged (default: the first `d // 2`
       coordinates of the flattened event). It must have at least one `True` and one `False`.
     - `transformer`: `"affine"` (RealNVP), `"spline"` (rational-quadratic, neural spline flow),
       `"circular_spline"` (angles in `[-π, π)`), or an [`AbstractTransformer`][].
@@ -75,13 +76,13 @@ class Coupling(AbstractBijection):
     transformer: AbstractTransformer
     kept_index: tuple[int, ...] = eqx.field(static=True)
     changed_index: tuple[int, ...] = eqx.field(static=True)
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(
         self,
         key: Key,
-        shape,
+        event_shape,
         *,
         mask=None,
         transformer="affine",
@@ -91,7 +92,7 @@ class Coupling(AbstractBijection):
         activation: Callable = jax.nn.relu,
         **transformer_options,
     ):
-        shape = _check_shape_arg(shape)
+        shape = check_shape(event_shape, "event_shape")
         size = math.prod(shape)
         if mask is None:
             mask = half_mask(size).reshape(shape)
@@ -111,7 +112,7 @@ class Coupling(AbstractBijection):
         self.transformer = make_transformer(transformer, **transformer_options)
         self.kept_index = tuple(int(i) for i in np.flatnonzero(flat))
         self.changed_index = tuple(int(i) for i in np.flatnonzero(~flat))
-        self.shape = shape
+        self.event_shape = shape
         self.cond_shape = None if cond_dim is None else (int(cond_dim),)
         n_in = len(self.kept_index) + (0 if cond_dim is None else int(cond_dim))
         n_out = len(self.changed_index) * self.transformer.num_params
@@ -128,10 +129,14 @@ class Coupling(AbstractBijection):
         kept = _take(flat, self.kept_index)
         changed = _take(flat, self.changed_index)
         raw = self._raw(kept, condition)
-        fn = self.transformer.inverse if inverse else self.transformer.forward
+        fn = (
+            self.transformer.inverse_and_log_det
+            if inverse
+            else self.transformer.transform_and_log_det
+        )
         new, log_grad = fn(changed, raw)
         out = _merge(kept, self.kept_index, new, self.changed_index, flat.size)
-        return out.reshape(self.shape), jnp.sum(log_grad)
+        return out.reshape(self.event_shape), jnp.sum(log_grad)
 
     def transform_and_log_det(self, x, condition=None):
         x, condition = check_input(self, x, condition)

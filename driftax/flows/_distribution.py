@@ -10,6 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._checks import check_shape
 from .._custom_types import Array, Key, Point, Scalar, Shape
 from ..energies._base import (
     AbstractEnergy,
@@ -19,9 +20,8 @@ from ..energies._base import (
     check_event,
     check_sample_shape,
 )
-from ._bijection import AbstractBijection, _check_shape_arg
-
-_LOG_2PI = math.log(2.0 * math.pi)
+from ..energies._gaussian import normal_log_density
+from ._bijection import AbstractBijection
 
 
 class StandardNormal(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
@@ -29,12 +29,12 @@ class StandardNormal(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownM
 
     event_shape: Shape = eqx.field(static=True)
 
-    def __init__(self, shape):
-        self.event_shape = _check_shape_arg(shape)
+    def __init__(self, event_shape):
+        self.event_shape = check_shape(event_shape, "event_shape")
 
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
-        return -0.5 * jnp.sum(x**2) - 0.5 * self.dim * _LOG_2PI
+        return normal_log_density(x)
 
     def sample(self, key: Key, shape: Shape | int = ()) -> Array:
         shape = check_sample_shape(shape)
@@ -96,17 +96,17 @@ class Flow(AbstractSampleable, AbstractKnownNormalizer):
                 "`base` must be a sampleable energy with a known normalizer "
                 f"(AbstractSampleable and AbstractKnownNormalizer), got {type(base).__name__}."
             )
-        if tuple(base.event_shape) != tuple(bijection.shape):
+        if tuple(base.event_shape) != tuple(bijection.event_shape):
             raise ValueError(
                 f"`base` event shape {tuple(base.event_shape)} must equal the bijection shape "
-                f"{tuple(bijection.shape)}."
+                f"{tuple(bijection.event_shape)}."
             )
         self.base = base
         self.bijection = bijection
 
     @property
     def event_shape(self) -> Shape:
-        return tuple(self.bijection.shape)
+        return tuple(self.bijection.event_shape)
 
     @property
     def cond_shape(self) -> Shape | None:

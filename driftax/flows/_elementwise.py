@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_shape
 from .._custom_types import Array, Shape
 from ..energies._base import check_finite
-from ._bijection import AbstractBijection, _check_shape_arg, check_input
+from ._bijection import AbstractBijection, check_input
 
 
 def _float(x) -> Array:
@@ -22,25 +23,25 @@ class Affine(AbstractBijection):
     **Arguments:**
 
     - `loc`, `scale`: arrays broadcastable to each other; their broadcast shape is the event
-      shape unless `shape` is given (then they broadcast to it).
+      shape unless `event_shape` is given (then they broadcast to it).
     """
 
     loc: Array
     scale: Array
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: None = eqx.field(static=True, default=None)
 
-    def __init__(self, loc=0.0, scale=1.0, shape=None):
+    def __init__(self, loc=0.0, scale=1.0, event_shape=None):
         check_finite(loc, "loc")
         scale_np = check_finite(scale, "scale")
         if isinstance(scale_np, np.ndarray) and np.any(scale_np == 0):
             raise ValueError("`scale` must be non-zero everywhere (the map is not invertible).")
-        if shape is None:
-            shape = np.broadcast_shapes(np.shape(loc), np.shape(scale))
-        shape = tuple(int(s) for s in shape)
+        if event_shape is None:
+            event_shape = np.broadcast_shapes(np.shape(loc), np.shape(scale))
+        shape = tuple(int(s) for s in event_shape)
         self.loc = jnp.broadcast_to(_float(loc), shape)
         self.scale = jnp.broadcast_to(_float(scale), shape)
-        self.shape = shape
+        self.event_shape = shape
 
     def transform_and_log_det(self, x, condition=None):
         x, _ = check_input(self, x, condition)
@@ -52,11 +53,11 @@ class Affine(AbstractBijection):
 
 
 class _AbstractParameterless(AbstractBijection):
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: None = eqx.field(static=True, default=None)
 
-    def __init__(self, shape=()):
-        self.shape = _check_shape_arg(shape) if shape != () else ()
+    def __init__(self, event_shape=()):
+        self.event_shape = check_shape(event_shape, "event_shape") if event_shape != () else ()
 
 
 class Softplus(_AbstractParameterless):

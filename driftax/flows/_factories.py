@@ -13,10 +13,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._checks import check_int, check_shape
 from .._custom_types import Key
 from ..energies._base import AbstractEnergy
 from ._autoregressive import MaskedAutoregressive
-from ._bijection import Chain, Invert, Scan, _check_dim, _check_shape_arg
+from ._bijection import Chain, Invert, Scan
 from ._coupling import Coupling, checkerboard_mask
 from ._distribution import Flow, StandardNormal
 from ._linear import Permutation, random_permutation
@@ -28,7 +29,7 @@ def _base(base, dim) -> AbstractEnergy:
 
 
 def _stack(make_layer, key: Key, num_layers: int):
-    num_layers = _check_dim(num_layers, "num_layers")
+    num_layers = check_int(num_layers, "num_layers")
     return Scan(eqx.filter_vmap(make_layer)(jax.random.split(key, num_layers)))
 
 
@@ -66,7 +67,7 @@ def planar_flow(
     **Returns:** a [`Flow`][]. Sampling is explicit; `log_density` inverts each layer by a
     scalar bisection.
     """
-    dim = _check_dim(dim)
+    dim = check_int(dim, "dim")
     layers = _stack(lambda k: Planar(k, dim, init_scale=init_scale), key, num_layers)
     return Flow(_base(base, dim), layers)
 
@@ -75,7 +76,7 @@ def radial_flow(
     key: Key, dim: int, num_layers: int = 16, *, init_scale: float = 0.1, base=None
 ) -> Flow:
     """A flow of `num_layers` [`Radial`][] layers on `R^dim` (Rezende & Mohamed, 2015)."""
-    dim = _check_dim(dim)
+    dim = check_int(dim, "dim")
     layers = _stack(lambda k: Radial(k, dim, init_scale=init_scale), key, num_layers)
     return Flow(_base(base, dim), layers)
 
@@ -117,7 +118,7 @@ def coupling_flow(
 
     **Returns:** a [`Flow`][] whose `bijection` is a [`Scan`][] of `Chain([Coupling, Permutation])`.
     """
-    dim = _check_dim(dim, "dim", minimum=2)
+    dim = check_int(dim, "dim", minimum=2)
     opts = _transformer_options(transformer, knots, interval)
 
     def make_layer(k):
@@ -161,7 +162,7 @@ def masked_autoregressive_flow(
     autoregressive flow (IAF): fast sampling and `sample_and_log_density` (use it for reverse-KL
     training), sequential `log_density`. Other arguments as for [`coupling_flow`][].
     """
-    dim = _check_dim(dim)
+    dim = check_int(dim, "dim")
     opts = _transformer_options(transformer, knots, interval)
 
     def make_layer(k):
@@ -186,7 +187,7 @@ def masked_autoregressive_flow(
 
 def lattice_coupling_flow(
     key: Key,
-    shape,
+    event_shape,
     transformer: str = "affine",
     num_layers: int = 4,
     hidden=64,
@@ -197,14 +198,14 @@ def lattice_coupling_flow(
     activation: Callable = jax.nn.relu,
     base=None,
 ) -> Flow:
-    """A coupling flow for lattice fields of event `shape` (e.g. `(L, L)`): each of the
+    """A coupling flow for lattice fields of shape `event_shape` (e.g. `(L, L)`): each of the
     `num_layers` blocks is a pair of [`Coupling`][] layers with the two checkerboard masks, so
     every site is updated once per block conditioned on its neighbours' parity class. With HMC
     on [`neutra`][]`(flow, action)` this is flow-transformed HMC (Foreman et al.).
 
-    Other arguments as for [`coupling_flow`][]; the base defaults to `StandardNormal(shape)`.
+    Other arguments as for [`coupling_flow`][]; the base defaults to `StandardNormal(event_shape)`.
     """
-    shape = _check_shape_arg(shape)
+    shape = check_shape(event_shape, "event_shape")
     even = checkerboard_mask(shape, 0)
     opts = _transformer_options(transformer, knots, interval)
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_int, check_shape
 from .._custom_types import Array, Key, Point, Scalar, Shape
 from ..energies._base import (
     AbstractKnownNormalizer,
@@ -26,13 +27,12 @@ from ..energies._base import (
     check_event,
     check_sample_shape,
 )
+from ..energies._gaussian import _LOG_2PI
 from ..energies._lattice import U1Lattice, _wrap
-from ._bijection import AbstractBijection, Chain, _check_dim, _check_shape_arg, check_input
+from ._bijection import AbstractBijection, Chain, check_input
 from ._distribution import Flow
 from ._nn import MLP, hidden_widths
 from ._transformers import AbstractTransformer, make_transformer
-
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 class UniformAngles(AbstractSampleable, AbstractKnownNormalizer):
@@ -42,8 +42,8 @@ class UniformAngles(AbstractSampleable, AbstractKnownNormalizer):
 
     event_shape: Shape = eqx.field(static=True)
 
-    def __init__(self, shape):
-        self.event_shape = _check_shape_arg(shape)
+    def __init__(self, event_shape):
+        self.event_shape = check_shape(event_shape, "event_shape")
 
     def log_density(self, x: Point) -> Scalar:
         x = check_event(x, self.event_shape)
@@ -64,7 +64,7 @@ def u1_plaquette_masks(size: int, mu: int, offset: int) -> dict[str, np.ndarray]
     of 4): `"active"` plaquettes (one stripe of every four, `n_ν ≡ offset`, `ν = 1 − μ`),
     `"frozen"` ones (the next two stripes) and `"passive"` ones (the stripe before), each a
     boolean `(L, L)` array; the active links are `θ_μ(n)` at the active plaquettes."""
-    size = _check_dim(size, "L", minimum=4)
+    size = check_int(size, "L", minimum=4)
     if size % 4:
         raise ValueError(f"`L` must be a multiple of 4 for the stripe masks, got {size}.")
     if mu not in (0, 1):
@@ -108,7 +108,7 @@ class U1GaugeCoupling(AbstractBijection):
     offset: int = eqx.field(static=True)
     active_index: tuple[int, ...] = eqx.field(static=True)
     frozen_index: tuple[int, ...] = eqx.field(static=True)
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(
@@ -128,9 +128,9 @@ class U1GaugeCoupling(AbstractBijection):
         self.mu, self.offset = int(mu), int(offset) % 4
         self.active_index = tuple(int(i) for i in np.flatnonzero(masks["active"]))
         self.frozen_index = tuple(int(i) for i in np.flatnonzero(masks["frozen"]))
-        self.shape = (2, int(L), int(L))
+        self.event_shape = (2, int(L), int(L))
         self.cond_shape = None
-        self.lattice = U1Lattice(size=int(L), beta=1.0, event_shape=self.shape)
+        self.lattice = U1Lattice(size=int(L), beta=1.0, event_shape=self.event_shape)
         self.transformer = make_transformer(transformer, **transformer_options)
         n_in = 2 * len(self.frozen_index)
         n_out = len(self.active_index) * self.transformer.num_params
@@ -139,13 +139,17 @@ class U1GaugeCoupling(AbstractBijection):
         )
 
     def _apply(self, x, inverse: bool):
-        size = self.shape[-1]
+        size = self.event_shape[-1]
         plaq = self.lattice.plaquettes(x).reshape(-1)
         frozen = plaq[np.asarray(self.frozen_index)]
         active = plaq[np.asarray(self.active_index)]
         raw = self.conditioner(jnp.concatenate([jnp.cos(frozen), jnp.sin(frozen)]))
         raw = raw.reshape(len(self.active_index), self.transformer.num_params)
-        fn = self.transformer.inverse if inverse else self.transformer.forward
+        fn = (
+            self.transformer.inverse_and_log_det
+            if inverse
+            else self.transformer.transform_and_log_det
+        )
         new, log_grad = fn(active, raw)
         delta = jnp.zeros(size * size, x.dtype).at[np.asarray(self.active_index)].set(new - active)
         # θ_0(n) enters P(n) with +, θ_1(n) with −
@@ -185,7 +189,7 @@ def u1_gauge_flow(
     Train it by [`fit_reverse_kl`][] on `driftax.energies.u1_lattice(L, beta)`; with HMC on
     [`neutra`][]`(flow, target)` (or [`NeuTra`][]`(HMC(...), flow)`) it is flow-transformed HMC.
     """
-    num_layers = _check_dim(num_layers, "num_layers")
+    num_layers = check_int(num_layers, "num_layers")
     keys = jax.random.split(key, num_layers)
     layers = [
         U1GaugeCoupling(

@@ -8,8 +8,9 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_int, check_shape
 from .._custom_types import Array, Key, Shape
-from ._bijection import AbstractBijection, _check_dim, _check_shape_arg, check_input
+from ._bijection import AbstractBijection, check_input
 
 
 class Permutation(AbstractBijection):
@@ -24,7 +25,7 @@ class Permutation(AbstractBijection):
 
     permutation: Array
     inverse_permutation: Array
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, permutation):
@@ -37,7 +38,7 @@ class Permutation(AbstractBijection):
         permutation = jnp.asarray(permutation, dtype=jnp.int32)
         self.permutation = permutation
         self.inverse_permutation = jnp.argsort(permutation).astype(jnp.int32)
-        self.shape = (int(permutation.shape[0]),)
+        self.event_shape = (int(permutation.shape[0]),)
 
     def transform_and_log_det(self, x, condition=None):
         x, _ = check_input(self, x, condition)
@@ -56,11 +57,11 @@ def random_permutation(key: Key, dim: int) -> Permutation:
 class Reverse(AbstractBijection):
     """`y = x[::-1]`, reversing the order of a vector event (log-det 0)."""
 
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, dim: int):
-        self.shape = (_check_dim(dim),)
+        self.event_shape = (check_int(dim, "dim"),)
 
     def transform_and_log_det(self, x, condition=None):
         x, _ = check_input(self, x, condition)
@@ -83,20 +84,20 @@ class LULinear(AbstractBijection):
     upper: Array
     log_diag: Array
     bias: Array
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, dim: int):
-        d = _check_dim(dim)
+        d = check_int(dim, "dim")
         dtype = jnp.result_type(float)
         self.lower = jnp.zeros((d, d), dtype)
         self.upper = jnp.zeros((d, d), dtype)
         self.log_diag = jnp.zeros((d,), dtype)
         self.bias = jnp.zeros((d,), dtype)
-        self.shape = (d,)
+        self.event_shape = (d,)
 
     def _factors(self):
-        d = self.shape[0]
+        d = self.event_shape[0]
         lower = jnp.tril(self.lower, -1) + jnp.eye(d, dtype=self.lower.dtype)
         upper = jnp.triu(self.upper, 1) + jnp.diag(jnp.exp(self.log_diag))
         return lower, upper
@@ -129,17 +130,17 @@ class ActNorm(AbstractBijection):
 
     loc: Array
     log_scale: Array
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: None = eqx.field(static=True, default=None)
 
-    def __init__(self, shape, loc=None, log_scale=None):
-        shape = _check_shape_arg(shape)
+    def __init__(self, event_shape, loc=None, log_scale=None):
+        shape = check_shape(event_shape, "event_shape")
         dtype = jnp.result_type(float)
         self.loc = jnp.zeros(shape, dtype) if loc is None else jnp.broadcast_to(loc, shape)
         self.log_scale = (
             jnp.zeros(shape, dtype) if log_scale is None else jnp.broadcast_to(log_scale, shape)
         )
-        self.shape = shape
+        self.event_shape = shape
 
     @classmethod
     def from_data(cls, data: Array) -> ActNorm:

@@ -78,10 +78,10 @@ def neutra(flow: Flow | AbstractBijection, energy: AbstractEnergy) -> PullBack:
         raise TypeError(
             f"`flow` must be a Flow or an AbstractBijection, got {type(flow).__name__}."
         )
-    if tuple(bij.shape) != tuple(energy.event_shape):
+    if tuple(bij.event_shape) != tuple(energy.event_shape):
         raise ValueError(
             f"the energy's event shape {tuple(energy.event_shape)} must equal the bijection's "
-            f"{tuple(bij.shape)}."
+            f"{tuple(bij.event_shape)}."
         )
     return PullBack(energy, bij)
 

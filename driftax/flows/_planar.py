@@ -6,8 +6,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._checks import check_int
 from .._custom_types import Array, Key, Shape
-from ._bijection import AbstractBijection, _check_dim, check_input
+from ._bijection import AbstractBijection, check_input
 
 
 def _planar_m(a):
@@ -33,17 +34,17 @@ class Planar(AbstractBijection):
     u: Array
     w: Array
     b: Array
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = _check_dim(dim)
+        d = check_int(dim, "dim")
         ku, kw, kb = jax.random.split(key, 3)
         dtype = jnp.result_type(float)
         self.u = init_scale * jax.random.normal(ku, (d,), dtype)
         self.w = init_scale * jax.random.normal(kw, (d,), dtype)
         self.b = init_scale * jax.random.normal(kb, (), dtype)
-        self.shape = (d,)
+        self.event_shape = (d,)
 
     @property
     def u_hat(self) -> Array:
@@ -109,24 +110,24 @@ class Radial(AbstractBijection):
     center: Array
     raw_alpha: Array
     raw_beta: Array
-    shape: Shape = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
     cond_shape: None = eqx.field(static=True, default=None)
 
     def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = _check_dim(dim)
+        d = check_int(dim, "dim")
         kc, ka, kb = jax.random.split(key, 3)
         dtype = jnp.result_type(float)
         self.center = init_scale * jax.random.normal(kc, (d,), dtype)
         self.raw_alpha = init_scale * jax.random.normal(ka, (), dtype)
         self.raw_beta = init_scale * jax.random.normal(kb, (), dtype)
-        self.shape = (d,)
+        self.event_shape = (d,)
 
     def _alpha_beta(self):
         alpha = jax.nn.softplus(self.raw_alpha)
         return alpha, -alpha + jax.nn.softplus(self.raw_beta)
 
     def _log_det(self, r, alpha, beta):
-        d = self.shape[0]
+        d = self.event_shape[0]
         h = 1.0 / (alpha + r)
         bh = beta * h
         # d/dr [r (1 + β h)] = 1 + β h + β h' r, h' = -h²

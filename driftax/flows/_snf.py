@@ -107,9 +107,9 @@ class StochasticFlow(eqx.Module):
             raise ValueError("`layers` must contain at least one layer.")
         for i, layer in enumerate(layers):
             if isinstance(layer, AbstractBijection):
-                if tuple(layer.shape) != tuple(base.event_shape):
+                if tuple(layer.event_shape) != tuple(base.event_shape):
                     raise ValueError(
-                        f"`layers[{i}]` has shape {layer.shape}, expected {tuple(base.event_shape)}."
+                        f"`layers[{i}]` has shape {layer.event_shape}, expected {tuple(base.event_shape)}."
                     )
                 if layer.cond_shape is not None:
                     raise ValueError(f"`layers[{i}]` is conditional; a StochasticFlow needs none.")

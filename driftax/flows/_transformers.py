@@ -36,12 +36,12 @@ class AbstractTransformer(eqx.Module):
         """Number of raw parameters per transformed coordinate."""
 
     @abc.abstractmethod
-    def forward(self, x: Array, raw: Array) -> tuple[Array, Array]:
+    def transform_and_log_det(self, x: Array, raw: Array) -> tuple[Array, Array]:
         """`(y, log dy/dx)` elementwise for `x` of shape `(n,)` and `raw` of shape `(n, num_params)`."""
 
     @abc.abstractmethod
-    def inverse(self, y: Array, raw: Array) -> tuple[Array, Array]:
-        """`(x, log dx/dy)` elementwise: the inverse of `forward`."""
+    def inverse_and_log_det(self, y: Array, raw: Array) -> tuple[Array, Array]:
+        """`(x, log dx/dy)` elementwise: the inverse of `transform_and_log_det`."""
 
 
 class AffineTransformer(AbstractTransformer):
@@ -58,11 +58,11 @@ class AffineTransformer(AbstractTransformer):
         scale = _softplus(raw[..., 1] + offset) + self.min_scale
         return raw[..., 0], jnp.log(scale)
 
-    def forward(self, x, raw):
+    def transform_and_log_det(self, x, raw):
         shift, log_scale = self._shift_log_scale(raw)
         return shift + jnp.exp(log_scale) * x, log_scale
 
-    def inverse(self, y, raw):
+    def inverse_and_log_det(self, y, raw):
         shift, log_scale = self._shift_log_scale(raw)
         return (y - shift) * jnp.exp(-log_scale), -log_scale
 
@@ -176,14 +176,14 @@ class SplineTransformer(AbstractTransformer):
         ones = jnp.ones_like(inner[..., :1])
         return pos[..., 0, :], pos[..., 1, :], jnp.concatenate([ones, inner, ones], axis=-1)
 
-    def forward(self, x, raw):
+    def transform_and_log_det(self, x, raw):
         xk, yk, dk = self._knots(raw)
         inside = jnp.abs(x) < self.interval
         xc = jnp.clip(x, -self.interval, self.interval)
         y, lg = _rqs_forward(xc, xk, yk, dk)
         return jnp.where(inside, y, x), jnp.where(inside, lg, 0.0)
 
-    def inverse(self, y, raw):
+    def inverse_and_log_det(self, y, raw):
         xk, yk, dk = self._knots(raw)
         inside = jnp.abs(y) < self.interval
         yc = jnp.clip(y, -self.interval, self.interval)
@@ -224,12 +224,12 @@ class CircularSplineTransformer(AbstractTransformer):
     def _wrap(z):
         return jnp.mod(z + math.pi, 2.0 * math.pi) - math.pi
 
-    def forward(self, x, raw):
+    def transform_and_log_det(self, x, raw):
         xk, yk, dk, rot = self._knots(raw)
         y, lg = _rqs_forward(self._wrap(x), xk, yk, dk)
         return self._wrap(y + rot), lg
 
-    def inverse(self, y, raw):
+    def inverse_and_log_det(self, y, raw):
         xk, yk, dk, rot = self._knots(raw)
         x, lg = _rqs_inverse(self._wrap(y - rot), xk, yk, dk)
         return x, lg

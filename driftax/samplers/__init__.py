@@ -39,7 +39,6 @@ from ._integrators import (
     OBABO as OBABO,
     UBU as UBU,
     AbstractIntegrator as AbstractIntegrator,
-    IntegratorState as IntegratorState,
     Leapfrog as Leapfrog,
     McLachlan as McLachlan,
     Yoshida as Yoshida,

@@ -11,6 +11,7 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_hyper as check_hyper
 from .._custom_types import Array, Key, PyTree
 from ..energies._base import AbstractEnergy, check_event, check_finite
 
@@ -136,26 +137,6 @@ def float_leaf(value):
     if isinstance(value, (bool, str)) or value is None:
         raise TypeError(f"expected a number, got {value!r}.")
     return jnp.asarray(value, dtype=jnp.result_type(float))
-
-
-def check_hyper(value, name: str, *, strict: bool = True) -> None:
-    """Eagerly check that a concrete hyperparameter is finite and positive (non-negative if not
-    `strict`); traced values pass. Raises a `ValueError` naming it (a `TypeError` for a
-    non-number)."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    if isinstance(value, (bool, str)) or value is None:
-        raise TypeError(f"`{name}` must be a number, got {value!r}.")
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"`{name}` must be a number, got {value!r}.") from e
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"`{name}` must be finite, got {value!r}.")
-    if np.any(arr <= 0) if strict else np.any(arr < 0):
-        raise ValueError(
-            f"`{name}` must be {'positive' if strict else 'non-negative'}, got {value!r}."
-        )
 
 
 def check_int(value, name: str, minimum: int, maximum: int | None = None) -> int:

@@ -12,6 +12,7 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_int
 from .._custom_types import Key
 from .._progress import bar_id_array, progress_bar
 from ..energies._base import AbstractEnergy, AbstractInitializable
@@ -28,12 +29,6 @@ _run = eqx.filter_jit(_run_traced)
 @eqx.filter_jit
 def _init_states(sampler, energy, x0s):
     return jax.vmap(lambda x: sampler.init(energy, x))(x0s)
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def _is_traced(tree) -> bool:
@@ -73,7 +68,7 @@ def _user_points(energy: AbstractEnergy, x0, num_chains):
                 f"`num_chains` ({num_chains}) differs from x0's leading axis ({n})."
             ) from None
         return n, per_chain
-    n = 4 if num_chains is None else _check_int(num_chains, "num_chains", 1)
+    n = 4 if num_chains is None else check_int(num_chains, "num_chains", 1)
     return n, jnp.broadcast_to(single, (n, *single.shape))
 
 
@@ -198,8 +193,8 @@ def sample(
             key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
         except Exception as e:
             raise TypeError(f"`key` must be a JAX PRNG key, got {key!r}.") from e
-    num_steps = _check_int(num_steps, "num_steps", 1)
-    thin = _check_int(thin, "thin", 1)
+    num_steps = check_int(num_steps, "num_steps", 1)
+    thin = check_int(thin, "thin", 1)
     if num_steps % thin:
         raise ValueError(f"`num_steps` ({num_steps}) must be a multiple of `thin` ({thin}).")
     event_shape = tuple(energy.event_shape)
@@ -207,7 +202,7 @@ def sample(
     resume = isinstance(x0, SampleResult)
     if num_warmup is None:
         num_warmup = 0 if resume else 1000
-    num_warmup = _check_int(num_warmup, "num_warmup", 0)
+    num_warmup = check_int(num_warmup, "num_warmup", 0)
     adaptation = resolve_adaptation(adaptation, sampler)
 
     x0s = samplers = states = None
@@ -234,13 +229,13 @@ def sample(
                     f"`x0` is None but the energy ({type(energy).__name__}) does not supply "
                     "starting points; pass one point or per-chain points."
                 )
-            num_chains = 4 if num_chains is None else _check_int(num_chains, "num_chains", 1)
+            num_chains = 4 if num_chains is None else check_int(num_chains, "num_chains", 1)
             x0s = jnp.asarray(
                 energy.initial_points(jax.random.fold_in(key, 0x5EED), num_chains)
             ).reshape(num_chains, *event_shape)
         else:
             if num_chains is not None:
-                num_chains = _check_int(num_chains, "num_chains", 1)
+                num_chains = check_int(num_chains, "num_chains", 1)
             num_chains, x0s = _user_points(energy, x0, num_chains)
         x0s = x0s.astype(dtype)
         if not np.all(np.isfinite(np.asarray(x0s))):

@@ -30,9 +30,6 @@ from ._base import KineticState, value_and_score_at
 from ._metrics import AbstractMetric
 from ._random import draws
 
-IntegratorState = KineticState
-"""The state integrators act on: position, momentum, and the position's log density and score."""
-
 # ---------------------------------------------------------------------------------------------
 # The elementary steps
 # ---------------------------------------------------------------------------------------------

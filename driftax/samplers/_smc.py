@@ -31,6 +31,7 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_fraction
 from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy, AbstractKnownNormalizer, AbstractSampleable
 from ..energies._compose import GeometricPath
@@ -77,21 +78,6 @@ def check_schedule(schedule) -> None:
             f"`schedule` must be strictly increasing; entry {bad + 1} ({s[bad + 1]!r}) does not "
             f"exceed entry {bad} ({s[bad]!r})."
         )
-
-
-def _check_fraction(value, name, *, closed_low=False, closed_high=True):
-    if isinstance(value, jax.core.Tracer):
-        return
-    lo = "[0" if closed_low else "(0"
-    hi = "1]" if closed_high else "1)"
-    msg = f"`{name}` must be a number in {lo}, {hi}, got {value!r}."
-    if isinstance(value, (bool, str)) or value is None or np.ndim(value) != 0:
-        raise ValueError(msg)
-    v = float(value)
-    ok_low = v >= 0 if closed_low else v > 0
-    ok_high = v <= 1 if closed_high else v < 1
-    if not (ok_low and ok_high):
-        raise ValueError(msg)
 
 
 def _positive_int(value, name):
@@ -188,8 +174,8 @@ class SMC(eqx.Module):
             check_schedule(self.schedule)
         _positive_int(self.num_mcmc_steps, "num_mcmc_steps")
         _positive_int(self.max_stages, "max_stages")
-        _check_fraction(self.target_ess, "target_ess", closed_high=False)
-        _check_fraction(self.resampling_threshold, "resampling_threshold")
+        check_fraction(self.target_ess, "target_ess", closed_high=False)
+        check_fraction(self.resampling_threshold, "resampling_threshold")
         if self.resampling not in (*RESAMPLING_SCHEMES, "never"):
             raise ValueError(
                 f"`resampling` must be one of {(*RESAMPLING_SCHEMES, 'never')}, "
@@ -206,7 +192,7 @@ class SMC(eqx.Module):
             )
         check_hyper(self.reference_scale, "reference_scale")
         if self.target_acceptance is not None:
-            _check_fraction(self.target_acceptance, "target_acceptance", closed_high=False)
+            check_fraction(self.target_acceptance, "target_acceptance", closed_high=False)
         if self.adapt_step_size and not isinstance(self.kernel, AbstractStepSizeSampler):
             raise ValueError(
                 f"`adapt_step_size=True` needs a kernel with a `step_size`; "

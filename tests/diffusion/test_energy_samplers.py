@@ -135,7 +135,7 @@ def test_fit_sampler_improves_the_elbo(loss, search):
         optimizer=OPT,
         local_search=ls,
     )
-    assert info.losses.shape == info.elbo.shape == info.log_z.shape == (150,)
+    assert info.losses.shape == info.elbo.shape == info.log_normalizer.shape == (150,)
     assert info.num_nonfinite == 0 and np.all(np.isfinite(info.losses))
     assert np.mean(info.elbo[-20:]) > np.mean(info.elbo[:20]) + 0.5
     if search:

@@ -162,7 +162,7 @@ def test_conformance(name, x64):
     bijections depend on their condition."""
     bij, domain, cond_dim = _build(name)
     cond, cond2 = _condition(cond_dim), _condition(cond_dim, seed=4)
-    xs = _points(jax.random.key(10), domain, bij.shape, n=3)
+    xs = _points(jax.random.key(10), domain, bij.event_shape, n=3)
     out, (y0, ld0) = _check_all(bij, xs, cond, cond2)
     assert out["y"].shape == xs.shape and out["log_det"].shape == (3,)
     assert np.all(out["sign"] != 0)
@@ -186,7 +186,7 @@ def test_conformance(name, x64):
 def test_missing_or_wrong_condition_raises(name):
     builder, domain, cond_dim = REGISTRY[name]
     bij = builder(jax.random.key(0))
-    x = _points(jax.random.key(5), domain, bij.shape)
+    x = _points(jax.random.key(5), domain, bij.event_shape)
     with pytest.raises(ValueError, match="condition"):
         bij.transform_and_log_det(x)
     with pytest.raises(ValueError, match="condition"):
@@ -197,7 +197,7 @@ def test_missing_or_wrong_condition_raises(name):
 def test_wrong_event_shape_raises(name):
     builder, _, cond_dim = REGISTRY[name]
     bij = builder(jax.random.key(0))
-    bad = jnp.zeros((*bij.shape[:-1], bij.shape[-1] + 1))
+    bad = jnp.zeros((*bij.event_shape[:-1], bij.event_shape[-1] + 1))
     with pytest.raises(ValueError, match="shape"):
         bij.transform_and_log_det(bad, _condition(cond_dim))
     with pytest.raises(ValueError, match="shape"):

@@ -6,9 +6,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..._checks import check_count
 from ...samplers._base import AbstractSampler
 from ...samplers._hamiltonian import MALA
-from ._core import _count
 
 
 class LocalSearch(eqx.Module):
@@ -33,8 +33,8 @@ class LocalSearch(eqx.Module):
     def __check_init__(self):
         if not isinstance(self.kernel, AbstractSampler):
             raise TypeError("`kernel` must be a driftax sampler (e.g. driftax.samplers.MALA).")
-        _count(self.num_steps, "num_steps")
-        _count(self.buffer_size, "buffer_size")
+        check_count(self.num_steps, "num_steps")
+        check_count(self.buffer_size, "buffer_size")
         if not 0.0 < float(self.fraction) < 1.0:
             raise ValueError(f"`fraction` must lie in (0, 1), got {self.fraction!r}.")
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from ..._custom_types import Array, Key
 from .._nets import MLP
-from ._core import _clip, _count, _GaussianStart, _positive
+from ._core import _check_common, _clip, _GaussianStart, _positive
 
 
 class CMCD(_GaussianStart):
@@ -43,10 +43,7 @@ class CMCD(_GaussianStart):
         depth: int = 3,
         clip: float = 100.0,
     ):
-        self.dim = _count(dim, "dim")
-        self.num_steps = _count(num_steps, "num_steps")
-        self.sigma = _positive(sigma, "sigma")
-        self.clip = _positive(clip, "clip")
+        self.dim, self.num_steps, self.sigma, self.clip = _check_common(dim, num_steps, sigma, clip)
         self.log_step_size = jnp.log(jnp.asarray(_positive(step_size, "step_size")))
         self.control = MLP(dim, key=key, hidden=hidden, depth=depth)
 

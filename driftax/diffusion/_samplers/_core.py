@@ -47,19 +47,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._checks import check_count
 from ..._custom_types import Array, ArrayLike, Key, Scalar
 from ...energies._base import AbstractEnergy
+from ...energies._gaussian import _LOG_2PI, normal_log_density
 from ...energies._metrics_logz import elbo, eubo, importance_ess, log_z_importance
 from ...samplers._weighted import WeightedSampleResult
 from .._nets import MLP
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-def _count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    return int(value)
 
 
 def _positive(value, name: str) -> float:
@@ -75,9 +69,11 @@ def _positive(value, name: str) -> float:
 def _gaussian_log_density(x: Array, mean: ArrayLike, std: Array, dim: int | None = None) -> Scalar:
     """`log N(x; mean, std² I)` for an isotropic scalar `std`, on a `dim`-dimensional subspace
     that contains `x - mean` (all of `x`'s space by default)."""
-    z = (x - mean) / std
-    dim = x.size if dim is None else dim
-    return -0.5 * jnp.sum(z**2) - dim * (jnp.log(std) + 0.5 * _LOG_2PI)
+    full = normal_log_density(x, mean, std)
+    if dim is None or dim == x.size:
+        return full
+    # the normalizer counts only the `dim` directions of the subspace
+    return full + (x.size - dim) * (jnp.log(std) + 0.5 * _LOG_2PI)
 
 
 class _TimeNet(eqx.Module):
@@ -177,7 +173,7 @@ class AbstractDiffusionSampler(eqx.Module):
         `extras["path_log_weights"]`, the unnormalized path log-weights `log w`.
         """
         _check_energy(self, energy)
-        num_samples = _count(num_samples, "num_samples")
+        num_samples = check_count(num_samples, "num_samples")
         keys = jax.random.split(key, num_samples)
         x, log_w = _forward_batch(self, energy, keys)
         log_w = np.asarray(log_w)
@@ -254,6 +250,23 @@ def _increment(sampler, k, x, x_next, forward, backward) -> Scalar:
     return log_b - log_f
 
 
+def _draw(sampler, key: Key, kernel) -> Array:
+    """One draw `mean + std · P z` from a Gaussian kernel `(mean, std)` (`P` the sampler's
+    projection onto the space the paths live in)."""
+    mean, std = kernel
+    return mean + std * sampler.project(jax.random.normal(key, mean.shape, mean.dtype))
+
+
+def _check_common(dim, num_steps, sigma, clip) -> tuple[int, int, float, float]:
+    """`(dim, num_steps, sigma, clip)` checked: the arguments every learned sampler takes."""
+    return (
+        check_count(dim, "dim"),
+        check_count(num_steps, "num_steps"),
+        _positive(sigma, "sigma"),
+        _positive(clip, "clip"),
+    )
+
+
 def forward_path(
     sampler: AbstractDiffusionSampler,
     energy: AbstractEnergy,
@@ -278,8 +291,7 @@ def forward_path(
         x, g, acc = carry
         k, kk = inputs
         fwd = sampler.forward_kernel(k, x, g)
-        noise = sampler.project(jax.random.normal(kk, x.shape, x.dtype))
-        x_next = fwd[0] + fwd[1] * noise
+        x_next = _draw(sampler, kk, fwd)
         if detach:
             x_next = jax.lax.stop_gradient(x_next)
         g_next = score(x_next)
@@ -305,9 +317,7 @@ def backward_path(
         x_next, g_next, acc = carry
         k, kk = inputs
         bwd = sampler.backward_kernel(k, x_next, g_next)
-        noise = sampler.project(jax.random.normal(kk, x_next.shape, x_next.dtype))
-        x = bwd[0] + bwd[1] * noise
-        x = jax.lax.stop_gradient(x)
+        x = jax.lax.stop_gradient(_draw(sampler, kk, bwd))
         g = score(x)
         fwd = sampler.forward_kernel(k, x, g)
         return (x, g, acc + _increment(sampler, k, x, x_next, fwd, bwd)), None

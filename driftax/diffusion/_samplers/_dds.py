@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from ..._custom_types import Array, Key
 from .._nets import MLP
-from ._core import _clip, _count, _GaussianStart, _positive, _TimeNet
+from ._core import _check_common, _clip, _GaussianStart, _TimeNet
 
 
 def _cosine_alpha_bar(s: Array) -> Array:
@@ -52,10 +52,7 @@ class DDS(_GaussianStart):
         depth: int = 3,
         clip: float = 100.0,
     ):
-        self.dim = _count(dim, "dim")
-        self.num_steps = _count(num_steps, "num_steps")
-        self.sigma = _positive(sigma, "sigma")
-        self.clip = _positive(clip, "clip")
+        self.dim, self.num_steps, self.sigma, self.clip = _check_common(dim, num_steps, sigma, clip)
         k1, k2 = jax.random.split(key)
         self.control = MLP(dim, key=k1, hidden=hidden, depth=depth)
         self.scale = _TimeNet(dim, hidden, key=k2) if langevin else None

@@ -29,7 +29,7 @@ class FitInfo(eqx.Module):
     - `losses`: the loss per step (NaN/inf where the step was skipped as non-finite).
     - `elbo`: mean log-weight of the step's on-policy batch (for `loss="adjoint"`: of the
       latest simulated batch).
-    - `log_z`: that batch's importance-sampling `log Z`.
+    - `log_normalizer`: that batch's importance-sampling estimate of `log Z`.
     - `num_nonfinite`: steps whose loss or gradient was non-finite (skipped).
     - `acceptance_rate`: mean local-search acceptance per step (`None` without
       `local_search`).
@@ -38,7 +38,7 @@ class FitInfo(eqx.Module):
 
     losses: Array
     elbo: Array
-    log_z: Array
+    log_normalizer: Array
     num_nonfinite: int = eqx.field(static=True)
     acceptance_rate: Array | None = None
     wall_time: float = eqx.field(static=True, default=float("nan"))
@@ -157,7 +157,7 @@ def fit_sampler(
     info = FitInfo(
         losses=jnp.where(history.finite, history.losses, jnp.nan),
         elbo=lower,
-        log_z=log_z,
+        log_normalizer=log_z,
         num_nonfinite=int(history.num_nonfinite),
         acceptance_rate=None if local_search is None else acc,
         wall_time=history.wall_time,

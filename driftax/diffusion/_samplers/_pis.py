@@ -8,9 +8,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..._checks import check_count
 from ..._custom_types import Array, Key, Scalar
 from .._nets import MLP
-from ._core import AbstractDiffusionSampler, _clip, _count, _positive, _TimeNet
+from ._core import AbstractDiffusionSampler, _clip, _positive, _TimeNet
 
 
 class PIS(AbstractDiffusionSampler):
@@ -68,13 +69,16 @@ class PIS(AbstractDiffusionSampler):
         clip: float = 100.0,
         particles: tuple[int, int] | None = None,
     ):
-        self.dim = _count(dim, "dim")
+        self.dim = check_count(dim, "dim")
         if particles is not None:
             if not (isinstance(particles, tuple) and len(particles) == 2):
                 raise ValueError(
                     f"`particles` must be a tuple (n_particles, spatial_dim), got {particles!r}."
                 )
-            n, sd = _count(particles[0], "particles[0]"), _count(particles[1], "particles[1]")
+            n, sd = (
+                check_count(particles[0], "particles[0]"),
+                check_count(particles[1], "particles[1]"),
+            )
             if n < 2 or n * sd != dim:
                 raise ValueError(
                     f"`particles` = {particles} must have n_particles >= 2 and "
@@ -82,7 +86,7 @@ class PIS(AbstractDiffusionSampler):
                 )
             particles = (n, sd)
         self.particles = particles
-        self.num_steps = _count(num_steps, "num_steps")
+        self.num_steps = check_count(num_steps, "num_steps")
         self.sigma = _positive(sigma, "sigma")
         self.horizon = _positive(horizon, "horizon")
         self.clip = _positive(clip, "clip")
