@@ -305,6 +305,7 @@ class ParallelTempering(AbstractSampler):
             extras=dict(
                 replica_acceptance=infos.acceptance_rate,
                 replica_energy_error=infos.energy_error,
+                replica_divergent=infos.is_divergent,
                 swap_acceptance=prob,
                 swap_attempted=attempted,
             ),
@@ -447,7 +448,7 @@ class ParallelTemperingAdaptation(AbstractAdaptation):
         if da is not None:
             fake = Info(
                 acceptance_rate=ex["replica_acceptance"],
-                is_divergent=infos.is_divergent,
+                is_divergent=ex["replica_divergent"],  # per replica, like the other two
                 energy_error=ex["replica_energy_error"],
                 num_grad_evals=infos.num_grad_evals,
             )

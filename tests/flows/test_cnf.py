@@ -187,7 +187,14 @@ def test_hutchinson_cnf_trains_by_max_likelihood(hutchinson_fit):
     assert before > entropy + 0.8 and after < entropy + 0.15, (before, after, entropy)
     # sampling and importance diagnostics of a Hutchinson flow draw their own probes
     diag = fl.importance_diagnostics(trained, target, key=jax.random.key(4), num_samples=1000)
-    assert diag["num_nonfinite"] == 0 and diag["ess_fraction"] > 0.7
+    assert diag["num_nonfinite"] == 0 and 0.0 < diag["ess_fraction"] <= 1.0
+    # the fit itself is judged on the exact density: a Hutchinson log density carries the
+    # probes' noise into every log weight, which lowers the ESS by itself (0.62 with 2 probes
+    # where the exact twin of the same trained field gives 0.95)
+    exact = fl.importance_diagnostics(
+        _exact_twin(trained)[0], target, key=jax.random.key(4), num_samples=1000
+    )
+    assert exact["num_nonfinite"] == 0 and exact["ess_fraction"] > 0.7
 
 
 @pytest.mark.slow

@@ -111,6 +111,10 @@ def test_flow_transformed_hmc_on_u1():
         num_steps=300,
         num_warmup=150,
         num_chains=4,
+        # gauge directions stay flat under the equivariant flow, so their variance keeps
+        # growing and a metric estimated from the positions is meaningless (R-hat 3.4 and a
+        # plaquette ESS of 20 with the default window adaptation): adapt the step size only
+        adaptation=dx.samplers.StepSizeAdaptation(),
     )
     x = jax.vmap(jax.vmap(pulled.push_forward))(res.samples)
     plaq = np.asarray(jax.vmap(jax.vmap(target.mean_plaquette))(x))
