@@ -109,7 +109,11 @@ def gaussian(mean, covariance=None) -> Gaussian:
     if mean_np.ndim != 1:
         raise ValueError(f"`mean` must be a vector of shape (d,), got shape {mean_np.shape}.")
     d = mean_np.shape[0]
-    loc = jnp.asarray(mean_np, dtype=jnp.result_type(float))
+    # the energy's dtype is the mean's floating dtype (a float32 mean under x64 stays float32)
+    given = getattr(mean, "dtype", None)
+    floating = given is not None and jnp.issubdtype(given, jnp.floating)
+    dtype = jax.dtypes.canonicalize_dtype(given) if floating else jnp.result_type(float)
+    loc = jnp.asarray(mean_np, dtype=dtype)
     if covariance is None:
         return Gaussian(
             loc=loc, scale_diag=jnp.ones(d, loc.dtype), scale_tril=None, event_shape=(d,)
