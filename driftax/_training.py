@@ -372,26 +372,21 @@ def train_loop(
 ):
     """[`train`][] without the jit boundary and the host-side warning: callable inside a traced
     function (e.g. one fit per SMC stage). Returns `(trained_model, TrainHistory)`."""
-    num_steps, ema_decay, batcher, eval_every, patience = _checked_options(
-        optimizer, num_steps, ema_decay, data, eval_every, patience, validation
+    params, static, options = _prepare(
+        model,
+        loss,
+        data,
+        optimizer,
+        num_steps,
+        filter_spec,
+        ema_decay,
+        validation,
+        eval_every,
+        patience,
+        every,
     )
-    params, static = _partition(model, filter_spec)
-    out = _loop(
-        params,
-        static,
-        key,
-        bar_id,
-        loss=loss,
-        optimizer=optimizer,
-        batcher=batcher,
-        num_steps=num_steps,
-        ema_decay=ema_decay,
-        validation=validation,
-        eval_every=eval_every,
-        patience=patience,
-        every=every,
-    )
-    return _finish(out, static, ema_decay, validation, return_best)
+    out = _run(params, static, key, bar_id, options)
+    return _finish(out, static, options.ema_decay, validation, return_best)
 
 
 def _finish(out, static, ema_decay, validation, return_best):
@@ -407,9 +402,46 @@ def _finish(out, static, ema_decay, validation, return_best):
     max_traces=None
 )  # counts traces (tests check a refit does not retrace)
 def _compiled(params, static, key, bar_id, options):
+    return _run(params, static, key, bar_id, options)
+
+
+def _run(params, static, key, bar_id, options: _Options):
     fields = ("loss", "optimizer", "batcher", "num_steps", "ema_decay", "validation")
     fields += ("eval_every", "patience", "every")
     return _loop(params, static, key, bar_id, **{f: getattr(options, f) for f in fields})
+
+
+def _prepare(
+    model,
+    loss,
+    data,
+    optimizer,
+    num_steps,
+    filter_spec,
+    ema_decay,
+    validation,
+    eval_every,
+    patience,
+    every,
+):
+    """Check the options once and split the model: `(params, static, _Options)`, shared by
+    [`train`][] and [`train_loop`][]."""
+    num_steps, ema_decay, batcher, eval_every, patience = _checked_options(
+        optimizer, num_steps, ema_decay, data, eval_every, patience, validation
+    )
+    params, static = _partition(model, filter_spec)
+    options = _Options(
+        loss=loss,
+        optimizer=optimizer,
+        batcher=batcher,
+        num_steps=num_steps,
+        ema_decay=ema_decay,
+        validation=validation,
+        eval_every=eval_every,
+        patience=patience,
+        every=every,
+    )
+    return params, static, options
 
 
 class _Options(eqx.Module):
@@ -480,27 +512,26 @@ def train(
         if batch_size is None:
             raise ValueError("`batch_size` is needed to cut `data` into minibatches.")
         data = Minibatches(data, check_count(batch_size, "batch_size"))
-    num_steps, ema_decay, batcher, eval_every, patience = _checked_options(
-        optimizer, num_steps, ema_decay, data, eval_every, patience, validation
-    )
-    params, static = _partition(model, filter_spec)
+    num_steps = check_count(num_steps, "num_steps")
     with _progress.progress_bar(num_steps, desc, progress) as (bar_id, every):
-        options = _Options(
-            loss=loss,
-            optimizer=optimizer,
-            batcher=batcher,
-            num_steps=num_steps,
-            ema_decay=ema_decay,
-            validation=validation,
-            eval_every=eval_every,
-            patience=patience,
-            every=every,
+        params, static, options = _prepare(
+            model,
+            loss,
+            data,
+            optimizer,
+            num_steps,
+            filter_spec,
+            ema_decay,
+            validation,
+            eval_every,
+            patience,
+            every,
         )
         start = time.perf_counter()
         out = _compiled(params, static, key, _progress.bar_id_array(bar_id), options)
         jax.block_until_ready(out)
         wall = time.perf_counter() - start
-    trained, history = _finish(out, static, ema_decay, validation, return_best)
+    trained, history = _finish(out, static, options.ema_decay, validation, return_best)
     history = TrainHistory(
         losses=history.losses,
         aux=history.aux,
