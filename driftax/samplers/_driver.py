@@ -155,7 +155,18 @@ def sample(
       ESS < 100 per chain); the flags are in `result.health` either way when on.
     - `progress`: show a tqdm progress bar (zero cost when `False`).
     - `shard`: shard chains over all devices (`None`: when more than one device is visible and
-      `num_chains` divides evenly; `True`: require it).
+      `num_chains` divides evenly, and always in a multi-process run; `True`: require it;
+      `False`: every chain on the default device, in a multi-process run in every process).
+
+    **Many processes.** In a multi-process `jax.distributed` run (one process per GPU or host,
+    `jax.distributed.initialize()` called first), every process makes the same `sample` call;
+    the chains are split over the devices of all processes (`num_chains` must divide evenly,
+    else a `ValueError`), each process runs its own chains in one SPMD program, and the results
+    are gathered so that every process returns the same complete `SampleResult` with local
+    arrays (`summary`, `ess`, `rhat` over all chains). The per-chain keys depend only on `key`
+    and the chain index: the chains are those of a one-process run with the same `key` and
+    `num_chains`. Gathering copies all samples to every process; `store_samples=False` keeps
+    that small. A progress bar advances in process 0.
 
     On resume, a hyperparameter of `sampler` that differs from the sampler the previous run
     started from replaces the adapted value (with a `UserWarning` saying so); pass the same
