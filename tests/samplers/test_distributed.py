@@ -19,6 +19,9 @@ WORKER = textwrap.dedent(
 
     process_id, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     if process_id >= 0:
+        # gloo runs the CPU backend's cross-process collectives (the default in jax 0.10; named
+        # here so that a change of default cannot turn this into a hang)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id
         )
