@@ -20,6 +20,7 @@ from . import _health
 from ._adaptation import AbstractAdaptation
 from ._base import AbstractSampler
 from ._core import LoopConfig, broadcast_chains, cast_floats, resolve_adaptation, run_loop
+from ._distributed import chain_sharding, replicate, to_global, to_local
 from ._result import SampleResult
 
 _run_traced = eqx.debug.assert_max_traces(run_loop, max_traces=None)
@@ -154,7 +155,18 @@ def sample(
       ESS < 100 per chain); the flags are in `result.health` either way when on.
     - `progress`: show a tqdm progress bar (zero cost when `False`).
     - `shard`: shard chains over all devices (`None`: when more than one device is visible and
-      `num_chains` divides evenly; `True`: require it).
+      `num_chains` divides evenly, and always in a multi-process run; `True`: require it;
+      `False`: every chain on the default device, in a multi-process run in every process).
+
+    **Many processes.** In a multi-process `jax.distributed` run (one process per GPU or host,
+    `jax.distributed.initialize()` called first), every process makes the same `sample` call;
+    the chains are split over the devices of all processes (`num_chains` must divide evenly,
+    else a `ValueError`), each process runs its own chains in one SPMD program, and the results
+    are gathered so that every process returns the same complete `SampleResult` with local
+    arrays (`summary`, `ess`, `rhat` over all chains). The per-chain keys depend only on `key`
+    and the chain index: the chains are those of a one-process run with the same `key` and
+    `num_chains`. Gathering copies all samples to every process; `store_samples=False` keeps
+    that small. A progress bar advances in process 0.
 
     On resume, a hyperparameter of `sampler` that differs from the sampler the previous run
     started from replaces the adapted value (with a `UserWarning` saying so); pass the same
@@ -244,25 +256,15 @@ def sample(
         sampler = cast_floats(adaptation.prepare(sampler, event_shape), dtype)
         offset = 0
 
-    sharding = None
-    devices = jax.devices()
-    if shard is None:
-        shard = len(devices) > 1 and num_chains % len(devices) == 0
-    if shard:
-        if num_chains % len(devices):
-            raise ValueError(
-                f"`num_chains` ({num_chains}) must be divisible by the number of devices "
-                f"({len(devices)}) to shard chains; pass shard=False or change num_chains."
-            )
-        mesh = jax.sharding.Mesh(np.array(devices), ("chains",))
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("chains"))
+    sharding = chain_sharding(num_chains, shard)
 
     if not resume:
         if sharding is not None:
-            x0s = jax.device_put(x0s, sharding)
-        states = _init_states(sampler, energy, x0s)
-        bad = ~np.isfinite(np.asarray(states.log_density))
-        score = getattr(states, "score", None)
+            x0s = to_global(x0s, sharding)
+        states = _init_states(*replicate((sampler, energy), sharding), x0s)
+        checked = to_local((states.log_density, getattr(states, "score", None)))
+        bad = ~np.isfinite(np.asarray(checked[0]))
+        score = checked[1]
         if score is not None:
             bad |= ~np.all(np.isfinite(np.asarray(score).reshape(num_chains, -1)), axis=1)
         if np.any(bad):
@@ -271,9 +273,10 @@ def sample(
                 f"{np.flatnonzero(bad).tolist()}."
             )
         samplers = broadcast_chains(sampler, num_chains)
+    start_samplers = samplers
     if sharding is not None:
-        samplers = jax.device_put(samplers, sharding)
-        states = jax.device_put(states, sharding)
+        samplers = to_global(samplers, sharding)
+        states = to_global(states, sharding)
 
     total = num_warmup + num_steps
     with progress_bar(total, type(sampler).__name__, progress) as (bar_id, every):
@@ -287,18 +290,14 @@ def sample(
             progress_every=every,
             sharding=sharding,
         )
-        out = _run(
-            samplers,
-            energy,
-            states,
-            key,
-            jnp.asarray(offset, jnp.int32),
-            bar_id_array(bar_id),
-            adaptation,
-            cfg,
+        run_energy, run_key, run_offset, run_bar, run_adaptation = replicate(
+            (energy, key, jnp.asarray(offset, jnp.int32), bar_id_array(bar_id), adaptation),
+            sharding,
         )
+        out = _run(samplers, run_energy, states, run_key, run_offset, run_bar, run_adaptation, cfg)
         if every:
             jax.block_until_ready(out)
+    out = to_local(out)  # multi-process: every process gets all the chains
 
     result = SampleResult(
         energy=energy,
@@ -316,7 +315,7 @@ def sample(
         sampling_offset=offset,
     )
     if check_health:
-        result.health = _check(result, samplers, resume)
+        result.health = _check(result, start_samplers, resume)
         _health.warn(result.health, stacklevel=3)
     return result
 
