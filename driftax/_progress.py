@@ -36,19 +36,23 @@ def _tick(bar_id, done, value):
 def progress_bar(total: int, desc: str, enabled: bool = True):
     """Open a tqdm bar for a loop of `total` steps; yields `(bar_id, every)` to pass into the
     compiled loop (`(0, 0)` when disabled). The bar is closed (and pending host callbacks are
-    flushed) on exit."""
+    flushed) on exit. In a multi-process run every process compiles the same loop, but only
+    process 0 shows the bar (the others' callbacks find no bar and do nothing)."""
     if not enabled:
         yield 0, 0
         return
     from tqdm.auto import tqdm
 
     bar_id = next(_BAR_IDS)
-    _BARS[bar_id] = tqdm(total=total, desc=desc)
+    if jax.process_index() == 0:
+        _BARS[bar_id] = tqdm(total=total, desc=desc)
     try:
         yield bar_id, max(1, total // 100)
         jax.effects_barrier()
     finally:
-        _BARS.pop(bar_id).close()
+        bar = _BARS.pop(bar_id, None)
+        if bar is not None:
+            bar.close()
 
 
 def report(bar_id, step, total: int, every: int, value=None) -> None:
