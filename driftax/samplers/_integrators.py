@@ -90,7 +90,7 @@ def isokinetic(state: KineticState, metric: AbstractMetric, h) -> tuple[KineticS
     at `|p|_{M⁻¹} = 1`.
 
     **Returns:** the new state and the kinetic-energy change of the isokinetic dynamics,
-    `(d - 1)(δ - log 2 + log(cosh δ + u·e sinh δ))` in a form that cannot overflow; it is
+    `(d - 1) log(cosh δ + u·e sinh δ)` (computed through `ζ`, so it cannot overflow); it is
     what `-Δlog π` is added to for the energy error.
     """
     p, g = state.momentum, state.score
