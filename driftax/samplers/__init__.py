@@ -53,6 +53,11 @@ from ._metrics import (
     DiagonalMetric as DiagonalMetric,
     IdentityMetric as IdentityMetric,
 )
+from ._microcanonical import MAMS as MAMS, MCLMC as MCLMC
+from ._microcanonical_adaptation import (
+    MAMSAdaptation as MAMSAdaptation,
+    MCLMCAdaptation as MCLMCAdaptation,
+)
 from ._nuts import NUTS as NUTS
 from ._resampling import resample as resample
 from ._result import SampleResult as SampleResult

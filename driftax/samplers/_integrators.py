@@ -6,14 +6,18 @@ The dynamics `dx = M⁻¹p dt`, `dp = ∇log π(x) dt - γ p dt + √(2γ) M^{1/
 - **A** (drift): `x ← x + h M⁻¹ p`;
 - **O** (Ornstein–Uhlenbeck, exact): `p ← e^{-γh} p + √(1 - e^{-2γh}) M^{1/2} ξ`;
 - **U** (the exact flow of A and O together, with the correlated Gaussian increments of
-  `(x, p)`), used by UBU and the kinetic randomized midpoint method.
+  `(x, p)`), used by UBU and the kinetic randomized midpoint method;
+- **I** (isokinetic velocity update): the exact flow of the energy-sampling (ESH / isokinetic)
+  dynamics' momentum equation, which keeps `|p|_{M⁻¹}` fixed and turns the momentum towards the
+  score; used in place of B by the microcanonical samplers (MCLMC, MAMS).
 
 An integrator is a static sequence of these steps with coefficients (fractions of the step
 size). The core evaluates a gradient only when a kick needs the score at a position that moved
 (and once at the end, so the state always carries the score of its position); the number of
 gradients per step is therefore a static property of the scheme. Every sampler that moves
 with Hamiltonian or Langevin dynamics (HMC, NUTS, MALA, ULA, ChEES-HMC, underdamped Langevin,
-randomized midpoint) goes through the functions in this file.
+randomized midpoint, MCLMC, MAMS) goes through the functions in this file. The velocity refresh
+of the microcanonical samplers (`partial_refresh`, `unit_momentum`) lives here too.
 """
 
 from __future__ import annotations
@@ -64,6 +68,67 @@ def ou(state: KineticState, metric: AbstractMetric, h, friction, xi: Array) -> K
     noise = metric.momentum_noise(xi)
     p = eta * state.momentum + jnp.sqrt(-jnp.expm1(-2.0 * friction * h)) * noise
     return eqx.tree_at(lambda s: s.momentum, state, p)
+
+
+def momentum_norm(metric: AbstractMetric, p: Array) -> Array:
+    """`|p|_{M⁻¹} = √(pᵀ M⁻¹ p)`, the length of the whitened velocity `M^{-1/2} p`."""
+    return jnp.sqrt(2.0 * metric.kinetic_energy(p))
+
+
+def _normalized(metric: AbstractMetric, p: Array) -> Array:
+    return p / momentum_norm(metric, p)
+
+
+def isokinetic(state: KineticState, metric: AbstractMetric, h) -> tuple[KineticState, Scalar]:
+    """I: the exact isokinetic (ESH) velocity update over time `h`, in place of a kick.
+
+    In whitened coordinates the momentum is a unit vector `u` and the score `g`; the update
+    solves `du/dt = (I - uuᵀ) g / (d - 1)` in closed form (Steeg & Galstyan 2021; Robnik et
+    al. 2023): with `δ = h|g|/(d-1)`, `ζ = e^{-δ}` and `e = g/|g|`,
+    `u ← normalize(e (1 - ζ)(1 + ζ + u·e (1 - ζ)) + 2ζ u)`. It is written with `M⁻¹` only
+    (`u·e = pᵀM⁻¹g/|g|`, `|g|² = gᵀM⁻¹g`), so it works for every metric; the momentum is kept
+    at `|p|_{M⁻¹} = 1`.
+
+    **Returns:** the new state and the kinetic-energy change of the isokinetic dynamics,
+    `(d - 1) log(cosh δ + u·e sinh δ)` (computed through `ζ`, so it cannot overflow); it is
+    what `-Δlog π` is added to for the energy error.
+    """
+    p, g = state.momentum, state.score
+    dim = p.size
+    gv = metric.velocity(g)
+    g_norm = jnp.sqrt(jnp.maximum(jnp.sum(g * gv), 0.0))
+    safe = jnp.where(g_norm > 0, g_norm, 1.0)
+    p_len = momentum_norm(metric, p)
+    proj = jnp.sum(p * gv) / (safe * p_len)  # u·e in whitened coordinates
+    delta = h * g_norm / (dim - 1)
+    zeta = jnp.exp(-delta)
+    z2 = zeta * zeta
+    raw = (g / safe) * ((1.0 - zeta) * (1.0 + zeta + proj * (1.0 - zeta))) + (2.0 * zeta) * (
+        p / p_len
+    )
+    log_a = jnp.log(
+        jnp.where(z2 <= 1.0, (1.0 + proj) * (1.0 - z2) + 2.0 * z2, (1.0 - proj) * (z2 - 1.0) + 2.0)
+    )
+    dk = (dim - 1) * (delta - math.log(2.0) + log_a)
+    return eqx.tree_at(lambda s: s.momentum, state, _normalized(metric, raw)), dk
+
+
+def partial_refresh(
+    state: KineticState, metric: AbstractMetric, h, length, xi: Array
+) -> KineticState:
+    """The microcanonical partial velocity refresh over time `h`: `u ← normalize(u + ν ξ)` with
+    `ν = √((e^{2h/L} - 1)/d)` (`L = length`, the momentum decoherence length; whitened
+    coordinates, `xi` standard normal shaped like the momentum). `L = ∞` leaves `u` as it is."""
+    p = state.momentum
+    nu = jnp.sqrt(jnp.expm1(2.0 * h / length) / p.size)
+    p = _normalized(metric, _normalized(metric, p) + nu * metric.momentum_noise(xi))
+    return eqx.tree_at(lambda s: s.momentum, state, p)
+
+
+def unit_momentum(metric: AbstractMetric, xi: Array) -> Array:
+    """A uniformly random unit whitened velocity (`|p|_{M⁻¹} = 1`) from standard normal `xi`:
+    the full velocity refresh of the microcanonical samplers."""
+    return _normalized(metric, metric.momentum_noise(xi))
 
 
 def _cubic_remainder(u):
@@ -133,67 +198,16 @@ def checked_hamiltonian(metric: AbstractMetric, state: KineticState) -> Scalar:
 def _count_gradients(scheme) -> int:
     stale, n = False, 0
     for op, _ in scheme:
-        if op == "B" and stale:
+        if op in ("B", "I") and stale:
             stale, n = False, n + 1
         elif op in ("A", "U"):
             stale = True
     return n + int(stale)
 
 
-def run_scheme(
-    scheme,
-    energy: AbstractEnergy,
-    metric: AbstractMetric,
-    state: KineticState,
-    step_size,
-    friction=None,
-    key: Key | None = None,
-) -> tuple[KineticState, Scalar]:
-    """Apply one step of a splitting `scheme` (a tuple of `(op, coefficient)` pairs, `op` in
-    `"BAOU"`). Returns the new state (with fresh `log_density`/`score`) and the kinetic energy
-    injected by the stochastic steps (O and U), so that `ΔH - heat` is the integration error.
-    The step size and friction are cast to the position's dtype (the state keeps its dtype).
-    """
-    dtype = jnp.result_type(state.position)
-    step_size = jnp.asarray(step_size).astype(dtype)
-    if friction is not None:
-        friction = jnp.asarray(friction).astype(dtype)
-    num_noise = sum({"O": 1, "U": 2}.get(op, 0) for op, _ in scheme)
-    if num_noise and (key is None or friction is None):
-        raise ValueError("this integrator is stochastic: pass `friction` and `key`.")
-    if num_noise:  # all the step's Gaussian noise in one PRNG call
-        assert key is not None  # checked above
-        shape, dtype = jnp.shape(state.momentum), jnp.result_type(state.momentum)
-        noise, _ = draws(key, (num_noise, *shape), 0, dtype)
-    used = 0
-    stale = False
-    heat = jnp.zeros((), dtype)
-    for op, c in scheme:
-        h = c * step_size
-        if op == "B":
-            if stale:
-                state, stale = refresh(energy, state), False
-            state = kick(state, h)
-        elif op == "A":
-            state, stale = drift(state, metric, h), True
-        elif op in ("O", "U"):
-            k_before = metric.kinetic_energy(state.momentum)
-            if op == "O":
-                state = ou(state, metric, h, friction, noise[used])
-                used += 1
-            else:
-                state = linear_flow(state, metric, h, friction, noise[used : used + 2])
-                used, stale = used + 2, True
-            heat = heat + metric.kinetic_energy(state.momentum) - k_before
-        else:  # pragma: no cover - schemes are static class constants
-            raise ValueError(f"unknown splitting step {op!r}")
-    if stale:
-        state = refresh(energy, state)
-    return state, heat
-
-
 class AbstractIntegrator(eqx.Module):
-    """A splitting scheme of B (kick), A (drift), O (Ornstein–Uhlenbeck) and U (exact A+O) steps.
+    """A splitting scheme of B (kick), A (drift), O (Ornstein–Uhlenbeck), U (exact A+O) and
+    I (isokinetic velocity update) steps.
 
     Subclasses only declare `scheme`, a static tuple of `(op, fraction_of_step)` pairs, and the
     `order` of their (weak or symplectic) error. Hamiltonian integrators (no O/U step) are
@@ -213,12 +227,55 @@ class AbstractIntegrator(eqx.Module):
         friction=None,
         key: Key | None = None,
     ) -> tuple[KineticState, Scalar]:
-        """One step of size `step_size` (may be negative for Hamiltonian schemes).
+        """One step of size `step_size` (may be negative for Hamiltonian schemes). The step
+        size and friction are cast to the position's dtype (the state keeps its dtype); the new
+        state carries fresh `log_density`/`score`.
 
         **Returns:** `(new_state, heat)` where `heat` is the kinetic energy injected by the
-        stochastic sub-steps (0 for Hamiltonian schemes); `ΔH - heat` is the energy error.
+        stochastic sub-steps (0 for Hamiltonian schemes) minus the kinetic-energy change of the
+        isokinetic sub-steps (which keep `K(p)` fixed), so that `ΔH - heat` is the energy error
+        in every case.
         """
-        return run_scheme(self.scheme, energy, metric, state, step_size, friction, key)
+        dtype = jnp.result_type(state.position)
+        step_size = jnp.asarray(step_size).astype(dtype)
+        if friction is not None:
+            friction = jnp.asarray(friction).astype(dtype)
+        num_noise = sum({"O": 1, "U": 2}.get(op, 0) for op, _ in self.scheme)
+        if num_noise and (key is None or friction is None):
+            raise ValueError("this integrator is stochastic: pass `friction` and `key`.")
+        if num_noise:  # all the step's Gaussian noise in one PRNG call
+            assert key is not None  # checked above
+            shape, dtype = jnp.shape(state.momentum), jnp.result_type(state.momentum)
+            noise, _ = draws(key, (num_noise, *shape), 0, dtype)
+        used = 0
+        stale = False
+        heat = jnp.zeros((), dtype)
+        for op, c in self.scheme:
+            h = c * step_size
+            if op in ("B", "I"):
+                if stale:
+                    state, stale = refresh(energy, state), False
+                if op == "B":
+                    state = kick(state, h)
+                else:
+                    state, dk = isokinetic(state, metric, h)
+                    heat = heat - dk
+            elif op == "A":
+                state, stale = drift(state, metric, h), True
+            elif op in ("O", "U"):
+                k_before = metric.kinetic_energy(state.momentum)
+                if op == "O":
+                    state = ou(state, metric, h, friction, noise[used])
+                    used += 1
+                else:
+                    state = linear_flow(state, metric, h, friction, noise[used : used + 2])
+                    used, stale = used + 2, True
+                heat = heat + metric.kinetic_energy(state.momentum) - k_before
+            else:  # pragma: no cover - schemes are static class constants
+                raise ValueError(f"unknown splitting step {op!r}")
+        if stale:
+            state = refresh(energy, state)
+        return state, heat
 
     @property
     def num_grad_evals(self) -> int:
@@ -302,6 +359,52 @@ class UBU(AbstractIntegrator):
     order: ClassVar[int] = 2
 
 
+def _isokinetic_scheme(scheme):
+    """The same splitting with the isokinetic velocity update in place of every kick."""
+    return tuple(("I" if op == "B" else op, c) for op, c in scheme)
+
+
+class IsokineticLeapfrog(AbstractIntegrator):
+    """Leapfrog with the isokinetic velocity update in place of the kick: `I(h/2) A(h) I(h/2)`;
+    1 gradient per step (the microcanonical samplers' integrator)."""
+
+    scheme: ClassVar = _isokinetic_scheme(Leapfrog.scheme)
+    order: ClassVar[int] = 2
+
+
+class IsokineticMcLachlan(AbstractIntegrator):
+    """McLachlan's minimal-norm scheme with the isokinetic velocity update in place of the
+    kick; 2 gradients per step."""
+
+    scheme: ClassVar = _isokinetic_scheme(McLachlan.scheme)
+    order: ClassVar[int] = 2
+
+
+ISOKINETIC_INTEGRATORS: dict[str, type[AbstractIntegrator]] = {
+    "leapfrog": IsokineticLeapfrog,
+    "mclachlan": IsokineticMcLachlan,
+}
+
+
+def as_isokinetic_integrator(integrator, name: str = "integrator") -> AbstractIntegrator:
+    """Resolve `"leapfrog"`/`"mclachlan"` or an isokinetic integrator instance (a scheme of I and
+    A steps only)."""
+    if isinstance(integrator, str):
+        if integrator not in ISOKINETIC_INTEGRATORS:
+            raise ValueError(
+                f"unknown `{name}` {integrator!r}; choose from {sorted(ISOKINETIC_INTEGRATORS)}."
+            )
+        return ISOKINETIC_INTEGRATORS[integrator]()
+    if not isinstance(integrator, AbstractIntegrator) or any(
+        op not in ("I", "A") for op, _ in integrator.scheme
+    ):
+        raise ValueError(
+            f"`{name}` must be 'leapfrog', 'mclachlan' or an isokinetic integrator, "
+            f"got {integrator!r}."
+        )
+    return integrator
+
+
 INTEGRATORS: dict[str, type[AbstractIntegrator]] = {
     "leapfrog": Leapfrog,
     "mclachlan": McLachlan,
@@ -320,6 +423,11 @@ def as_integrator(integrator, *, stochastic: bool, name: str = "integrator") -> 
         integrator = INTEGRATORS[integrator]()
     if not isinstance(integrator, AbstractIntegrator):
         raise TypeError(f"`{name}` must be an AbstractIntegrator or a name, got {integrator!r}.")
+    if any(op == "I" for op, _ in integrator.scheme):
+        raise ValueError(
+            f"`{name}` is an isokinetic integrator: it belongs to MCLMC or MAMS, got "
+            f"{type(integrator).__name__}."
+        )
     if integrator.is_stochastic != stochastic:
         kind = "a Langevin (BAOAB, OBABO, UBU)" if stochastic else "a Hamiltonian"
         raise ValueError(f"`{name}` must be {kind} integrator, got {type(integrator).__name__}.")

@@ -22,6 +22,9 @@ SAMPLERS = {
     "UBU": lambda: ds.UnderdampedLangevin(step_size=0.2, integrator="UBU"),
     "RMP-kinetic": lambda: ds.RandomizedMidpoint(step_size=0.2),
     "RMP-overdamped": lambda: ds.RandomizedMidpoint(step_size=0.05, dynamics="overdamped"),
+    "MCLMC": lambda: ds.MCLMC(step_size=0.4, L=1.5),
+    "MCLMC-leapfrog": lambda: ds.MCLMC(step_size=0.2, L=1.5, integrator="leapfrog"),
+    "MAMS": lambda: ds.MAMS(step_size=0.4, L=1.5),
 }
 
 

@@ -375,6 +375,8 @@ def test_capability_bases(name):
     adaptation = ds.default_adaptation(sampler)
     if isinstance(sampler, ds.ChEESHMC):
         assert isinstance(adaptation, ds.ChEESAdaptation)
+    elif isinstance(sampler, (ds.MCLMC, ds.MAMS)):  # their own tuning
+        assert isinstance(adaptation, (ds.MCLMCAdaptation, ds.MAMSAdaptation))
     elif has_step:
         assert isinstance(adaptation, ds.WindowAdaptation)
         assert (adaptation.metric == "diagonal") == has_metric
