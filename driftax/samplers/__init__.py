@@ -52,6 +52,7 @@ from ._metrics import (
     DenseMetric as DenseMetric,
     DiagonalMetric as DiagonalMetric,
     IdentityMetric as IdentityMetric,
+    LowRankMetric as LowRankMetric,
 )
 from ._nuts import NUTS as NUTS
 from ._resampling import resample as resample
