@@ -371,3 +371,26 @@ def test_nuts_with_nutpie_metrics_moments_within_mcse(metric):
     assert r.num_divergent == 0
     assert np.all(r.rhat < 1.1)
     check_moments(r.samples, target.mean, target.variance, label=metric)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["fisher", "low_rank"])
+def test_chees_with_nutpie_metrics(metric):
+    var = jnp.array([0.01, 1.0, 25.0, 4.0])
+    target = de.gaussian(jnp.zeros(4), jnp.diag(var))
+    kw = {"rank": 2} if metric == "low_rank" else {}
+    r = dx.sample(
+        ds.ChEESHMC(step_size=0.1, trajectory_length=0.5),
+        target,
+        jnp.ones(4),
+        key=jax.random.key(2),
+        num_steps=300,
+        num_warmup=400,
+        num_chains=16,
+        adaptation=ds.ChEESAdaptation(metric=metric, **kw),
+    )
+    m = jax.tree.map(lambda a: a[0], r.sampler.metric)
+    inv = m.inverse_mass if metric == "fisher" else m.dense_inverse_mass().diagonal()
+    # exact for a diagonal Gaussian (Fisher diagonal; no eigenvalue outside the cutoff)
+    np.testing.assert_allclose(inv, var, rtol=1e-3)
+    check_moments(r.samples, jnp.zeros(4), var, label=metric)
