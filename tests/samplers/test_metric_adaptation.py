@@ -2,6 +2,8 @@
 known covariances, the `LowRankMetric` algebra against the dense matrix it represents, errors
 and the diagonal fallback, and end-to-end runs through `driftax.sample`."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,11 +26,22 @@ from .test_correctness import check_moments
 def _moments(xs, dense):
     """Pooled Welford state of the rows of `xs`, fed in batches of 7 (as chains would be)."""
     xs = jnp.asarray(xs)
-    w = welford_init(xs.shape[1], dense, xs.dtype)
-    for start in range(0, xs.shape[0], 7):
-        batch = xs[start : start + 7]
-        w = welford_update_batch(w, batch, jnp.ones(batch.shape[0], bool))
-    return w
+    return _moments_scan(xs, dense)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _moments_scan(xs, dense):
+    n, d = xs.shape
+    pad = (-n) % 7
+    xs = jnp.concatenate([xs, jnp.zeros((pad, d), xs.dtype)])
+    weights = jnp.arange(n + pad) < n  # the padding rows add nothing
+
+    def body(state, batch):
+        return welford_update_batch(state, *batch), None
+
+    batches = (xs.reshape(-1, 7, d), weights.reshape(-1, 7))
+    state, _ = jax.lax.scan(body, welford_init(d, dense, xs.dtype), batches)
+    return state
 
 
 def _reciprocal_pair_covariance(d, c, seed=0):
