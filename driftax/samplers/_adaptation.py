@@ -496,6 +496,10 @@ class WindowAdaptation(AbstractAdaptation):
             )
         return self.rank
 
+    def _adapts_metric(self, sampler) -> bool:
+        # a step-size sampler without a metric gets the step size adapted only
+        return self.metric is not None and isinstance(sampler, AbstractMetricSampler)
+
     @property
     def _scored(self) -> bool:
         return self.metric in ("fisher", "low_rank")
@@ -549,13 +553,13 @@ class WindowAdaptation(AbstractAdaptation):
 
     def init(self, samplers: Any, states, num_warmup):  # a step-size sampler (prepare)
         slow, ends = window_schedule(num_warmup)
-        if self.metric is None:
+        if not self._adapts_metric(samplers):
             slow[:] = False
             ends[:] = False
         num_chains = states.position.shape[0]
         dim = _event_size(states)
         dtype = states.position.dtype
-        if self._scored:
+        if self._scored and self._adapts_metric(samplers):
             if getattr(states, "score", None) is None:
                 raise TypeError(
                     f"`WindowAdaptation(metric={self.metric!r})` needs the scores of the draws: "
@@ -595,7 +599,7 @@ class WindowAdaptation(AbstractAdaptation):
         stat = step_size_statistic(samplers, infos, target, dim, self.pooled)
         da = jax.vmap(dual_averaging_update)(astate.da, stat)
         samplers = _set_step_size(samplers, jnp.exp(da.log_step))
-        if self.metric is None:
+        if not self._adapts_metric(samplers):
             return samplers, eqx.tree_at(lambda a: a.da, astate, da)
         if self._scored:
             return self._update_scored(samplers, astate, states, da, i)
