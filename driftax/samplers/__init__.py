@@ -52,6 +52,7 @@ from ._metrics import (
     DenseMetric as DenseMetric,
     DiagonalMetric as DiagonalMetric,
     IdentityMetric as IdentityMetric,
+    LowRankMetric as LowRankMetric,
 )
 from ._microcanonical import MAMS as MAMS, MCLMC as MCLMC
 from ._microcanonical_adaptation import (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
+import warnings
 from typing import Any, Literal, cast
 
 import equinox as eqx
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, ArrayLike, PyTree
+from .._warnings import SamplingWarning
 from ._base import (
     AbstractMetricSampler,
     AbstractSampler,
@@ -29,7 +31,13 @@ from ._base import (
     check_int,
 )
 from ._hamiltonian import ChEESHMC
-from ._metrics import AbstractMetric, DenseMetric, DiagonalMetric, IdentityMetric
+from ._metrics import (
+    AbstractMetric,
+    DenseMetric,
+    DiagonalMetric,
+    IdentityMetric,
+    LowRankMetric,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Dual averaging (Nesterov 2009; Hoffman & Gelman 2014, Algorithm 5)
@@ -153,6 +161,113 @@ def regularized_covariance(state: WelfordState) -> Array:
     return (n / (n + 5.0)) * cov + shrink
 
 
+def welford_update_batch(state: WelfordState, xs: Array, weights: Array) -> WelfordState:
+    """Add a batch of flat points `xs` `(n, dim)` with per-point `weights` (0 or 1) to ONE
+    (pooled) Welford state: Chan et al.'s combination of the batch's moments with the running
+    ones. A point with weight 0 may be non-finite (it is replaced by 0 before any sum)."""
+    dtype = state.mean.dtype
+    w = weights.astype(dtype)
+    xs = jnp.where(w[:, None] > 0, xs.astype(dtype), 0.0)
+    n_b = jnp.sum(w)
+    mean_b = jnp.sum(w[:, None] * xs, axis=0) / jnp.maximum(n_b, 1.0)
+    c = w[:, None] * (xs - mean_b)
+    m2_b = c.T @ c if state.m2.ndim == 2 else jnp.sum(c * (xs - mean_b), axis=0)
+    n = state.count + n_b
+    delta = mean_b - state.mean
+    frac = n_b / jnp.maximum(n, 1.0)
+    mean = state.mean + frac * delta
+    scale = state.count * frac
+    extra = scale * (jnp.outer(delta, delta) if state.m2.ndim == 2 else delta**2)
+    return WelfordState(count=n, mean=mean, m2=state.m2 + m2_b + extra)
+
+
+_FISHER_CLIP = (1e-20, 1e20)  # nutpie's bounds on the diagonal
+
+
+def fisher_diagonal(draws: WelfordState, scores: WelfordState, previous: Array) -> Array:
+    """The diagonal inverse mass minimising the Fisher divergence (nutpie): `√(Var[x_i] /
+    Var[∇log p(x)_i])` from pooled Welford moments of the draws and of their scores (diagonal or
+    dense; the dense ones' diagonals are used). Entries that are not finite and positive, or all
+    of them with fewer than 3 draws, keep `previous` (flat); the rest are clipped to
+    `[1e-20, 1e20]`. For a Gaussian `N(μ, Σ)` with diagonal `Σ` it is exactly `diag(Σ)`."""
+    vx, vg = draws.m2, scores.m2
+    if vx.ndim == 2:
+        vx, vg = jnp.diagonal(vx), jnp.diagonal(vg)
+    d = jnp.sqrt(vx / vg)  # the (n - 1) normalisations cancel
+    ok = jnp.isfinite(d) & (d > 0) & (draws.count >= 3)
+    d = jnp.where(ok, jnp.clip(d, *_FISHER_CLIP), previous.astype(d.dtype))
+    return d
+
+
+def spd_geometric_mean(a: Array, b: Array) -> Array:
+    """The SPD solution `Σ` of `Σ b Σ = a` (the geometric mean of `a` and `b⁻¹`):
+    `Σ = b^{-1/2} (b^{1/2} a b^{1/2})^{1/2} b^{-1/2}`, by two symmetric eigendecompositions."""
+    beta, q = jnp.linalg.eigh(0.5 * (b + b.T))
+    tiny = jnp.finfo(beta.dtype).tiny ** 0.5
+    beta = jnp.maximum(beta, tiny)
+    b_half = (q * jnp.sqrt(beta)) @ q.T
+    b_mhalf = (q / jnp.sqrt(beta)) @ q.T
+    c = b_half @ a @ b_half
+    omega, w = jnp.linalg.eigh(0.5 * (c + c.T))
+    c_half = (w * jnp.sqrt(jnp.maximum(omega, tiny))) @ w.T
+    sigma = b_mhalf @ c_half @ b_mhalf
+    return 0.5 * (sigma + sigma.T)
+
+
+LOW_RANK_SHRINKAGE = 5.0
+"""Prior weight (in draws) of the identity in the scaled covariances of the low-rank estimate."""
+
+
+def low_rank_estimate(
+    draws: WelfordState,
+    scores: WelfordState,
+    previous: Array,
+    rank: int,
+    cutoff: float = 2.0,
+    min_draws: int | None = None,
+) -> tuple[Array, Array, Array]:
+    """A low-rank + diagonal inverse mass from pooled dense Welford moments of draws and scores
+    (nutpie's estimator, computed in the full space). Returns `(diagonal, eigenvectors,
+    eigenvalues)` for [`LowRankMetric`][]:
+
+    1. `diagonal = D`, the Fisher diagonal ([`fisher_diagonal`][]); `S = D^{1/2}`.
+    2. In the scaled coordinates `S⁻¹x`: the draws' covariance `A = S⁻¹ Ĉov[x] S⁻¹` and the
+       scores' covariance `B = S Ĉov[∇log p] S`, each shrunk towards the identity with a weight
+       of `LOW_RANK_SHRINKAGE` draws (`(nA + 5I)/(n + 5)`), so directions no draw has seen
+       stay at the diagonal.
+    3. `Σ` solves `Σ B Σ = A` (the SPD mean of `A` and `B⁻¹`; for a Gaussian both estimate
+       the scaled covariance, and `Σ` minimises the Fisher divergence among Gaussians).
+    4. The `rank` eigenpairs of `Σ` farthest from 1 (largest `|log λ|`); an eigenvalue inside
+       `[1/cutoff, cutoff]` is set to 1 (no correction), and so are all of them when the
+       window has fewer than `min_draws` (default `2·rank`) draws or anything is not finite.
+    """
+    n = draws.count
+    dtype = draws.mean.dtype
+    dim = draws.mean.shape[0]
+    eye = jnp.eye(dim, dtype=dtype)
+    d = fisher_diagonal(draws, scores, previous)
+    s = jnp.sqrt(d)
+    denom = jnp.maximum(n - 1.0, 1.0)
+    ss = s[:, None] * s[None, :]
+    a = draws.m2 / denom / ss
+    b = scores.m2 / denom * ss
+    tau = LOW_RANK_SHRINKAGE
+    a = (n * a + tau * eye) / (n + tau)
+    b = (n * b + tau * eye) / (n + tau)
+    sigma = spd_geometric_mean(0.5 * (a + a.T), b)
+    lam_all, vecs = jnp.linalg.eigh(sigma)
+    lam_all = jnp.maximum(lam_all, jnp.finfo(dtype).tiny ** 0.5)
+    _, idx = jax.lax.top_k(jnp.abs(jnp.log(lam_all)), rank)
+    lam, u = lam_all[idx], vecs[:, idx]
+    need = 2 * rank if min_draws is None else min_draws
+    finite = jnp.all(jnp.isfinite(lam)) & jnp.all(jnp.isfinite(u))
+    keep = (lam > cutoff) | (lam < 1.0 / cutoff)
+    keep = keep & (n >= need) & finite
+    lam = jnp.where(keep, lam, 1.0)
+    u = jnp.where(finite, u, eye[:, :rank])
+    return d, u, lam
+
+
 # ---------------------------------------------------------------------------------------------
 # Stan's warmup schedule
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +379,7 @@ class NoAdaptation(AbstractAdaptation):
 
 class _WindowState(eqx.Module):
     da: DualAveragingState
-    welford: WelfordState
+    welford: PyTree  # per-chain WelfordStates, or pooled `_ScoreMoments` (fisher / low_rank)
     slow: Array
     ends: Array
 
@@ -283,39 +398,111 @@ def _metric_from(kind: str, cov: Array, event_shape) -> AbstractMetric:
     return DiagonalMetric(cov.reshape(event_shape))
 
 
+class _ScoreMoments(eqx.Module):
+    """Pooled (over chains) Welford moments of the draws and of their scores in a window."""
+
+    draws: WelfordState
+    scores: WelfordState
+
+
+def _last_window_size(slow: np.ndarray, ends: np.ndarray) -> int:
+    """Number of slow steps in the last metric window of a schedule (0: none)."""
+    idx = np.flatnonzero(ends)
+    if idx.size == 0:
+        return 0
+    start = idx[-2] + 1 if idx.size > 1 else 0
+    return int(np.sum(slow[start : idx[-1] + 1]))
+
+
+def _broadcast_chains(tree, num_chains: int):
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (num_chains, *a.shape)), tree)
+
+
 class WindowAdaptation(AbstractAdaptation):
-    """Stan-style warmup: dual-averaging step size throughout, and the metric (inverse mass =
-    estimated covariance) re-estimated at the end of doubling slow windows, after which dual
-    averaging restarts.
+    """Stan-style warmup: dual-averaging step size throughout, and the metric re-estimated at
+    the end of doubling slow windows, after which dual averaging restarts.
 
     **Arguments:**
 
-    - `metric`: `"diagonal"` (default), `"dense"`, or `None` (step size only, keep the metric).
+    - `metric`: which metric the windows estimate.
+        - `"diagonal"` (default; Stan): inverse mass = the draws' marginal variances.
+        - `"dense"` (Stan): inverse mass = the draws' covariance matrix.
+        - `"fisher"` (nutpie): a diagonal inverse mass `√(Var[x_i] / Var[∇log p(x)_i])` from
+          the draws AND their scores, the diagonal that minimises the Fisher divergence
+          between the target and a Gaussian; estimated from all chains.
+        - `"low_rank"` (nutpie): the Fisher diagonal plus a rank-`rank` correction, a
+          [`LowRankMetric`][driftax.samplers.LowRankMetric]; estimated from all chains (see
+          `low_rank_estimate` in `driftax.samplers._adaptation` for the estimator).
+        - `None`: step size only, keep the metric.
     - `target`: target acceptance rate (adjusted samplers; default: the sampler's own), or the
       target energy-error variance per dimension (unadjusted samplers; default `5e-4`); in
       (0, 1) either way.
-    - `pooled`: share one step size and one metric across chains, estimated from all of them.
+    - `pooled`: share one step size (and, for `"diagonal"` / `"dense"`, one metric) across
+      chains, estimated from all of them. `"fisher"` and `"low_rank"` always pool the metric.
+    - `rank`: the rank of the `"low_rank"` correction (default 10, capped at the dimension when
+      left at its default; an explicit rank above the dimension is an error). A window with
+      fewer than `2·rank` draws over all chains keeps the diagonal; when even the last window
+      is that small, a `driftax.SamplingWarning` says so at the start.
+    - `eigenvalue_cutoff`: `"low_rank"` only: eigenvalues (of the covariance in the coordinates
+      scaled by the diagonal) inside `[1/c, c]` are not corrected (default 2).
 
-    Adapts samplers with a step size ([`AbstractStepSizeSampler`][]); the metric is adapted
-    only for samplers that have one ([`AbstractMetricSampler`][]).
+    The scores are read from the chains' states (`state.score`), so `"fisher"` and
+    `"low_rank"` need a gradient-based sampler. Adapts samplers with a step size
+    ([`AbstractStepSizeSampler`][]); the metric is adapted only for samplers that have one
+    ([`AbstractMetricSampler`][]).
     """
 
-    metric: Literal["diagonal", "dense"] | None = "diagonal"
+    metric: Literal["diagonal", "dense", "fisher", "low_rank"] | None = "diagonal"
     target: float | None = None
     pooled: bool = False
+    rank: int | None = None
+    eigenvalue_cutoff: float = 2.0
 
     def __check_init__(self):
-        if self.metric not in ("diagonal", "dense", None):
-            raise ValueError(f"`metric` must be 'diagonal', 'dense' or None, got {self.metric!r}.")
+        if self.metric not in ("diagonal", "dense", "fisher", "low_rank", None):
+            raise ValueError(
+                "`metric` must be 'diagonal', 'dense', 'fisher', 'low_rank' or None, got "
+                f"{self.metric!r}."
+            )
         if self.target is not None:
             check_fraction(self.target, "target")
         if not isinstance(self.pooled, bool):
             raise TypeError(f"`pooled` must be a bool, got {self.pooled!r}.")
+        if self.rank is not None:
+            if self.metric != "low_rank":
+                raise ValueError(
+                    f"`rank` is for metric='low_rank' only, got metric={self.metric!r}."
+                )
+            check_int(self.rank, "rank", 1)
+        c = self.eigenvalue_cutoff
+        if (
+            isinstance(c, bool)
+            or not isinstance(c, (int, float))
+            or not (np.isfinite(c) and c >= 1)
+        ):
+            raise ValueError(f"`eigenvalue_cutoff` must be a finite number >= 1, got {c!r}.")
 
     def _target(self, sampler) -> float:
         if self.target is not None:
             return self.target
         return sampler.default_target_acceptance if sampler.is_adjusted else 5e-4
+
+    def _rank(self, size: int) -> int:
+        if self.rank is None:
+            return min(10, size)
+        if self.rank > size:
+            raise ValueError(
+                f"`rank` ({self.rank}) must not exceed the dimension of the target ({size})."
+            )
+        return self.rank
+
+    def _adapts_metric(self, sampler) -> bool:
+        # a step-size sampler without a metric gets the step size adapted only
+        return self.metric is not None and isinstance(sampler, AbstractMetricSampler)
+
+    @property
+    def _scored(self) -> bool:
+        return self.metric in ("fisher", "low_rank")
 
     def prepare(self, sampler, event_shape):
         if not isinstance(sampler, AbstractStepSizeSampler):
@@ -332,13 +519,13 @@ class WindowAdaptation(AbstractAdaptation):
         # the metric keeps the step size's dtype (hyperparameter dtypes never change in the
         # compiled loop); kernels cast both to the position's dtype when they use them
         dtype = jnp.result_type(sampler.step_size)
-        if self.metric == "diagonal" and not isinstance(m, DiagonalMetric):
+        if self.metric in ("diagonal", "fisher") and not isinstance(m, DiagonalMetric):
             if isinstance(m, IdentityMetric):
                 return eqx.tree_at(
                     lambda s: s.metric, sampler, DiagonalMetric(jnp.ones(event_shape, dtype))
                 )
             raise ValueError(
-                "`WindowAdaptation(metric='diagonal')` needs an identity or diagonal metric."
+                f"`WindowAdaptation(metric={self.metric!r})` needs an identity or diagonal metric."
             )
         if self.metric == "dense" and not isinstance(m, DenseMetric):
             if isinstance(m, DiagonalMetric):
@@ -346,19 +533,58 @@ class WindowAdaptation(AbstractAdaptation):
                     lambda s: s.metric, sampler, DenseMetric(jnp.diag(m.inverse_mass.reshape(-1)))
                 )
             return eqx.tree_at(lambda s: s.metric, sampler, DenseMetric(jnp.eye(size, dtype=dtype)))
+        if self.metric == "low_rank":
+            k = self._rank(size)
+            if isinstance(m, LowRankMetric) and m.rank == k:
+                return sampler
+            if isinstance(m, IdentityMetric):
+                diag = jnp.ones(event_shape, dtype)
+            elif isinstance(m, DiagonalMetric):
+                diag = m.inverse_mass
+            else:
+                raise ValueError(
+                    "`WindowAdaptation(metric='low_rank')` needs an identity, diagonal or "
+                    f"low-rank metric (of rank {k}), got {type(m).__name__}."
+                )
+            eye = jnp.eye(size, k, dtype=jnp.result_type(diag))
+            lr = LowRankMetric(diag, eye, jnp.ones(k, jnp.result_type(diag)))
+            return eqx.tree_at(lambda s: s.metric, sampler, lr)
         return sampler
 
     def init(self, samplers: Any, states, num_warmup):  # a step-size sampler (prepare)
         slow, ends = window_schedule(num_warmup)
-        if self.metric is None:
+        if not self._adapts_metric(samplers):
             slow[:] = False
             ends[:] = False
         num_chains = states.position.shape[0]
         dim = _event_size(states)
         dtype = states.position.dtype
-        welford = jax.vmap(lambda _: welford_init(dim, self.metric == "dense", dtype))(
-            jnp.arange(num_chains)
-        )
+        if self._scored and self._adapts_metric(samplers):
+            if getattr(states, "score", None) is None:
+                raise TypeError(
+                    f"`WindowAdaptation(metric={self.metric!r})` needs the scores of the draws: "
+                    "use a gradient-based sampler (its state carries `score`)."
+                )
+            dense = self.metric == "low_rank"
+            welford = _ScoreMoments(
+                draws=welford_init(dim, dense, dtype), scores=welford_init(dim, dense, dtype)
+            )
+            if self.metric == "low_rank":
+                k = self._rank(dim)
+                n_last = _last_window_size(slow, ends) * num_chains
+                if n_last < 2 * k:
+                    warnings.warn(
+                        f"`WindowAdaptation(metric='low_rank', rank={k})`: the last warmup "
+                        f"window has {n_last} draws over all chains, fewer than the {2 * k} "
+                        f"that a rank-{k} estimate needs; the metric stays diagonal (Fisher). "
+                        "Use more warmup steps or chains, or a smaller `rank`.",
+                        SamplingWarning,
+                        stacklevel=2,
+                    )
+        else:
+            welford = jax.vmap(lambda _: welford_init(dim, self.metric == "dense", dtype))(
+                jnp.arange(num_chains)
+            )
         return _WindowState(
             da=jax.vmap(lambda h: dual_averaging_init(h, _shrink(samplers)))(samplers.step_size),
             welford=welford,
@@ -373,8 +599,10 @@ class WindowAdaptation(AbstractAdaptation):
         stat = step_size_statistic(samplers, infos, target, dim, self.pooled)
         da = jax.vmap(dual_averaging_update)(astate.da, stat)
         samplers = _set_step_size(samplers, jnp.exp(da.log_step))
-        if self.metric is None:
+        if not self._adapts_metric(samplers):
             return samplers, eqx.tree_at(lambda a: a.da, astate, da)
+        if self._scored:
+            return self._update_scored(samplers, astate, states, da, i)
         slow, end = astate.slow[i], astate.ends[i]
         x = _flat(states.position).astype(astate.welford.mean.dtype)
         welford = jax.vmap(lambda w, xi: welford_update(w, xi, slow.astype(xi.dtype)))(
@@ -405,6 +633,58 @@ class WindowAdaptation(AbstractAdaptation):
         )
         return samplers, _WindowState(da=da, welford=welford, slow=astate.slow, ends=astate.ends)
 
+    def _update_scored(self, samplers, astate: _WindowState, states, da, i):
+        """The Fisher / low-rank branch: pooled moments of draws and scores, a new metric at
+        each window end."""
+        slow, end = astate.slow[i], astate.ends[i]
+        moments: _ScoreMoments = astate.welford
+        dtype = moments.draws.mean.dtype
+        num_chains = states.position.shape[0]
+        event_shape = states.position.shape[1:]
+        x = _flat(states.position).astype(dtype)
+        g = _flat(states.score).astype(dtype)
+        # a chain whose draw or score is not finite (it should never be: kernels reject such
+        # proposals) adds nothing
+        ok = jnp.all(jnp.isfinite(x), axis=1) & jnp.all(jnp.isfinite(g), axis=1)
+        w = (ok & slow).astype(dtype)
+        moments = _ScoreMoments(
+            draws=welford_update_batch(moments.draws, x, w),
+            scores=welford_update_batch(moments.scores, g, w),
+        )
+        dense = self.metric == "low_rank"
+
+        def new_metric(samplers, moments, da):
+            old = samplers.metric
+            if self.metric == "fisher":
+                mdtype = old.inverse_mass.dtype
+                prev = old.inverse_mass[0].reshape(-1).astype(dtype)
+                d = fisher_diagonal(moments.draws, moments.scores, prev)
+                metric = DiagonalMetric(d.reshape(event_shape).astype(mdtype))
+            else:
+                mdtype = old.diagonal.dtype
+                prev = old.diagonal[0].reshape(-1).astype(dtype)
+                k = old.eigenvalues.shape[-1]
+                d, u, lam = low_rank_estimate(
+                    moments.draws, moments.scores, prev, k, float(self.eigenvalue_cutoff)
+                )
+                metric = LowRankMetric(
+                    d.reshape(event_shape).astype(mdtype), u.astype(mdtype), lam.astype(mdtype)
+                )
+            samplers = eqx.tree_at(
+                lambda s: s.metric, samplers, _broadcast_chains(metric, num_chains)
+            )
+            da = jax.vmap(lambda h: dual_averaging_init(h, _shrink(samplers)))(samplers.step_size)
+            dim = x.shape[1]
+            fresh = _ScoreMoments(
+                draws=welford_init(dim, dense, dtype), scores=welford_init(dim, dense, dtype)
+            )
+            return samplers, fresh, da
+
+        samplers, moments, da = jax.lax.cond(
+            end, new_metric, lambda s, m, d: (s, m, d), samplers, moments, da
+        )
+        return samplers, _WindowState(da=da, welford=moments, slow=astate.slow, ends=astate.ends)
+
     def finalize(self, samplers, astate: _WindowState):
         return _set_step_size(samplers, jnp.exp(astate.da.log_step_avg))
 
@@ -432,21 +712,26 @@ class ChEESAdaptation(AbstractAdaptation):
     estimated from all chains in Stan windows when `metric="diagonal"`.
 
     **Arguments:** `target` (acceptance, default 0.651), `learning_rate` (Adam on log length),
-    `metric` (`"diagonal"` or `None`), `initial_length` (in units of the initial step size).
+    `metric` (`"diagonal"`, `"fisher"`, `"low_rank"` or `None`, as in [`WindowAdaptation`][]),
+    `rank` (for `"low_rank"`).
     """
 
     target: float = 0.651
     learning_rate: float = 0.025
-    metric: Literal["diagonal"] | None = "diagonal"
+    metric: Literal["diagonal", "fisher", "low_rank"] | None = "diagonal"
+    rank: int | None = None
 
     def __check_init__(self):
         check_fraction(self.target, "target")
         check_hyper(self.learning_rate, "learning_rate")
-        if self.metric not in ("diagonal", None):
-            raise ValueError(f"`metric` must be 'diagonal' or None, got {self.metric!r}.")
+        if self.metric not in ("diagonal", "fisher", "low_rank", None):
+            raise ValueError(
+                f"`metric` must be 'diagonal', 'fisher', 'low_rank' or None, got {self.metric!r}."
+            )
+        self._window()  # checks `rank`
 
     def _window(self) -> WindowAdaptation:
-        return WindowAdaptation(metric=self.metric, target=self.target, pooled=True)
+        return WindowAdaptation(metric=self.metric, target=self.target, pooled=True, rank=self.rank)
 
     def prepare(self, sampler, event_shape):
         if not isinstance(sampler, ChEESHMC):
@@ -488,15 +773,16 @@ class ChEESAdaptation(AbstractAdaptation):
         w = jnp.where(ok, acc, 0.0)
         x1_mean = jnp.sum(w[:, None] * x1, axis=0) / jnp.maximum(jnp.sum(w), 1e-10)
         x0_mean = jnp.mean(x0, axis=0)
-        metric = samplers.metric
-        if isinstance(metric, DiagonalMetric):
-            scale = _flat(metric.inverse_mass)  # whiten positions by the metric
-        else:
-            scale = jnp.ones_like(x0)
+        event_shape = ex["start_position"].shape[1:]
         c1, c0 = x1 - x1_mean, x0 - x0_mean
-        diff = jnp.sum(c1**2 / scale, axis=1) - jnp.sum(c0**2 / scale, axis=1)
+
+        def norm2(metric, c):  # squared norm in the metric's whitened coordinates: cᵀ M c
+            return jnp.sum(c * metric.velocity_to_momentum(c.reshape(event_shape)).reshape(-1))
+
+        whiten = jax.vmap(norm2)
+        diff = whiten(samplers.metric, c1) - whiten(samplers.metric, c0)
         # <x' - x̄', dx'/dT> with dx'/dT the velocity; in whitened coordinates this pairing is
-        # <x' - x̄', p'> for any diagonal metric (position and momentum are conjugate).
+        # <x' - x̄', p'> for any metric (position and momentum are conjugate).
         g_chain = diff * jnp.sum(c1 * p1, axis=1)
         t = ex["jitter"][0] * jnp.exp(astate.log_length)
         g = t * jnp.sum(jnp.where(ok, w * g_chain, 0.0)) / (jnp.sum(w) + 1e-10)

@@ -152,3 +152,104 @@ class DenseMetric(AbstractMetric):
 
     def position_noise(self, xi: Array) -> Array:
         return self._apply(lambda z: self._chol(z) @ z, xi)
+
+
+class LowRankMetric(AbstractMetric):
+    """A diagonal plus low-rank inverse mass `M⁻¹ = S (I + U (Λ - I) Uᵀ) S`.
+
+    `S = diag(√diagonal)` is a diagonal scale and `U` (`(d, k)`, orthonormal columns) and
+    `Λ = diag(eigenvalues)` (`k` positive numbers) the leading eigenpairs of the covariance in
+    the coordinates scaled by `S⁻¹` (nutpie's low-rank + diagonal mass matrix). An eigenvalue of
+    1 is no correction, so `eigenvalues = 1` is exactly `DiagonalMetric(diagonal)`. Every
+    operation costs `O(dk)`; the dense matrix is never formed (see `dense_inverse_mass` for
+    checks).
+
+    **Arguments:**
+
+    - `diagonal`: the diagonal scale `S²` (positive, shaped like one point).
+    - `eigenvectors`: `(d, k)` with orthonormal columns, `d` the number of coordinates.
+    - `eigenvalues`: `(k,)`, positive.
+    """
+
+    diagonal: Array
+    eigenvectors: Array
+    eigenvalues: Array
+
+    def __init__(self, diagonal, eigenvectors, eigenvalues):
+        concrete = not any(
+            isinstance(a, jax.core.Tracer) for a in (diagonal, eigenvectors, eigenvalues)
+        )
+        if concrete:
+            dg = np.asarray(diagonal, dtype=float)
+            u = np.asarray(eigenvectors, dtype=float)
+            lam = np.asarray(eigenvalues, dtype=float)
+            if not np.all(np.isfinite(dg)) or np.any(dg <= 0):
+                raise ValueError("`diagonal` must be finite and positive.")
+            if u.ndim != 2 or u.shape[0] != dg.size or u.shape[1] > dg.size:
+                raise ValueError(
+                    f"`eigenvectors` must have shape (d, k) with d = {dg.size} (the size of "
+                    f"`diagonal`) and k <= d, got {u.shape}."
+                )
+            if lam.shape != (u.shape[1],):
+                raise ValueError(
+                    f"`eigenvalues` must have shape ({u.shape[1]},) (one per eigenvector), got "
+                    f"{lam.shape}."
+                )
+            if not np.all(np.isfinite(lam)) or np.any(lam <= 0):
+                raise ValueError("`eigenvalues` must be finite and positive.")
+            if not np.all(np.isfinite(u)):
+                raise ValueError("`eigenvectors` must be finite.")
+            tol = 1e-4 if jnp.result_type(eigenvectors) == jnp.float64 else 1e-3
+            if u.shape[1] and np.max(np.abs(u.T @ u - np.eye(u.shape[1]))) > tol:
+                raise ValueError("`eigenvectors` must have orthonormal columns.")
+        dtype = jnp.result_type(diagonal, eigenvectors, eigenvalues, float)
+        self.diagonal = jnp.asarray(diagonal, dtype=dtype)
+        self.eigenvectors = jnp.asarray(eigenvectors, dtype=dtype)
+        self.eigenvalues = jnp.asarray(eigenvalues, dtype=dtype)
+
+    @property
+    def rank(self) -> int:
+        """The number `k` of eigenpairs."""
+        return self.eigenvectors.shape[-1]
+
+    def _low_rank(self, v: Array, power) -> Array:
+        """`(I + U (Λ^power - I) Uᵀ) v` for a flat `v`."""
+        dtype = jnp.result_type(v)
+        u = self.eigenvectors.astype(dtype)
+        lam = self.eigenvalues.astype(dtype)
+        return v + u @ ((lam**power - 1.0) * (u.T @ v))
+
+    def _scale(self, like: Array) -> Array:
+        return jnp.sqrt(self.diagonal.astype(jnp.result_type(like))).reshape(-1)
+
+    def _apply(self, v: Array, power, scale_power) -> Array:
+        """`S^s (I + U (Λ^power - I) Uᵀ) S^s v` on a flattened point."""
+        s = self._scale(v) ** scale_power
+        flat = v.reshape(-1)
+        return (s * self._low_rank(s * flat, power)).reshape(jnp.shape(v))
+
+    def kinetic_energy(self, momentum: Array) -> Scalar:
+        return 0.5 * jnp.sum(momentum * self.velocity(momentum))
+
+    def velocity(self, momentum: Array) -> Array:
+        return self._apply(momentum, 1.0, 1.0)
+
+    def velocity_to_momentum(self, velocity: Array) -> Array:
+        return self._apply(velocity, -1.0, -1.0)
+
+    def momentum_noise(self, xi: Array) -> Array:
+        # M = S⁻¹ (I + U (Λ⁻¹ - I) Uᵀ) S⁻¹ = A Aᵀ with A = S⁻¹ (I + U (Λ^{-1/2} - I) Uᵀ)
+        s = self._scale(xi)
+        return (self._low_rank(xi.reshape(-1), -0.5) / s).reshape(jnp.shape(xi))
+
+    def position_noise(self, xi: Array) -> Array:
+        # M⁻¹ = B Bᵀ with B = S (I + U (Λ^{1/2} - I) Uᵀ)
+        s = self._scale(xi)
+        return (s * self._low_rank(xi.reshape(-1), 0.5)).reshape(jnp.shape(xi))
+
+    def dense_inverse_mass(self) -> Array:
+        """The `(d, d)` matrix `M⁻¹` this metric represents (O(d²); for checks and display)."""
+        s = jnp.sqrt(self.diagonal.reshape(-1))
+        u, lam = self.eigenvectors, self.eigenvalues
+        inner = jnp.eye(s.size, dtype=s.dtype) + (u * (lam - 1.0)) @ u.T
+        return s[:, None] * inner * s[None, :]
