@@ -6,8 +6,8 @@ from ._adaptation import (
     NoAdaptation as NoAdaptation,
     StepSizeAdaptation as StepSizeAdaptation,
     WindowAdaptation as WindowAdaptation,
-    default_adaptation as default_adaptation,
 )
+from ._auto import default_adaptation as default_adaptation
 from ._base import (
     MAX_ENERGY_ERROR as MAX_ENERGY_ERROR,
     AbstractMetricSampler as AbstractMetricSampler,

@@ -839,23 +839,3 @@ class ChEESAdaptation(AbstractAdaptation):
                 samplers.trajectory_length.dtype
             ),
         )
-
-
-def default_adaptation(sampler: AbstractSampler) -> AbstractAdaptation:
-    """The adaptation `driftax.sample` uses when `adaptation="auto"`: `ChEESAdaptation` for
-    `ChEESHMC`, `MCLMCAdaptation` / `MAMSAdaptation` for `MCLMC` / `MAMS`; otherwise `WindowAdaptation` with a diagonal metric, per chain for adjusted
-    samplers and pooled across chains for unadjusted ones."""
-    if isinstance(sampler, ChEESHMC):
-        return ChEESAdaptation()
-    from ._microcanonical_adaptation import microcanonical_adaptation  # imports this module
-
-    if (own := microcanonical_adaptation(sampler)) is not None:  # MCLMC, MAMS: their own
-        return own
-    if isinstance(sampler, AbstractStepSizeSampler):
-        # unadjusted samplers pool across chains: their energy-error statistic is noisier and
-        # a poor per-chain metric makes them unstable rather than merely slow
-        return WindowAdaptation(
-            metric="diagonal" if isinstance(sampler, AbstractMetricSampler) else None,
-            pooled=not sampler.is_adjusted,
-        )
-    return NoAdaptation()

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from .._custom_types import Array, Key, PyTree
 from .._progress import report
 from ..energies._base import AbstractEnergy
-from ._adaptation import AbstractAdaptation, NoAdaptation, default_adaptation
+from ._adaptation import AbstractAdaptation, NoAdaptation
+from ._auto import default_adaptation
 from ._base import AbstractSampler, Info
 from ._random import chain_keys
 
