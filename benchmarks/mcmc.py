@@ -779,6 +779,8 @@ def markdown(payload):
         f"{m['numpyro']} · {m['num_chains']} chains (ChEES: {m['num_chains_many']}) · warm = median "
         f"of {m['repeats']} runs · ratios only compare within this run."
     )
+    if m.get("complete") is False:
+        lines += ["", "**Partial: the run stopped before its last target.**"]
     if "load_average_before" in m:
         lines.append("")
         lines.append(
@@ -931,6 +933,60 @@ def make_runner(run: Run, target: Target):
     return driftax_runner(sampler, *args, adaptation=adaptation)
 
 
+def _write(
+    args,
+    quick,
+    chains,
+    chains_many,
+    warmup,
+    steps,
+    repeats,
+    load_before,
+    targets,
+    bare,
+    records,
+    skipped,
+    final=True,
+):
+    """Write out/mcmc.json and out/mcmc.md (also after every target, so a long run that is
+    stopped keeps the targets it finished)."""
+    for rec in records:  # against the least loaded bare measurement of the target
+        per_chain_bare = bare[rec["target"]] / chains
+        rec["overhead"] = rec["us_per_grad"] / per_chain_bare
+    payload = dict(
+        meta=dict(
+            mode="quick" if quick else "full",
+            device=f"{jax.devices()[0].platform} × {len(jax.devices())} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+            jax=jax.__version__,
+            blackjax=__import__("blackjax").__version__,
+            numpyro=__import__("numpyro").__version__,
+            driftax=dx.__version__,
+            python=sys.version.split()[0],
+            num_chains=chains,
+            num_chains_many=chains_many,
+            num_warmup=warmup,
+            num_steps=steps,
+            repeats=repeats,
+            nutpie=_version("nutpie"),
+            load_average_before=load_before,
+            load_average_after=os.getloadavg(),
+            complete=final,
+        ),
+        targets=[t for t in targets if t in bare],
+        bare_us=bare,
+        runs=records,
+        goals=goals(records, bare),
+        goals13=goals_issue13(records),
+        skipped=skipped,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "mcmc.json"), "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+    with open(os.path.join(args.out, "mcmc.md"), "w") as f:
+        f.write(markdown(payload))
+    return payload
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1037,39 +1093,35 @@ def main(argv=None):
                 flush=True,
             )
             run.extra.clear()
-    for rec in records:  # against the least loaded bare measurement of the target
-        per_chain_bare = bare[rec["target"]] / chains
-        rec["overhead"] = rec["us_per_grad"] / per_chain_bare
-    payload = dict(
-        meta=dict(
-            mode="quick" if quick else "full",
-            device=f"{jax.devices()[0].platform} × {len(jax.devices())} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-            jax=jax.__version__,
-            blackjax=__import__("blackjax").__version__,
-            numpyro=__import__("numpyro").__version__,
-            driftax=dx.__version__,
-            python=sys.version.split()[0],
-            num_chains=chains,
-            num_chains_many=chains_many,
-            num_warmup=warmup,
-            num_steps=steps,
-            repeats=repeats,
-            nutpie=_version("nutpie"),
-            load_average_before=load_before,
-            load_average_after=os.getloadavg(),
-        ),
-        targets=list(targets),
-        bare_us=bare,
-        runs=records,
-        goals=goals(records, bare),
-        goals13=goals_issue13(records),
-        skipped=skipped,
+        _write(
+            args,
+            quick,
+            chains,
+            chains_many,
+            warmup,
+            steps,
+            repeats,
+            load_before,
+            list(targets),
+            bare,
+            records,
+            skipped,
+            final=False,
+        )
+    payload = _write(
+        args,
+        quick,
+        chains,
+        chains_many,
+        warmup,
+        steps,
+        repeats,
+        load_before,
+        list(targets),
+        bare,
+        records,
+        skipped,
     )
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "mcmc.json"), "w") as f:
-        json.dump(payload, f, indent=1, default=float)
-    with open(os.path.join(args.out, "mcmc.md"), "w") as f:
-        f.write(markdown(payload))
     print(markdown(payload))
 
 
