@@ -44,6 +44,15 @@ from ._gaussian import (
     gaussian as gaussian,
     ill_conditioned_gaussian as ill_conditioned_gaussian,
 )
+from ._hard import (
+    HorseshoeLogisticRegression as HorseshoeLogisticRegression,
+    ItemResponse as ItemResponse,
+    Rosenbrock as Rosenbrock,
+    horseshoe_logistic_regression as horseshoe_logistic_regression,
+    item_response as item_response,
+    rosenbrock as rosenbrock,
+    simulate_item_response as simulate_item_response,
+)
 from ._lattice import (
     Phi4Chain as Phi4Chain,
     Phi4Lattice as Phi4Lattice,

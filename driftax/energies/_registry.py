@@ -82,5 +82,8 @@ def reference_targets() -> dict[str, TargetInfo]:
         TargetInfo("u1_lattice", _lazy("u1_lattice", 8, 6.0), "L=8, beta=6", None, _lazy("u1_lattice", 4, 2.0)),
         TargetInfo("logistic_regression", _lazy("logistic_regression"), "breast cancer, N(0,1) prior"),
         TargetInfo("lgcp", _lazy("lgcp"), "40x40 grid, synthetic counts", None, _lazy("lgcp", 8)),
+        TargetInfo("rosenbrock", _lazy("rosenbrock", 2), "2-D, a=1, q=0.1", ((-3.0, 5.0), (-2.0, 14.0))),
+        TargetInfo("item_response", _lazy("item_response"), "2PL, 200 students x 20 items, fixed hyperpriors"),
+        TargetInfo("horseshoe_logistic_regression", _lazy("horseshoe_logistic_regression"), "breast cancer, regularized horseshoe c=2, tau0=0.1"),
     ]  # fmt: skip
     return {i.name: i for i in infos}

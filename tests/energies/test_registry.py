@@ -12,7 +12,7 @@ TARGETS_MD_NAMES = {
     "gaussian", "ill_conditioned_gaussian", "gaussian_mixture", "gmm40", "gmm25", "gmm9",
     "four_mode_gmm", "funnel", "banana", "many_well", "double_well_2d", "rezende_u1", "rezende_u2",
     "rezende_u3", "rezende_u4", "dw4", "lj13", "lj55", "phi4", "u1_lattice", "logistic_regression",
-    "lgcp",
+    "lgcp", "rosenbrock", "item_response", "horseshoe_logistic_regression",
 }  # fmt: skip
 
 
