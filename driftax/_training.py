@@ -367,7 +367,7 @@ def train_loop(
     eval_every: int | None = None,
     patience: int | None = None,
     return_best: bool = True,
-    bar_id=0,
+    bar_id: Array | int = 0,
     every: int = 0,
 ):
     """[`train`][] without the jit boundary and the host-side warning: callable inside a traced
