@@ -146,7 +146,7 @@ def _integrate(
     keys, the loop, and the values the eager checks need (so a cold call compiles once)."""
     dtype = x_init.dtype
     if ts is None:
-        assert num_steps is not None and schedule is not None  # set by _solve_full
+        assert num_steps is not None and schedule is not None  # set by solve
         ts = _grid_impl(model.path, num_steps, schedule, 7.0, dtype)
     ts = ts.astype(dtype)
     if solver.stochastic:
@@ -191,7 +191,7 @@ def _post_checks(diag, solver, parameterization, ts):
             )
 
 
-def _solve_full(
+def solve(
     solver: AbstractSolver,
     field: Callable,
     path: AbstractPath,
@@ -202,10 +202,36 @@ def _solve_full(
     key: Key | None = None,
     schedule: str | None = None,
     ts: Array | None = None,
+    throw: bool = True,
     save_trajectory: bool = False,
-) -> Solution:
-    """[`solve`][] with `full_output=True`: a [`Solution`][], non-finite outputs reported in
-    `Solution.failed_step` rather than raised."""
+    full_output: bool = False,
+) -> Array | Solution:
+    """Integrate a batch `x_init` from `path.t_noise` to `path.t_data` with a fixed-step solver.
+
+    **Arguments:**
+
+    - `solver`: any [`AbstractSolver`][] (`Euler()`, `Heun()`, `DDIM()`, `DPMSolverPP2M()`,
+      `DPMSolverPP3M()`, `DPMSolverPP2S()`, `DPMSolverPP3S()`, `UniPC()`, `EulerMaruyama()`,
+      `PredictorCorrector(...)`).
+    - `field`: `field(t, x)` for ONE unbatched `x`, returning the named `parameterization`.
+    - `path`: the probability path (`VP()`, `EDM()`, `LinearInterpolant()`, ...).
+    - `x_init`: the batch at `t_noise`, shape `(batch, *event_shape)`.
+    - `num_steps`: number of steps (the NFE is `num_steps * solver.evals_per_step`).
+    - `parameterization`: `"score"`, `"noise"`, `"data"` or `"velocity"`.
+    - `key`: PRNG key, required by stochastic solvers.
+    - `schedule`: the time grid (`"uniform"`, `"log_snr"`, `"karras"`, `"quadratic"`); default
+      [`default_schedule`][]`(path, solver)`.
+    - `ts`: an explicit grid instead of `num_steps`/`schedule`.
+    - `throw`: raise if any output is not finite (ignored with `full_output=True`).
+    - `save_trajectory`: keep every grid time's batch (in the [`Solution`][]).
+    - `full_output`: return a [`Solution`][] (final batch, grid, optional trajectory, the first
+      non-finite step of each example, NFE) and never raise on non-finite outputs.
+
+    **Returns:** the batch at `t_data`, shape `(batch, *event_shape)`, or a [`Solution`][].
+
+    The loop is one `lax.scan` compiled once per (solver, field, path, shapes): a second call
+    with the same shapes does not retrace.
+    """
     if not isinstance(solver, AbstractSolver):
         raise TypeError(
             f"`solver` must be a driftax.diffusion AbstractSolver, got {type(solver).__name__}."
@@ -259,62 +285,7 @@ def _solve_full(
         True,
     )
     _post_checks(diag, solver, parameterization, ts_out)
-    return Solution(x=x, ts=ts_out, trajectory=traj, failed_step=failed, num_field_evals=nfe)
-
-
-def solve(
-    solver: AbstractSolver,
-    field: Callable,
-    path: AbstractPath,
-    x_init: Array,
-    *,
-    num_steps: int | None = None,
-    parameterization: str = "score",
-    key: Key | None = None,
-    schedule: str | None = None,
-    ts: Array | None = None,
-    throw: bool = True,
-    save_trajectory: bool = False,
-    full_output: bool = False,
-) -> Array | Solution:
-    """Integrate a batch `x_init` from `path.t_noise` to `path.t_data` with a fixed-step solver.
-
-    **Arguments:**
-
-    - `solver`: any [`AbstractSolver`][] (`Euler()`, `Heun()`, `DDIM()`, `DPMSolverPP2M()`,
-      `DPMSolverPP3M()`, `DPMSolverPP2S()`, `DPMSolverPP3S()`, `UniPC()`, `EulerMaruyama()`,
-      `PredictorCorrector(...)`).
-    - `field`: `field(t, x)` for ONE unbatched `x`, returning the named `parameterization`.
-    - `path`: the probability path (`VP()`, `EDM()`, `LinearInterpolant()`, ...).
-    - `x_init`: the batch at `t_noise`, shape `(batch, *event_shape)`.
-    - `num_steps`: number of steps (the NFE is `num_steps * solver.evals_per_step`).
-    - `parameterization`: `"score"`, `"noise"`, `"data"` or `"velocity"`.
-    - `key`: PRNG key, required by stochastic solvers.
-    - `schedule`: the time grid (`"uniform"`, `"log_snr"`, `"karras"`, `"quadratic"`); default
-      [`default_schedule`][]`(path, solver)`.
-    - `ts`: an explicit grid instead of `num_steps`/`schedule`.
-    - `throw`: raise if any output is not finite (ignored with `full_output=True`).
-    - `save_trajectory`: keep every grid time's batch (in the [`Solution`][]).
-    - `full_output`: return a [`Solution`][] (final batch, grid, optional trajectory, the first
-      non-finite step of each example, NFE) and never raise on non-finite outputs.
-
-    **Returns:** the batch at `t_data`, shape `(batch, *event_shape)`, or a [`Solution`][].
-
-    The loop is one `lax.scan` compiled once per (solver, field, path, shapes): a second call
-    with the same shapes does not retrace.
-    """
-    sol = _solve_full(
-        solver,
-        field,
-        path,
-        x_init,
-        num_steps=num_steps,
-        parameterization=parameterization,
-        key=key,
-        schedule=schedule,
-        ts=ts,
-        save_trajectory=save_trajectory,
-    )
+    sol = Solution(x=x, ts=ts_out, trajectory=traj, failed_step=failed, num_field_evals=nfe)
     if full_output:
         return sol
     if throw and isinstance(sol.failed_step, jax.core.Tracer):
