@@ -84,6 +84,19 @@ def _check_x_init(x_init, *, check_finite: bool = True) -> Array:
     return x
 
 
+def _checked_model(field, path, x_init, parameterization, *, check_finite: bool = True):
+    """The checks every generation front door makes (`path`, `parameterization`, `field`, the
+    batch `x_init`): returns `(ParameterizedField, x_init as a float array)`."""
+    if not isinstance(path, AbstractPath):
+        raise TypeError(
+            f"`path` must be a driftax.diffusion AbstractPath, got {type(path).__name__}."
+        )
+    check_parameterization(parameterization)
+    _check_field(field, path, parameterization)
+    x_init = _check_x_init(x_init, check_finite=check_finite)
+    return ParameterizedField(field=field, path=path, parameterization=parameterization), x_init
+
+
 def _check_field(field, path, parameterization):
     if not callable(field):
         raise TypeError(f"`field` must be a callable field(t, x), got {type(field).__name__}.")
@@ -236,13 +249,7 @@ def solve(
         raise TypeError(
             f"`solver` must be a driftax.diffusion AbstractSolver, got {type(solver).__name__}."
         )
-    if not isinstance(path, AbstractPath):
-        raise TypeError(
-            f"`path` must be a driftax.diffusion AbstractPath, got {type(path).__name__}."
-        )
-    check_parameterization(parameterization)
-    _check_field(field, path, parameterization)
-    x_init = _check_x_init(x_init, check_finite=False)
+    model, x_init = _checked_model(field, path, x_init, parameterization, check_finite=False)
     if ts is None:
         if num_steps is None:
             raise ValueError("give `num_steps` (or an explicit time grid `ts`).")
@@ -272,7 +279,6 @@ def solve(
         )
     if key is None and solver.stochastic:
         raise ValueError(f"`key` is required: {type(solver).__name__} is stochastic.")
-    model = ParameterizedField(field=field, path=path, parameterization=parameterization)
     x, traj, failed, ts_out, diag = _integrate(
         solver,
         model,
