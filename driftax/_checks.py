@@ -139,3 +139,16 @@ def check_finite_array(x, name: str) -> None:
     pass)."""
     if not isinstance(x, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+
+
+def check_sequence(values, name: str, what: str) -> np.ndarray:
+    """A 1-D sequence of at least 2 finite numbers (`what` names them in the message, e.g.
+    "times"), returned as a float NumPy array; else a `ValueError` naming `name`."""
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 1 or arr.shape[0] < 2:
+        raise ValueError(
+            f"`{name}` must be a 1-D array of at least 2 {what}, got shape {arr.shape}."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must be finite, got {arr.tolist()}.")
+    return arr

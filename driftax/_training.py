@@ -367,70 +367,20 @@ def train_loop(
     eval_every: int | None = None,
     patience: int | None = None,
     return_best: bool = True,
-    bar_id=0,
+    bar_id: Array | int = 0,
     every: int = 0,
 ):
     """[`train`][] without the jit boundary and the host-side warning: callable inside a traced
     function (e.g. one fit per SMC stage). Returns `(trained_model, TrainHistory)`."""
-    params, static, options = _prepare(
-        model,
-        loss,
-        data,
-        optimizer,
-        num_steps,
-        filter_spec,
-        ema_decay,
-        validation,
-        eval_every,
-        patience,
-        every,
-    )
-    out = _run(params, static, key, bar_id, options)
-    return _finish(out, static, options.ema_decay, validation, return_best)
-
-
-def _finish(out, static, ema_decay, validation, return_best):
-    params, ema, (best, best_val), history = out
-    chosen = ema if ema_decay is not None else params
-    if validation is not None and return_best:
-        chosen = jax.tree.map(lambda a, b: jnp.where(jnp.isfinite(best_val), a, b), best, chosen)
-    return eqx.combine(chosen, static), history
-
-
-@eqx.filter_jit
-@eqx.debug.assert_max_traces(
-    max_traces=None
-)  # counts traces (tests check a refit does not retrace)
-def _compiled(params, static, key, bar_id, options):
-    return _run(params, static, key, bar_id, options)
-
-
-def _run(params, static, key, bar_id, options: _Options):
-    fields = ("loss", "optimizer", "batcher", "num_steps", "ema_decay", "validation")
-    fields += ("eval_every", "patience", "every")
-    return _loop(params, static, key, bar_id, **{f: getattr(options, f) for f in fields})
-
-
-def _prepare(
-    model,
-    loss,
-    data,
-    optimizer,
-    num_steps,
-    filter_spec,
-    ema_decay,
-    validation,
-    eval_every,
-    patience,
-    every,
-):
-    """Check the options once and split the model: `(params, static, _Options)`, shared by
-    [`train`][] and [`train_loop`][]."""
     num_steps, ema_decay, batcher, eval_every, patience = _checked_options(
         optimizer, num_steps, ema_decay, data, eval_every, patience, validation
     )
     params, static = _partition(model, filter_spec)
-    options = _Options(
+    params, ema, (best, best_val), history = _loop(
+        params,
+        static,
+        key,
+        bar_id,
         loss=loss,
         optimizer=optimizer,
         batcher=batcher,
@@ -441,21 +391,15 @@ def _prepare(
         patience=patience,
         every=every,
     )
-    return params, static, options
+    chosen = ema if ema_decay is not None else params
+    if validation is not None and return_best:
+        chosen = jax.tree.map(lambda a, b: jnp.where(jnp.isfinite(best_val), a, b), best, chosen)
+    return eqx.combine(chosen, static), history
 
 
-class _Options(eqx.Module):
-    # the loop's options as one module: arrays inside (data, an energy) are traced, the rest
-    # is static (hashed), so an equal configuration reuses the compiled loop
-    loss: Any
-    optimizer: Any = eqx.field(static=True)
-    batcher: AbstractBatcher
-    num_steps: int = eqx.field(static=True)
-    ema_decay: float | None = eqx.field(static=True)
-    validation: Any
-    eval_every: int = eqx.field(static=True)
-    patience: int | None = eqx.field(static=True)
-    every: int = eqx.field(static=True)
+# `train`'s compiled loop: the arrays of every argument are traced, the rest is static (hashed),
+# so an equal configuration reuses it; it counts its traces (tests check a refit does not retrace)
+_compiled = eqx.filter_jit(eqx.debug.assert_max_traces(train_loop, max_traces=None))
 
 
 def train(
@@ -514,24 +458,25 @@ def train(
         data = Minibatches(data, check_count(batch_size, "batch_size"))
     num_steps = check_count(num_steps, "num_steps")
     with _progress.progress_bar(num_steps, desc, progress) as (bar_id, every):
-        params, static, options = _prepare(
+        start = time.perf_counter()
+        trained, history = _compiled(
             model,
             loss,
             data,
-            optimizer,
-            num_steps,
-            filter_spec,
-            ema_decay,
-            validation,
-            eval_every,
-            patience,
-            every,
+            key=key,
+            optimizer=optimizer,
+            num_steps=num_steps,
+            filter_spec=filter_spec,
+            ema_decay=ema_decay,
+            validation=validation,
+            eval_every=eval_every,
+            patience=patience,
+            return_best=return_best,
+            bar_id=_progress.bar_id_array(bar_id),
+            every=every,
         )
-        start = time.perf_counter()
-        out = _compiled(params, static, key, _progress.bar_id_array(bar_id), options)
-        jax.block_until_ready(out)
+        jax.block_until_ready((trained, history))
         wall = time.perf_counter() - start
-    trained, history = _finish(out, static, options.ema_decay, validation, return_best)
     history = TrainHistory(
         losses=history.losses,
         aux=history.aux,

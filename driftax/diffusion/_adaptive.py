@@ -18,9 +18,8 @@ import numpy as np
 
 from .._custom_types import Array, Key
 from .._divergence import integrate_with_divergence, sample_probes
-from ._model import ParameterizedField
-from ._path import AbstractPath, check_parameterization
-from ._solve import _check_field, _check_x_init
+from ._path import AbstractPath
+from ._solve import _checked_model
 from ._solvers import _epsilon_at
 
 
@@ -145,18 +144,11 @@ def _solve_adaptive_full(
     brownian_tol: float | None = None,
 ) -> AdaptiveSolution:
     """[`solve_adaptive`][] with `full_output=True`."""
-    if not isinstance(path, AbstractPath):
-        raise TypeError(
-            f"`path` must be a driftax.diffusion AbstractPath, got {type(path).__name__}."
-        )
-    check_parameterization(parameterization)
-    _check_field(field, path, parameterization)
-    x_init = _check_x_init(x_init)
+    model, x_init = _checked_model(field, path, x_init, parameterization)
     if not (rtol > 0 and atol > 0):
         raise ValueError(f"`rtol` and `atol` must be positive, got {rtol}, {atol}.")
     if not (isinstance(max_steps, int) and max_steps > 0):
         raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
-    model = ParameterizedField(field=field, path=path, parameterization=parameterization)
     direction = _direction(path)
     span = abs(path.t_noise - path.t_data)
     dt0 = span / 100 if dt0 is None else dt0
@@ -317,13 +309,7 @@ def log_likelihood(
 
     **Returns:** log densities, shape `(batch,)`.
     """
-    if not isinstance(path, AbstractPath):
-        raise TypeError(
-            f"`path` must be a driftax.diffusion AbstractPath, got {type(path).__name__}."
-        )
-    check_parameterization(parameterization)
-    _check_field(field, path, parameterization)
-    x = _check_x_init(x)
+    model, x = _checked_model(field, path, x, parameterization)
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"`divergence` must be 'exact' or 'hutchinson', got {divergence!r}.")
     if divergence == "hutchinson":
@@ -339,7 +325,6 @@ def log_likelihood(
     prior = path.prior_log_density if prior_log_density is None else prior_log_density
     direction = _direction(path)
     dt0 = abs(path.t_noise - path.t_data) / 100 if dt0 is None else dt0
-    model = ParameterizedField(field=field, path=path, parameterization=parameterization)
     return _log_likelihood(
         model,
         x,

@@ -9,7 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_int
+from .._checks import check_int, check_sequence
 from .._custom_types import Array
 from ._path import AbstractPath
 
@@ -109,13 +109,7 @@ def time_grid(
 def check_grid(path: AbstractPath | StochasticInterpolant, ts, *, name: str = "ts") -> np.ndarray:
     """Eagerly check a user time grid: 1-D, at least 2 finite times, strictly monotone from the
     noise end towards the data end, inside the path's domain. Returns it as a NumPy array."""
-    arr = np.asarray(ts, dtype=float)
-    if arr.ndim != 1 or arr.shape[0] < 2:
-        raise ValueError(
-            f"`{name}` must be a 1-D array of at least 2 times, got shape {arr.shape}."
-        )
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"`{name}` must be finite.")
+    arr = check_sequence(ts, name, "times")
     direction = np.sign(path.t_data - path.t_noise)
     diffs = np.diff(arr) * direction
     if not np.all(diffs > 0):

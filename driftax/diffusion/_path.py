@@ -211,7 +211,31 @@ def _float(v) -> float:
     return float(np.asarray(v))
 
 
-class VP(AbstractPath):
+class _AbstractLinearBetaPath(AbstractPath):
+    """VP and sub-VP: `alpha(t) = exp(-B(t) / 2)` with the integrated linear noise rate
+    `B(t) = beta_min t + (beta_max - beta_min) t^2 / 2` (`sigma(0) = 0`, so `t_data > 0`)."""
+
+    beta_min: eqx.AbstractVar[float]
+    beta_max: eqx.AbstractVar[float]
+
+    def _integral(self, t):
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def alpha(self, t):
+        return jnp.exp(-0.5 * self._integral(_as_time(t)))
+
+    def __check_init__(self):
+        if not (0 <= _float(self.beta_min) <= _float(self.beta_max) and _float(self.beta_max) > 0):
+            raise ValueError(
+                "`beta_min` and `beta_max` must satisfy 0 <= beta_min <= beta_max, > 0."
+            )
+        if _float(self.t_data) <= 0:
+            raise ValueError(
+                f"`t_data` must be > 0 for a {type(self).__name__} path (sigma(0) = 0)."
+            )
+
+
+class VP(_AbstractLinearBetaPath):
     """Variance-preserving diffusion (DDPM / score SDE) with a linear `beta(t)`.
 
     `alpha(t) = exp(-B(t) / 2)`, `sigma(t) = sqrt(1 - alpha(t)^2)`,
@@ -222,12 +246,6 @@ class VP(AbstractPath):
     beta_max: float = 20.0
     t_data: float = 1e-3
     t_noise: float = 1.0
-
-    def _integral(self, t):
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
-
-    def alpha(self, t):
-        return jnp.exp(-0.5 * self._integral(_as_time(t)))
 
     def sigma(self, t):
         return jnp.sqrt(-jnp.expm1(-self._integral(_as_time(t))))
@@ -242,16 +260,8 @@ class VP(AbstractPath):
         d = self.beta_max - self.beta_min
         return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * d * b))
 
-    def __check_init__(self):
-        if not (0 <= _float(self.beta_min) <= _float(self.beta_max) and _float(self.beta_max) > 0):
-            raise ValueError(
-                "`beta_min` and `beta_max` must satisfy 0 <= beta_min <= beta_max, > 0."
-            )
-        if _float(self.t_data) <= 0:
-            raise ValueError("`t_data` must be > 0 for a VP path (sigma(0) = 0).")
 
-
-class SubVP(AbstractPath):
+class SubVP(_AbstractLinearBetaPath):
     """Sub-variance-preserving diffusion (Song et al. 2021): VP's `alpha`, `sigma = 1 - alpha^2`."""
 
     beta_min: float = 0.1
@@ -259,22 +269,8 @@ class SubVP(AbstractPath):
     t_data: float = 1e-3
     t_noise: float = 1.0
 
-    def _integral(self, t):
-        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
-
-    def alpha(self, t):
-        return jnp.exp(-0.5 * self._integral(_as_time(t)))
-
     def sigma(self, t):
         return -jnp.expm1(-self._integral(_as_time(t)))
-
-    def __check_init__(self):
-        if not (0 <= _float(self.beta_min) <= _float(self.beta_max) and _float(self.beta_max) > 0):
-            raise ValueError(
-                "`beta_min` and `beta_max` must satisfy 0 <= beta_min <= beta_max, > 0."
-            )
-        if _float(self.t_data) <= 0:
-            raise ValueError("`t_data` must be > 0 for a sub-VP path (sigma(0) = 0).")
 
 
 class CosineVP(AbstractPath):

@@ -84,6 +84,19 @@ def _check_x_init(x_init, *, check_finite: bool = True) -> Array:
     return x
 
 
+def _checked_model(field, path, x_init, parameterization, *, check_finite: bool = True):
+    """The checks every generation front door makes (`path`, `parameterization`, `field`, the
+    batch `x_init`): returns `(ParameterizedField, x_init as a float array)`."""
+    if not isinstance(path, AbstractPath):
+        raise TypeError(
+            f"`path` must be a driftax.diffusion AbstractPath, got {type(path).__name__}."
+        )
+    check_parameterization(parameterization)
+    _check_field(field, path, parameterization)
+    x_init = _check_x_init(x_init, check_finite=check_finite)
+    return ParameterizedField(field=field, path=path, parameterization=parameterization), x_init
+
+
 def _check_field(field, path, parameterization):
     if not callable(field):
         raise TypeError(f"`field` must be a callable field(t, x), got {type(field).__name__}.")
@@ -146,7 +159,7 @@ def _integrate(
     keys, the loop, and the values the eager checks need (so a cold call compiles once)."""
     dtype = x_init.dtype
     if ts is None:
-        assert num_steps is not None and schedule is not None  # set by _solve_full
+        assert num_steps is not None and schedule is not None  # set by solve
         ts = _grid_impl(model.path, num_steps, schedule, 7.0, dtype)
     ts = ts.astype(dtype)
     if solver.stochastic:
@@ -191,77 +204,6 @@ def _post_checks(diag, solver, parameterization, ts):
             )
 
 
-def _solve_full(
-    solver: AbstractSolver,
-    field: Callable,
-    path: AbstractPath,
-    x_init: Array,
-    *,
-    num_steps: int | None = None,
-    parameterization: str = "score",
-    key: Key | None = None,
-    schedule: str | None = None,
-    ts: Array | None = None,
-    save_trajectory: bool = False,
-) -> Solution:
-    """[`solve`][] with `full_output=True`: a [`Solution`][], non-finite outputs reported in
-    `Solution.failed_step` rather than raised."""
-    if not isinstance(solver, AbstractSolver):
-        raise TypeError(
-            f"`solver` must be a driftax.diffusion AbstractSolver, got {type(solver).__name__}."
-        )
-    if not isinstance(path, AbstractPath):
-        raise TypeError(
-            f"`path` must be a driftax.diffusion AbstractPath, got {type(path).__name__}."
-        )
-    check_parameterization(parameterization)
-    _check_field(field, path, parameterization)
-    x_init = _check_x_init(x_init, check_finite=False)
-    if ts is None:
-        if num_steps is None:
-            raise ValueError("give `num_steps` (or an explicit time grid `ts`).")
-        num_steps = _check_num_steps(num_steps)
-        sched = default_schedule(path, solver) if schedule is None else schedule
-        if sched not in SCHEDULES:
-            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {sched!r}.")
-        if sched in ("log_snr", "karras"):
-            check_log_snr_ends(path, sched)
-        ts_arr = None
-    else:
-        if schedule is not None:
-            raise ValueError("give either `schedule` or `ts`, not both.")
-        ts_np = check_grid(path, ts)
-        if num_steps is not None and num_steps != ts_np.shape[0] - 1:
-            raise ValueError(
-                f"`num_steps={num_steps}` does not match the grid `ts` ({ts_np.shape[0] - 1} steps)."
-            )
-        num_steps = int(ts_np.shape[0]) - 1
-        sched = None
-        ts_arr = jnp.asarray(ts_np, x_init.dtype)
-    nfe = num_steps * solver.evals_per_step
-    if nfe < solver.order:
-        raise ValueError(
-            f"{type(solver).__name__} has order {solver.order} and needs at least {solver.order} "
-            f"field evaluations; num_steps={num_steps} gives {nfe}."
-        )
-    if key is None and solver.stochastic:
-        raise ValueError(f"`key` is required: {type(solver).__name__} is stochastic.")
-    model = ParameterizedField(field=field, path=path, parameterization=parameterization)
-    x, traj, failed, ts_out, diag = _integrate(
-        solver,
-        model,
-        x_init,
-        key,
-        ts_arr,
-        sched,
-        num_steps if ts is None else None,
-        bool(save_trajectory),
-        True,
-    )
-    _post_checks(diag, solver, parameterization, ts_out)
-    return Solution(x=x, ts=ts_out, trajectory=traj, failed_step=failed, num_field_evals=nfe)
-
-
 def solve(
     solver: AbstractSolver,
     field: Callable,
@@ -303,18 +245,53 @@ def solve(
     The loop is one `lax.scan` compiled once per (solver, field, path, shapes): a second call
     with the same shapes does not retrace.
     """
-    sol = _solve_full(
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(
+            f"`solver` must be a driftax.diffusion AbstractSolver, got {type(solver).__name__}."
+        )
+    model, x_init = _checked_model(field, path, x_init, parameterization, check_finite=False)
+    if ts is None:
+        if num_steps is None:
+            raise ValueError("give `num_steps` (or an explicit time grid `ts`).")
+        num_steps = _check_num_steps(num_steps)
+        sched = default_schedule(path, solver) if schedule is None else schedule
+        if sched not in SCHEDULES:
+            raise ValueError(f"`schedule` must be one of {SCHEDULES}, got {sched!r}.")
+        if sched in ("log_snr", "karras"):
+            check_log_snr_ends(path, sched)
+        ts_arr = None
+    else:
+        if schedule is not None:
+            raise ValueError("give either `schedule` or `ts`, not both.")
+        ts_np = check_grid(path, ts)
+        if num_steps is not None and num_steps != ts_np.shape[0] - 1:
+            raise ValueError(
+                f"`num_steps={num_steps}` does not match the grid `ts` ({ts_np.shape[0] - 1} steps)."
+            )
+        num_steps = int(ts_np.shape[0]) - 1
+        sched = None
+        ts_arr = jnp.asarray(ts_np, x_init.dtype)
+    nfe = num_steps * solver.evals_per_step
+    if nfe < solver.order:
+        raise ValueError(
+            f"{type(solver).__name__} has order {solver.order} and needs at least {solver.order} "
+            f"field evaluations; num_steps={num_steps} gives {nfe}."
+        )
+    if key is None and solver.stochastic:
+        raise ValueError(f"`key` is required: {type(solver).__name__} is stochastic.")
+    x, traj, failed, ts_out, diag = _integrate(
         solver,
-        field,
-        path,
+        model,
         x_init,
-        num_steps=num_steps,
-        parameterization=parameterization,
-        key=key,
-        schedule=schedule,
-        ts=ts,
-        save_trajectory=save_trajectory,
+        key,
+        ts_arr,
+        sched,
+        num_steps if ts is None else None,
+        bool(save_trajectory),
+        True,
     )
+    _post_checks(diag, solver, parameterization, ts_out)
+    sol = Solution(x=x, ts=ts_out, trajectory=traj, failed_step=failed, num_field_evals=nfe)
     if full_output:
         return sol
     if throw and isinstance(sol.failed_step, jax.core.Tracer):

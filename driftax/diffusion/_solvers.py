@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -30,34 +30,22 @@ class AbstractSolver(eqx.Module):
     Solvers act on ONE unbatched point `x`; `driftax.diffusion.solve` scans `step` over a time
     grid (one `lax.scan`) and vmaps it over a batch.
 
-    Properties every solver declares: `order` (global order of accuracy for smooth fields),
-    `evals_per_step` (field evaluations per step), `stochastic` (whether `step` uses `key`) and
-    `exponential` (whether it works in log-SNR, which then must be finite on the grid).
+    What every solver declares, as class constants (or properties where they depend on the
+    solver's fields): `order` (global order of accuracy for smooth fields), `evals_per_step`
+    (field evaluations per step, default 1), `stochastic` (whether `step` uses `key`, default
+    False) and `exponential` (whether it works in log-SNR, which then must be finite on the
+    grid; default False).
     """
 
-    @property
-    @abc.abstractmethod
-    def order(self) -> int:
-        """Global order of accuracy."""
+    order: ClassVar[int]  # every solver sets it
+    evals_per_step: ClassVar[int] = 1
+    stochastic: ClassVar[bool] = False
+    exponential: ClassVar[bool] = False
 
-    @property
-    @abc.abstractmethod
-    def evals_per_step(self) -> int:
-        """Field evaluations per step."""
-
-    @property
-    def stochastic(self) -> bool:
-        """Whether `step` draws noise (then `solve` needs a `key`)."""
-        return False
-
-    @property
-    def exponential(self) -> bool:
-        """Whether the solver steps in the half log-SNR."""
-        return False
-
-    @abc.abstractmethod
     def init(self, model: AbstractField, t0: Scalar, x0: Point) -> State:
-        """The solver state before the first step (multistep history, ...)."""
+        """The solver state before the first step (multistep history, ...; default none)."""
+        del model, t0, x0
+        return None
 
     @abc.abstractmethod
     def step(
@@ -95,16 +83,7 @@ def _coeffs(path, t):
 class Euler(AbstractSolver):
     """Explicit Euler on the probability-flow ODE `dx/dt = v(t, x)` (order 1, 1 NFE/step)."""
 
-    @property
-    def order(self) -> int:
-        return 1
-
-    @property
-    def evals_per_step(self) -> int:
-        return 1
-
-    def init(self, model, t0, x0):
-        return None
+    order: ClassVar[int] = 1
 
     def step(self, model, ts, index, x0, state, *, key):
         t0, t1 = ts[index], ts[index + 1]
@@ -126,20 +105,12 @@ class Heun(AbstractSolver):
     s_tmax: float = float("inf")
     s_noise: float = 1.0
 
-    @property
-    def order(self) -> int:
-        return 2
-
-    @property
-    def evals_per_step(self) -> int:
-        return 2
+    order: ClassVar[int] = 2
+    evals_per_step: ClassVar[int] = 2
 
     @property
     def stochastic(self) -> bool:
         return self.churn > 0
-
-    def init(self, model, t0, x0):
-        return None
 
     def __check_init__(self):
         if not self.churn >= 0:
@@ -185,28 +156,16 @@ class DDIM(AbstractSolver):
 
     eta: float = 0.0
 
-    @property
-    def order(self) -> int:
-        return 1
-
-    @property
-    def evals_per_step(self) -> int:
-        return 1
+    order: ClassVar[int] = 1
+    exponential: ClassVar[bool] = True
 
     @property
     def stochastic(self) -> bool:
         return self.eta > 0
 
-    @property
-    def exponential(self) -> bool:
-        return True
-
     def __check_init__(self):
         if not self.eta >= 0:
             raise ValueError(f"`eta` must be >= 0, got {self.eta}.")
-
-    def init(self, model, t0, x0):
-        return None
 
     def step(self, model, ts, index, x0, state, *, key):
         t0, t1 = ts[index], ts[index + 1]
@@ -269,13 +228,7 @@ class _AbstractDPMSolverPP(AbstractSolver):
 
     lower_order_final: eqx.AbstractVar[bool]
 
-    @property
-    def evals_per_step(self) -> int:
-        return 1
-
-    @property
-    def exponential(self) -> bool:
-        return True
+    exponential: ClassVar[bool] = True
 
     def init(self, model, t0, x0):
         return jnp.zeros((self.order - 1, *x0.shape), x0.dtype)
@@ -338,9 +291,7 @@ class DPMSolverPP2M(_AbstractDPMSolverPP):
 
     lower_order_final: bool = True
 
-    @property
-    def order(self) -> int:
-        return 2
+    order: ClassVar[int] = 2
 
 
 class DPMSolverPP3M(_AbstractDPMSolverPP):
@@ -348,9 +299,7 @@ class DPMSolverPP3M(_AbstractDPMSolverPP):
 
     lower_order_final: bool = True
 
-    @property
-    def order(self) -> int:
-        return 3
+    order: ClassVar[int] = 3
 
 
 # ---------------------------------------------------------------------- single-step DPM-Solver
@@ -373,12 +322,7 @@ class _AbstractSinglestepDPMSolver(AbstractSolver):
     def evals_per_step(self) -> int:
         return self.order
 
-    @property
-    def exponential(self) -> bool:
-        return True
-
-    def init(self, model, t0, x0):
-        return None
+    exponential: ClassVar[bool] = True
 
     def _stage(self, model, x, s0, lam0, d0, h, r):
         """The point at `lambda_s + r h` by the first-order update, its time and coefficients."""
@@ -426,9 +370,7 @@ class DPMSolverPP2S(_AbstractSinglestepDPMSolver):
         if not 0 < self.r1 < 1:
             raise ValueError(f"`r1` must lie in (0, 1), got {self.r1}.")
 
-    @property
-    def order(self) -> int:
-        return 2
+    order: ClassVar[int] = 2
 
     def _high_order(self, model, x0, s0, lam0, d0, h, a1, s1):
         r1 = self.r1
@@ -451,9 +393,7 @@ class DPMSolverPP3S(_AbstractSinglestepDPMSolver):
     and `phi_3 = phi_2 / h - 1/2`.
     """
 
-    @property
-    def order(self) -> int:
-        return 3
+    order: ClassVar[int] = 3
 
     def _high_order(self, model, x0, s0, lam0, d0, h, a1, s1):
         r1, r2 = 1.0 / 3.0, 2.0 / 3.0
@@ -533,13 +473,7 @@ class UniPC(AbstractSolver):
     def order(self) -> int:
         return self.solver_order + 1 if self.corrector else self.solver_order
 
-    @property
-    def evals_per_step(self) -> int:
-        return 1
-
-    @property
-    def exponential(self) -> bool:
-        return True
+    exponential: ClassVar[bool] = True
 
     def init(self, model, t0, x0):
         return _UniPCState(hist=jnp.zeros((self.solver_order, *x0.shape), x0.dtype), x_prev=x0)
@@ -667,20 +601,8 @@ class EulerMaruyama(AbstractSolver):
             if not (isinstance(e, (int, float)) and e >= 0):
                 raise ValueError(f"`epsilon` must be None, a number >= 0 or a callable, got {e!r}.")
 
-    @property
-    def order(self) -> int:
-        return 1
-
-    @property
-    def evals_per_step(self) -> int:
-        return 1
-
-    @property
-    def stochastic(self) -> bool:
-        return True
-
-    def init(self, model, t0, x0):
-        return None
+    order: ClassVar[int] = 1
+    stochastic: ClassVar[bool] = True
 
     def step(self, model, ts, index, x0, state, *, key):
         t0, t1 = ts[index], ts[index + 1]
@@ -814,9 +736,7 @@ class PredictorCorrector(AbstractSolver):
         n = self.corrector.num_steps  # pyright: ignore[reportAttributeAccessIssue]
         return self.predictor.evals_per_step + n
 
-    @property
-    def stochastic(self) -> bool:
-        return True
+    stochastic: ClassVar[bool] = True
 
     @property
     def exponential(self) -> bool:

@@ -23,7 +23,19 @@ from ._gaussian import normal_log_density
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-class Funnel(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
+class _AbstractNormalizedCentred(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
+    """A normalized target (`log_normalizer == 0`) with mean zero: subclasses give `variance`."""
+
+    @property
+    def log_normalizer(self) -> Scalar:
+        return jnp.zeros(())
+
+    @property
+    def mean(self) -> Array:
+        return jnp.zeros(self.event_shape)
+
+
+class Funnel(_AbstractNormalizedCentred):
     """Neal's funnel: `x₀ ~ N(0, scale²)`, `xᵢ | x₀ ~ N(0, exp(x₀))` for `i = 1..dim-1`.
 
     Normalized (`log_normalizer == 0`), with exact samples and moments
@@ -47,14 +59,6 @@ class Funnel(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
         return jnp.concatenate([x0, eps[..., 1:] * jnp.exp(0.5 * x0)], axis=-1)
 
     @property
-    def log_normalizer(self) -> Scalar:
-        return jnp.zeros(())
-
-    @property
-    def mean(self) -> Array:
-        return jnp.zeros(self.event_shape)
-
-    @property
     def variance(self) -> Array:
         d = self.event_shape[0]
         rest = math.exp(0.5 * self.scale**2)
@@ -67,7 +71,7 @@ def funnel(dim: int = 10, *, scale: float = 3.0) -> Funnel:
     return Funnel(scale=float(check_positive(scale, "scale")), event_shape=(dim,))
 
 
-class Banana(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
+class Banana(_AbstractNormalizedCentred):
     """The twisted Gaussian: `x₁ ~ N(0, scale²)`, `x₂ | x₁ ~ N(curvature·(x₁² − scale²), 1)`,
     further coordinates `N(0, 1)`.
 
@@ -91,14 +95,6 @@ class Banana(AbstractSampleable, AbstractKnownNormalizer, AbstractKnownMoments):
         x0 = self.scale * eps[..., 0]
         x1 = eps[..., 1] + self.curvature * (x0**2 - self.scale**2)
         return jnp.concatenate([x0[..., None], x1[..., None], eps[..., 2:]], axis=-1)
-
-    @property
-    def log_normalizer(self) -> Scalar:
-        return jnp.zeros(())
-
-    @property
-    def mean(self) -> Array:
-        return jnp.zeros(self.event_shape)
 
     @property
     def variance(self) -> Array:

@@ -18,6 +18,18 @@ import jax.numpy as jnp
 from .._custom_types import Array, Scalar, Shape
 
 
+def _float_of_shape(value, shape, name: str, dtype) -> Array:
+    """`value` as an array of `shape` (one unbatched point or condition; else a `ValueError`
+    naming `name`), cast to `dtype` unless already floating."""
+    value = jnp.asarray(value)
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(
+            f"`{name}` must have shape {tuple(shape)} (one unbatched value), got shape "
+            f"{tuple(value.shape)}; batch with jax.vmap."
+        )
+    return value if jnp.issubdtype(value.dtype, jnp.floating) else value.astype(dtype)
+
+
 def check_input(bijection: AbstractBijection, x, condition, name: str = "x"):
     """Check (at trace time) one unbatched input and its condition against a bijection.
 
@@ -25,14 +37,7 @@ def check_input(bijection: AbstractBijection, x, condition, name: str = "x"):
     shape does not match, or when a conditional bijection gets no condition. Unconditional
     bijections ignore `condition` (so a chain can pass one condition to every layer).
     """
-    x = jnp.asarray(x)
-    if tuple(x.shape) != tuple(bijection.event_shape):
-        raise ValueError(
-            f"`{name}` must have the bijection's shape {tuple(bijection.event_shape)} (one unbatched "
-            f"point), got shape {tuple(x.shape)}; batch with jax.vmap."
-        )
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
+    x = _float_of_shape(x, bijection.event_shape, name, jnp.result_type(float))
     if bijection.cond_shape is None:
         return x, None
     if condition is None:
@@ -40,14 +45,7 @@ def check_input(bijection: AbstractBijection, x, condition, name: str = "x"):
             f"this {type(bijection).__name__} is conditional: pass `condition` of shape "
             f"{tuple(bijection.cond_shape)}."
         )
-    condition = jnp.asarray(condition)
-    if tuple(condition.shape) != tuple(bijection.cond_shape):
-        raise ValueError(
-            f"`condition` must have shape {tuple(bijection.cond_shape)} (one unbatched "
-            f"condition), got shape {tuple(condition.shape)}."
-        )
-    if not jnp.issubdtype(condition.dtype, jnp.floating):
-        condition = condition.astype(x.dtype)
+    condition = _float_of_shape(condition, bijection.cond_shape, "condition", x.dtype)
     return x, condition
 
 

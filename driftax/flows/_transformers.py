@@ -97,31 +97,34 @@ def _rqs_bin(xk, z):
     return jnp.clip(k, 0, num_bins - 1)
 
 
-def _rqs_forward(x, xk, yk, dk):
-    """Monotone rational-quadratic spline (Durkan et al. 2019, eq. 4-5) inside the knots."""
-    k = _rqs_bin(xk, x)
-    x0, x1 = _gather(xk, k), _gather(xk, k + 1)
-    y0, y1 = _gather(yk, k), _gather(yk, k + 1)
-    d0, d1 = _gather(dk, k), _gather(dk, k + 1)
-    w, h = x1 - x0, y1 - y0
-    s = h / w
-    xi = jnp.clip((x - x0) / w, 0.0, 1.0)
+def _rqs_bin_of(k, xk, yk, dk):
+    """The bin `k`'s left knot `(x0, y0)`, end derivatives `d0, d1`, width `w`, height `h` and
+    slope `s = h / w`."""
+    x0, y0 = _gather(xk, k), _gather(yk, k)
+    w, h = _gather(xk, k + 1) - x0, _gather(yk, k + 1) - y0
+    return x0, y0, _gather(dk, k), _gather(dk, k + 1), w, h, h / w
+
+
+def _rqs_log_grad(xi, d0, d1, s):
+    """`log dy/dx` of the spline at the position `xi` in its bin (Durkan et al. 2019, eq. 5)."""
     xi1 = xi * (1.0 - xi)
     den = s + (d1 + d0 - 2.0 * s) * xi1
-    y = y0 + h * (s * xi**2 + d0 * xi1) / den
-    log_grad = 2.0 * jnp.log(s) + jnp.log(d1 * xi**2 + 2.0 * s * xi1 + d0 * (1.0 - xi) ** 2)
-    log_grad = log_grad - 2.0 * jnp.log(den)
-    return y, log_grad
+    num = d1 * xi**2 + 2.0 * s * xi1 + d0 * (1.0 - xi) ** 2
+    return 2.0 * jnp.log(s) + jnp.log(num) - 2.0 * jnp.log(den)
+
+
+def _rqs_forward(x, xk, yk, dk):
+    """Monotone rational-quadratic spline (Durkan et al. 2019, eq. 4-5) inside the knots."""
+    x0, y0, d0, d1, w, h, s = _rqs_bin_of(_rqs_bin(xk, x), xk, yk, dk)
+    xi = jnp.clip((x - x0) / w, 0.0, 1.0)
+    xi1 = xi * (1.0 - xi)
+    y = y0 + h * (s * xi**2 + d0 * xi1) / (s + (d1 + d0 - 2.0 * s) * xi1)
+    return y, _rqs_log_grad(xi, d0, d1, s)
 
 
 def _rqs_inverse(y, xk, yk, dk):
     """Inverse of `_rqs_forward` by the stable root of a quadratic (Durkan et al. 2019, eq. 6-8)."""
-    k = _rqs_bin(yk, y)
-    x0, x1 = _gather(xk, k), _gather(xk, k + 1)
-    y0, y1 = _gather(yk, k), _gather(yk, k + 1)
-    d0, d1 = _gather(dk, k), _gather(dk, k + 1)
-    w, h = x1 - x0, y1 - y0
-    s = h / w
+    x0, y0, d0, d1, w, h, s = _rqs_bin_of(_rqs_bin(yk, y), xk, yk, dk)
     dy = y - y0
     term = dy * (d1 + d0 - 2.0 * s)
     a = h * (s - d0) + term
@@ -129,12 +132,7 @@ def _rqs_inverse(y, xk, yk, dk):
     c = -s * dy
     disc = jnp.maximum(b**2 - 4.0 * a * c, 0.0)
     xi = jnp.clip(2.0 * c / (-b - jnp.sqrt(disc)), 0.0, 1.0)
-    x = x0 + xi * w
-    xi1 = xi * (1.0 - xi)
-    den = s + (d1 + d0 - 2.0 * s) * xi1
-    log_grad = 2.0 * jnp.log(s) + jnp.log(d1 * xi**2 + 2.0 * s * xi1 + d0 * (1.0 - xi) ** 2)
-    log_grad = log_grad - 2.0 * jnp.log(den)
-    return x, -log_grad
+    return x0 + xi * w, -_rqs_log_grad(xi, d0, d1, s)
 
 
 class SplineTransformer(AbstractTransformer):

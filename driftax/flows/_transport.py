@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._custom_types import Array, Key, Scalar
+from .._custom_types import Array
 from .._training import AbstractBatcher, check_count, check_optimizer, train_loop
 from ..samplers._transport import AbstractTransport
 from ._bijection import AbstractBijection
@@ -89,15 +89,7 @@ class FlowTransport(AbstractTransport):
         per_step = num_train_particles if self.batch_size is None else self.batch_size
         return self.num_steps * per_step + num_train_particles
 
-    def fit_and_transport(
-        self,
-        key: Key,
-        x_train: Array,
-        log_weights: Array,
-        log_density_next,
-        x: Array,
-        stage: Scalar,
-    ) -> tuple[Array, Array, Scalar]:
+    def fit_and_transport(self, key, x_train, log_weights, log_density_next, x, stage):
         """Fit the bijection to the weighted training particles, then push `x` through it
         (see the class docstring); returns `(T(x), log|det ∇T(x)|, final loss)`."""
         del stage

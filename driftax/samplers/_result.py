@@ -57,6 +57,13 @@ def coordinate_names(energy: AbstractEnergy) -> list[str]:
     return scalar_names("x", shape)
 
 
+def _chain_total(field: str, doc: str) -> property:
+    """A read-only property: `counts.<field>` summed over the chains, as an int."""
+    return property(
+        lambda self: int(np.sum(np.asarray(getattr(self.counts, field), np.int64))), doc=doc
+    )
+
+
 @dataclass
 class SampleResult:
     """What `driftax.sample` returns.
@@ -137,25 +144,16 @@ class SampleResult:
         n = jnp.maximum(self.stats.count - 1, 1).astype(self.stats.m2.dtype)
         return self.stats.m2 / n
 
-    @property
-    def num_divergent(self) -> int:
-        """Divergent transitions after warmup, all chains."""
-        return int(np.sum(np.asarray(self.counts.num_divergent, np.int64)))
-
-    @property
-    def num_grad_evals(self) -> int:
-        """Gradient evaluations after warmup, all chains."""
-        return int(np.sum(np.asarray(self.counts.num_grad_evals, np.int64)))
-
-    @property
-    def num_divergent_warmup(self) -> int:
-        """Divergent transitions during warmup, all chains."""
-        return int(np.sum(np.asarray(self.counts.num_divergent_warmup, np.int64)))
-
-    @property
-    def num_grad_evals_warmup(self) -> int:
-        """Gradient evaluations during warmup, all chains."""
-        return int(np.sum(np.asarray(self.counts.num_grad_evals_warmup, np.int64)))
+    num_divergent = _chain_total("num_divergent", "Divergent transitions after warmup, all chains.")
+    num_grad_evals = _chain_total(
+        "num_grad_evals", "Gradient evaluations after warmup, all chains."
+    )
+    num_divergent_warmup = _chain_total(
+        "num_divergent_warmup", "Divergent transitions during warmup, all chains."
+    )
+    num_grad_evals_warmup = _chain_total(
+        "num_grad_evals_warmup", "Gradient evaluations during warmup, all chains."
+    )
 
     @property
     def acceptance_rate(self) -> np.ndarray:

@@ -18,6 +18,7 @@ import jax.core
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_sequence
 from .._custom_types import Array, Key, PyTree
 from ..energies._base import AbstractEnergy, check_event, check_finite
 from ..energies._compose import Tempered
@@ -52,13 +53,7 @@ def geometric_ladder(num_replicas: int, max_temperature: float) -> np.ndarray:
 
 
 def _check_temperatures(temperatures) -> np.ndarray:
-    t = np.asarray(temperatures, dtype=float)
-    if t.ndim != 1 or t.shape[0] < 2:
-        raise ValueError(
-            f"`temperatures` must be a 1-D array of at least 2 temperatures, got shape {t.shape}."
-        )
-    if not np.all(np.isfinite(t)):
-        raise ValueError(f"`temperatures` must be finite, got {t.tolist()}.")
+    t = check_sequence(temperatures, "temperatures", "temperatures")
     if np.any(t <= 0):
         raise ValueError(f"`temperatures` must be positive, got {t.tolist()}.")
     if t[0] != 1.0:

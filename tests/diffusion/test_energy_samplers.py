@@ -263,9 +263,15 @@ def test_bad_input():
 
 _NET = dict(num_steps=30, hidden=64, depth=2)
 _SEARCH = dict(local_search=dd.LocalSearch(num_steps=5))
+# DDS ends its 400 steps on a decayed learning rate: with the constant default its last iterate
+# is noisy, and the log Z standard error then varies 0.04-0.12 with the training key alone (the
+# shared loop draws its keys in another order than the old loop; same loss, optimizer, steps)
+_DECAYED = optax.chain(
+    optax.clip_by_global_norm(1.0), optax.adam(optax.cosine_decay_schedule(1e-3, 400, alpha=0.1))
+)
 GMM_CONFIGS = {
     "pis": (lambda k: dd.PIS(2, key=k, sigma=8.0, schedule="quadratic", **_NET), {}),
-    "dds": (lambda k: dd.DDS(2, key=k, sigma=8.0, **_NET), {}),
+    "dds": (lambda k: dd.DDS(2, key=k, sigma=8.0, **_NET), dict(optimizer=_DECAYED)),
     "cmcd": (lambda k: dd.CMCD(2, key=k, sigma=8.0, step_size=0.05, **_NET), _SEARCH),
     "adjoint": (
         lambda k: dd.PIS(2, key=k, sigma=8.0, schedule="quadratic", **{**_NET, "num_steps": 50}),
@@ -278,9 +284,10 @@ GMM_CONFIGS = {
 @pytest.mark.parametrize("name", list(GMM_CONFIGS))
 def test_gmm25_log_z_and_mode_coverage(name):
     """Issue 6: on gmm25 (exact log Z = 0) a small CPU budget (400 iterations of 128 paths,
-    30 steps; log-variance loss, CMCD with the MALA replay buffer; Adjoint Sampling on PIS with
-    50 steps, 2 updates per batch and a MALA-refined buffer) gives |Δlog Z| <= 0.2 and all 25
-    modes (a sample within 1.5 of each centre), and training raises the ELBO."""
+    30 steps; log-variance loss, DDS with a cosine-decayed learning rate, CMCD with the MALA
+    replay buffer; Adjoint Sampling on PIS with 50 steps, 2 updates per batch and a MALA-refined
+    buffer) gives |Δlog Z| <= 0.2 and all 25 modes (a sample within 1.5 of each centre), and
+    training raises the ELBO."""
     gmm = de.gmm25()
     make, fit_kwargs = GMM_CONFIGS[name]
     sampler = make(jax.random.key(0))
