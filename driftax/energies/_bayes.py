@@ -11,6 +11,7 @@ import functools
 import importlib.resources
 import itertools
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -61,40 +62,20 @@ def breast_cancer_data(standardize: bool = True) -> tuple[np.ndarray, np.ndarray
     return x, y
 
 
-class LogisticRegression(AbstractKnownMoments):
-    r"""Bayesian logistic regression with a `N(0, prior_scale²·I)` prior on the weights `w`
-    (intercept first, then one weight per standardized feature):
+class _ReferenceMoments(AbstractKnownMoments):
+    """Reference posterior moments from a stored long NUTS run, with their Monte Carlo standard
+    errors (`reference_mcse_mean` / `reference_mcse_variance`) and the run's details
+    (`reference_info`). `_reference` is `None` when the stored file is missing."""
 
-    `log_density(w) = Σᵢ [yᵢ zᵢ − log(1 + e^{zᵢ})] + log N(w; 0, prior_scale²·I)`, `z = X̃ w`,
-
-    where `X̃` is the design matrix with a leading column of ones. The prior is normalized, so
-    log Z is the log marginal likelihood. Build it with [`logistic_regression`][].
-
-    **Ground truth:** `mean` and `variance` of the posterior from a long NUTS run (blackjax, float64;
-    see `benchmarks/make_logreg_reference.py`), with their Monte Carlo standard errors
-    `reference_mcse_mean` / `reference_mcse_variance` and the run's details in `reference_info`.
-    Compare an estimate against them with a tolerance that combines both errors.
-    """
-
-    design: Array
-    labels: Array
-    prior_scale: float = eqx.field(static=True)
-    event_shape: Shape = eqx.field(static=True)
+    _reference_script: ClassVar[str]
     _reference: dict[str, Array] | None
     _reference_info: tuple[tuple[str, float], ...] = eqx.field(static=True)
-
-    def log_density(self, x: Point) -> Scalar:
-        w = check_event(x, self.event_shape)
-        z = self.design @ w
-        log_lik = jnp.sum(self.labels * z - jax.nn.softplus(z))
-        log_prior = normal_log_density(w, scale=self.prior_scale)
-        return log_lik + log_prior
 
     def _ref(self, key: str) -> Array:
         if self._reference is None:
             raise NotImplementedError(
-                f"The reference posterior moments ({_LOGREG_REFERENCE}) are not available; "
-                f"generate them with `python {_LOGREG_SCRIPT}`."
+                "The reference posterior moments of this target (this variant) are not stored; "
+                f"generate them with `python {self._reference_script}`."
             )
         return self._reference[key]
 
@@ -121,6 +102,35 @@ class LogisticRegression(AbstractKnownMoments):
         """How the reference was made: chains, draws, minimum ESS, maximum split R-hat, seed."""
         self._ref("mean")  # raises if there is no reference
         return dict(self._reference_info)
+
+
+class LogisticRegression(_ReferenceMoments):
+    r"""Bayesian logistic regression with a `N(0, prior_scale²·I)` prior on the weights `w`
+    (intercept first, then one weight per standardized feature):
+
+    `log_density(w) = Σᵢ [yᵢ zᵢ − log(1 + e^{zᵢ})] + log N(w; 0, prior_scale²·I)`, `z = X̃ w`,
+
+    where `X̃` is the design matrix with a leading column of ones. The prior is normalized, so
+    log Z is the log marginal likelihood. Build it with [`logistic_regression`][].
+
+    **Ground truth:** `mean` and `variance` of the posterior from a long NUTS run (blackjax, float64;
+    see `benchmarks/make_logreg_reference.py`), with their Monte Carlo standard errors
+    `reference_mcse_mean` / `reference_mcse_variance` and the run's details in `reference_info`.
+    Compare an estimate against them with a tolerance that combines both errors.
+    """
+
+    _reference_script: ClassVar[str] = _LOGREG_SCRIPT
+    design: Array
+    labels: Array
+    prior_scale: float = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
+
+    def log_density(self, x: Point) -> Scalar:
+        w = check_event(x, self.event_shape)
+        z = self.design @ w
+        log_lik = jnp.sum(self.labels * z - jax.nn.softplus(z))
+        log_prior = normal_log_density(w, scale=self.prior_scale)
+        return log_lik + log_prior
 
 
 def logistic_regression(*, with_reference: bool = True) -> LogisticRegression:

@@ -10,6 +10,7 @@ Carlo standard errors, in the same layout as [`logistic_regression`][].
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -24,7 +25,7 @@ from ._base import (
     AbstractSampleable,
     check_event,
 )
-from ._bayes import _data_file, _load_npz, breast_cancer_data
+from ._bayes import _data_file, _load_npz, _ReferenceMoments, breast_cancer_data
 from ._gaussian import normal_log_density
 
 _HARD_SCRIPT = "benchmarks/make_hard_references.py"
@@ -125,50 +126,6 @@ def rosenbrock(dim: int = 2, *, a: float = 1.0, q: float = 0.1) -> Rosenbrock:
     )
 
 
-# --------------------------------------------------------------------------------------------------
-# Reference moments (shared by the two posteriors)
-# --------------------------------------------------------------------------------------------------
-
-
-class _ReferenceMoments(AbstractKnownMoments):
-    """Reference moments from a stored long NUTS run (see `logistic_regression`)."""
-
-    _reference: dict[str, Array] | None
-    _reference_info: tuple[tuple[str, float], ...] = eqx.field(static=True)
-
-    def _ref(self, key: str) -> Array:
-        if self._reference is None:
-            raise NotImplementedError(
-                "The reference posterior moments of this target (this variant) are not stored; "
-                f"generate them with `python {_HARD_SCRIPT}`."
-            )
-        return self._reference[key]
-
-    @property
-    def mean(self) -> Array:
-        return self._ref("mean")
-
-    @property
-    def variance(self) -> Array:
-        return self._ref("variance")
-
-    @property
-    def reference_mcse_mean(self) -> Array:
-        """Monte Carlo standard error of the reference `mean` (per coordinate)."""
-        return self._ref("mcse_mean")
-
-    @property
-    def reference_mcse_variance(self) -> Array:
-        """Monte Carlo standard error of the reference `variance` (per coordinate)."""
-        return self._ref("mcse_variance")
-
-    @property
-    def reference_info(self) -> dict[str, float]:
-        """How the reference was made: chains, draws, minimum ESS, maximum R-hat, seed, ..."""
-        self._ref("mean")
-        return dict(self._reference_info)
-
-
 def _load_reference(name: str, expected: dict[str, float]):
     """The stored reference if it exists and was made for the same settings, else `(None, ())`."""
     if not _data_file(name).is_file():
@@ -226,6 +183,7 @@ class ItemResponse(_ReferenceMoments):
     MCSEs from a long NUTS run, as for [`LogisticRegression`][].
     """
 
+    _reference_script: ClassVar[str] = _HARD_SCRIPT
     responses: Array
     num_students: int = eqx.field(static=True)
     num_items: int = eqx.field(static=True)
@@ -310,6 +268,7 @@ class HorseshoeLogisticRegression(_ReferenceMoments):
     NUTS run.
     """
 
+    _reference_script: ClassVar[str] = _HARD_SCRIPT
     design: Array
     labels: Array
     slab_scale: float = eqx.field(static=True)
