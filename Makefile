@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow" -n 2
-SLOW_ARGS ?= -m slow -n 2
+SLOW_ARGS ?= -m slow -n 2 --dist loadgroup
 
 .PHONY: setup demo test test-slow test-all reproduce lint typecheck docs format bench clean
 

@@ -53,7 +53,8 @@ class TrainHistory(eqx.Module):
     - `losses`: the loss of every step, shape `(num_steps,)` (the value computed, also on a
       skipped step, where it is typically NaN/inf; NaN for steps after an early stop).
     - `aux`: the loss's auxiliary output stacked over steps (leading axis `num_steps`), or
-      `None`.
+      `None`. The fields of a structured `aux` (an `eqx.Module` or a dict) also read as
+      attributes of the history (`fit_sampler`'s `history.elbo`).
     - `finite`: bool per step, False where the step was skipped as non-finite.
     - `num_nonfinite`: number of skipped steps (among those taken).
     - `num_steps_taken`: steps run before an early stop (`num_steps` without one).
@@ -70,6 +71,18 @@ class TrainHistory(eqx.Module):
     num_steps_taken: Array | int
     validation: Array | None = None
     wall_time: float = eqx.field(static=True, default=float("nan"))
+
+    def __getattr__(self, name: str) -> Any:
+        # the named fields of a structured `aux` (an eqx.Module or a dict) read as attributes
+        # of the history, e.g. `fit_sampler`'s `history.elbo`
+        if name.startswith("_"):
+            raise AttributeError(name)
+        aux = object.__getattribute__(self, "aux")
+        if isinstance(aux, dict) and name in aux:
+            return aux[name]
+        if isinstance(aux, eqx.Module) and name in getattr(aux, "__dataclass_fields__", {}):
+            return getattr(aux, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------

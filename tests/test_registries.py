@@ -45,11 +45,7 @@ EXEMPT = {
 
 # (family, class) -> reason: public classes not yet in their registry. Each is xfail(strict=True),
 # so the entry must go as soon as the class is registered.
-MISSING: dict[tuple[str, str], str] = {
-    ("bijection", "CNF"): (
-        "tests/flows/test_cnf.py covers it; not in the bijection registry of test_bijections.py"
-    ),
-}
+MISSING: dict[tuple[str, str], str] = {}
 
 
 @cache

@@ -181,7 +181,17 @@ def _moment_trace(make_sampler, kind, target, x0, key, num_chains, num_steps):
 
 
 def _w2_trace(means, variances, sigma, num_chains):
-    # bias-corrected squared distance between the chains' diagonal Gaussian and the target
+    # bias-corrected squared distance between the chains' diagonal Gaussian and the target (in
+    # float64: a diverging step size's moments overflow float32 when squared; such a trace is
+    # inf/NaN and never stays below the threshold)
+    means = np.asarray(means, np.float64)
+    variances = np.asarray(variances, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        w2 = _w2_trace_f64(means, variances, sigma, num_chains)
+    return np.where(np.isfinite(w2), w2, np.inf)  # a NaN trace is not "below" anything
+
+
+def _w2_trace_f64(means, variances, sigma, num_chains):
     m2 = means**2 - variances / num_chains
     s = np.sqrt(np.maximum(variances, 0))
     s2 = (s - sigma) ** 2 - sigma**2 / (2.0 * num_chains)

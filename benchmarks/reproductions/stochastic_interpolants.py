@@ -117,11 +117,12 @@ def run(out: Path, quick: bool, seed: int) -> Report:
         return -model_eta(t, x) / g
 
     x0 = jax.random.normal(keys[3], (n_eval, 2))
-    # grids denser at both ends (gamma' is singular there), just inside (0, 1)
+    # grids denser at both ends (gamma' is singular there), just inside (0, 1), from the noise
+    # end t_noise = 1 towards the data end t_data = 0 (the interpolants' time convention)
     u = jnp.linspace(0.0, 1.0, 201)
-    ts = 1e-4 + (1.0 - 2e-4) * (0.5 - 0.5 * jnp.cos(jnp.pi * u))
+    ts = jnp.flip(1e-4 + (1.0 - 2e-4) * (0.5 - 0.5 * jnp.cos(jnp.pi * u)))
     u_ode = jnp.linspace(0.0, 1.0, 101)
-    ts_ode = 1e-4 + (1.0 - 2e-4) * (0.5 - 0.5 * jnp.cos(jnp.pi * u_ode))
+    ts_ode = jnp.flip(1e-4 + (1.0 - 2e-4) * (0.5 - 0.5 * jnp.cos(jnp.pi * u_ode)))
     samples = {
         "ODE (Heun, 100 steps)": dd.solve_interpolant(
             dd.Heun(), interp, x0, velocity=drift, ts=ts_ode

@@ -58,7 +58,7 @@ from ._samplers._core import (
     forward_path as forward_path,
 )
 from ._samplers._dds import DDS as DDS
-from ._samplers._fit import FitInfo as FitInfo, fit_sampler as fit_sampler
+from ._samplers._fit import fit_sampler as fit_sampler
 from ._samplers._pis import PIS as PIS
 from ._solve import (
     Solution as Solution,

@@ -319,7 +319,9 @@ class FlowLocalHybrid(AbstractSampler):
             acceptance_rate=g_info.acceptance_rate,
             is_divergent=g_info.is_divergent | jnp.any(infos.is_divergent),
             energy_error=g_info.energy_error,
-            num_grad_evals=g_info.num_grad_evals + jnp.sum(infos.num_grad_evals),
+            num_grad_evals=(g_info.num_grad_evals + jnp.sum(infos.num_grad_evals)).astype(
+                jnp.int32
+            ),
             extras={"local_acceptance_rate": jnp.mean(infos.acceptance_rate)},
         )
         return new, info

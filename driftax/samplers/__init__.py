@@ -69,6 +69,7 @@ from ._tempering import (
     PTState as PTState,
     equalize_ladder as equalize_ladder,
     geometric_ladder as geometric_ladder,
+    tempering_result as tempering_result,
 )
 from ._transport import AbstractTransport as AbstractTransport
 from ._weighted import WeightedSampleResult as WeightedSampleResult

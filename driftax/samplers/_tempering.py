@@ -22,6 +22,7 @@ from .._checks import check_sequence
 from .._custom_types import Array, Key, PyTree
 from ..energies._base import AbstractEnergy, check_event, check_finite
 from ..energies._compose import Tempered
+from ..energies._metrics_logz import LogZEstimate, log_z_importance
 from ._adaptation import (
     AbstractAdaptation,
     DualAveragingState,
@@ -37,6 +38,8 @@ from ._base import (
     check_int,
     log_density_at,
 )
+from ._result import SampleResult
+from ._weighted import WeightedSampleResult
 
 SWAP_SCHEMES = ("deo", "seo")
 
@@ -78,6 +81,11 @@ class PTState(eqx.Module):
       (`swap_rate` is their ratio).
     - `labels`: which walker sits at each temperature (a permutation; follows the swaps).
     - `iteration`: steps taken (fixes the parity of deterministic even/odd swaps).
+    - `stone_log_sum`, `hot_sum`, `hot_sq_sum`, `num_accumulated`: what
+      [`tempering_result`][] estimates `log Z` from, accumulated (like the swap counts) since
+      the ladder last changed: per neighbour pair `(i, i+1)` the log of the summed
+      `exp((β_i - β_{i+1}) log p)` at rung `i+1`, and the sum and summed squares of the
+      hottest rung's position.
     """
 
     position: Array
@@ -89,6 +97,10 @@ class PTState(eqx.Module):
     swap_attempts: Array
     labels: Array
     iteration: Array
+    stone_log_sum: Array
+    hot_sum: Array
+    hot_sq_sum: Array
+    num_accumulated: Array
 
     @property
     def swap_rate(self) -> Array:
@@ -252,6 +264,10 @@ class ParallelTempering(AbstractSampler):
             swap_attempts=jnp.zeros((r - 1,), jnp.int32),
             labels=jnp.arange(r, dtype=jnp.int32),
             iteration=jnp.zeros((), jnp.int32),
+            stone_log_sum=jnp.full((r - 1,), -jnp.inf, dtype),
+            hot_sum=jnp.zeros(x0.shape[1:], x0.dtype),
+            hot_sq_sum=jnp.zeros(x0.shape[1:], x0.dtype),
+            num_accumulated=jnp.zeros((), jnp.int32),
         )
 
     def step(self, energy: AbstractEnergy, state: PTState, *, key: Key):
@@ -263,6 +279,10 @@ class ParallelTempering(AbstractSampler):
         replicas = _retemper(state.replicas, betas / state.inverse_temperatures)
         accepted = jnp.where(changed, 0.0, state.swap_accepted)
         attempts = jnp.where(changed, 0, state.swap_attempts)
+        stone = jnp.where(changed, -jnp.inf, state.stone_log_sum)
+        hot_sum = jnp.where(changed, 0.0, state.hot_sum)
+        hot_sq_sum = jnp.where(changed, 0.0, state.hot_sq_sum)
+        count = jnp.where(changed, 0, state.num_accumulated)
         # local moves on every replica
         replicas, infos = self._vmap_kernel(
             lambda k, b, st, kk: k.step(Tempered(energy, b), st, key=kk),
@@ -292,6 +312,10 @@ class ParallelTempering(AbstractSampler):
         replicas = jax.tree.map(lambda a: a[perm], replicas)
         replicas = _retemper(replicas, betas / betas[perm])
         logp = logp[perm]
+        # the stepping stones of every pair (rung i+1's draw) and the hottest rung's moments
+        stone_term = (betas[:-1] - betas[1:]).astype(logp.dtype) * logp[1:]
+        stone_term = jnp.where(jnp.isfinite(stone_term), stone_term, -jnp.inf)
+        hot = replicas.position[-1].astype(state.hot_sum.dtype)
         info = Info(
             acceptance_rate=infos.acceptance_rate[0],
             is_divergent=jnp.any(infos.is_divergent) | jnp.any(attempted & ~ok_pair),
@@ -315,8 +339,138 @@ class ParallelTempering(AbstractSampler):
             swap_attempts=attempts + attempted.astype(jnp.int32),
             labels=state.labels[perm],
             iteration=state.iteration + 1,
+            stone_log_sum=jnp.logaddexp(stone, stone_term.astype(stone.dtype)),
+            hot_sum=hot_sum + hot,
+            hot_sq_sum=hot_sq_sum + hot**2,
+            num_accumulated=count + 1,
         )
         return new, info
+
+
+# ---------------------------------------------------------------------------------------------
+# The log-normalizer of a parallel-tempering run: stepping stones along the ladder
+# ---------------------------------------------------------------------------------------------
+
+
+def tempering_result(
+    result: SampleResult,
+    *,
+    key: Key,
+    num_reference_samples: int = 4096,
+    inflation: float = 2.0,
+) -> WeightedSampleResult:
+    r"""The [`WeightedSampleResult`][] of a [`ParallelTempering`][] run of `driftax.sample`:
+    its `T = 1` draws and an estimate of the target's `log Z` from the whole ladder.
+
+    **Estimator.** With `Z(β) = ∫ p(x)^β dx` and the ladder `1 = β_0 > … > β_{R-1}`,
+
+    `log Z(1) = log Z(β_{R-1}) + Σ_i log Z(β_i) / Z(β_{i+1})`.
+
+    Each ratio is a stepping stone (Xie et al. 2011) from the draws of the hotter rung of the
+    pair: `Z(β_i) / Z(β_{i+1}) = E_{β_{i+1}}[exp((β_i - β_{i+1}) log p(x))]`, the mean over
+    every step of every chain since the ladder last changed (`PTState` accumulates it, so
+    nothing grows with `num_steps`; with [`ParallelTemperingAdaptation`][] the last change
+    falls in the first half of warmup, which also drops the transient from `x0`). The hottest
+    rung's `Z(β_{R-1})` is an importance-sampling estimate from `num_reference_samples` fresh
+    draws of a diagonal Gaussian fitted to that rung's position moments (variances times
+    `inflation`, so its tails cover the rung's). The standard error is batch means over
+    chains (each chain is an independent run of the ladder: the spread of the per-chain
+    stepping-stone sums over `sqrt(num_chains)`), combined in quadrature with the
+    delta-method error of the hottest rung's estimate; it is NaN with one chain. Like every
+    log-of-mean estimator it is biased low (Jensen), negligibly when neighbouring rungs
+    overlap well (swap rates well above 0).
+
+    **Arguments:**
+
+    - `result`: what `driftax.sample(ParallelTempering(...), ...)` returned.
+    - `key`: a JAX PRNG key for the reference draws (same key, same estimate).
+    - `num_reference_samples`: Gaussian draws for the hottest rung (default 4096).
+    - `inflation`: the factor on the fitted variances (default 2, `>= 1`).
+
+    **Returns:** a `WeightedSampleResult` whose `samples` are the `T = 1` draws pooled over
+    chains (`(num_chains · num_draws, *event)`, equal `log_weights`, `ess` their count;
+    `None` with `store_samples=False`), `log_normalizer` the estimate above,
+    `num_grad_evals` / `num_divergent` of the sampling phase, `num_energy_evals` the
+    reference draws, and `extras`: `log_ratios` (the `R - 1` stepping stones, pooled),
+    `log_z_hottest` (a `LogZEstimate`), `inverse_temperatures`, `swap_rate` (per chain and
+    pair) and `chain_log_normalizer` (each chain's estimate).
+    """
+    if not isinstance(result, SampleResult):
+        raise TypeError(
+            f"`result` must be the SampleResult of driftax.sample, got {type(result).__name__}."
+        )
+    state = result.final_state
+    if not isinstance(result.initial_sampler, ParallelTempering) or not isinstance(state, PTState):
+        raise ValueError(
+            "`result` must come from a ParallelTempering run, got a run of "
+            f"{type(result.initial_sampler).__name__}."
+        )
+    num_reference_samples = check_int(num_reference_samples, "num_reference_samples", 2)
+    inflation = float(check_finite(inflation, "inflation"))
+    if not inflation >= 1.0:
+        raise ValueError(f"`inflation` must be >= 1, got {inflation!r}.")
+    energy = result.energy
+    betas = np.asarray(state.inverse_temperatures, np.float64)[0]  # shared by the chains
+    count = np.asarray(state.num_accumulated, np.float64)  # (C,)
+    num_chains = count.shape[0]
+    if np.any(count < 1):
+        raise ValueError("`result` has no steps since its ladder last changed.")
+    stone = np.asarray(state.stone_log_sum, np.float64)  # (C, R-1)
+    chain_ratios = stone - np.log(count)[:, None]
+    m = np.max(stone, axis=0)
+    m = np.where(np.isfinite(m), m, 0.0)
+    log_ratios = np.log(np.sum(np.exp(stone - m), axis=0)) + m - np.log(np.sum(count))
+
+    # the hottest rung: importance sampling from a diagonal Gaussian fitted to its moments
+    shape = tuple(state.position.shape[1:])
+    total = float(np.sum(count))
+    mean = np.sum(np.asarray(state.hot_sum, np.float64), axis=0).reshape(-1) / total
+    sq = np.sum(np.asarray(state.hot_sq_sum, np.float64), axis=0).reshape(-1) / total
+    var = np.maximum(sq - mean**2, 0.0)
+    var = inflation * var + 1e-12 * (np.mean(var) + 1.0)
+    sd = np.sqrt(var)
+    dim = mean.shape[0]
+    eps = np.asarray(jax.random.normal(key, (num_reference_samples, dim)), np.float64)
+    xq = mean + eps * sd
+    log_q = -0.5 * np.sum(eps**2, axis=1) - np.sum(np.log(sd)) - 0.5 * dim * math.log(2 * math.pi)
+    x_dev = jnp.asarray(xq.reshape(num_reference_samples, *shape), energy.dtype)
+    logp_q = np.asarray(jax.vmap(lambda x: log_density_at(energy, x))(x_dev), np.float64)
+    log_w = np.where(np.isfinite(logp_q), betas[-1] * logp_q - log_q, -np.inf)
+    hottest = log_z_importance(jnp.asarray(log_w))
+    log_z_hot = float(hottest.value)
+
+    value = log_z_hot + float(np.sum(log_ratios))
+    chain_values = log_z_hot + np.sum(chain_ratios, axis=1)
+    if num_chains >= 2 and np.all(np.isfinite(chain_values)):
+        se_ladder = float(np.std(chain_values, ddof=1) / math.sqrt(num_chains))
+    else:
+        se_ladder = math.nan
+    stderr = math.sqrt(se_ladder**2 + float(hottest.stderr) ** 2)
+
+    dtype = energy.dtype
+    samples = result.samples
+    n = num_chains * (result.num_steps // result.thin)
+    if samples is not None:
+        samples = jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), samples)
+    return WeightedSampleResult(
+        samples=samples,
+        log_weights=jnp.full((n,), -math.log(n), dtype),
+        log_normalizer=LogZEstimate(
+            value=jnp.asarray(value, dtype), stderr=jnp.asarray(stderr, dtype)
+        ),
+        ess=jnp.asarray(float(n), dtype),
+        num_grad_evals=result.num_grad_evals,
+        num_energy_evals=num_reference_samples,
+        num_divergent=result.num_divergent,
+        num_nonfinite=0,
+        extras=dict(
+            log_ratios=jnp.asarray(log_ratios, dtype),
+            log_z_hottest=hottest,
+            inverse_temperatures=jnp.asarray(betas, dtype),
+            swap_rate=state.swap_rate,
+            chain_log_normalizer=jnp.asarray(chain_values, dtype),
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

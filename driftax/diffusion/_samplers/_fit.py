@@ -6,11 +6,10 @@ import warnings
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import optax
 
 from ..._custom_types import Array
-from ..._training import check_count, train
+from ..._training import TrainHistory, check_count, train
 from ...energies._base import AbstractEnergy
 from ._buffer import LocalSearch
 from ._core import AbstractDiffusionSampler, _check_energy
@@ -21,27 +20,13 @@ from ._pis import PIS
 DEFAULT_OPTIMIZER = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
 
 
-class FitInfo(eqx.Module):
-    """Training history of [`fit_sampler`][], one entry per optimizer step.
+class _SamplerFitAux(eqx.Module):
+    """Per-step diagnostics of [`fit_sampler`][] (the `aux` of its `TrainHistory`; each field
+    also reads as an attribute of the history)."""
 
-    **Fields:**
-
-    - `losses`: the loss per step (NaN/inf where the step was skipped as non-finite).
-    - `elbo`: mean log-weight of the step's on-policy batch (for `loss="adjoint"`: of the
-      latest simulated batch).
-    - `log_normalizer`: that batch's importance-sampling estimate of `log Z`.
-    - `num_nonfinite`: steps whose loss or gradient was non-finite (skipped).
-    - `acceptance_rate`: mean local-search acceptance per step (`None` without
-      `local_search`).
-    - `wall_time`: seconds of the compiled loop.
-    """
-
-    losses: Array
     elbo: Array
     log_normalizer: Array
-    num_nonfinite: int = eqx.field(static=True)
     acceptance_rate: Array | None = None
-    wall_time: float = eqx.field(static=True, default=float("nan"))
 
 
 def _trainable_spec(sampler):
@@ -68,7 +53,7 @@ def fit_sampler(
     num_updates: int = 1,
     buffer_size: int = 4096,
     progress: bool = False,
-) -> tuple[AbstractDiffusionSampler, FitInfo]:
+) -> tuple[AbstractDiffusionSampler, TrainHistory]:
     """Train a diffusion sampler ([`PIS`][], [`DDS`][], [`CMCD`][]) from the energy alone.
 
     Losses (one implementation each, shared by all samplers):
@@ -87,7 +72,7 @@ def fit_sampler(
 
     The loop is the shared one (`driftax/_training.py`): one compiled scan; a step whose loss
     or gradient is non-finite is skipped (parameters and optimizer state kept), counted in
-    `FitInfo.num_nonfinite`, and one `RuntimeWarning` names the first.
+    the history's `num_nonfinite`, and one `RuntimeWarning` names the first.
 
     **Arguments:**
 
@@ -104,7 +89,12 @@ def fit_sampler(
     - `num_updates`, `buffer_size`: for `loss="adjoint"` (see above).
     - `progress`: draw a progress bar.
 
-    **Returns:** `(trained_sampler, FitInfo)`.
+    **Returns:** `(trained_sampler, history)`: the shared loop's `TrainHistory` (`losses`,
+    `finite`, `num_nonfinite`, `wall_time`, …) whose `aux` holds, per optimizer step, `elbo`
+    (mean log-weight of the step's on-policy batch; for `loss="adjoint"`: of the latest
+    simulated batch), `log_normalizer` (that batch's importance-sampling `log Z`) and
+    `acceptance_rate` (mean local-search acceptance; `None` without `local_search`), each
+    also readable as `history.elbo` etc.
     """
     _check_energy(sampler, energy)
     num_steps = check_count(num_steps, "num_steps")
@@ -154,12 +144,7 @@ def fit_sampler(
     for w in caught:  # re-raise here, pointing at the caller
         warnings.warn(w.message, w.category, stacklevel=2)
     _, lower, log_z, acc = history.aux
-    info = FitInfo(
-        losses=jnp.where(history.finite, history.losses, jnp.nan),
-        elbo=lower,
-        log_normalizer=log_z,
-        num_nonfinite=int(history.num_nonfinite),
-        acceptance_rate=None if local_search is None else acc,
-        wall_time=history.wall_time,
+    aux = _SamplerFitAux(
+        elbo=lower, log_normalizer=log_z, acceptance_rate=None if local_search is None else acc
     )
-    return trained, info
+    return trained, eqx.tree_at(lambda h: h.aux, history, aux)
