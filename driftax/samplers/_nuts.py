@@ -49,7 +49,8 @@ _V, _OV = 6, 7  # velocities M⁻¹p at the two ends
 _PX, _PG = 8, 9  # the tree's proposal: position, score
 _SX, _SG = 10, 11  # the open subtree's proposal
 _RHO, _SRHO = 12, 13  # momentum sums of the tree and of the open subtree
-_NUM_VEC = 14  # then ckpt_v (velocity at the first leaf of each open sub-subtree), then ckpt_w
+_NUM_VEC = 14
+# `ckpt` stacks ckpt_v (velocity at the first leaf of each open sub-subtree), then ckpt_w
 # (R + p_f/2: R the subtree's momentum sum before that leaf, p_f its momentum)
 # Entries of `flt` (then ckpt_a = -v_f · w per checkpoint):
 # (the three uniforms of the next leaf are carried: a value computed in the loop body is fused
@@ -62,6 +63,7 @@ _DEPTH, _LEAF, _FWD, _NLEAF, _DIV, _TURN, _DONE = range(7)
 
 class _Loop(eqx.Module):
     vec: Array
+    ckpt: Array
     flt: Array
     ints: Array
 
@@ -141,7 +143,8 @@ class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
         num_ckpt = depth_max + 1
         zeros = jnp.zeros_like(x)
         rows = [x, p0, score0, x, p0, score0, v0, v0, x, score0, x, score0, p0, zeros]
-        vec = jnp.concatenate([jnp.stack(rows), jnp.zeros((2 * num_ckpt, *jnp.shape(x)), dtype)])
+        vec = jnp.stack(rows)
+        ckpt = jnp.zeros((2 * num_ckpt, *jnp.shape(x)), dtype)
         zero, ninf = jnp.zeros((), dtype), jnp.asarray(-jnp.inf, dtype)
         flt = jnp.concatenate(
             [
@@ -152,7 +155,7 @@ class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
         )
         ints = jnp.zeros(7, jnp.int32).at[_FWD].set(first_forward.astype(jnp.int32))
         params = (self, energy, h0, seed, step_size)
-        out = _build_trajectory(params, _Loop(vec=vec, flt=flt, ints=ints))
+        out = _build_trajectory(params, _Loop(vec=vec, ckpt=ckpt, flt=flt, ints=ints))
         prop_x, prop_g = out.vec[_PX], out.vec[_PG]
         prop_logp, prop_energy = out.flt[_PLOGP], out.flt[_PE]
         # a proposal whose score is not finite is never accepted (the chain would be stuck)
@@ -197,7 +200,7 @@ def _leaf(params, s: _Loop) -> _Loop:
     rho, other_v, other_p = vec[_RHO], vec[_OV], vec[_OP]
     sub_rho = vec[_SRHO] + z.momentum
     half_last = sub_rho - 0.5 * z.momentum
-    ckpt_v, ckpt_w = vec[_NUM_VEC : _NUM_VEC + num_ckpt], vec[_NUM_VEC + num_ckpt :]
+    ckpt_v, ckpt_w = s.ckpt[:num_ckpt], s.ckpt[num_ckpt:]
     # every inner product of the leaf in one reduction (each separate sum is three kernels)
     products = jnp.concatenate(
         [
@@ -265,36 +268,39 @@ def _leaf(params, s: _Loop) -> _Loop:
     )
     sub_x = jnp.where(take_leaf, z.position, vec[_SX])
     sub_g = jnp.where(take_leaf, z.score, vec[_SG])
-    new_vec = jnp.concatenate(
+    new_vec = jnp.stack(
         [
-            jnp.stack(
-                [
-                    jnp.where(swap, vec[_OX], z.position),
-                    jnp.where(swap, other_p, z.momentum),
-                    jnp.where(swap, vec[_OG], z.score),
-                    jnp.where(swap, z.position, vec[_OX]),
-                    jnp.where(swap, z.momentum, other_p),
-                    jnp.where(swap, z.score, vec[_OG]),
-                    jnp.where(swap, other_v, v),
-                    jnp.where(swap, v, other_v),
-                    jnp.where(take_sub, sub_x, vec[_PX]),
-                    jnp.where(take_sub, sub_g, vec[_PG]),
-                    sub_x,
-                    sub_g,
-                    jnp.where(merge, rho + sub_rho, rho),
-                    jnp.where(sub_done, 0.0, sub_rho),
-                ]
-            ),
-            jnp.where(_expand(write, v), v[None], ckpt_v),
-            jnp.where(_expand(write, v), half_last[None], ckpt_w),
+            jnp.where(swap, vec[_OX], z.position),
+            jnp.where(swap, other_p, z.momentum),
+            jnp.where(swap, vec[_OG], z.score),
+            jnp.where(swap, z.position, vec[_OX]),
+            jnp.where(swap, z.momentum, other_p),
+            jnp.where(swap, z.score, vec[_OG]),
+            jnp.where(swap, other_v, v),
+            jnp.where(swap, v, other_v),
+            jnp.where(take_sub, sub_x, vec[_PX]),
+            jnp.where(take_sub, sub_g, vec[_PG]),
+            sub_x,
+            sub_g,
+            jnp.where(merge, rho + sub_rho, rho),
+            jnp.where(sub_done, 0.0, sub_rho),
         ]
+    )
+    # a checkpoint is written in place (a select of the same rows), and both at once
+    rows = jnp.concatenate([write, write])
+    new_ckpt = jnp.where(
+        _expand(rows, v),
+        jnp.concatenate(
+            [jnp.broadcast_to(v, ckpt_v.shape), jnp.broadcast_to(half_last, ckpt_w.shape)]
+        ),
+        s.ckpt,
     )
     new_num_leaves = num_leaves + live.astype(jnp.int32)
     sub_logp = jnp.where(take_leaf, z.log_density, flt[_SLOGP])
     sub_e = jnp.where(take_leaf, energy_z, flt[_SE])
     new_flt = jnp.concatenate(
         [
-            jnp.stack(
+            _gather_scalars(
                 [
                     jnp.where(swap, flt[_OLOGP], z.log_density),
                     jnp.where(swap, z.log_density, flt[_OLOGP]),
@@ -305,13 +311,14 @@ def _leaf(params, s: _Loop) -> _Loop:
                     jnp.where(merge, jnp.logaddexp(flt[_LOGW], sub_log_w), flt[_LOGW]),
                     jnp.where(sub_done, -jnp.inf, sub_log_w),
                     flt[_ACC] + jnp.where(live, accept, 0.0),
-                ]
-            ).astype(dtype),
+                ],
+                dtype,
+            ),
             hash_uniforms(seed, new_num_leaves, 3, dtype),
             jnp.where(write, 0.5 * p_v - sub_v, ckpt_a),
         ]
     )
-    new_ints = jnp.stack(
+    new_ints = _gather_scalars(
         [
             jnp.where(live & sub_done, depth + 1, depth),
             jnp.where(sub_done, 0, next_leaf),
@@ -320,9 +327,10 @@ def _leaf(params, s: _Loop) -> _Loop:
             (ints[_DIV] != 0) | (live & diverging),
             (ints[_TURN] != 0) | (live & ((merge & turning_tree) | turning_sub)),
             ~live | finished,
-        ]
-    ).astype(jnp.int32)
-    return _Loop(vec=new_vec, flt=new_flt, ints=new_ints)
+        ],
+        jnp.int32,
+    )
+    return _Loop(vec=new_vec, ckpt=new_ckpt, flt=new_flt, ints=new_ints)
 
 
 def _materialize(flags, mask):
@@ -333,6 +341,16 @@ def _materialize(flags, mask):
     packed = jnp.concatenate([jnp.stack(flags), mask]).astype(jnp.int32)
     packed = jnp.max(jnp.stack([packed, jnp.zeros_like(packed)]), axis=0) != 0
     return (*packed[: len(flags)], packed[len(flags) :])
+
+
+def _gather_scalars(values, dtype) -> Array:
+    """`jnp.stack(values)` as ONE elementwise kernel (a chain of selects on the index): XLA does
+    not fuse a concatenation of many operands, and gives each operand a kernel of its own."""
+    idx = jnp.arange(len(values))
+    out = jnp.zeros(len(values), dtype)
+    for i, value in enumerate(values):
+        out = jnp.where(idx == i, jnp.asarray(value).astype(dtype), out)
+    return out
 
 
 def _expand(mask, like):
