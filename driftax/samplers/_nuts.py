@@ -30,11 +30,10 @@ from ._base import (
     check_hyper,
     check_int,
     float_leaf,
-    init_position,
     safe_energy_error,
     select,
 )
-from ._hamiltonian import _check_jitter, _check_metric, _hamiltonian_integrator
+from ._hamiltonian import _check_jitter, _check_metric, _hamiltonian_integrator, gradient_init
 from ._integrators import AbstractIntegrator, Leapfrog
 from ._metrics import AbstractMetric, IdentityMetric
 from ._random import draws, hash_uniforms
@@ -117,8 +116,7 @@ class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
         _check_jitter(self.jitter_step_size)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
-        x0, logp, score = init_position(energy, x0)
-        return MCMCState(position=x0, log_density=logp, score=score)
+        return gradient_init(energy, x0)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
         metric = self.metric
