@@ -175,10 +175,14 @@ class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
         return new, info
 
 
-def _leaf(params, s: _Loop) -> _Loop:
+def _leaf(params, s: _Loop, rows_by_select: bool = False) -> _Loop:
     """One leaf of the trajectory: an integrator step and all the tree bookkeeping. A chain that
     is already done only keeps its outputs (proposal and counters) frozen; the rest of its
-    state may change freely, which saves a full select of the loop state per leaf."""
+    state may change freely, which saves a full select of the loop state per leaf.
+
+    `rows_by_select` (static) writes the rows of the vector state in one kernel, a chain of
+    selects on the row index (cheaper for one chain); otherwise each row gets a kernel of its
+    own (cheaper for a batch of chains, where the select chain's work grows with the batch)."""
     sampler, energy, h0, seed, step_size = params
     metric, integrator = sampler.metric, sampler.integrator
     num_ckpt = sampler.max_tree_depth + 1
@@ -266,7 +270,7 @@ def _leaf(params, s: _Loop) -> _Loop:
     )
     sub_x = jnp.where(take_leaf, z.position, vec[_SX])
     sub_g = jnp.where(take_leaf, z.score, vec[_SG])
-    new_vec = jnp.stack(
+    new_vec = (_gather_rows if rows_by_select else jnp.stack)(
         [
             jnp.where(swap, vec[_OX], z.position),
             jnp.where(swap, other_p, z.momentum),
@@ -341,6 +345,15 @@ def _materialize(flags, mask):
     return (*packed[: len(flags)], packed[len(flags) :])
 
 
+def _gather_rows(values) -> Array:
+    """`jnp.stack(values)` as ONE elementwise kernel (a chain of selects on the row index)."""
+    idx = jnp.arange(len(values)).reshape((-1,) + (1,) * jnp.ndim(values[0]))
+    out = jnp.broadcast_to(values[0], (len(values), *jnp.shape(values[0])))
+    for i, value in enumerate(values[1:], 1):
+        out = jnp.where(idx == i, value[None], out)
+    return out
+
+
 def _gather_scalars(values, dtype) -> Array:
     """`jnp.stack(values)` as ONE elementwise kernel (a chain of selects on the index): XLA does
     not fuse a concatenation of many operands, and gives each operand a kernel of its own."""
@@ -362,8 +375,8 @@ def _build_trajectory(params, loop: _Loop) -> _Loop:
     selecting the whole loop state of every chain at every leaf."""
     dynamic, static = eqx.partition(params, eqx.is_array)
 
-    def leaf(dynamic, s):
-        return _leaf(eqx.combine(dynamic, static), s)
+    def leaf(dynamic, s, rows_by_select=True):
+        return _leaf(eqx.combine(dynamic, static), s, rows_by_select)
 
     @jax.custom_batching.custom_vmap
     def run(dynamic, loop):
@@ -378,7 +391,7 @@ def _build_trajectory(params, loop: _Loop) -> _Loop:
             loop_batched,
         )
         axes = jax.tree.map(lambda b: 0 if b else None, dyn_batched)
-        vleaf = jax.vmap(leaf, in_axes=(axes, 0))
+        vleaf = jax.vmap(lambda d, s: leaf(d, s, axis_size == 1), in_axes=(axes, 0))
         out = jax.lax.while_loop(
             lambda s: jnp.any(s.ints[..., _DONE] == 0), lambda s: vleaf(dynamic, s), loop
         )
