@@ -191,9 +191,7 @@ def _leaf(params, s: _Loop, rows_by_select: bool = False) -> _Loop:
     depth, leaf, num_leaves = ints[_DEPTH], ints[_LEAF], ints[_NLEAF]
     old_forward = ints[_FWD] != 0
     live = ints[_DONE] == 0
-    # scalar decisions are materialized (optimization barriers) before they steer vector
-    # selects: otherwise XLA fuses their whole computation (the cipher, exp, ...) into every
-    # element of every select that uses them
+    # this leaf's uniforms, computed (once) by the previous leaf
     u = flt[_U : _U + 3]
     h = jnp.where(old_forward, step_size, -step_size)
     cur = KineticState(position=vec[_X], momentum=vec[_P], log_density=flt[_LOGP], score=vec[_G])
