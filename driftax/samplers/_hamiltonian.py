@@ -54,6 +54,13 @@ def _check_jitter(value, name: str = "jitter_step_size") -> None:
         raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
 
 
+def gradient_init(energy: AbstractEnergy, x0: Array) -> MCMCState:
+    """The first state of a gradient-based kernel: `x0` (checked) with its log density and
+    score."""
+    x0, logp, score = init_position(energy, x0)
+    return MCMCState(position=x0, log_density=logp, score=score)
+
+
 def _to_kinetic(state: MCMCState, momentum: Array) -> KineticState:
     return KineticState(
         position=state.position,
@@ -150,35 +157,42 @@ class RandomWalk(AbstractStepSizeSampler, AbstractMetricSampler):
         return new, info
 
 
-class MALA(AbstractStepSizeSampler, AbstractMetricSampler):
-    """Metropolis-adjusted Langevin: propose `y = x + h M⁻¹∇log π(x) + √(2h) M^{-1/2} ξ`.
-
-    Built as one leapfrog step of size `√(2h)` from a fresh momentum (the same proposal and the
-    same Metropolis ratio), so it shares the integrator and MH code with HMC. 1 gradient/step.
-    """
+class _AbstractLangevin(AbstractStepSizeSampler, AbstractMetricSampler):
+    """What MALA and ULA share: a step size `h` (the Langevin time step, one leapfrog step of
+    size `√(2h)` from a fresh momentum) and a metric; the state carries the score."""
 
     step_size: Array = eqx.field(converter=float_leaf)
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-
-    default_target_acceptance: ClassVar[float] = 0.574
 
     def __check_init__(self):
         check_hyper(self.step_size, "step_size")
         _check_metric(self.metric)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
-        x0, logp, score = init_position(energy, x0)
-        return MCMCState(position=x0, log_density=logp, score=score)
+        return gradient_init(energy, x0)
+
+    def _leapfrog_step_size(self, dtype) -> Array:
+        return jnp.sqrt(2.0 * self.step_size.astype(dtype))
+
+
+class MALA(_AbstractLangevin):
+    """Metropolis-adjusted Langevin: propose `y = x + h M⁻¹∇log π(x) + √(2h) M^{-1/2} ξ`.
+
+    Built as one leapfrog step of size `√(2h)` from a fresh momentum (the same proposal and the
+    same Metropolis ratio), so it shares the integrator and MH code with HMC. 1 gradient/step.
+    """
+
+    default_target_acceptance: ClassVar[float] = 0.574
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
         dtype = jnp.result_type(state.position)
-        eps = jnp.sqrt(2.0 * self.step_size.astype(dtype))
+        eps = self._leapfrog_step_size(dtype)
         xi, u = draws(key, jnp.shape(state.position), 1, dtype)
         new, info, _ = _adjusted_step(Leapfrog(), energy, self.metric, state, eps, 1, xi, u[0], 1)
         return new, info
 
 
-class ULA(AbstractStepSizeSampler, AbstractMetricSampler):
+class ULA(_AbstractLangevin):
     """The unadjusted Langevin algorithm: `x ← x + h M⁻¹∇log π(x) + √(2h) M^{-1/2} ξ`.
 
     Biased by `O(h)`; no accept/reject, except that a step to a non-finite position, log
@@ -187,22 +201,11 @@ class ULA(AbstractStepSizeSampler, AbstractMetricSampler):
     (the statistic its step size is adapted on). 1 gradient per step.
     """
 
-    step_size: Array = eqx.field(converter=float_leaf)
-    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-
     is_adjusted: ClassVar[bool] = False
-
-    def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        _check_metric(self.metric)
-
-    def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
-        x0, logp, score = init_position(energy, x0)
-        return MCMCState(position=x0, log_density=logp, score=score)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
         dtype = jnp.result_type(state.position)
-        eps = jnp.sqrt(2.0 * self.step_size.astype(dtype))
+        eps = self._leapfrog_step_size(dtype)
         xi, _ = draws(key, jnp.shape(state.position), 0, dtype)
         _, z1, delta, valid = hamiltonian_proposal(
             Leapfrog(), energy, self.metric, state, eps, 1, xi
@@ -249,8 +252,7 @@ class HMC(AbstractStepSizeSampler, AbstractMetricSampler):
             raise TypeError(f"`jitter_num_steps` must be a bool, got {self.jitter_num_steps!r}.")
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
-        x0, logp, score = init_position(energy, x0)
-        return MCMCState(position=x0, log_density=logp, score=score)
+        return gradient_init(energy, x0)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
         dtype = jnp.result_type(state.position)

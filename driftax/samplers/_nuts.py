@@ -30,45 +30,41 @@ from ._base import (
     check_hyper,
     check_int,
     float_leaf,
-    init_position,
     safe_energy_error,
     select,
 )
-from ._hamiltonian import _check_jitter, _check_metric, _hamiltonian_integrator
+from ._hamiltonian import _check_jitter, _check_metric, _hamiltonian_integrator, gradient_init
 from ._integrators import AbstractIntegrator, Leapfrog
 from ._metrics import AbstractMetric, IdentityMetric
 from ._random import draws, hash_uniforms
 
-
-class _Proposal(eqx.Module):
-    position: Array
-    log_density: Array
-    score: Array
-    energy: Array
+# The loop state is packed into three arrays, so that a leaf writes it with a few fused kernels
+# (on CPU each kernel costs about as much as the arithmetic of a 100-d leaf): `vec` stacks every
+# position-shaped vector, `flt` the float scalars, `ints` the integer and boolean scalars.
+# Rows of `vec` (the checkpoints follow them):
+_X, _P, _G = 0, 1, 2  # the end being extended: position, momentum, score
+_OX, _OP, _OG = 3, 4, 5  # the opposite end
+_V, _OV = 6, 7  # velocities M⁻¹p at the two ends
+_PX, _PG = 8, 9  # the tree's proposal: position, score
+_SX, _SG = 10, 11  # the open subtree's proposal
+_RHO, _SRHO = 12, 13  # momentum sums of the tree and of the open subtree
+_NUM_VEC = 14
+# `ckpt` stacks ckpt_v (velocity at the first leaf of each open sub-subtree), then ckpt_w
+# (R + p_f/2: R the subtree's momentum sum before that leaf, p_f its momentum)
+# Entries of `flt` (then ckpt_a = -v_f · w per checkpoint):
+# (the three uniforms of the next leaf are carried: a value computed in the loop body is fused
+# into, and recomputed by, every kernel that reads it, and the cipher is the costliest of them)
+_LOGP, _OLOGP, _PLOGP, _PE, _SLOGP, _SE, _LOGW, _SLOGW, _ACC, _U = range(10)
+_NUM_FLT = _U + 3
+# Entries of `ints`:
+_DEPTH, _LEAF, _FWD, _NLEAF, _DIV, _TURN, _DONE = range(7)
 
 
 class _Loop(eqx.Module):
-    cur: KineticState  # the end being extended
-    other: KineticState  # the opposite end
-    cur_v: Array  # velocities M⁻¹p at the ends
-    other_v: Array
-    proposal: _Proposal
-    log_w: Array
-    rho: Array
-    sub_proposal: _Proposal
-    sub_log_w: Array
-    sub_rho: Array
-    ckpt_v: Array  # velocity v_f at the first leaf of each open sub-subtree
-    ckpt_w: Array  # R + p_f/2: R the subtree's momentum sum before that leaf, p_f its momentum
-    ckpt_a: Array  # -v_f · w
-    depth: Array
-    leaf: Array
-    forward: Array  # direction of the current subtree
-    sum_accept: Array
-    num_leaves: Array
-    diverging: Array
-    turning: Array
-    done: Array
+    vec: Array
+    ckpt: Array
+    flt: Array
+    ints: Array
 
 
 def _ckpt_range(leaf):
@@ -120,8 +116,7 @@ class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
         _check_jitter(self.jitter_step_size)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
-        x0, logp, score = init_position(energy, x0)
-        return MCMCState(position=x0, log_density=logp, score=score)
+        return gradient_init(energy, x0)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
         metric = self.metric
@@ -139,79 +134,94 @@ class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
         score0 = cast(Array, state.score)  # NUTS states carry the score
         p0 = metric.momentum_noise(xi)
         v0 = metric.velocity(p0)
-        z0 = KineticState(position=x, momentum=p0, log_density=state.log_density, score=score0)
-        h0 = -state.log_density + 0.5 * jnp.sum(p0 * v0)
-        prop0 = _Proposal(position=x, log_density=state.log_density, score=score0, energy=h0)
+        logp0 = state.log_density
+        h0 = -logp0 + 0.5 * jnp.sum(p0 * v0)
         depth_max = self.max_tree_depth
         # one spare checkpoint row (index depth_max) absorbs the writes of odd leaves
-        ckpt = jnp.zeros((depth_max + 1, *jnp.shape(x)), dtype)
-        zero = jnp.zeros((), dtype)
-        loop = _Loop(
-            cur=z0,
-            other=z0,
-            cur_v=v0,
-            other_v=v0,
-            proposal=prop0,
-            log_w=zero,
-            rho=p0,
-            sub_proposal=prop0,
-            sub_log_w=jnp.asarray(-jnp.inf, dtype),
-            sub_rho=jnp.zeros_like(p0),
-            ckpt_v=ckpt,
-            ckpt_w=ckpt,
-            ckpt_a=jnp.zeros(depth_max + 1, dtype),
-            depth=jnp.asarray(0, jnp.int32),
-            leaf=jnp.asarray(0, jnp.int32),
-            forward=first_forward,
-            sum_accept=zero,
-            num_leaves=jnp.asarray(0, jnp.int32),
-            diverging=jnp.array(False),
-            turning=jnp.array(False),
-            done=jnp.array(False),
+        num_ckpt = depth_max + 1
+        zeros = jnp.zeros_like(x)
+        rows = [x, p0, score0, x, p0, score0, v0, v0, x, score0, x, score0, p0, zeros]
+        vec = jnp.stack(rows)
+        ckpt = jnp.zeros((2 * num_ckpt, *jnp.shape(x)), dtype)
+        zero, ninf = jnp.zeros((), dtype), jnp.asarray(-jnp.inf, dtype)
+        flt = jnp.concatenate(
+            [
+                jnp.stack([logp0, logp0, logp0, h0, logp0, h0, zero, ninf, zero]).astype(dtype),
+                hash_uniforms(seed, jnp.asarray(0, jnp.int32), 3, dtype),
+                jnp.zeros(num_ckpt, dtype),
+            ]
         )
+        ints = jnp.zeros(7, jnp.int32).at[_FWD].set(first_forward.astype(jnp.int32))
         params = (self, energy, h0, seed, step_size)
-        out = _build_trajectory(params, loop)
-        prop = out.proposal
+        out = _build_trajectory(params, _Loop(vec=vec, ckpt=ckpt, flt=flt, ints=ints))
+        prop_x, prop_g = out.vec[_PX], out.vec[_PG]
+        prop_logp, prop_energy = out.flt[_PLOGP], out.flt[_PE]
         # a proposal whose score is not finite is never accepted (the chain would be stuck)
-        bad = ~jnp.all(jnp.isfinite(prop.score))
-        new = MCMCState(position=prop.position, log_density=prop.log_density, score=prop.score)
+        bad = ~jnp.all(jnp.isfinite(prop_g))
+        new = MCMCState(position=prop_x, log_density=prop_logp, score=prop_g)
         new = select(bad, state, new)
-        n = out.num_leaves
+        n = out.ints[_NLEAF]
         info = Info(
-            acceptance_rate=jnp.where(bad, 0.0, out.sum_accept / n.astype(dtype)),
-            is_divergent=out.diverging | bad,
-            energy_error=jnp.where(bad, MAX_ENERGY_ERROR, safe_energy_error(prop.energy - h0)),
+            acceptance_rate=jnp.where(bad, 0.0, out.flt[_ACC] / n.astype(dtype)),
+            is_divergent=(out.ints[_DIV] != 0) | bad,
+            energy_error=jnp.where(bad, MAX_ENERGY_ERROR, safe_energy_error(prop_energy - h0)),
             num_grad_evals=n * self.integrator.num_grad_evals,
-            extras=dict(tree_depth=out.depth, num_integration_steps=n, is_turning=out.turning),
+            extras=dict(
+                tree_depth=out.ints[_DEPTH],
+                num_integration_steps=n,
+                is_turning=out.ints[_TURN] != 0,
+            ),
         )
         return new, info
 
 
-def _leaf(params, s: _Loop) -> _Loop:
+def _leaf(params, s: _Loop, rows_by_select: bool = False) -> _Loop:
     """One leaf of the trajectory: an integrator step and all the tree bookkeeping. A chain that
     is already done only keeps its outputs (proposal and counters) frozen; the rest of its
-    state may change freely, which saves a full select of the loop state per leaf."""
+    state may change freely, which saves a full select of the loop state per leaf.
+
+    `rows_by_select` (static) writes the rows of the vector state in one kernel, a chain of
+    selects on the row index (cheaper for one chain); otherwise each row gets a kernel of its
+    own (cheaper for a batch of chains, where the select chain's work grows with the batch)."""
     sampler, energy, h0, seed, step_size = params
     metric, integrator = sampler.metric, sampler.integrator
-    depth_max = sampler.max_tree_depth
+    num_ckpt = sampler.max_tree_depth + 1
+    vec, flt, ints = s.vec, s.flt, s.ints
     dtype = h0.dtype
-    live = ~s.done
-    # scalar decisions are materialized (optimization barriers) before they steer vector
-    # selects: otherwise XLA fuses their whole computation (the cipher, exp, ...) into every
-    # element of every select that uses them
-    u = jax.lax.optimization_barrier(hash_uniforms(seed, s.num_leaves, 3, dtype))
-    h = jnp.where(s.forward, step_size, -step_size)
-    z = integrator.step(energy, metric, s.cur, h)[0]
+    depth, leaf, num_leaves = ints[_DEPTH], ints[_LEAF], ints[_NLEAF]
+    old_forward = ints[_FWD] != 0
+    live = ints[_DONE] == 0
+    # this leaf's uniforms, computed (once) by the previous leaf
+    u = flt[_U : _U + 3]
+    h = jnp.where(old_forward, step_size, -step_size)
+    cur = KineticState(position=vec[_X], momentum=vec[_P], log_density=flt[_LOGP], score=vec[_G])
+    z = integrator.step(energy, metric, cur, h)[0]
     v = metric.velocity(z.momentum)
-    sub_rho = s.sub_rho + z.momentum
-    p_v = jnp.sum(z.momentum * v)
-    sub_v = jnp.sum(sub_rho * v)
-    rho_v = jnp.sum(s.rho * v)
-    other_sub = jnp.sum(s.other_v * sub_rho)
-    other_rho = jnp.sum(s.other_v * s.rho)
-    other_p = jnp.sum(s.other_v * s.other.momentum)
-    other_z = jnp.sum(s.other_v * z.momentum)
-    v_other = jnp.sum(v * s.other.momentum)
+    rho, other_v, other_p = vec[_RHO], vec[_OV], vec[_OP]
+    sub_rho = vec[_SRHO] + z.momentum
+    half_last = sub_rho - 0.5 * z.momentum
+    ckpt_v, ckpt_w = s.ckpt[:num_ckpt], s.ckpt[num_ckpt:]
+    # every inner product of the leaf in one reduction (each separate sum is three kernels)
+    products = jnp.concatenate(
+        [
+            jnp.stack(
+                [
+                    z.momentum * v,
+                    sub_rho * v,
+                    rho * v,
+                    other_v * sub_rho,
+                    other_v * rho,
+                    other_v * other_p,
+                    other_v * z.momentum,
+                    v * other_p,
+                ]
+            ),
+            ckpt_v * half_last[None],
+            ckpt_w * v[None],
+        ]
+    )
+    dots = jnp.sum(products.reshape(products.shape[0], -1), axis=1)
+    p_v, sub_v, rho_v, other_sub, other_rho, other_pp, other_z, v_other = dots[:8]
     energy_z = -z.log_density + 0.5 * p_v
     delta = energy_z - h0
     # NaN, +inf AND -inf (a log density of +inf) are divergent: never accepted with probability
@@ -220,77 +230,141 @@ def _leaf(params, s: _Loop) -> _Loop:
     log_w_leaf = jnp.where(diverging, -jnp.inf, -delta)
     accept = jnp.where(diverging, 0.0, jnp.exp(jnp.minimum(-delta, 0.0)))
     # progressive uniform sampling inside the subtree
-    sub_log_w = jnp.logaddexp(s.sub_log_w, log_w_leaf)
-    take_leaf = jax.lax.optimization_barrier(u[0] < jnp.exp(log_w_leaf - sub_log_w))
-    leaf_prop = _Proposal(
-        position=z.position, log_density=z.log_density, score=z.score, energy=energy_z
-    )
-    sub_proposal = select(take_leaf, leaf_prop, s.sub_proposal)
+    sub_log_w = jnp.logaddexp(flt[_SLOGW], log_w_leaf)
+    take_leaf = u[0] < jnp.exp(log_w_leaf - sub_log_w)
     # U-turns of the sub-subtrees closed by this (odd) leaf, checkpoints hi, hi-1, ..., lo.
     # The criterion (as in Stan, NumPyro, BlackJAX) uses the momentum sum with the two end
     # leaves counted half (a trapezoidal integral of the momentum):
     # rho_k = sub_rho - R_k - (p_f + p_last)/2, so with w_k = R_k + p_f/2
     # v_f · rho_k = v_f · (sub_rho - p_last/2) + a_k   and   v · rho_k = sub_v - p_v/2 - v · w_k
-    lo, hi = _ckpt_range(s.leaf)
-    is_even = (s.leaf % 2) == 0
-    half_last = sub_rho - 0.5 * z.momentum
-
-    # all checkpoints at once, masked to lo..hi: two small mat-vecs are far cheaper than a
-    # nested while loop (each loop iteration costs microseconds of control flow on CPU)
-    slots = jnp.arange(depth_max + 1)
+    # All checkpoints are checked at once, masked to lo..hi (a nested loop would cost
+    # microseconds of control flow per iteration on CPU).
+    lo, hi = _ckpt_range(leaf)
+    is_even = (leaf % 2) == 0
+    slots = jnp.arange(num_ckpt)
     closed = (slots >= lo) & (slots <= hi) & ~is_even
-    num_slots = depth_max + 1
-    start_dot = s.ckpt_v.reshape(num_slots, -1) @ half_last.reshape(-1) + s.ckpt_a
-    end_dot = sub_v - 0.5 * p_v - s.ckpt_w.reshape(num_slots, -1) @ v.reshape(-1)
+    ckpt_a = flt[_NUM_FLT:]
+    start_dot = dots[8 : 8 + num_ckpt] + ckpt_a
+    end_dot = sub_v - 0.5 * p_v - dots[8 + num_ckpt :]
     turning_sub = jnp.any(closed & ((start_dot <= 0) | (end_dot <= 0)))
     # checkpoint writes at even leaves (odd leaves write to the spare last row)
-    slot = jnp.where(is_even, hi, depth_max)
-    onehot = jnp.arange(depth_max + 1) == slot
-    mask = onehot.reshape((-1,) + (1,) * jnp.ndim(v))
-    ckpt_v = jnp.where(mask, v[None], s.ckpt_v)
-    ckpt_w = jnp.where(mask, half_last[None], s.ckpt_w)
-    ckpt_a = jnp.where(onehot, 0.5 * p_v - sub_v, s.ckpt_a)
-    leaf = s.leaf + 1
-    sub_done = (leaf == (1 << s.depth)) | turning_sub | diverging
+    write = slots == jnp.where(is_even, hi, num_ckpt - 1)
+    next_leaf = leaf + 1
+    sub_done = (next_leaf == (1 << depth)) | turning_sub | diverging
     # merge a finished subtree into the tree (biased progressive sampling), then check the
     # whole tree, whose ends are now z and `other`
     ok = ~(turning_sub | diverging)
     merge = sub_done & ok
-    take_sub = live & merge & (u[1] < jnp.exp(sub_log_w - s.log_w))
+    take_sub = live & merge & (u[1] < jnp.exp(sub_log_w - flt[_LOGW]))
     turning_tree = (rho_v + sub_v - 0.5 * (p_v + v_other) <= 0) | (
-        other_rho + other_sub - 0.5 * (other_z + other_p) <= 0
+        other_rho + other_sub - 0.5 * (other_z + other_pp) <= 0
     )
-    depth = s.depth + 1
-    finished = sub_done & (~ok | turning_tree | (depth >= depth_max))
+    finished = sub_done & (~ok | turning_tree | (depth + 1 >= sampler.max_tree_depth))
     # a new subtree in the other direction starts from the other end: swap the ends
-    forward = jnp.where(sub_done, u[2] < 0.5, s.forward)
-    swap = forward != s.forward
-    take_sub, merge, swap, sub_done = jax.lax.optimization_barrier(
-        (take_sub, merge, swap, sub_done)
+    forward = jnp.where(sub_done, u[2] < 0.5, old_forward)
+    swap = forward != old_forward
+    take_leaf, take_sub, merge, swap, sub_done, write = _materialize(
+        (take_leaf, take_sub, merge, swap, sub_done), write
     )
-    return _Loop(
-        cur=select(swap, s.other, z),
-        other=select(swap, z, s.other),
-        cur_v=jnp.where(swap, s.other_v, v),
-        other_v=jnp.where(swap, v, s.other_v),
-        proposal=select(take_sub, sub_proposal, s.proposal),
-        log_w=jnp.where(merge, jnp.logaddexp(s.log_w, sub_log_w), s.log_w),
-        rho=jnp.where(merge, s.rho + sub_rho, s.rho),
-        sub_proposal=sub_proposal,
-        sub_log_w=jnp.where(sub_done, -jnp.inf, sub_log_w),
-        sub_rho=jnp.where(sub_done, 0.0, sub_rho),
-        ckpt_v=ckpt_v,
-        ckpt_w=ckpt_w,
-        ckpt_a=ckpt_a,
-        depth=jnp.where(live & sub_done, depth, s.depth),
-        leaf=jnp.where(sub_done, 0, leaf),
-        forward=forward,
-        sum_accept=s.sum_accept + jnp.where(live, accept, 0.0),
-        num_leaves=s.num_leaves + live.astype(jnp.int32),
-        diverging=s.diverging | (live & diverging),
-        turning=s.turning | (live & ((merge & turning_tree) | turning_sub)),
-        done=s.done | finished,
+    sub_x = jnp.where(take_leaf, z.position, vec[_SX])
+    sub_g = jnp.where(take_leaf, z.score, vec[_SG])
+    new_vec = (_gather_rows if rows_by_select else jnp.stack)(
+        [
+            jnp.where(swap, vec[_OX], z.position),
+            jnp.where(swap, other_p, z.momentum),
+            jnp.where(swap, vec[_OG], z.score),
+            jnp.where(swap, z.position, vec[_OX]),
+            jnp.where(swap, z.momentum, other_p),
+            jnp.where(swap, z.score, vec[_OG]),
+            jnp.where(swap, other_v, v),
+            jnp.where(swap, v, other_v),
+            jnp.where(take_sub, sub_x, vec[_PX]),
+            jnp.where(take_sub, sub_g, vec[_PG]),
+            sub_x,
+            sub_g,
+            jnp.where(merge, rho + sub_rho, rho),
+            jnp.where(sub_done, 0.0, sub_rho),
+        ]
     )
+    # a checkpoint is written in place (a select of the same rows), and both at once
+    rows = jnp.concatenate([write, write])
+    new_ckpt = jnp.where(
+        _expand(rows, v),
+        jnp.concatenate(
+            [jnp.broadcast_to(v, ckpt_v.shape), jnp.broadcast_to(half_last, ckpt_w.shape)]
+        ),
+        s.ckpt,
+    )
+    new_num_leaves = num_leaves + live.astype(jnp.int32)
+    sub_logp = jnp.where(take_leaf, z.log_density, flt[_SLOGP])
+    sub_e = jnp.where(take_leaf, energy_z, flt[_SE])
+    new_flt = jnp.concatenate(
+        [
+            _gather_scalars(
+                [
+                    jnp.where(swap, flt[_OLOGP], z.log_density),
+                    jnp.where(swap, z.log_density, flt[_OLOGP]),
+                    jnp.where(take_sub, sub_logp, flt[_PLOGP]),
+                    jnp.where(take_sub, sub_e, flt[_PE]),
+                    sub_logp,
+                    sub_e,
+                    jnp.where(merge, jnp.logaddexp(flt[_LOGW], sub_log_w), flt[_LOGW]),
+                    jnp.where(sub_done, -jnp.inf, sub_log_w),
+                    flt[_ACC] + jnp.where(live, accept, 0.0),
+                ],
+                dtype,
+            ),
+            hash_uniforms(seed, new_num_leaves, 3, dtype),
+            jnp.where(write, 0.5 * p_v - sub_v, ckpt_a),
+        ]
+    )
+    new_ints = _gather_scalars(
+        [
+            jnp.where(live & sub_done, depth + 1, depth),
+            jnp.where(sub_done, 0, next_leaf),
+            forward.astype(jnp.int32),
+            new_num_leaves,
+            (ints[_DIV] != 0) | (live & diverging),
+            (ints[_TURN] != 0) | (live & ((merge & turning_tree) | turning_sub)),
+            ~live | finished,
+        ],
+        jnp.int32,
+    )
+    return _Loop(vec=new_vec, ckpt=new_ckpt, flt=new_flt, ints=new_ints)
+
+
+def _materialize(flags, mask):
+    """The boolean scalars `flags` and vector `mask`, computed once into a buffer that the
+    vector selects read. XLA fuses a scalar's whole computation into every kernel that uses it
+    and evaluates it there per element (and the CPU backend drops optimization barriers); a
+    reduction is never fused into its consumers, so the flags go through a (trivial) one."""
+    packed = jnp.concatenate([jnp.stack(flags), mask]).astype(jnp.int32)
+    packed = jnp.max(jnp.stack([packed, jnp.zeros_like(packed)]), axis=0) != 0
+    return (*packed[: len(flags)], packed[len(flags) :])
+
+
+def _gather_rows(values) -> Array:
+    """`jnp.stack(values)` as ONE elementwise kernel (a chain of selects on the row index)."""
+    idx = jnp.arange(len(values)).reshape((-1,) + (1,) * jnp.ndim(values[0]))
+    out = jnp.broadcast_to(values[0], (len(values), *jnp.shape(values[0])))
+    for i, value in enumerate(values[1:], 1):
+        out = jnp.where(idx == i, value[None], out)
+    return out
+
+
+def _gather_scalars(values, dtype) -> Array:
+    """`jnp.stack(values)` as ONE elementwise kernel (a chain of selects on the index): XLA does
+    not fuse a concatenation of many operands, and gives each operand a kernel of its own."""
+    idx = jnp.arange(len(values))
+    out = jnp.zeros(len(values), dtype)
+    for i, value in enumerate(values):
+        out = jnp.where(idx == i, jnp.asarray(value).astype(dtype), out)
+    return out
+
+
+def _expand(mask, like):
+    """`mask` (one entry per row) shaped to broadcast against rows shaped like `like`."""
+    return mask.reshape((-1,) + (1,) * jnp.ndim(like))
 
 
 def _build_trajectory(params, loop: _Loop) -> _Loop:
@@ -299,12 +373,12 @@ def _build_trajectory(params, loop: _Loop) -> _Loop:
     selecting the whole loop state of every chain at every leaf."""
     dynamic, static = eqx.partition(params, eqx.is_array)
 
-    def leaf(dynamic, s):
-        return _leaf(eqx.combine(dynamic, static), s)
+    def leaf(dynamic, s, rows_by_select=True):
+        return _leaf(eqx.combine(dynamic, static), s, rows_by_select)
 
     @jax.custom_batching.custom_vmap
     def run(dynamic, loop):
-        return jax.lax.while_loop(lambda s: ~s.done, lambda s: leaf(dynamic, s), loop)
+        return jax.lax.while_loop(lambda s: s.ints[_DONE] == 0, lambda s: leaf(dynamic, s), loop)
 
     @run.def_vmap
     def run_batched(axis_size, in_batched, dynamic, loop):
@@ -315,8 +389,10 @@ def _build_trajectory(params, loop: _Loop) -> _Loop:
             loop_batched,
         )
         axes = jax.tree.map(lambda b: 0 if b else None, dyn_batched)
-        vleaf = jax.vmap(leaf, in_axes=(axes, 0))
-        out = jax.lax.while_loop(lambda s: jnp.any(~s.done), lambda s: vleaf(dynamic, s), loop)
+        vleaf = jax.vmap(lambda d, s: leaf(d, s, axis_size == 1), in_axes=(axes, 0))
+        out = jax.lax.while_loop(
+            lambda s: jnp.any(s.ints[..., _DONE] == 0), lambda s: vleaf(dynamic, s), loop
+        )
         return out, jax.tree.map(lambda _: True, out)
 
     return run(dynamic, loop)
