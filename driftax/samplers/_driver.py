@@ -261,7 +261,8 @@ def sample(
     if not resume:
         if sharding is not None:
             x0s = to_global(x0s, sharding)
-        states = _init_states(*replicate((sampler, energy), sharding), x0s)
+        placed_sampler, placed_energy = replicate((sampler, energy), sharding)
+        states = _init_states(placed_sampler, placed_energy, x0s)
         checked = to_local((states.log_density, getattr(states, "score", None)))
         bad = ~np.isfinite(np.asarray(checked[0]))
         score = checked[1]

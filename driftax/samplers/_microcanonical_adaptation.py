@@ -116,6 +116,7 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
                 f"`{type(self).__name__}` adapts `{self.sampler_type.__name__}` only, got "
                 f"{type(sampler).__name__}."
             )
+        assert isinstance(sampler, (MCLMC, MAMS))  # for the type checker: sampler_type is one
         check_hyper(sampler.L, "L")
         # the diagonal metric to adapt (identity -> ones), as the window adaptation does
         return WindowAdaptation(metric=self.metric).prepare(sampler, event_shape)
@@ -178,7 +179,7 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
         )
         return astate
 
-    def update(self, samplers, astate: MicrocanonicalState, states, infos, i):
+    def update(self, samplers: Any, astate: MicrocanonicalState, states, infos, i):
         dim = math.prod(states.position.shape[1:])
         event_shape = states.position.shape[1:]
         sch = astate.schedule
