@@ -178,6 +178,23 @@ def driftax_runner(sampler, target, chains, warmup, steps, adaptation="auto"):
     return run
 
 
+def _vmapped_run(one, chains, x0s):
+    """A runner for a per-chain `one(key, x0) -> (samples, grads, divergent, warmup_grads)`:
+    vmapped over chains under ONE `jax.jit` (tuning and sampling together)."""
+    fn = jax.jit(jax.vmap(one))
+
+    def run(key):
+        xs, n, div, wn = jax.block_until_ready(fn(jax.random.split(key, chains), x0s))
+        return dict(
+            samples=np.asarray(xs),
+            grads=np.asarray(n),
+            warm_grads=float(np.mean(np.asarray(wn))),
+            divergent=int(np.sum(np.asarray(div))),
+        )
+
+    return run
+
+
 def blackjax_runner(kind, target, chains, warmup, steps, num_integration_steps=10):
     import blackjax
 
@@ -210,18 +227,7 @@ def blackjax_runner(kind, target, chains, warmup, steps, num_integration_steps=1
         _, (xs, n, div) = jax.lax.scan(body, state, jax.random.split(k2, steps))
         return xs, n, div, jnp.sum(winfo.info.num_integration_steps)
 
-    fn = jax.jit(jax.vmap(one))
-
-    def run(key):
-        xs, n, div, wn = jax.block_until_ready(fn(jax.random.split(key, chains), x0s))
-        return dict(
-            samples=np.asarray(xs),
-            grads=np.asarray(n),
-            warm_grads=float(np.mean(np.asarray(wn))),
-            divergent=int(np.sum(np.asarray(div))),
-        )
-
-    return run
+    return _vmapped_run(one, chains, x0s)
 
 
 def blackjax_mclmc_runner(adjusted, target, chains, warmup, steps):
@@ -305,18 +311,7 @@ def blackjax_mclmc_runner(adjusted, target, chains, warmup, steps):
         _, (xs, n, div) = jax.lax.scan(body, state, jax.random.split(k_run, steps))
         return xs, n, div, grads_per_step * jnp.asarray(n_tune)
 
-    fn = jax.jit(jax.vmap(one))
-
-    def run(key):
-        xs, n, div, wn = jax.block_until_ready(fn(jax.random.split(key, chains), x0s))
-        return dict(
-            samples=np.asarray(xs),
-            grads=np.asarray(n),
-            warm_grads=float(np.mean(np.asarray(wn))),
-            divergent=int(np.sum(np.asarray(div))),
-        )
-
-    return run
+    return _vmapped_run(one, chains, x0s)
 
 
 def nutpie_runner(target, chains, warmup, steps, low_rank=False):
