@@ -74,20 +74,38 @@ def stream_update(s: StreamStats, x: Array, weight: Array) -> StreamStats:
     m2 = s.m2 + delta * (x - mean)
     current = s.current + wf * x
     current_count = s.current_count + w
-    full = weight & (current_count == s.batch_size)
-    idx = jnp.where(full, s.num_batches, NUM_BATCHES)  # out of range: dropped
-    batch_sums = s.batch_sums.at[:, idx].set(current, mode="drop")
-    num_batches = s.num_batches + full.astype(jnp.int32)
-    current = jnp.where(full, jnp.zeros_like(current), current)
-    current_count = jnp.where(full, 0, current_count)
-    # all batches full: merge neighbours, halve their number, double their size
-    merge = num_batches == NUM_BATCHES
-    shape = batch_sums.shape
-    merged = batch_sums.reshape(shape[0], NUM_BATCHES // 2, 2, *shape[2:]).sum(axis=2)
-    merged = jnp.concatenate([merged, jnp.zeros_like(merged)], axis=1)
-    batch_sums = jnp.where(merge, merged, batch_sums)
-    num_batches = jnp.where(merge, NUM_BATCHES // 2, num_batches)
-    batch_size = jnp.where(merge, 2 * s.batch_size, s.batch_size)
+
+    # the batch being filled is full: store it, and when all batches are full (after 32, 64,
+    # 128, ... kept steps) merge neighbours, halving their number and doubling their size. Both
+    # are rare, so they sit behind `cond`s: an ordinary step touches no stored batch.
+    def merge(batch_sums, num_batches, batch_size):
+        shape = batch_sums.shape
+        merged = batch_sums.reshape(shape[0], NUM_BATCHES // 2, 2, *shape[2:]).sum(axis=2)
+        merged = jnp.concatenate([merged, jnp.zeros_like(merged)], axis=1)
+        return merged, jnp.full_like(num_batches, NUM_BATCHES // 2), 2 * batch_size
+
+    def close(batch_sums, num_batches, batch_size, current, current_count):
+        batch_sums = jax.lax.dynamic_update_index_in_dim(batch_sums, current, num_batches, axis=1)
+        batch_sums, num_batches, batch_size = jax.lax.cond(
+            num_batches + 1 == NUM_BATCHES,
+            merge,
+            lambda *a: a,
+            batch_sums,
+            num_batches + 1,
+            batch_size,
+        )
+        return batch_sums, num_batches, batch_size, jnp.zeros_like(current), 0 * current_count
+
+    batch_sums, num_batches, batch_size, current, current_count = jax.lax.cond(
+        weight & (current_count == s.batch_size),
+        close,
+        lambda *a: a,
+        s.batch_sums,
+        s.num_batches,
+        s.batch_size,
+        current,
+        current_count,
+    )
     return StreamStats(count, mean, m2, batch_sums, num_batches, batch_size, current, current_count)
 
 
