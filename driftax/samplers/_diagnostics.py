@@ -92,3 +92,81 @@ def batch_means_estimates(stats) -> dict[str, np.ndarray]:
         rhat = np.sqrt(total_var / w) if num_chains > 1 else np.full_like(w, np.nan)
         rhat = np.where(w > 0, rhat, np.nan)
     return dict(mean=mean, sd=np.sqrt(total_var), mcse=mcse, ess=ess, rhat=rhat)
+
+
+def _z_scale(x: np.ndarray) -> np.ndarray:
+    """Rank-normalize `x` `(chains, draws, k)` per coordinate: average ranks over all chains and
+    draws, Blom's offset 3/8, then the normal quantile."""
+    from scipy import special
+
+    c, n, k = x.shape
+    rows = np.ascontiguousarray(x.reshape(c * n, k).T)  # (k, N): sort along contiguous rows
+    order = np.argsort(rows, axis=1)
+    s = np.take_along_axis(rows, order, axis=1)
+    idx = np.broadcast_to(np.arange(c * n), s.shape)
+    new_group = np.ones(s.shape, bool)
+    new_group[:, 1:] = s[:, 1:] != s[:, :-1]  # tied neighbours share the average of their ranks
+    last_of_group = np.ones(s.shape, bool)
+    last_of_group[:, :-1] = new_group[:, 1:]
+    first = np.maximum.accumulate(np.where(new_group, idx, 0), axis=1)
+    last = np.minimum.accumulate(np.where(last_of_group, idx, c * n - 1)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty_like(rows)
+    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)
+    ranks = ranks.T.reshape(c, n, k)
+    return special.ndtri((ranks - 0.375) / (c * n + 0.25))
+
+
+def _split_rhat(z: np.ndarray) -> np.ndarray:
+    n = z.shape[1]
+    between = n * z.mean(axis=1).var(axis=0, ddof=1)
+    within = z.var(axis=1, ddof=1).mean(axis=0)
+    return np.sqrt((between / within + n - 1) / n)
+
+
+def _geyer_ess(z: np.ndarray) -> np.ndarray:
+    """ESS of `z` `(chains, draws, k)` per coordinate with Geyer's initial monotone sequence,
+    all coordinates at once (autocovariances by FFT)."""
+    c, n, k = z.shape
+    centred = z - z.mean(axis=1, keepdims=True)
+    size = 2 ** int(np.ceil(np.log2(2 * n)))
+    f = np.fft.rfft(centred, size, axis=1)
+    acov = np.fft.irfft(f * np.conj(f), size, axis=1)[:, :n] / n  # (c, n, k), biased
+    mean_var = acov[:, 0].mean(axis=0) * n / (n - 1.0)
+    var_plus = mean_var * (n - 1.0) / n
+    if c > 1:
+        var_plus = var_plus + z.mean(axis=1).var(axis=0, ddof=1)
+    rho = 1.0 - (mean_var - acov.mean(axis=0)) / var_plus  # (n, k)
+    rho[0] = 1.0
+    m = (n - 1) // 2
+    pairs = rho[: 2 * m : 2] + rho[1 : 2 * m : 2]  # (m, k): Γ_j = ρ_2j + ρ_2j+1
+    positive = np.cumprod(pairs > 0, axis=0).astype(bool)  # initial positive sequence
+    monotone = np.minimum.accumulate(np.where(positive, pairs, np.inf), axis=0)
+    tau = -1.0 + 2.0 * np.where(positive, monotone, 0.0).sum(axis=0)
+    total = c * n
+    tau = np.maximum(tau, 1.0 / np.log10(total))
+    return total / tau
+
+
+@_quiet
+def fast_ess_rhat(samples) -> tuple[np.ndarray, np.ndarray]:
+    """Bulk ESS and rank-normalized split R-hat (max of bulk and folded) per coordinate of
+    `samples` `(num_chains, num_draws, *event)`, vectorized over coordinates: the same
+    definitions as `ess(samples, "bulk")` / `rhat` above (R-hat equal
+    to ArviZ's; the ESS's Geyer truncation differs from ArviZ's loop in its last pair, so it
+    agrees to about a percent), at a fraction of ArviZ's per-coordinate cost. The driver's
+    health checks use it; `SampleResult.ess` / `.rhat` stay ArviZ's."""
+    x = np.asarray(samples, np.float64)
+    if x.ndim < 2 or x.shape[1] < 4:
+        raise ValueError(f"samples must have shape (num_chains, >= 4 draws, ...), got {x.shape}.")
+    shape = x.shape[2:]
+    x = x.reshape(x.shape[0], x.shape[1], -1)
+    half = x.shape[1] // 2
+    split = np.concatenate([x[:, :half], x[:, x.shape[1] - half :]], axis=0)
+    z = _z_scale(split)
+    folded = _z_scale(np.abs(split - np.median(split.reshape(-1, split.shape[2]), axis=0)))
+    rhat = np.maximum(_split_rhat(z), _split_rhat(folded))
+    ess = _geyer_ess(z)
+    constant = np.ptp(x.reshape(-1, x.shape[2]), axis=0) < np.finfo(np.float64).resolution
+    ess = np.where(constant, x.shape[0] * x.shape[1], ess)
+    rhat = np.where(constant, np.nan, rhat)
+    return ess.reshape(shape), rhat.reshape(shape)

@@ -16,7 +16,7 @@ from .._checks import check_int
 from .._custom_types import Key
 from .._progress import bar_id_array, progress_bar
 from ..energies._base import AbstractEnergy, AbstractInitializable
-from . import _health
+from . import _diagnostics as diag, _health
 from ._adaptation import AbstractAdaptation
 from ._base import AbstractSampler
 from ._core import LoopConfig, broadcast_chains, cast_floats, resolve_adaptation, run_loop
@@ -330,7 +330,10 @@ def _check(result: SampleResult, start_samplers, resume: bool) -> _health.Health
         init_step = float(np.median(np.asarray(initial, np.float64)))
     c = result.counts
     try:
-        ess, rhat = result.ess, result.rhat
+        if result.kernel_samples is None:
+            ess, rhat = result.ess, result.rhat  # batch means: already cheap
+        else:  # ArviZ's definitions, vectorized over coordinates (a fraction of its cost)
+            ess, rhat = diag.fast_ess_rhat(result.kernel_samples)
     except ValueError:  # fewer than 4 draws
         ess = rhat = None
     return _health.check_run(
