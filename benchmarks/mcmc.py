@@ -1017,6 +1017,24 @@ def main(argv=None):
     targets = _targets(args.targets or (QUICK_TARGETS if quick else ALL_TARGETS))
     records, bare, skipped = [], {}, []
     load_before = os.getloadavg()
+
+    def write(final=True):
+        return _write(
+            args,
+            quick,
+            chains,
+            chains_many,
+            warmup,
+            steps,
+            repeats,
+            load_before,
+            list(targets),
+            bare,
+            records,
+            skipped,
+            final=final,
+        )
+
     for name, target in targets.items():
         bare_runs = [bare_gradient_us(target, chains)]
         runs = [
@@ -1088,35 +1106,8 @@ def main(argv=None):
                 flush=True,
             )
             run.extra.clear()
-        _write(
-            args,
-            quick,
-            chains,
-            chains_many,
-            warmup,
-            steps,
-            repeats,
-            load_before,
-            list(targets),
-            bare,
-            records,
-            skipped,
-            final=False,
-        )
-    payload = _write(
-        args,
-        quick,
-        chains,
-        chains_many,
-        warmup,
-        steps,
-        repeats,
-        load_before,
-        list(targets),
-        bare,
-        records,
-        skipped,
-    )
+        write(final=False)  # after every target: a stopped run keeps what finished
+    payload = write()
     print(markdown(payload))
 
 
