@@ -7,6 +7,11 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
+from ._conditional import (
+    ConditionalField as ConditionalField,
+    ConditionalMLP as ConditionalMLP,
+    ConditionalModel as ConditionalModel,
+)
 from ._grid import check_grid as check_grid, time_grid as time_grid
 from ._guidance import (
     FKCResult as FKCResult,
