@@ -26,7 +26,7 @@ at every weight.
 
 Measured (seed 0, quick): the trained model's CFG share of A's shared modes goes 0.49, 0.34,
 0.24, 0.07 for w = 1, 2, 4, 8 (exact fields: 0.50, 0.37, 0.20, 0.05), coverage 0.5 at w = 8;
-autoguidance keeps coverage 1 (shared share 0.49 to 0.46) and removes the main model's
+autoguidance keeps coverage 1 (shared share between 0.46 and 0.50) and removes the main model's
 outliers (4.4 % at w = 1, 0 % at w = 4). With a weaker guide (16 wide, 1/10 of the training)
 autoguidance at w = 8 lost one mode (share 0.060 against the 0.0625 threshold).
 
