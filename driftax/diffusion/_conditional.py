@@ -140,6 +140,7 @@ class ConditionalMLP(eqx.Module):
         """The context vector the trunk sees (the null one where `drop` is true)."""
         drop = jnp.asarray(drop, bool)
         if self.embedding is not None:
+            assert self.num_classes is not None
             label = jnp.where(drop, self.num_classes, jnp.asarray(context, jnp.int32))
             return self.embedding[label]
         c = jnp.ravel(jnp.asarray(context, self.trunk.frequencies.dtype))
@@ -230,7 +231,10 @@ class ConditionalModel(eqx.Module):
 
     def given(self, context) -> ConditionalField:
         """The conditional field at a fixed `context` (an [`AbstractField`][])."""
-        return ConditionalField(model=self, context=self.check_context(context), drop=False)
+        # pyright reads the base's AbstractVar `path`/`parameterization` as init fields;
+        # ConditionalField implements them as properties
+        context = self.check_context(context)
+        return ConditionalField(model=self, context=context, drop=False)  # pyright: ignore[reportCallIssue]
 
     def unconditional(self) -> ConditionalField:
         """The unconditional field (the null context of label dropout)."""
@@ -239,7 +243,7 @@ class ConditionalModel(eqx.Module):
             if self.num_classes is not None
             else jnp.zeros(self.context_shape, jnp.result_type(float))
         )
-        return ConditionalField(model=self, context=null, drop=True)
+        return ConditionalField(model=self, context=null, drop=True)  # pyright: ignore[reportCallIssue]
 
     def guided(self, context, weight: float, *, interval=None):
         """Classifier-free guidance of this model at `context` with its own unconditional

@@ -61,7 +61,7 @@ class Guided(AbstractField):
         check_finite(self.weight, "weight")
         if self.interval is not None:
             iv = check_finite(self.interval, "interval")
-            if iv.shape != (2,) or not iv[0] <= iv[1]:
+            if iv.shape != (2,) or not float(iv[0]) <= float(iv[1]):
                 raise ValueError(
                     f"`interval` must be (t_lo, t_hi) with t_lo <= t_hi, got {self.interval!r}."
                 )
@@ -85,7 +85,8 @@ class Guided(AbstractField):
         w = self.weight
         if self.interval is not None:
             lo, hi = self.interval
-            w = jnp.where((t >= lo) & (t <= hi), w, 1.0)
+            tt = jnp.asarray(t)
+            w = jnp.where((tt >= lo) & (tt <= hi), w, 1.0)
         return g + w * (f - g)
 
 

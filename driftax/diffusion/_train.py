@@ -79,10 +79,10 @@ def fit(
                 f"`context` must have one row per data point ({data.shape[0]}), got "
                 f"{context.shape[0]}."
             )
-        data = (data, context)
     elif isinstance(model, ConditionalModel):
         raise ValueError("a ConditionalModel needs the `context` of each data point.")
-    batches = Minibatches(data, batch_size, replace=True, sharding=_data_sharding(batch_size))
+    batched = data if context is None else (data, context)
+    batches = Minibatches(batched, batch_size, replace=True, sharding=_data_sharding(batch_size))
     trained, history = train(
         model,
         loss,
