@@ -124,6 +124,8 @@ class TimeMLP(eqx.Module):
     - `hidden`, `depth`: width and number of hidden layers.
     - `num_frequencies`: sinusoidal frequencies per time (geometric from 1 to `max_frequency`).
     - `num_times`: how many scalar times the network takes.
+    - `context_size`: length of an optional context vector concatenated to the input (e.g. a
+      class embedding; `driftax.diffusion.ConditionalMLP` builds on this). 0: none.
 
     **Example:**
 
@@ -139,6 +141,7 @@ class TimeMLP(eqx.Module):
     frequencies: Array
     dim: int = eqx.field(static=True)
     num_times: int = eqx.field(static=True)
+    context_size: int = eqx.field(static=True, default=0)
 
     def __init__(
         self,
@@ -150,13 +153,15 @@ class TimeMLP(eqx.Module):
         num_frequencies: int = 16,
         max_frequency: float = 100.0,
         num_times: int = 1,
+        context_size: int = 0,
     ):
         for name, v in [("dim", dim), ("hidden", hidden), ("num_times", num_times)]:
             check_int(v, name)
+        check_int(context_size, "context_size", 0)
         check_int(depth, "depth", 2)
         k1, k2, k3 = jax.random.split(key, 3)
         emb = 2 * num_frequencies * num_times + num_times
-        self.first = eqx.nn.Linear(dim + emb, hidden, key=k1)
+        self.first = eqx.nn.Linear(dim + emb + context_size, hidden, key=k1)
         make = lambda k: eqx.nn.Linear(hidden, hidden, key=k)
         self.blocks = eqx.filter_vmap(make)(jax.random.split(k2, depth - 1))
         last = eqx.nn.Linear(hidden, dim, key=k3)
@@ -168,6 +173,7 @@ class TimeMLP(eqx.Module):
         self.frequencies = geometric_frequencies(num_frequencies, max_frequency)
         self.dim = dim
         self.num_times = num_times
+        self.context_size = context_size
 
     def embed(self, t) -> Array:
         """Sinusoidal features of the time(s) `t`."""
@@ -176,11 +182,22 @@ class TimeMLP(eqx.Module):
             raise ValueError(f"expected {self.num_times} time value(s), got {t.shape[0]}.")
         return time_features(t, self.frequencies)
 
-    def __call__(self, t, x: Array) -> Array:
-        """The network output at time(s) `t` and ONE unbatched point `x` (shape `(dim,)`)."""
+    def __call__(self, t, x: Array, context: Array | None = None) -> Array:
+        """The network output at time(s) `t` and ONE unbatched point `x` (shape `(dim,)`), with
+        a context vector of length `context_size` when the network takes one."""
         if x.shape != (self.dim,):
             raise ValueError(f"`x` must have shape ({self.dim},), got {x.shape}.")
-        h = jax.nn.silu(self.first(jnp.concatenate([x, self.embed(t).astype(x.dtype)])))
+        parts = [x, self.embed(t).astype(x.dtype)]
+        if self.context_size:
+            if context is None or jnp.shape(context) != (self.context_size,):
+                raise ValueError(
+                    f"`context` must have shape ({self.context_size},), got "
+                    f"{None if context is None else jnp.shape(context)}."
+                )
+            parts.append(jnp.asarray(context, x.dtype))
+        elif context is not None:
+            raise ValueError("this network takes no `context` (built with context_size=0).")
+        h = jax.nn.silu(self.first(jnp.concatenate(parts)))
         params, static = eqx.partition(self.blocks, eqx.is_array)
 
         def body(h, p):

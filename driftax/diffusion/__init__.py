@@ -7,6 +7,12 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
+from ._conditional import (
+    ConditionalField as ConditionalField,
+    ConditionalMLP as ConditionalMLP,
+    ConditionalModel as ConditionalModel,
+)
+from ._energy_models import EnergyModel as EnergyModel, TimeEnergy as TimeEnergy
 from ._grid import check_grid as check_grid, time_grid as time_grid
 from ._guidance import (
     FKCResult as FKCResult,
@@ -82,3 +88,4 @@ from ._solvers import (
     UniPC as UniPC,
 )
 from ._train import fit as fit
+from ._training_free import TrainingFreeGuidance as TrainingFreeGuidance, dps as dps

@@ -14,7 +14,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._checks import check_fraction
 from .._custom_types import Array, Key, Scalar
+from ._conditional import ConditionalModel
 from ._model import declared_parameterization
 from ._path import AbstractPath, LinearInterpolant, check_parameterization
 
@@ -28,6 +30,8 @@ class AbstractLoss(eqx.Module):
 
 
 def _check_model(model):
+    if isinstance(model, ConditionalModel):
+        return model.parameterization
     p = declared_parameterization(model)
     if p is None:
         raise TypeError(
@@ -35,6 +39,31 @@ def _check_model(model):
             "`parameterization` (e.g. a Denoiser or NetworkField)."
         )
     return p
+
+
+def _split_context(model, batch):
+    """`(data, context)` from a batch: a pair for a conditional model, else the data alone."""
+    conditional = isinstance(model, ConditionalModel)
+    if isinstance(batch, (tuple, list)):
+        if len(batch) != 2:
+            raise ValueError("a conditional batch must be a pair `(data, context)`.")
+        if not conditional:
+            raise TypeError(
+                "a `(data, context)` batch needs a driftax.diffusion ConditionalModel, got "
+                f"{type(model).__name__}."
+            )
+        data, context = batch
+        context = model.check_context(context, batched=True)
+        if context.shape[0] != data.shape[0]:
+            raise ValueError(
+                f"`context` has {context.shape[0]} rows for {data.shape[0]} data points."
+            )
+        return data, context
+    if conditional:
+        raise TypeError(
+            "a ConditionalModel trains on `(data, context)` batches: pass `context=` to `fit`."
+        )
+    return batch, None
 
 
 def ot_coupling(key: Key, x: Array, y: Array, *, epsilon: float = 0.05) -> Array:
@@ -77,8 +106,13 @@ class DenoisingLoss(AbstractLoss):
     - `coupling`: `"independent"` or `"ot"` (minibatch optimal transport between data and noise,
       Tong et al. / Pooladian et al.; via ott-jax).
     - `sigma_data`: data scale for the EDM weighting.
+    - `label_dropout`: for a [`ConditionalModel`][] trained on `(data, context)` batches, the
+      probability of replacing each example's context by the null context, so that the same
+      model also learns the unconditional field (classifier-free guidance, Ho & Salimans 2022).
 
     Flow matching is `DenoisingLoss(LinearInterpolant(), target="velocity", weighting="none")`.
+    A batch is the data `(batch, *event_shape)`, or a pair `(data, context)` for a conditional
+    model ([`fit`][]`(..., context=labels)` makes these).
     """
 
     path: AbstractPath
@@ -90,9 +124,11 @@ class DenoisingLoss(AbstractLoss):
     p_std: float = 1.2
     sigma_data: float = 1.0
     ot_epsilon: float = 0.05
+    label_dropout: float = 0.0
 
     def __check_init__(self):
         check_parameterization(self.target, "target")
+        check_fraction(self.label_dropout, "label_dropout", closed_low=True)
         if not (callable(self.weighting) or self.weighting in ("edm", "none")):
             raise ValueError(
                 f"`weighting` must be 'edm', 'none' or a callable, got {self.weighting!r}."
@@ -125,24 +161,32 @@ class DenoisingLoss(AbstractLoss):
 
     def __call__(self, model, batch, *, key):
         source = _check_model(model)
+        batch, context = _split_context(model, batch)
         n = batch.shape[0]
-        kt, ke, kc = jax.random.split(key, 3)
+        kt, ke, kc, kd = jax.random.split(key, 4)
         t = self.sample_time(kt, n, batch.dtype)
         eps = jax.random.normal(ke, batch.shape, batch.dtype)
         if self.coupling == "ot":
             eps = ot_coupling(kc, batch, eps, epsilon=self.ot_epsilon)
         path = self.path
+        if context is None:
+            evaluate = lambda ti, xt, c, d: model(ti, xt)
+            context = drop = jnp.zeros((n,), bool)
+        else:
+            evaluate = lambda ti, xt, c, d: model(ti, xt, c, d)
+            drop = jax.random.bernoulli(kd, self.label_dropout, (n,))
 
-        def one(x0, e, ti):
+        def one(x0, e, ti, c, d):
             (a, da), (s, ds) = path.alpha_and_derivative(ti), path.sigma_and_derivative(ti)
             xt = a * x0 + s * e
-            pred = path.convert(model(ti, xt), ti, xt, source=source, target=self.target)
+            out = evaluate(ti, xt, c, d)
+            pred = path.convert(out, ti, xt, source=source, target=self.target)
             want = {"data": x0, "noise": e, "score": -e / s, "velocity": da * x0 + ds * e}[
                 self.target
             ]
             return self.weight(ti) * jnp.mean((pred - want) ** 2)
 
-        return jnp.mean(jax.vmap(one)(batch, eps, t))
+        return jnp.mean(jax.vmap(one)(batch, eps, t, context, drop))
 
 
 def flow_matching_loss(

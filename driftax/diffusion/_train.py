@@ -11,6 +11,7 @@ import numpy as np
 
 from .._custom_types import Array, Key
 from .._training import Minibatches, check_count, train
+from ._conditional import ConditionalModel
 
 
 def _data_sharding(batch_size: int):
@@ -26,6 +27,7 @@ def fit(
     loss: Callable,
     data: Array,
     *,
+    context: Array | None = None,
     key: Key,
     optimizer,
     num_steps: int,
@@ -49,6 +51,9 @@ def fit(
     - `loss`: e.g. [`DenoisingLoss`][], [`flow_matching_loss`][], [`MeanFlowLoss`][],
       [`InterpolantLoss`][] (a scalar, or `(value, aux)`).
     - `data`: training data, shape `(n, *event_shape)`.
+    - `context`: for a [`ConditionalModel`][], the context of each data point (class labels of
+      shape `(n,)`, or vectors of shape `(n, *context_shape)`); batches are then
+      `(data, context)` pairs (see `DenoisingLoss`'s `label_dropout`).
     - `key`, `optimizer`, `num_steps` (optimizer steps), `batch_size`: as for every fit.
     - `ema_decay`: exponential moving average of the parameters (`None` to turn it off; the
       warm-up is that of the shared loop).
@@ -63,7 +68,21 @@ def fit(
     if not bool(jnp.all(jnp.isfinite(data))):
         raise ValueError("`data` must be finite.")
     batch_size = check_count(batch_size, "batch_size")
-    batches = Minibatches(data, batch_size, replace=True, sharding=_data_sharding(batch_size))
+    if context is not None:
+        if not isinstance(model, ConditionalModel):
+            raise TypeError(
+                f"`context` needs a driftax.diffusion ConditionalModel, got {type(model).__name__}."
+            )
+        context = model.check_context(context, batched=True)
+        if context.shape[0] != data.shape[0]:
+            raise ValueError(
+                f"`context` must have one row per data point ({data.shape[0]}), got "
+                f"{context.shape[0]}."
+            )
+    elif isinstance(model, ConditionalModel):
+        raise ValueError("a ConditionalModel needs the `context` of each data point.")
+    batched = data if context is None else (data, context)
+    batches = Minibatches(batched, batch_size, replace=True, sharding=_data_sharding(batch_size))
     trained, history = train(
         model,
         loss,

@@ -105,3 +105,91 @@ def test_fkc_bad_input(particles):
         )
     with pytest.raises(TypeError, match="fields"):
         dd.fkc_sample([], path, x0, key=jax.random.key(0), num_steps=5)
+
+
+# ----------------------------------------------------------------------------- training-free
+
+
+def _gauss_field(m, v, path):
+    g = _expert(np.asarray(m, float), np.asarray(v, float), path)
+    return dd.ParameterizedField(field=g.score, path=path, parameterization="score")
+
+
+PRIOR_M, PRIOR_V = np.array([0.5, -1.0]), np.array([1.0, 0.5])
+Y, TAU2 = np.array([1.5, 0.0]), 0.2
+
+
+def _gauss_loglik(x0):
+    return -0.5 * jnp.sum((Y - x0) ** 2) / TAU2
+
+
+def test_dps_with_matched_step_samples_the_exact_gaussian_posterior():
+    # Gaussian prior and likelihood: ∇ log p(y | x_t) = J (y - x̂) / (tau^2 + c_t) with
+    # c_t = Var(x_data | x_t); DPS uses J (y - x̂) / tau^2, so the schedule
+    # rho_t = tau^2 / (tau^2 + c_t) makes it exact. With rho = 1 (plain DPS) the guided ODE is
+    # still linear and its law follows the moment ODE.
+    from .test_conditional import affine_moments
+
+    path = dd.VP()
+    model = _gauss_field(PRIOR_M, PRIOR_V, path)
+
+    def rho(t):
+        a, s = path.alpha(t), path.sigma(t)
+        c = PRIOR_V * s**2 / (a**2 * PRIOR_V + s**2)
+        return TAU2 / (TAU2 + c)
+
+    v_post = 1 / (1 / PRIOR_V + 1 / TAU2)
+    m_post = v_post * (PRIOR_M / PRIOR_V + Y / TAU2)
+    n = 4000
+    x0 = path.prior_sample(jax.random.key(0), (n, 2))
+    exact = dd.dps(model, _gauss_loglik, scale=rho)
+    xs = np.asarray(dd.solve(dd.Heun(), exact, path, x0, num_steps=60))
+    np.testing.assert_array_less(np.abs(xs.mean(0) - m_post), 5 * np.sqrt(v_post / n) + 5e-3)
+    np.testing.assert_array_less(np.abs(xs.var(0) - v_post), 5 * v_post * np.sqrt(2 / n) + 5e-3)
+    plain = dd.dps(model, _gauss_loglik)
+    xp = np.asarray(dd.solve(dd.Heun(), plain, path, x0, num_steps=60))
+    sig2 = float(path.sigma(path.t_noise)) ** 2
+    m, p = affine_moments(plain, path, 0.0, sig2)
+    np.testing.assert_array_less(np.abs(xp.mean(0) - m), 5 * np.sqrt(p / n) + 5e-3)
+    np.testing.assert_array_less(np.abs(xp.var(0) - p), 5 * p * np.sqrt(2 / n) + 5e-3)
+    # plain DPS moves towards the posterior mean from the prior mean
+    assert np.all(np.abs(m - m_post) < np.abs(PRIOR_M - m_post))
+
+
+def test_tfg_terms():
+    path = dd.VP()
+    model = _gauss_field(PRIOR_M, PRIOR_V, path)
+    t, x = 0.4, jnp.array([0.3, -0.2])
+    a, s = path.alpha(t), path.sigma(t)
+    x_hat = model.denoise(t, x)
+    jac = jax.jacobian(lambda y: model.denoise(t, y))(x)
+    g = (Y - x_hat) / TAU2
+    # variance guidance = the gradient through the denoiser (checked against jax.jacobian)
+    dps = dd.TrainingFreeGuidance(model=model, log_likelihood=_gauss_loglik, rho=0.7)
+    np.testing.assert_allclose(dps(t, x), model.score(t, x) + 0.7 * jac.T @ g, rtol=1e-5)
+    # mean guidance: two gradient steps on x̂, moving the score as shifting x̂ does
+    mu = 0.05
+    d1 = mu * g
+    d2 = d1 + mu * (Y - x_hat - d1) / TAU2
+    mean = dd.TrainingFreeGuidance(
+        model=model, log_likelihood=_gauss_loglik, rho=0.0, mu=mu, num_iter=2
+    )
+    np.testing.assert_allclose(mean(t, x), model.score(t, x) + a / s**2 * d2, rtol=1e-5)
+    # implicit dynamics: gamma = 0 is the plain predictor; gamma > 0 smooths it (deterministic)
+    sm = dd.TrainingFreeGuidance(
+        model=model,
+        log_likelihood=_gauss_loglik,
+        gamma=0.3,
+        num_smoothing=64,
+        key=jax.random.key(0),
+    )
+    v1, v2 = sm(t, x), sm(t, x)
+    np.testing.assert_array_equal(v1, v2)
+    assert np.all(np.isfinite(v1)) and not np.allclose(v1, dps(t, x))
+    for bad in [dict(rho=float("nan")), dict(mu=float("inf")), dict(gamma=-1.0)]:
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            dd.TrainingFreeGuidance(model=model, log_likelihood=_gauss_loglik, **bad)
+    with pytest.raises(ValueError, match="num_iter"):
+        dd.TrainingFreeGuidance(model=model, log_likelihood=_gauss_loglik, num_iter=-1)
+    with pytest.raises(TypeError, match="model"):
+        dd.dps(lambda t, y: y, _gauss_loglik)
