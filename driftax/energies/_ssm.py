@@ -378,10 +378,10 @@ def linear_gaussian_ssm(
         if arrays[name].shape != shape:
             raise ValueError(f"`{name}` must have shape {shape}, got {arrays[name].shape}.")
         if not traced:
-            _matrix(arrays[name], name, shape, psd=name.endswith("cov"))
+            _matrix(args[name], name, shape, psd=name.endswith("cov"))
     if not traced:
         for name in ("initial_mean", "observation_matrix"):
-            if not bool(jnp.all(jnp.isfinite(arrays[name]))):
+            if not np.all(np.isfinite(np.asarray(args[name], dtype=float))):
                 raise ValueError(f"`{name}` must be finite.")
     return LinearGaussianSSM(**arrays, state_shape=(d,), observation_shape=(p,))
 
@@ -675,7 +675,9 @@ def check_observations(model: AbstractStateSpaceModel, observations) -> Array:
         )
     if not jnp.issubdtype(ys.dtype, jnp.floating):
         ys = ys.astype(jnp.result_type(float))
-    if not isinstance(ys, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(ys))):
+    if not isinstance(observations, jax.core.Tracer) and not np.all(
+        np.isfinite(np.asarray(observations, dtype=float))
+    ):
         raise ValueError("`observations` must be finite (no NaN or inf).")
     return ys
 

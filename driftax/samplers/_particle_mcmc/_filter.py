@@ -307,8 +307,7 @@ def check_filter_args(
     return ys
 
 
-@eqx.filter_jit
-def _particle_filter_jit(model, ys, key, num_particles, proposal, resampling, thr, diff):
+def _particle_filter_impl(model, ys, key, num_particles, proposal, resampling, thr, diff):
     result, _, _ = run_filter(
         model,
         ys,
@@ -320,6 +319,13 @@ def _particle_filter_jit(model, ys, key, num_particles, proposal, resampling, th
         differentiable=diff,
     )
     return result
+
+
+# one compiled program per configuration; it counts its traces (tests check a second call with
+# the same shapes does not retrace)
+_particle_filter_jit = eqx.filter_jit(
+    eqx.debug.assert_max_traces(_particle_filter_impl, max_traces=None)
+)
 
 
 def raise_if_collapsed(result: ParticleFilterResult) -> None:

@@ -11,6 +11,7 @@ import equinox as eqx
 import jax
 import jax.core
 import jax.numpy as jnp
+import numpy as np
 
 from ..._checks import check_choice, check_int
 from ..._custom_types import Array, Key
@@ -102,7 +103,9 @@ def _check_reference(model, reference, ys) -> Array:
         raise ValueError(
             f"`reference` must have shape {expected} (T, *state_shape), got {ref.shape}."
         )
-    if not isinstance(ref, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(ref))):
+    if not isinstance(reference, jax.core.Tracer) and not np.all(
+        np.isfinite(np.asarray(reference, dtype=float))
+    ):
         raise ValueError("`reference` must be finite.")
     return ref.astype(ys.dtype)
 
