@@ -114,3 +114,21 @@ from ._particles import (
     lj55 as lj55,
 )
 from ._registry import TargetInfo as TargetInfo, reference_targets as reference_targets
+from ._ssm import (
+    AbstractAuxiliaryProposal as AbstractAuxiliaryProposal,
+    AbstractBoundedTransition as AbstractBoundedTransition,
+    AbstractProposal as AbstractProposal,
+    AbstractStateSpaceModel as AbstractStateSpaceModel,
+    GrowthModel as GrowthModel,
+    KalmanMarginal as KalmanMarginal,
+    KalmanResult as KalmanResult,
+    LinearGaussianOptimalProposal as LinearGaussianOptimalProposal,
+    LinearGaussianSSM as LinearGaussianSSM,
+    StateSpacePosterior as StateSpacePosterior,
+    growth_model as growth_model,
+    kalman_filter as kalman_filter,
+    kalman_marginal as kalman_marginal,
+    linear_gaussian_ssm as linear_gaussian_ssm,
+    rts_smoother as rts_smoother,
+    state_space_posterior as state_space_posterior,
+)

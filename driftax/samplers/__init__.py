@@ -60,6 +60,22 @@ from ._microcanonical_adaptation import (
     MCLMCAdaptation as MCLMCAdaptation,
 )
 from ._nuts import NUTS as NUTS
+from ._particle_mcmc import (
+    PMMH as PMMH,
+    FixedLagResult as FixedLagResult,
+    ParisResult as ParisResult,
+    ParticleFilterResult as ParticleFilterResult,
+    ParticleGibbs as ParticleGibbs,
+    ParticleGibbsState as ParticleGibbsState,
+    PPGResult as PPGResult,
+    conditional_smc as conditional_smc,
+    ffbsi as ffbsi,
+    fixed_lag_smoother as fixed_lag_smoother,
+    paris_smoother as paris_smoother,
+    particle_filter as particle_filter,
+    ppg_smoother as ppg_smoother,
+    score_climbing as score_climbing,
+)
 from ._resampling import resample as resample
 from ._result import SampleResult as SampleResult
 from ._smc import AIS as AIS, SMC as SMC

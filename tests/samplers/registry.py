@@ -1,7 +1,9 @@
 """A registry of every sampler (and integrator) for the generic tests."""
 
 import jax
+import jax.numpy as jnp
 
+import driftax.energies as de
 import driftax.flows as fl
 import driftax.samplers as ds
 
@@ -33,6 +35,20 @@ def _flow(dim: int = 2):
     return fl.planar_flow(jax.random.key(7), dim, 2, init_scale=0.3)
 
 
+def _ssm_model(theta):
+    """A scalar linear-Gaussian model with parameters θ in R^2 (for the particle MCMC kernels)."""
+    return de.linear_gaussian_ssm(
+        jnp.tanh(theta[:1])[None],
+        0.5 + jnp.exp(0.1 * theta[1:])[None],
+        jnp.ones((1, 1)),
+        jnp.ones((1, 1)),
+        jnp.zeros(1),
+        jnp.ones((1, 1)),
+    )
+
+
+_SSM_OBSERVATIONS = jnp.linspace(-1.0, 1.0, 5)[:, None]
+
 # kernels built on other kernels or on a flow; their factories build for a 2-D event
 COMPOSITE_SAMPLERS = {
     "PT-MALA": lambda: ds.ParallelTempering(
@@ -45,6 +61,10 @@ COMPOSITE_SAMPLERS = {
     "ISIR": lambda: fl.ISIR(_flow(), num_proposals=4),
     "FlowLocalHybrid": lambda: fl.FlowLocalHybrid(_flow(), ds.MALA(step_size=0.3)),
     "NeuTra-HMC": lambda: fl.NeuTra(ds.HMC(step_size=0.3, num_integration_steps=3), _flow()),
+    "PMMH": lambda: ds.PMMH(_ssm_model, _SSM_OBSERVATIONS, num_particles=8, step_size=0.8),
+    "ParticleGibbs": lambda: ds.ParticleGibbs(
+        _ssm_model, _SSM_OBSERVATIONS, num_particles=4, theta_sampler=ds.RandomWalk(step_size=0.8)
+    ),
 }
 
 ALL_SAMPLERS = {**SAMPLERS, **COMPOSITE_SAMPLERS}
