@@ -63,6 +63,20 @@ from ._nuts import NUTS as NUTS
 from ._resampling import resample as resample
 from ._result import SampleResult as SampleResult
 from ._smc import AIS as AIS, SMC as SMC
+from ._stochastic_gradient import (
+    SGHMC as SGHMC,
+    SGLD as SGLD,
+    SGNHT as SGNHT,
+    AbstractSchedule as AbstractSchedule,
+    AbstractSGMCMC as AbstractSGMCMC,
+    ConstantSchedule as ConstantSchedule,
+    CyclicalSchedule as CyclicalSchedule,
+    PolynomialSchedule as PolynomialSchedule,
+    PreconditionedSGLD as PreconditionedSGLD,
+    SGState as SGState,
+    TabulatedSchedule as TabulatedSchedule,
+    data_gradient_evaluations as data_gradient_evaluations,
+)
 from ._tempering import (
     ParallelTempering as ParallelTempering,
     ParallelTemperingAdaptation as ParallelTemperingAdaptation,
