@@ -76,6 +76,7 @@ from ._stochastic_gradient import (
     SGState as SGState,
     TabulatedSchedule as TabulatedSchedule,
     data_gradient_evaluations as data_gradient_evaluations,
+    stationary_moments as stationary_moments,
 )
 from ._tempering import (
     ParallelTempering as ParallelTempering,

@@ -47,7 +47,16 @@ COMPOSITE_SAMPLERS = {
     "NeuTra-HMC": lambda: fl.NeuTra(ds.HMC(step_size=0.3, num_integration_steps=3), _flow()),
 }
 
-ALL_SAMPLERS = {**SAMPLERS, **COMPOSITE_SAMPLERS}
+# stochastic-gradient kernels: minibatch scores on data energies, the exact score elsewhere
+# (their statistical checks live in test_stochastic_gradient.py, on data energies)
+DATA_SAMPLERS = {
+    "SGLD": lambda: ds.SGLD(step_size=0.05, batch_size=8),
+    "PreconditionedSGLD": lambda: ds.PreconditionedSGLD(step_size=0.05, batch_size=8),
+    "SGHMC": lambda: ds.SGHMC(step_size=0.2, batch_size=8),
+    "SGNHT": lambda: ds.SGNHT(step_size=0.1, batch_size=8),
+}
+
+ALL_SAMPLERS = {**SAMPLERS, **COMPOSITE_SAMPLERS, **DATA_SAMPLERS}
 
 HAMILTONIAN_INTEGRATORS = [ds.Leapfrog, ds.McLachlan, ds.Yoshida]
 LANGEVIN_INTEGRATORS = [ds.BAOAB, ds.OBABO, ds.UBU]

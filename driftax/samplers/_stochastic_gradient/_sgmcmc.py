@@ -28,6 +28,7 @@ from .._base import (
     float_leaf,
     init_position,
     select,
+    value_and_score_at,
 )
 from .._random import draws
 from ._schedules import AbstractSchedule, ConstantSchedule
@@ -63,8 +64,9 @@ def _check_batch(value) -> int:
 class AbstractSGMCMC(AbstractSampler):
     """Base of the stochastic-gradient samplers: a `step_size`, a minibatch `batch_size`
     (static; checked against the energy's number of data at `init`), sampling `replace`ment,
-    and a step-size `schedule`. The energy must be a data energy
-    ([`driftax.energies.AbstractDataEnergy`][])."""
+    and a step-size `schedule`. On a data energy ([`driftax.energies.AbstractDataEnergy`][])
+    every step uses a minibatch estimate of the score; on any other energy (a tempered or
+    conditioned one, say) the exact score, so the kernels also serve inside SMC or tempering."""
 
     is_adjusted: ClassVar[bool] = False
     uses_momentum: ClassVar[bool] = False
@@ -82,13 +84,13 @@ class AbstractSGMCMC(AbstractSampler):
                 f"`schedule` must be a driftax AbstractSchedule, got {type(self.schedule).__name__}."
             )
 
-    def _check_energy(self, energy) -> AbstractDataEnergy:
-        if not isinstance(energy, AbstractDataEnergy):
+    def _check_energy(self, energy) -> AbstractEnergy:
+        if not isinstance(energy, AbstractEnergy):
             raise TypeError(
-                f"`energy` must be a data energy (driftax.energies.AbstractDataEnergy) for "
-                f"{type(self).__name__}'s minibatch gradients, got {type(energy).__name__}."
+                f"`energy` must be a driftax AbstractEnergy, got {type(energy).__name__}."
             )
-        check_batch_size(self.batch_size, energy.num_data)
+        if isinstance(energy, AbstractDataEnergy):
+            check_batch_size(self.batch_size, energy.num_data)
         return energy
 
     def data_grads_per_step(self, energy: AbstractDataEnergy) -> int:
@@ -114,7 +116,10 @@ class AbstractSGMCMC(AbstractSampler):
             count=jnp.zeros((), jnp.int32),
         )
 
-    def _estimate(self, energy: AbstractDataEnergy, x: Array, key: Key):
+    def _estimate(self, energy: AbstractEnergy, x: Array, key: Key):
+        if not isinstance(energy, AbstractDataEnergy):  # no data: the exact score
+            logp, score = value_and_score_at(energy, x)
+            return logp, score, (jnp.zeros_like(x) if self._wants_variance() else None)
         est = energy.minibatch_estimate(
             x,
             key=key,
