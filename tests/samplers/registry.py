@@ -45,6 +45,9 @@ COMPOSITE_SAMPLERS = {
     "ISIR": lambda: fl.ISIR(_flow(), num_proposals=4),
     "FlowLocalHybrid": lambda: fl.FlowLocalHybrid(_flow(), ds.MALA(step_size=0.3)),
     "NeuTra-HMC": lambda: fl.NeuTra(ds.HMC(step_size=0.3, num_integration_steps=3), _flow()),
+    "L2HMC": lambda: ds.L2HMC(
+        ds.learned_leapfrog(jax.random.key(3), 2, num_layers=3, step_size=0.3, init_scale=0.1)
+    ),
 }
 
 # stochastic-gradient kernels: minibatch scores on data energies, the exact score elsewhere

@@ -259,15 +259,15 @@ def test_sghmc_matches_predicted_law(target):
 @pytest.mark.slow
 def test_psgld_and_sgnht_approach_posterior_as_step_falls(target):
     """pSGLD and SGNHT (no closed form): the mean is right within MCSE, and the variance error
-    falls as the step size falls."""
+    falls as the step size falls (step sizes where both mix within the run)."""
     post_var = np.asarray(target.variance, np.float64)
     for make, steps in (
-        (lambda h: ds.PreconditionedSGLD(step_size=h, batch_size=BATCH), (2e-3, 2.5e-4)),
-        (lambda h: ds.SGNHT(step_size=h, batch_size=BATCH), (2e-2, 2.5e-3)),
+        (lambda h: ds.PreconditionedSGLD(step_size=h, batch_size=BATCH), (2e-2, 4e-3)),
+        (lambda h: ds.SGNHT(step_size=h, batch_size=BATCH), (2e-2, 4e-3)),
     ):
         errs = []
         for h in steps:
-            res = _run(make(h), target, num_steps=1500, num_warmup=500, num_chains=32)
+            res = _run(make(h), target, num_steps=1000, num_warmup=300, num_chains=64)
             xs = np.asarray(res.kernel_samples, np.float64)
             chain_means = xs.mean(1)
             se_mean = chain_means.std(0, ddof=1) / np.sqrt(xs.shape[0])

@@ -1,6 +1,13 @@
 """Stochastic-gradient MCMC (SGLD, pSGLD, SGHMC, SGNHT), its step-size schedules, the
 structured SG-MCMC of Alexos et al., and the learned leapfrog (L2HMC)."""
 
+from ._l2hmc import (
+    L2HMC as L2HMC,
+    LeapfrogLayer as LeapfrogLayer,
+    LearnedLeapfrog as LearnedLeapfrog,
+    fit_l2hmc as fit_l2hmc,
+    learned_leapfrog as learned_leapfrog,
+)
 from ._schedules import (
     AbstractSchedule as AbstractSchedule,
     ConstantSchedule as ConstantSchedule,
