@@ -37,6 +37,7 @@ EXEMPT = {
         "AbstractSampler",
         "AbstractStepSizeSampler",
         "AbstractMetricSampler",
+        "AbstractSGMCMC",
     },
     "bijection": {"AbstractBijection"},  # the base
     "solver": {"AbstractSolver"},  # the base

@@ -20,6 +20,7 @@ import numpy as np
 
 from .._custom_types import Array, Point, Scalar, Shape
 from ._base import AbstractEnergy, AbstractKnownMoments, check_event
+from ._data import AbstractDataEnergy, ControlVariate
 from ._gaussian import normal_log_density
 
 _LOGREG_DATA = "breast_cancer.npz"
@@ -104,7 +105,7 @@ class _ReferenceMoments(AbstractKnownMoments):
         return dict(self._reference_info)
 
 
-class LogisticRegression(_ReferenceMoments):
+class LogisticRegression(_ReferenceMoments, AbstractDataEnergy):
     r"""Bayesian logistic regression with a `N(0, prior_scale²·I)` prior on the weights `w`
     (intercept first, then one weight per standardized feature):
 
@@ -117,6 +118,9 @@ class LogisticRegression(_ReferenceMoments):
     see `benchmarks/make_logreg_reference.py`), with their Monte Carlo standard errors
     `reference_mcse_mean` / `reference_mcse_variance` and the run's details in `reference_info`.
     Compare an estimate against them with a tolerance that combines both errors.
+
+    It is a data energy ([`AbstractDataEnergy`][driftax.energies.AbstractDataEnergy]): the data
+    are `(design, labels)` (569 rows), so stochastic-gradient samplers get minibatch estimates.
     """
 
     _reference_script: ClassVar[str] = _LOGREG_SCRIPT
@@ -124,6 +128,19 @@ class LogisticRegression(_ReferenceMoments):
     labels: Array
     prior_scale: float = eqx.field(static=True)
     event_shape: Shape = eqx.field(static=True)
+    control_variate: ControlVariate | None = None
+
+    def log_prior(self, x: Point) -> Scalar:
+        return normal_log_density(x, scale=self.prior_scale)
+
+    def log_likelihood(self, x: Point, datum) -> Scalar:
+        row, label = datum
+        z = row @ x
+        return label * z - jax.nn.softplus(z)
+
+    @property
+    def data(self):
+        return (self.design, self.labels)
 
     def log_density(self, x: Point) -> Scalar:
         w = check_event(x, self.event_shape)

@@ -79,6 +79,26 @@ from ._particle_mcmc import (
 from ._resampling import resample as resample
 from ._result import SampleResult as SampleResult
 from ._smc import AIS as AIS, SMC as SMC
+from ._stochastic_gradient import (
+    L2HMC as L2HMC,
+    SGHMC as SGHMC,
+    SGLD as SGLD,
+    SGNHT as SGNHT,
+    AbstractSchedule as AbstractSchedule,
+    AbstractSGMCMC as AbstractSGMCMC,
+    ConstantSchedule as ConstantSchedule,
+    CyclicalSchedule as CyclicalSchedule,
+    LeapfrogLayer as LeapfrogLayer,
+    LearnedLeapfrog as LearnedLeapfrog,
+    PolynomialSchedule as PolynomialSchedule,
+    PreconditionedSGLD as PreconditionedSGLD,
+    SGState as SGState,
+    TabulatedSchedule as TabulatedSchedule,
+    data_gradient_evaluations as data_gradient_evaluations,
+    fit_l2hmc as fit_l2hmc,
+    learned_leapfrog as learned_leapfrog,
+    stationary_moments as stationary_moments,
+)
 from ._tempering import (
     ParallelTempering as ParallelTempering,
     ParallelTemperingAdaptation as ParallelTemperingAdaptation,

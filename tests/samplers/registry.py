@@ -65,9 +65,21 @@ COMPOSITE_SAMPLERS = {
     "ParticleGibbs": lambda: ds.ParticleGibbs(
         _ssm_model, _SSM_OBSERVATIONS, num_particles=4, theta_sampler=ds.RandomWalk(step_size=0.8)
     ),
+    "L2HMC": lambda: ds.L2HMC(
+        ds.learned_leapfrog(jax.random.key(3), 2, num_layers=3, step_size=0.3, init_scale=0.1)
+    ),
 }
 
-ALL_SAMPLERS = {**SAMPLERS, **COMPOSITE_SAMPLERS}
+# stochastic-gradient kernels: minibatch scores on data energies, the exact score elsewhere
+# (their statistical checks live in test_stochastic_gradient.py, on data energies)
+DATA_SAMPLERS = {
+    "SGLD": lambda: ds.SGLD(step_size=0.05, batch_size=8),
+    "PreconditionedSGLD": lambda: ds.PreconditionedSGLD(step_size=0.05, batch_size=8),
+    "SGHMC": lambda: ds.SGHMC(step_size=0.2, batch_size=8),
+    "SGNHT": lambda: ds.SGNHT(step_size=0.1, batch_size=8),
+}
+
+ALL_SAMPLERS = {**SAMPLERS, **COMPOSITE_SAMPLERS, **DATA_SAMPLERS}
 
 HAMILTONIAN_INTEGRATORS = [ds.Leapfrog, ds.McLachlan, ds.Yoshida]
 LANGEVIN_INTEGRATORS = [ds.BAOAB, ds.OBABO, ds.UBU]
