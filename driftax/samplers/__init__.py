@@ -60,6 +60,16 @@ from ._microcanonical_adaptation import (
     MCLMCAdaptation as MCLMCAdaptation,
 )
 from ._nuts import NUTS as NUTS
+from ._particles import (
+    ALDI as ALDI,
+    EKI as EKI,
+    SVGD as SVGD,
+    AbstractParticleMethod as AbstractParticleMethod,
+    InverseProblem as InverseProblem,
+    ParticleResult as ParticleResult,
+    ParticleState as ParticleState,
+    run_particles as run_particles,
+)
 from ._resampling import resample as resample
 from ._result import SampleResult as SampleResult
 from ._smc import AIS as AIS, SMC as SMC

@@ -1,0 +1,11 @@
+"""Ensembles and interacting particles (ALDI, EKI, SVGD, MMD flows, mean-field Langevin, the
+ensemble score sampler) and thinning (kernel thinning, Compress++, Stein thinning)."""
+
+from ._base import (
+    AbstractParticleMethod as AbstractParticleMethod,
+    ParticleResult as ParticleResult,
+    ParticleState as ParticleState,
+    run_particles as run_particles,
+)
+from ._ensemble import ALDI as ALDI, EKI as EKI, InverseProblem as InverseProblem
+from ._svgd import SVGD as SVGD
