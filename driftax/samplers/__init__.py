@@ -68,7 +68,9 @@ from ._particles import (
     InverseProblem as InverseProblem,
     ParticleResult as ParticleResult,
     ParticleState as ParticleState,
+    kernel_thin as kernel_thin,
     run_particles as run_particles,
+    stein_thin as stein_thin,
 )
 from ._resampling import resample as resample
 from ._result import SampleResult as SampleResult

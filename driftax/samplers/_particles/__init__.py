@@ -9,3 +9,4 @@ from ._base import (
 )
 from ._ensemble import ALDI as ALDI, EKI as EKI, InverseProblem as InverseProblem
 from ._svgd import SVGD as SVGD
+from ._thinning import kernel_thin as kernel_thin, stein_thin as stein_thin
