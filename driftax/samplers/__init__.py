@@ -69,7 +69,9 @@ from ._particles import (
     ParticleResult as ParticleResult,
     ParticleState as ParticleState,
     kernel_thin as kernel_thin,
+    mmd_flow as mmd_flow,
     run_particles as run_particles,
+    sliced_mmd_gradient as sliced_mmd_gradient,
     stein_thin as stein_thin,
 )
 from ._resampling import resample as resample
