@@ -186,8 +186,7 @@ def run_particles(
     thin: int = 1,
     store_samples: bool = True,
 ) -> ParticleResult:
-    """Run an interacting-particle method ([`ALDI`][], [`EKI`][], [`SVGD`][], [`MMDFlow`][],
-    [`MeanFieldLangevin`][], ...) for `num_warmup + num_steps` steps, compiled once (a second
+    """Run an interacting-particle method ([`ALDI`][], [`EKI`][], [`SVGD`][]) for `num_warmup + num_steps` steps, compiled once (a second
     call with the same shapes does not retrace).
 
     Why not `driftax.sample`: the driver runs each chain independently under `jax.vmap`,
