@@ -76,6 +76,20 @@ from ._particle_mcmc import (
     ppg_smoother as ppg_smoother,
     score_climbing as score_climbing,
 )
+from ._particles import (
+    ALDI as ALDI,
+    EKI as EKI,
+    SVGD as SVGD,
+    AbstractParticleMethod as AbstractParticleMethod,
+    InverseProblem as InverseProblem,
+    ParticleResult as ParticleResult,
+    ParticleState as ParticleState,
+    kernel_thin as kernel_thin,
+    mmd_flow as mmd_flow,
+    run_particles as run_particles,
+    sliced_mmd_gradient as sliced_mmd_gradient,
+    stein_thin as stein_thin,
+)
 from ._resampling import resample as resample
 from ._result import SampleResult as SampleResult
 from ._smc import AIS as AIS, SMC as SMC
