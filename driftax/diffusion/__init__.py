@@ -7,6 +7,20 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
+from ._bridges._fit import fit_bridge as fit_bridge
+from ._bridges._gaussian import GaussianBridge as GaussianBridge
+from ._bridges._lightsb import LightSB as LightSB, LightSBLoss as LightSBLoss
+from ._bridges._matching import (
+    BridgeDrift as BridgeDrift,
+    BridgeMatchingLoss as BridgeMatchingLoss,
+    DSBMResult as DSBMResult,
+    dsbm as dsbm,
+)
+from ._bridges._ot import (
+    entropic_plan as entropic_plan,
+    exact_assignment as exact_assignment,
+)
+from ._bridges._solve import solve_bridge as solve_bridge
 from ._grid import check_grid as check_grid, time_grid as time_grid
 from ._guidance import (
     FKCResult as FKCResult,
