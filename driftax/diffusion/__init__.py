@@ -11,6 +11,7 @@ from ._bridges._fit import fit_bridge as fit_bridge
 from ._bridges._gaussian import GaussianBridge as GaussianBridge
 from ._bridges._lightsb import LightSB as LightSB, LightSBLoss as LightSBLoss
 from ._bridges._matching import (
+    AffineDrift as AffineDrift,
     BridgeDrift as BridgeDrift,
     BridgeMatchingLoss as BridgeMatchingLoss,
     DSBMResult as DSBMResult,

@@ -83,7 +83,7 @@ class GaussianBridge(eqx.Module):
     - `mean1`, `cov1`: the target Gaussian.
     - `sigma`: the reference noise scale (`> 0`).
 
-    **Methods:** [`coupling_covariance`][] `Cov(X0, X1)`, `joint()` (the law of `(X0, X1)`),
+    **Methods:** `coupling_covariance()` (`Cov(X0, X1)`), `joint()` (the law of `(X0, X1)`),
     `marginal(t) -> (mean, cov)` of `X_t`, `conditional(x0) -> (mean, cov)` of `X1 | X0 = x0`,
     `sample_coupling(key, n)`, and the fields of the bridge SDE `dX = drift dt + sigma dW`:
     `drift(t, x)`, `backward_drift(t, x)`, `score(t, x)` and the probability-flow

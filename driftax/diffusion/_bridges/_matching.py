@@ -71,6 +71,35 @@ class BridgeDrift(eqx.Module):
         return self.forward(t, x)
 
 
+class AffineDrift(eqx.Module):
+    """A field affine in `x` with polynomial coefficients in `t`: `f(t, x) = b(t) + A(t) x`,
+    `b` and `A` each a Chebyshev series of degree `degree` in `2t - 1` (starts at zero).
+
+    The drifts, backward drifts and probability-flow velocities of every Gaussian Schrödinger
+    bridge (and of every Gaussian-to-Gaussian bridge-matching fixed point) are of this form, so
+    it isolates the error of a bridge-matching algorithm from that of a network: use it as the
+    `forward` / `backward` net of a [`BridgeDrift`][] on Gaussian endpoints.
+
+    **Arguments:** `dim` (`d`), `degree` (`>= 0`, default 6). Called on ONE unbatched `x`.
+    """
+
+    coeffs: Array  # (degree + 1, d, d + 1): [A_k | b_k]
+    degree: int = eqx.field(static=True)
+
+    def __init__(self, dim: int, degree: int = 6):
+        d = check_int(dim, "dim")
+        self.degree = check_int(degree, "degree", minimum=0)
+        self.coeffs = jnp.zeros((self.degree + 1, d, d + 1), jnp.result_type(float))
+
+    def __call__(self, t: ScalarLike, x: Point) -> Point:
+        s = 2.0 * jnp.asarray(t, self.coeffs.dtype) - 1.0
+        basis = [jnp.ones_like(s), s]
+        for _ in range(2, self.degree + 1):
+            basis.append(2.0 * s * basis[-1] - basis[-2])
+        mat = jnp.tensordot(jnp.stack(basis[: self.degree + 1]), self.coeffs, 1)
+        return mat[:, :-1] @ x + mat[:, -1]
+
+
 def _pair(coupling, key, x0, x1, sigma):
     if coupling in ("independent", "given"):
         return x0, x1
