@@ -7,6 +7,21 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
+from ._bridges._fit import fit_bridge as fit_bridge
+from ._bridges._gaussian import GaussianBridge as GaussianBridge
+from ._bridges._lightsb import LightSB as LightSB, LightSBLoss as LightSBLoss
+from ._bridges._matching import (
+    AffineDrift as AffineDrift,
+    BridgeDrift as BridgeDrift,
+    BridgeMatchingLoss as BridgeMatchingLoss,
+    DSBMResult as DSBMResult,
+    dsbm as dsbm,
+)
+from ._bridges._ot import (
+    entropic_plan as entropic_plan,
+    exact_assignment as exact_assignment,
+)
+from ._bridges._solve import solve_bridge as solve_bridge
 from ._conditional import (
     ConditionalField as ConditionalField,
     ConditionalMLP as ConditionalMLP,

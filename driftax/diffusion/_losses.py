@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from .._checks import check_fraction
 from .._custom_types import Array, Key, Scalar
+from ._bridges._ot import ot_coupling as ot_coupling
 from ._conditional import ConditionalModel
 from ._model import declared_parameterization
 from ._path import AbstractPath, LinearInterpolant, check_parameterization
@@ -64,26 +65,6 @@ def _split_context(model, batch):
             "a ConditionalModel trains on `(data, context)` batches: pass `context=` to `fit`."
         )
     return batch, None
-
-
-def ot_coupling(key: Key, x: Array, y: Array, *, epsilon: float = 0.05) -> Array:
-    """A permutation of `y` that pairs it with `x` by minibatch optimal transport.
-
-    Solves entropic OT (ott-jax Sinkhorn, squared Euclidean cost, `epsilon` relative to the
-    mean cost) between the two equal-size batches and draws, for each row `i` of `x`, a partner
-    `j` from the plan's row `i`. Returns `y[j]`.
-    """
-    from ott.geometry import pointcloud
-    from ott.problems.linear import linear_problem
-    from ott.solvers.linear import sinkhorn
-
-    xf = x.reshape(x.shape[0], -1)
-    yf = y.reshape(y.shape[0], -1)
-    geom = pointcloud.PointCloud(xf, yf, epsilon=epsilon, relative_epsilon="mean")
-    out = sinkhorn.Sinkhorn()(linear_problem.LinearProblem(geom))
-    plan = jax.lax.stop_gradient(out.matrix)
-    idx = jax.random.categorical(key, jnp.log(plan + 1e-30), axis=1)
-    return y[idx]
 
 
 class DenoisingLoss(AbstractLoss):

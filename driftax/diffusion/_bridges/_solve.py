@@ -1,0 +1,125 @@
+"""`solve_bridge`: run a bridge's SDE `dX = drift dt + sigma dW` (or its probability-flow ODE)
+from `t = 0` to `t = 1` on the fixed-step solver core of `driftax.diffusion`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+
+from ..._custom_types import Array, Key
+from .._grid import _check_num_steps, check_grid
+from .._interpolant import StochasticInterpolant
+from .._solve import Solution, _check_x_init, _integrate
+from .._solvers import AbstractSolver, Euler, EulerMaruyama, Heun
+
+# the time carriers of the solver core: from t = 0 (source) to t = 1 (target), and back
+_FORWARD = StochasticInterpolant(gamma_scale=0.0, t_noise=0.0, t_data=1.0)
+_BACKWARD = StochasticInterpolant(gamma_scale=0.0, t_noise=1.0, t_data=0.0)
+
+
+class _DriftField(eqx.Module):
+    """The solver-core view of a bridge: `velocity` = the SDE drift (or the probability-flow
+    velocity for an ODE solver), `score` = 0 (the diffusion enters through `epsilon`)."""
+
+    model: Any
+    ode: bool = eqx.field(static=True)
+    reverse: bool = eqx.field(static=True, default=False)
+    path: StochasticInterpolant = _FORWARD
+
+    def velocity(self, t, x):
+        if self.reverse:  # time runs down: dX = -backward_drift dt with dt < 0
+            return -self.model.backward_drift(t, x)
+        return self.model.velocity(t, x) if self.ode else self.model.drift(t, x)
+
+    def score(self, t, x):
+        return jnp.zeros_like(x)
+
+    def get_many(self, t, x, targets):
+        return tuple(
+            self.velocity(t, x) if tg == "velocity" else self.score(t, x) for tg in targets
+        )
+
+
+def solve_bridge(
+    model,
+    x_init: Array,
+    *,
+    key: Key | None = None,
+    num_steps: int | None = None,
+    ts: Array | None = None,
+    solver: AbstractSolver | None = None,
+    save_trajectory: bool = False,
+    reverse: bool = False,
+    full_output: bool = False,
+) -> Array | Solution:
+    """Transport source samples `x_init` (at `t = 0`) to `t = 1` along a bridge model.
+
+    With `solver=None` (default) or `EulerMaruyama()`: the bridge SDE `dX = model.drift(t, X) dt +
+    model.sigma dW` by Euler–Maruyama (`key` required). With `Euler()` or `Heun()`: the
+    probability-flow ODE `dX = model.velocity(t, X) dt` (for models with a `velocity`, e.g.
+    [`GaussianBridge`][]). `model` is any bridge with `drift(t, x)` and `sigma`
+    ([`GaussianBridge`][], [`LightSB`][], [`BridgeDrift`][]).
+
+    With `reverse=True`, `x_init` are target samples at `t = 1` and the reversed SDE
+    `dX = model.backward_drift(t, X) d(1 - t) + sigma dW` runs them back to `t = 0`.
+
+    **Arguments:** `num_steps` (a uniform grid) or an explicit monotone grid `ts` inside
+    `[0, 1]` (increasing, or decreasing with `reverse=True`); `save_trajectory` keeps every step; `full_output` returns a [`Solution`][]
+    (failures reported in it instead of raised).
+    """
+    need = "backward_drift" if reverse else "drift"
+    if not callable(getattr(model, need, None)) or getattr(model, "sigma", None) is None:
+        raise TypeError(f"`model` must be a bridge with a `{need}(t, x)` method and a `sigma`.")
+    if solver is None or isinstance(solver, EulerMaruyama):
+        if solver is not None and solver.epsilon is not None:
+            raise ValueError(
+                "a bridge's diffusion is fixed by `model.sigma`: give EulerMaruyama() or None."
+            )
+        if key is None:
+            raise ValueError("`key` is required for the bridge SDE.")
+        solver = EulerMaruyama(epsilon=0.5 * float(model.sigma) ** 2)
+        ode = False
+    elif reverse:
+        raise ValueError("`reverse=True` runs the reversed SDE: give solver=None.")
+    elif isinstance(solver, Euler | Heun):
+        if isinstance(solver, Heun) and solver.churn > 0:
+            raise ValueError("Heun churn needs a Gaussian path; use Heun() for bridges.")
+        if not callable(getattr(model, "velocity", None)):
+            raise TypeError(
+                f"an ODE solver needs the probability-flow `velocity`; {type(model).__name__} "
+                "has none: use the SDE (solver=None)."
+            )
+        ode = True
+    else:
+        raise TypeError("bridges are solved with EulerMaruyama() (SDE), Euler() or Heun() (ODE).")
+    x_init = _check_x_init(x_init)
+    if ts is None:
+        if num_steps is None:
+            raise ValueError("give `num_steps` (or an explicit grid `ts`).")
+        n = _check_num_steps(num_steps)
+        ts_arr = jnp.linspace(float(reverse), 1.0 - float(reverse), n + 1, dtype=x_init.dtype)
+    else:
+        ts_arr = jnp.asarray(check_grid(_BACKWARD if reverse else _FORWARD, ts), x_init.dtype)
+        n = ts_arr.shape[0] - 1
+    field = _DriftField(
+        model=model, ode=ode, reverse=bool(reverse), path=_BACKWARD if reverse else _FORWARD
+    )
+    x, traj, failed, ts_arr, _ = _integrate(
+        solver, field, x_init, key, ts_arr, None, None, bool(save_trajectory), False
+    )
+    sol = Solution(
+        x=x,
+        ts=ts_arr,
+        trajectory=traj,
+        failed_step=failed,
+        num_field_evals=n * solver.evals_per_step,
+    )
+    if full_output:
+        return sol
+    bad = np.asarray(sol.failed_step)
+    if np.any(bad >= 0):
+        raise RuntimeError(f"{int(np.sum(bad >= 0))} samples became non-finite.")
+    return sol.x
