@@ -73,6 +73,9 @@ class _Schedule(eqx.Module):
     a_end: Array
     b_end: Array
     stride: Array
+    c_end: Array  # end of the length comparison (MAMS; -1: none)
+    seg_len: Array  # steps per compared length
+    seg_stride: Array  # thinning of the comparison trace
 
 
 class MicrocanonicalState(eqx.Module):
@@ -86,6 +89,9 @@ class MicrocanonicalState(eqx.Module):
     L: Array
     welford: WelfordState
     trace: Array
+    candidates: Array  # the trajectory lengths compared after phase B (MAMS)
+    seg_trace: Array  # their (thinned) traces, one block of rows per candidate
+    seg_grads: Array  # gradients per chain spent in each candidate's block
     schedule: _Schedule
 
 
@@ -103,6 +109,13 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
     l_factor: eqx.AbstractVar[float]
     metric: eqx.AbstractVar[Literal["diagonal"] | None]
     max_trace_rows: eqx.AbstractVar[int]
+    # fractions of the warmup where phases A and B end; with a `length_ratio`, phase B is
+    # followed by a comparison of `L` and `length_ratio · L` (until `comparison_end`)
+    a_fraction: ClassVar[float] = 0.4
+    b_fraction: ClassVar[float] = 0.75
+    comparison_end: ClassVar[float] = 0.75
+    length_ratio: ClassVar[float | None] = None
+    max_steps_compared: ClassVar[float] = 2.0
 
     def _check_common(self):
         check_hyper(self.l_factor, "l_factor")
@@ -150,11 +163,17 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
         num_chains = states.position.shape[0]
         dim = math.prod(states.position.shape[1:])
         dtype = states.position.dtype
+        c_end, seg_len, seg_stride, seg_rows = -1, 1, 1, 1
         if num_warmup >= 20:
-            a_end = int(0.4 * num_warmup)
-            b_end = int(0.75 * num_warmup)
+            a_end = int(self.a_fraction * num_warmup)
+            b_end = int(self.b_fraction * num_warmup)
             stride = max(1, math.ceil((b_end - a_end) / self.max_trace_rows))
             rows = math.ceil((b_end - a_end) / stride)
+            seg = (int(self.comparison_end * num_warmup) - b_end) // 2
+            if self.length_ratio is not None and seg >= 8:
+                c_end, seg_len = b_end + 2 * seg, seg
+                seg_stride = max(1, math.ceil(seg / (self.max_trace_rows // 2)))
+                seg_rows = math.ceil(seg / seg_stride)
         else:  # too short to estimate anything but the step size
             a_end = b_end = -1
             stride, rows = 1, 1
@@ -163,6 +182,9 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
             a_end=jnp.asarray(a_end, jnp.int32),
             b_end=jnp.asarray(b_end, jnp.int32),
             stride=jnp.asarray(stride, jnp.int32),
+            c_end=jnp.asarray(c_end, jnp.int32),
+            seg_len=jnp.asarray(seg_len, jnp.int32),
+            seg_stride=jnp.asarray(seg_stride, jnp.int32),
         )
         h = samplers.step_size[0].astype(dtype)
         welford = jax.vmap(lambda _: welford_init(dim, False, dtype))(jnp.arange(num_chains))
@@ -175,6 +197,9 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
             L=samplers.L[0].astype(dtype),
             welford=welford,
             trace=jnp.zeros((rows, num_chains, dim), dtype),
+            candidates=jnp.zeros((2,), dtype),
+            seg_trace=jnp.zeros((2 * seg_rows, num_chains, dim), dtype),
+            seg_grads=jnp.zeros((2,), dtype),
             schedule=schedule,
         )
         return astate
@@ -230,13 +255,76 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
             tau = integrated_autocorrelation_time(astate.trace)
             tau_steps = tau * sch.stride.astype(tau.dtype)
             L = self._new_L(astate, tau_steps)
-            L = jnp.where(jnp.isfinite(L), jnp.maximum(L, astate.step_size), astate.L)
+            L = jnp.where(jnp.isfinite(L), jnp.maximum(L, 0.5 * astate.step_size), astate.L)
             return self._restart(eqx.tree_at(lambda a: a.L, astate, L))
 
         astate = jax.lax.cond(i == sch.b_end - 1, set_length, lambda a: a, astate)
+        if self.length_ratio is not None:
+            astate = self._compare_lengths(astate, x, infos, i)
         samplers = _set_all(samplers, lambda s: s.step_size, astate.step_size)
         samplers = _set_all(samplers, lambda s: s.L, astate.L)
         return samplers, astate
+
+    def _compare_lengths(self, astate: MicrocanonicalState, x, infos, i):
+        """After phase B: `seg_len` steps at the rule's `L`, then `seg_len` at
+        `length_ratio · L`; the one with more effective samples per gradient (the worse of the
+        first and second moments, averaged over coordinates) is kept."""
+        sch = astate.schedule
+        k = i - sch.b_end
+        in_c = (k >= 0) & (i < sch.c_end)
+        seg = jnp.clip(k // sch.seg_len, 0, 1)
+        j = k - seg * sch.seg_len
+        half = astate.seg_trace.shape[0] // 2
+        write = in_c & (j % sch.seg_stride == 0)
+        slot = jnp.where(write, seg * half + j // sch.seg_stride, 2 * half)
+        grads = jnp.mean(infos.num_grad_evals.astype(astate.seg_grads.dtype))
+        astate = eqx.tree_at(
+            lambda a: (a.seg_trace, a.seg_grads),
+            astate,
+            (
+                astate.seg_trace.at[slot].set(x, mode="drop"),
+                astate.seg_grads.at[seg].add(jnp.where(in_c, grads, 0.0)),
+            ),
+        )
+
+        def start(astate):  # the lengths to compare: the rule's and a shorter one
+            L, h = astate.L, astate.step_size
+            # only for trajectories of a few (large) steps: two steps can then nearly reverse
+            # the position, which leaves x² unchanged (the rule, on x, does not see it)
+            short = L < self.max_steps_compared * h
+            other = jnp.where(short, jnp.maximum(self.length_ratio * L, 0.5 * h), L)
+            return eqx.tree_at(lambda a: a.candidates, astate, jnp.stack([L, other]))
+
+        def second(astate):
+            return eqx.tree_at(lambda a: a.L, astate, astate.candidates[1])
+
+        def choose(astate):
+            def ess_per_grad(block, grads):
+                stride = sch.seg_stride.astype(block.dtype)
+                centered = block - jnp.mean(block, axis=(0, 1))
+                tau = jnp.maximum(
+                    integrated_autocorrelation_time(block),
+                    integrated_autocorrelation_time(centered**2),
+                )
+                steps = sch.seg_len.astype(block.dtype)
+                return steps / (stride * jnp.mean(tau) * grads)
+
+            e = [
+                ess_per_grad(astate.seg_trace[b * half : (b + 1) * half], astate.seg_grads[b])
+                for b in (0, 1)
+            ]
+            better = jnp.isfinite(e[1]) & (e[1] > e[0])
+            L = jnp.where(better, astate.candidates[1], astate.candidates[0])
+            astate = eqx.tree_at(lambda a: a.L, astate, L)
+            # the step size adapts afresh only if `L` changed
+            changed = astate.candidates[1] != astate.candidates[0]
+            return jax.tree.map(
+                lambda a, b: jnp.where(changed, a, b), self._restart(astate), astate
+            )
+
+        astate = jax.lax.cond(i == sch.b_end - 1, start, lambda a: a, astate)
+        astate = jax.lax.cond(i == sch.b_end + sch.seg_len - 1, second, lambda a: a, astate)
+        return jax.lax.cond(i == sch.c_end - 1, choose, lambda a: a, astate)
 
     def finalize(self, samplers, astate: MicrocanonicalState):
         samplers = _set_all(samplers, lambda s: s.step_size, self._final_step_size(astate))
@@ -320,6 +408,10 @@ class MAMSAdaptation(_MicrocanonicalAdaptation):
     max_trace_rows: int = 128
 
     sampler_type: ClassVar[type] = MAMS
+    a_fraction: ClassVar[float] = 0.35
+    b_fraction: ClassVar[float] = 0.6
+    comparison_end: ClassVar[float] = 0.85
+    length_ratio: ClassVar[float | None] = 0.5
 
     def __check_init__(self):
         check_fraction(self.target, "target")
