@@ -3,23 +3,33 @@
 Both share one schedule over the warmup steps, pooled across all chains (one step size, one
 `L`, one diagonal metric for every chain):
 
-1. **Phase A** (the first 40%): step size tuning from the sampler's default start. In the second
-   half of the phase the chains' positions are accumulated (Welford) and `L` follows the
-   spread of the draws, `L = √(Σᵢ Var[xᵢ]/M⁻¹ᵢ)` (the whitened radius of the target). At the end
-   the diagonal metric becomes the (regularized) pooled variance, and `L` the whitened radius.
-2. **Phase B** (up to 75%): step size tuning goes on with the new metric while a (thinned) trace
-   of every chain is kept; at its end `L` is set from the trace's autocorrelation.
-3. **Phase C** (the rest): step size tuning only, for the final `L`.
+1. **Phase A** (the first 40%; MAMS 35%): step size tuning from the sampler's default start. In
+   the second half of the phase the chains' positions are accumulated (Welford) and `L` follows
+   the spread of the draws, `L = √(Σᵢ Var[xᵢ]/M⁻¹ᵢ)` (the whitened radius of the target). At the
+   end the diagonal metric becomes the (regularized) pooled variance, and `L` the whitened
+   radius.
+2. **Phase B** (up to 75%; MAMS 60%): step size tuning goes on with the new metric while a
+   (thinned) trace of every chain is kept; at its end `L` is set from the trace's
+   autocorrelation (never below half a step).
+3. **Length comparison** (MAMS only, up to 85%): when the rule's `L` is under two step sizes,
+   the chains run half of the stretch at `L` and half at `L/2`, and the length with more
+   effective samples per gradient (the worse of the autocorrelation times of `x` and of
+   `(x − x̄)²`, averaged over coordinates) is kept. Trajectories of one or two large steps can
+   nearly reverse the position: that decorrelates `x` (which the rule measures) but not `x²`,
+   and the bias of second moments is what the user estimates.
+4. **Phase C** (the rest): step size tuning only, for the final `L` (restarted if `L` changed).
 
 MCLMC tunes its step size so that the energy error's variance per dimension is `target`
 (`5·10⁻⁴`, Robnik & Seljak 2023), with a weighted running average of `ΔE²/(d·target)/h⁶` that
 down-weights outliers, and sets `L = 0.4 · h · τ` with `τ` the mean integrated autocorrelation
 time (in steps). MAMS tunes its step size by dual averaging to the acceptance `target` (0.9)
 and sets `L ← 0.5 · L · n/ESS` (capped at `2L`), with `ESS` the mean effective sample size of
-the `n` traced steps (Robnik, Cohn-Gordon & Seljak 2025). The adaptations evaluate no gradient
-of their own: every gradient is a warmup step's, counted in `num_grad_evals_warmup`.
+the `n` traced steps (Robnik, Cohn-Gordon & Seljak 2025), then compares it with `L/2`. The
+adaptations evaluate no gradient of their own: every gradient is a warmup step's, counted in
+`num_grad_evals_warmup`.
 
-The trace costs `rows × num_chains × d` numbers (`rows ≤ max_trace_rows`).
+The trace costs `rows × num_chains × d` numbers (`rows ≤ max_trace_rows`; the comparison's as
+many).
 """
 
 from __future__ import annotations
@@ -394,7 +404,9 @@ class MAMSAdaptation(_MicrocanonicalAdaptation):
     Step size: dual averaging of the chains' mean acceptance to `target` (default 0.9),
     restarted whenever the metric or `L` changes; the averaged iterate is used after warmup.
     `L`: the whitened radius of the draws, then `L ← l_factor · L · n/ESS` (at most `2L`) from
-    the mean effective sample size of a trace of `n` steps. Metric: the pooled diagonal variance
+    the mean effective sample size of a trace of `n` steps; if that `L` is under two step
+    sizes, a stretch of the warmup at `L` and one at `L/2` decide between them by effective
+    samples per gradient of the first and second moments. Metric: the pooled diagonal variance
     (`metric="diagonal"`, default; the hook for other metric adaptations) or kept (`None`).
     See the module docstring for the schedule.
 
