@@ -94,26 +94,53 @@ def batch_means_estimates(stats) -> dict[str, np.ndarray]:
     return dict(mean=mean, sd=np.sqrt(total_var), mcse=mcse, ess=ess, rhat=rhat)
 
 
-def _z_scale(x: np.ndarray) -> np.ndarray:
-    """Rank-normalize `x` `(chains, draws, k)` per coordinate: average ranks over all chains and
-    draws, Blom's offset 3/8, then the normal quantile."""
+def _sorted_to_z(order: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Normal scores of the rows of a `(k, N)` array from its sort (`order`, sorted values
+    `s`): average ranks of ties, Blom's offset 3/8, the normal quantile; `(k, N)`."""
     from scipy import special
 
-    c, n, k = x.shape
-    rows = np.ascontiguousarray(x.reshape(c * n, k).T)  # (k, N): sort along contiguous rows
-    order = np.argsort(rows, axis=1)
-    s = np.take_along_axis(rows, order, axis=1)
-    idx = np.broadcast_to(np.arange(c * n), s.shape)
+    total = s.shape[1]
+    idx = np.arange(total)
     new_group = np.ones(s.shape, bool)
     new_group[:, 1:] = s[:, 1:] != s[:, :-1]  # tied neighbours share the average of their ranks
-    last_of_group = np.ones(s.shape, bool)
-    last_of_group[:, :-1] = new_group[:, 1:]
-    first = np.maximum.accumulate(np.where(new_group, idx, 0), axis=1)
-    last = np.minimum.accumulate(np.where(last_of_group, idx, c * n - 1)[:, ::-1], axis=1)[:, ::-1]
-    ranks = np.empty_like(rows)
-    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)
-    ranks = ranks.T.reshape(c, n, k)
-    return special.ndtri((ranks - 0.375) / (c * n + 0.25))
+    if new_group.all():  # no ties: the ranks are the sort positions
+        twice = np.broadcast_to(2 * idx, s.shape)
+    else:
+        last_of_group = np.ones(s.shape, bool)
+        last_of_group[:, :-1] = new_group[:, 1:]
+        first = np.maximum.accumulate(np.where(new_group, idx, 0), axis=1)
+        last = np.minimum.accumulate(np.where(last_of_group, idx, total - 1)[:, ::-1], axis=1)
+        twice = first + last[:, ::-1]
+    # the average rank is (first + last)/2 + 1, a half-integer: the normal quantiles of all
+    # 2N - 1 possible ranks are one small table (the same values as evaluating each draw's)
+    table = special.ndtri((np.arange(2 * total - 1) / 2.0 + 1.0 - 0.375) / (total + 0.25))
+    z = np.empty(s.shape)
+    np.put_along_axis(z, order, table[twice], axis=1)
+    return z
+
+
+def _z_scale_and_folded(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank-normalize `x` `(chains, draws, k)` per coordinate (average ranks over all chains
+    and draws), and likewise its folded values `|x - median|`; both `(chains, draws, k)`."""
+    c, n, k = x.shape
+    total = c * n
+    rows = np.ascontiguousarray(x.reshape(total, k).T)  # (k, N): sort along contiguous rows
+    order = np.argsort(rows, axis=1)
+    s = np.take_along_axis(rows, order, axis=1)
+    if np.isfinite(s).all():
+        mid = total // 2
+        median = s[:, mid] if total % 2 else (s[:, mid - 1] + s[:, mid]) / 2.0
+    else:
+        median = np.median(rows, axis=1)
+    # in sorted order the folded values are two monotone runs: a stable sort (timsort)
+    # merges them in linear time
+    folded = np.abs(s - median[:, None])
+    order_f = np.argsort(folded, axis=1, kind="stable")
+    s_f = np.take_along_axis(folded, order_f, axis=1)
+    order_f = np.take_along_axis(order, order_f, axis=1)
+    z = _sorted_to_z(order, s).T.reshape(c, n, k)
+    z_folded = _sorted_to_z(order_f, s_f).T.reshape(c, n, k)
+    return z, z_folded
 
 
 def _split_rhat(z: np.ndarray) -> np.ndarray:
@@ -162,8 +189,7 @@ def fast_ess_rhat(samples) -> tuple[np.ndarray, np.ndarray]:
     x = x.reshape(x.shape[0], x.shape[1], -1)
     half = x.shape[1] // 2
     split = np.concatenate([x[:, :half], x[:, x.shape[1] - half :]], axis=0)
-    z = _z_scale(split)
-    folded = _z_scale(np.abs(split - np.median(split.reshape(-1, split.shape[2]), axis=0)))
+    z, folded = _z_scale_and_folded(split)
     rhat = np.maximum(_split_rhat(z), _split_rhat(folded))
     ess = _geyer_ess(z)
     constant = np.ptp(x.reshape(-1, x.shape[2]), axis=0) < np.finfo(np.float64).resolution

@@ -333,7 +333,9 @@ def _check(result: SampleResult, start_samplers, resume: bool) -> _health.Health
         if result.kernel_samples is None:
             ess, rhat = result.ess, result.rhat  # batch means: already cheap
         else:  # ArviZ's definitions, vectorized over coordinates (a fraction of its cost)
-            ess, rhat = diag.fast_ess_rhat(result.kernel_samples)
+            samples = np.asarray(result.kernel_samples)
+            stride = -(-samples.shape[1] // _health.MAX_CHECKED_DRAWS)
+            ess, rhat = diag.fast_ess_rhat(samples[:, ::stride])
     except ValueError:  # fewer than 4 draws
         ess = rhat = None
     return _health.check_run(

@@ -17,6 +17,11 @@ STEP_RATIO = 1e3
 """An adapted step size this many times smaller (or larger) than the initial one is flagged."""
 STEP_TINY = 1e-6
 """An adapted step size below this fraction of the target's scale is flagged as collapsed."""
+MAX_CHECKED_DRAWS = 1000
+"""The R-hat and ESS checks read at most this many (evenly thinned) draws per chain, so that
+their cost stays a small part of a long run's. Thinning by `k` keeps the ESS of a chain whose
+autocorrelation time exceeds `k`, and leaves at least this many draws per chain otherwise: the
+flags (R-hat, ESS per chain) are the same as on all the draws, up to estimation noise."""
 FROZEN_JUMP = 1e-6
 """Chains whose root-mean-square jump per coordinate is below this fraction of the target's
 scale (or that never moved) are flagged as frozen."""

@@ -3,23 +3,33 @@
 Both share one schedule over the warmup steps, pooled across all chains (one step size, one
 `L`, one diagonal metric for every chain):
 
-1. **Phase A** (the first 40%): step size tuning from the sampler's default start. In the second
-   half of the phase the chains' positions are accumulated (Welford) and `L` follows the
-   spread of the draws, `L = √(Σᵢ Var[xᵢ]/M⁻¹ᵢ)` (the whitened radius of the target). At the end
-   the diagonal metric becomes the (regularized) pooled variance, and `L` the whitened radius.
-2. **Phase B** (up to 75%): step size tuning goes on with the new metric while a (thinned) trace
-   of every chain is kept; at its end `L` is set from the trace's autocorrelation.
-3. **Phase C** (the rest): step size tuning only, for the final `L`.
+1. **Phase A** (the first 40%; MAMS 35%): step size tuning from the sampler's default start. In
+   the second half of the phase the chains' positions are accumulated (Welford) and `L` follows
+   the spread of the draws, `L = √(Σᵢ Var[xᵢ]/M⁻¹ᵢ)` (the whitened radius of the target). At the
+   end the diagonal metric becomes the (regularized) pooled variance, and `L` the whitened
+   radius.
+2. **Phase B** (up to 75%; MAMS 60%): step size tuning goes on with the new metric while a
+   (thinned) trace of every chain is kept; at its end `L` is set from the trace's
+   autocorrelation (never below half a step).
+3. **Length comparison** (MAMS only, up to 85%): when the rule's `L` is under two step sizes,
+   the chains run half of the stretch at `L` and half at `L/2`, and the length with more
+   effective samples per gradient (the worse of the autocorrelation times of `x` and of
+   `(x − x̄)²`, averaged over coordinates) is kept. Trajectories of one or two large steps can
+   nearly reverse the position: that decorrelates `x` (which the rule measures) but not `x²`,
+   and the bias of second moments is what the user estimates.
+4. **Phase C** (the rest): step size tuning only, for the final `L` (restarted if `L` changed).
 
 MCLMC tunes its step size so that the energy error's variance per dimension is `target`
 (`5·10⁻⁴`, Robnik & Seljak 2023), with a weighted running average of `ΔE²/(d·target)/h⁶` that
 down-weights outliers, and sets `L = 0.4 · h · τ` with `τ` the mean integrated autocorrelation
 time (in steps). MAMS tunes its step size by dual averaging to the acceptance `target` (0.9)
 and sets `L ← 0.5 · L · n/ESS` (capped at `2L`), with `ESS` the mean effective sample size of
-the `n` traced steps (Robnik, Cohn-Gordon & Seljak 2025). The adaptations evaluate no gradient
-of their own: every gradient is a warmup step's, counted in `num_grad_evals_warmup`.
+the `n` traced steps (Robnik, Cohn-Gordon & Seljak 2025), then compares it with `L/2`. The
+adaptations evaluate no gradient of their own: every gradient is a warmup step's, counted in
+`num_grad_evals_warmup`.
 
-The trace costs `rows × num_chains × d` numbers (`rows ≤ max_trace_rows`).
+The trace costs `rows × num_chains × d` numbers (`rows ≤ max_trace_rows`; the comparison's as
+many).
 """
 
 from __future__ import annotations
@@ -73,6 +83,9 @@ class _Schedule(eqx.Module):
     a_end: Array
     b_end: Array
     stride: Array
+    c_end: Array  # end of the length comparison (MAMS; -1: none)
+    seg_len: Array  # steps per compared length
+    seg_stride: Array  # thinning of the comparison trace
 
 
 class MicrocanonicalState(eqx.Module):
@@ -86,6 +99,9 @@ class MicrocanonicalState(eqx.Module):
     L: Array
     welford: WelfordState
     trace: Array
+    candidates: Array  # the trajectory lengths compared after phase B (MAMS)
+    seg_trace: Array  # their (thinned) traces, one block of rows per candidate
+    seg_grads: Array  # gradients per chain spent in each candidate's block
     schedule: _Schedule
 
 
@@ -103,6 +119,13 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
     l_factor: eqx.AbstractVar[float]
     metric: eqx.AbstractVar[Literal["diagonal"] | None]
     max_trace_rows: eqx.AbstractVar[int]
+    # fractions of the warmup where phases A and B end; with a `length_ratio`, phase B is
+    # followed by a comparison of `L` and `length_ratio · L` (until `comparison_end`)
+    a_fraction: ClassVar[float] = 0.4
+    b_fraction: ClassVar[float] = 0.75
+    comparison_end: ClassVar[float] = 0.75
+    length_ratio: ClassVar[float | None] = None
+    max_steps_compared: ClassVar[float] = 2.0
 
     def _check_common(self):
         check_hyper(self.l_factor, "l_factor")
@@ -150,11 +173,17 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
         num_chains = states.position.shape[0]
         dim = math.prod(states.position.shape[1:])
         dtype = states.position.dtype
+        c_end, seg_len, seg_stride, seg_rows = -1, 1, 1, 1
         if num_warmup >= 20:
-            a_end = int(0.4 * num_warmup)
-            b_end = int(0.75 * num_warmup)
+            a_end = int(self.a_fraction * num_warmup)
+            b_end = int(self.b_fraction * num_warmup)
             stride = max(1, math.ceil((b_end - a_end) / self.max_trace_rows))
             rows = math.ceil((b_end - a_end) / stride)
+            seg = (int(self.comparison_end * num_warmup) - b_end) // 2
+            if self.length_ratio is not None and seg >= 8:
+                c_end, seg_len = b_end + 2 * seg, seg
+                seg_stride = max(1, math.ceil(seg / (self.max_trace_rows // 2)))
+                seg_rows = math.ceil(seg / seg_stride)
         else:  # too short to estimate anything but the step size
             a_end = b_end = -1
             stride, rows = 1, 1
@@ -163,6 +192,9 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
             a_end=jnp.asarray(a_end, jnp.int32),
             b_end=jnp.asarray(b_end, jnp.int32),
             stride=jnp.asarray(stride, jnp.int32),
+            c_end=jnp.asarray(c_end, jnp.int32),
+            seg_len=jnp.asarray(seg_len, jnp.int32),
+            seg_stride=jnp.asarray(seg_stride, jnp.int32),
         )
         h = samplers.step_size[0].astype(dtype)
         welford = jax.vmap(lambda _: welford_init(dim, False, dtype))(jnp.arange(num_chains))
@@ -175,6 +207,9 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
             L=samplers.L[0].astype(dtype),
             welford=welford,
             trace=jnp.zeros((rows, num_chains, dim), dtype),
+            candidates=jnp.zeros((2,), dtype),
+            seg_trace=jnp.zeros((2 * seg_rows, num_chains, dim), dtype),
+            seg_grads=jnp.zeros((2,), dtype),
             schedule=schedule,
         )
         return astate
@@ -230,13 +265,76 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
             tau = integrated_autocorrelation_time(astate.trace)
             tau_steps = tau * sch.stride.astype(tau.dtype)
             L = self._new_L(astate, tau_steps)
-            L = jnp.where(jnp.isfinite(L), jnp.maximum(L, astate.step_size), astate.L)
+            L = jnp.where(jnp.isfinite(L), jnp.maximum(L, 0.5 * astate.step_size), astate.L)
             return self._restart(eqx.tree_at(lambda a: a.L, astate, L))
 
         astate = jax.lax.cond(i == sch.b_end - 1, set_length, lambda a: a, astate)
+        if self.length_ratio is not None:
+            astate = self._compare_lengths(astate, x, infos, i)
         samplers = _set_all(samplers, lambda s: s.step_size, astate.step_size)
         samplers = _set_all(samplers, lambda s: s.L, astate.L)
         return samplers, astate
+
+    def _compare_lengths(self, astate: MicrocanonicalState, x, infos, i):
+        """After phase B: `seg_len` steps at the rule's `L`, then `seg_len` at
+        `length_ratio · L`; the one with more effective samples per gradient (the worse of the
+        first and second moments, averaged over coordinates) is kept."""
+        sch = astate.schedule
+        k = i - sch.b_end
+        in_c = (k >= 0) & (i < sch.c_end)
+        seg = jnp.clip(k // sch.seg_len, 0, 1)
+        j = k - seg * sch.seg_len
+        half = astate.seg_trace.shape[0] // 2
+        write = in_c & (j % sch.seg_stride == 0)
+        slot = jnp.where(write, seg * half + j // sch.seg_stride, 2 * half)
+        grads = jnp.mean(infos.num_grad_evals.astype(astate.seg_grads.dtype))
+        astate = eqx.tree_at(
+            lambda a: (a.seg_trace, a.seg_grads),
+            astate,
+            (
+                astate.seg_trace.at[slot].set(x, mode="drop"),
+                astate.seg_grads.at[seg].add(jnp.where(in_c, grads, 0.0)),
+            ),
+        )
+
+        def start(astate):  # the lengths to compare: the rule's and a shorter one
+            L, h = astate.L, astate.step_size
+            # only for trajectories of a few (large) steps: two steps can then nearly reverse
+            # the position, which leaves x² unchanged (the rule, on x, does not see it)
+            short = L < self.max_steps_compared * h
+            other = jnp.where(short, jnp.maximum(self.length_ratio * L, 0.5 * h), L)
+            return eqx.tree_at(lambda a: a.candidates, astate, jnp.stack([L, other]))
+
+        def second(astate):
+            return eqx.tree_at(lambda a: a.L, astate, astate.candidates[1])
+
+        def choose(astate):
+            def ess_per_grad(block, grads):
+                stride = sch.seg_stride.astype(block.dtype)
+                centered = block - jnp.mean(block, axis=(0, 1))
+                tau = jnp.maximum(
+                    integrated_autocorrelation_time(block),
+                    integrated_autocorrelation_time(centered**2),
+                )
+                steps = sch.seg_len.astype(block.dtype)
+                return steps / (stride * jnp.mean(tau) * grads)
+
+            e = [
+                ess_per_grad(astate.seg_trace[b * half : (b + 1) * half], astate.seg_grads[b])
+                for b in (0, 1)
+            ]
+            better = jnp.isfinite(e[1]) & (e[1] > e[0])
+            L = jnp.where(better, astate.candidates[1], astate.candidates[0])
+            astate = eqx.tree_at(lambda a: a.L, astate, L)
+            # the step size adapts afresh only if `L` changed
+            changed = astate.candidates[1] != astate.candidates[0]
+            return jax.tree.map(
+                lambda a, b: jnp.where(changed, a, b), self._restart(astate), astate
+            )
+
+        astate = jax.lax.cond(i == sch.b_end - 1, start, lambda a: a, astate)
+        astate = jax.lax.cond(i == sch.b_end + sch.seg_len - 1, second, lambda a: a, astate)
+        return jax.lax.cond(i == sch.c_end - 1, choose, lambda a: a, astate)
 
     def finalize(self, samplers, astate: MicrocanonicalState):
         samplers = _set_all(samplers, lambda s: s.step_size, self._final_step_size(astate))
@@ -306,7 +404,9 @@ class MAMSAdaptation(_MicrocanonicalAdaptation):
     Step size: dual averaging of the chains' mean acceptance to `target` (default 0.9),
     restarted whenever the metric or `L` changes; the averaged iterate is used after warmup.
     `L`: the whitened radius of the draws, then `L ← l_factor · L · n/ESS` (at most `2L`) from
-    the mean effective sample size of a trace of `n` steps. Metric: the pooled diagonal variance
+    the mean effective sample size of a trace of `n` steps; if that `L` is under two step
+    sizes, a stretch of the warmup at `L` and one at `L/2` decide between them by effective
+    samples per gradient of the first and second moments. Metric: the pooled diagonal variance
     (`metric="diagonal"`, default; the hook for other metric adaptations) or kept (`None`).
     See the module docstring for the schedule.
 
@@ -320,6 +420,10 @@ class MAMSAdaptation(_MicrocanonicalAdaptation):
     max_trace_rows: int = 128
 
     sampler_type: ClassVar[type] = MAMS
+    a_fraction: ClassVar[float] = 0.35
+    b_fraction: ClassVar[float] = 0.6
+    comparison_end: ClassVar[float] = 0.85
+    length_ratio: ClassVar[float | None] = 0.5
 
     def __check_init__(self):
         check_fraction(self.target, "target")
