@@ -38,28 +38,63 @@ class AdaptiveSolution(eqx.Module):
     successful: Array
 
 
-def _direction(path: AbstractPath) -> float:
-    return 1.0 if path.t_data > path.t_noise else -1.0
-
-
 def _controller(rtol, atol, solver):
     if isinstance(solver, diffrax.AbstractAdaptiveSolver) or hasattr(solver, "error_order"):
         return diffrax.PIDController(rtol=rtol, atol=atol)
     return diffrax.ConstantStepSize()
 
 
-def _integrate(terms, solver, tau, dt0, x, controller, max_steps):
-    """Integrate one flattened point `x` over `tau = (start, end)` with diffrax; return
-    `(final point in x's shape, steps tried, steps accepted, success)` (never raises)."""
+class _Settings(eqx.Module):
+    """The diffrax settings of one adaptive solve, checked once: the solver, its step-size
+    controller, the initial step `dt0` and step budget, and the path's two ends with the sign
+    `direction` that maps `t` to `tau = direction * t`."""
+
+    solver: diffrax.AbstractSolver
+    controller: diffrax.AbstractStepSizeController
+    dt0: float
+    max_steps: int
+    t_noise: float
+    t_data: float
+    direction: float
+
+    @property
+    def tau(self) -> tuple[float, float]:
+        """`(tau_noise, tau_data)`: the path's ends in integration time."""
+        return self.direction * self.t_noise, self.direction * self.t_data
+
+
+def _settings(path: AbstractPath, solver, rtol, atol, dt0, max_steps) -> _Settings:
+    if not (rtol > 0 and atol > 0):
+        raise ValueError(f"`rtol` and `atol` must be positive, got {rtol}, {atol}.")
+    if not (isinstance(max_steps, int) and max_steps > 0):
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
+    dt0 = abs(path.t_noise - path.t_data) / 100 if dt0 is None else dt0
+    if not dt0 > 0:
+        raise ValueError(f"`dt0` must be positive, got {dt0}.")
+    return _Settings(
+        solver=solver,
+        controller=_controller(rtol, atol, solver),
+        dt0=dt0,
+        max_steps=max_steps,
+        t_noise=path.t_noise,
+        t_data=path.t_data,
+        direction=1.0 if path.t_data > path.t_noise else -1.0,
+    )
+
+
+def _integrate(terms, settings: _Settings, x):
+    """Integrate one flattened point `x` from the noise end to the data end with diffrax;
+    return `(final point in x's shape, steps tried, steps accepted, success)` (never raises)."""
+    tau0, tau1 = settings.tau
     sol = diffrax.diffeqsolve(
         terms,
-        solver,
-        tau[0],
-        tau[1],
-        dt0,
+        settings.solver,
+        tau0,
+        tau1,
+        settings.dt0,
         x.reshape(-1),
-        stepsize_controller=controller,
-        max_steps=max_steps,
+        stepsize_controller=settings.controller,
+        max_steps=settings.max_steps,
         throw=False,
     )
     assert sol.ys is not None  # SaveAt(t1=True) by default
@@ -72,39 +107,22 @@ def _integrate(terms, solver, tau, dt0, x, controller, max_steps):
 
 
 @eqx.filter_jit
-def _adaptive_ode(model, x_init, solver, controller, dt0, max_steps, t_noise, t_data, direction):
+def _adaptive_ode(model, x_init, settings: _Settings):
     shape = x_init.shape[1:]
+    direction = settings.direction
 
     def drift(tau, y, args):
         t = direction * tau
         return direction * model.velocity(t, y.reshape(shape)).reshape(-1)
 
-    def one(x):
-        tau = (direction * t_noise, direction * t_data)
-        return _integrate(diffrax.ODETerm(drift), solver, tau, dt0, x, controller, max_steps)
-
-    return jax.vmap(one)(x_init)
+    return jax.vmap(lambda x: _integrate(diffrax.ODETerm(drift), settings, x))(x_init)
 
 
 @eqx.filter_jit
-def _adaptive_sde(
-    model,
-    x_init,
-    keys,
-    solver,
-    controller,
-    dt0,
-    max_steps,
-    t_noise,
-    t_data,
-    direction,
-    epsilon,
-    brownian_tol,
-    levy_area,
-):
+def _adaptive_sde(model, x_init, keys, settings: _Settings, epsilon, brownian_tol, levy_area):
     shape = x_init.shape[1:]
     size = int(np.prod(shape)) if shape else 1
-    tau0, tau1 = direction * t_noise, direction * t_data
+    direction = settings.direction
 
     def drift(tau, y, args):
         t = direction * tau
@@ -118,11 +136,12 @@ def _adaptive_sde(
         return lineax.DiagonalLinearOperator(jnp.full((size,), jnp.sqrt(2.0 * eps), y.dtype))
 
     def one(x, key):
+        tau0, tau1 = settings.tau
         bm = diffrax.VirtualBrownianTree(
             tau0, tau1, tol=brownian_tol, shape=(size,), key=key, levy_area=levy_area
         )
         terms = diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm))
-        return _integrate(terms, solver, (tau0, tau1), dt0, x, controller, max_steps)
+        return _integrate(terms, settings, x)
 
     return jax.vmap(one)(x_init, keys)
 
@@ -145,54 +164,23 @@ def _solve_adaptive_full(
 ) -> AdaptiveSolution:
     """[`solve_adaptive`][] with `full_output=True`."""
     model, x_init = _checked_model(field, path, x_init, parameterization)
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"`rtol` and `atol` must be positive, got {rtol}, {atol}.")
-    if not (isinstance(max_steps, int) and max_steps > 0):
-        raise ValueError(f"`max_steps` must be a positive int, got {max_steps!r}.")
-    direction = _direction(path)
-    span = abs(path.t_noise - path.t_data)
-    dt0 = span / 100 if dt0 is None else dt0
-    if not dt0 > 0:
-        raise ValueError(f"`dt0` must be positive, got {dt0}.")
     if sde:
         if key is None:
             raise ValueError("`key` is required when `sde=True`.")
         solver = diffrax.ShARK() if solver is None else solver
+        settings = _settings(path, solver, rtol, atol, dt0, max_steps)
         levy = (
             diffrax.SpaceTimeLevyArea
             if isinstance(solver, diffrax.ShARK | diffrax.SRA1)
             else diffrax.BrownianIncrement
         )
         keys = jax.random.split(key, x_init.shape[0])
-        btol = dt0 / 1000 if brownian_tol is None else brownian_tol
-        x, n, na, ok = _adaptive_sde(
-            model,
-            x_init,
-            keys,
-            solver,
-            _controller(rtol, atol, solver),
-            dt0,
-            max_steps,
-            path.t_noise,
-            path.t_data,
-            direction,
-            epsilon,
-            btol,
-            levy,
-        )
+        btol = settings.dt0 / 1000 if brownian_tol is None else brownian_tol
+        x, n, na, ok = _adaptive_sde(model, x_init, keys, settings, epsilon, btol, levy)
     else:
         solver = diffrax.Tsit5() if solver is None else solver
-        x, n, na, ok = _adaptive_ode(
-            model,
-            x_init,
-            solver,
-            _controller(rtol, atol, solver),
-            dt0,
-            max_steps,
-            path.t_noise,
-            path.t_data,
-            direction,
-        )
+        settings = _settings(path, solver, rtol, atol, dt0, max_steps)
+        x, n, na, ok = _adaptive_ode(model, x_init, settings)
     return AdaptiveSolution(x=x, num_steps=n, num_accepted_steps=na, successful=ok)
 
 
@@ -235,20 +223,7 @@ def solve_adaptive(
 
 
 @eqx.filter_jit
-def _log_likelihood(
-    model,
-    x,
-    probes,
-    prior_log_density,
-    solver,
-    controller,
-    dt0,
-    max_steps,
-    t_noise,
-    t_data,
-    direction,
-    method,
-):
+def _log_likelihood(model, x, probes, prior_log_density, settings: _Settings, method):
     shape = x.shape[1:]
     exact = method == "exact"
 
@@ -260,13 +235,13 @@ def _log_likelihood(
         y_T, delta = integrate_with_divergence(
             velocity,
             xi,
-            t_data,
-            t_noise,
+            settings.t_data,
+            settings.t_noise,
             probes=None if exact else probe,
-            solver=solver,
-            stepsize_controller=controller,
-            dt0=direction * -dt0,
-            max_steps=max_steps,
+            solver=settings.solver,
+            stepsize_controller=settings.controller,
+            dt0=settings.direction * -settings.dt0,
+            max_steps=settings.max_steps,
         )
         return prior_log_density(y_T.reshape(shape)) + delta
 
@@ -322,20 +297,6 @@ def log_likelihood(
     else:
         probes = jnp.zeros((x.shape[0], 1, *x.shape[1:]), x.dtype)
     solver = diffrax.Tsit5() if solver is None else solver
+    settings = _settings(path, solver, rtol, atol, dt0, max_steps)
     prior = path.prior_log_density if prior_log_density is None else prior_log_density
-    direction = _direction(path)
-    dt0 = abs(path.t_noise - path.t_data) / 100 if dt0 is None else dt0
-    return _log_likelihood(
-        model,
-        x,
-        probes,
-        prior,
-        solver,
-        _controller(rtol, atol, solver),
-        dt0,
-        max_steps,
-        path.t_noise,
-        path.t_data,
-        direction,
-        divergence,
-    )
+    return _log_likelihood(model, x, probes, prior, settings, divergence)

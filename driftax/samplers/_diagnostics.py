@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -150,25 +152,43 @@ def _split_rhat(z: np.ndarray) -> np.ndarray:
     return np.sqrt((between / within + n - 1) / n)
 
 
+def _autocovariance(x, axis: int, xp=np):
+    """Biased autocovariances (lags `0 .. n-1`) of `x` along `axis` by FFT, zero-padded to a
+    power of two `>= 2n` (no wrap-around). `xp` is `numpy` or `jax.numpy`: the same code serves
+    the NumPy diagnostics here and the traced JAX adaptation of the microcanonical samplers."""
+    n = x.shape[axis]
+    size = 2 ** math.ceil(math.log2(2 * n))
+    f = xp.fft.rfft(x, size, axis=axis)
+    lags = [slice(None)] * x.ndim
+    lags[axis] = slice(0, n)
+    return xp.fft.irfft(f * xp.conj(f), size, axis=axis)[tuple(lags)] / n
+
+
+def _geyer_tau(rho, xp=np, *, monotone: bool = False):
+    """`τ = -1 + 2 Σ_j Γ_j`, `Γ_j = ρ_2j + ρ_2j+1`, from autocorrelations `rho` (lags along axis
+    0, `rho.shape[0] // 2` pairs), truncated at Geyer's initial positive sequence; with
+    `monotone=True` the pairs are also made non-increasing (initial monotone sequence). Works on
+    NumPy and JAX arrays (`xp`)."""
+    m = rho.shape[0] // 2
+    pairs = rho[0 : 2 * m : 2] + rho[1 : 2 * m : 2]
+    positive = xp.cumprod(pairs > 0, axis=0) > 0
+    if monotone:
+        pairs = xp.minimum.accumulate(xp.where(positive, pairs, xp.inf), axis=0)
+    return -1.0 + 2.0 * xp.sum(xp.where(positive, pairs, 0.0), axis=0)
+
+
 def _geyer_ess(z: np.ndarray) -> np.ndarray:
     """ESS of `z` `(chains, draws, k)` per coordinate with Geyer's initial monotone sequence,
     all coordinates at once (autocovariances by FFT)."""
     c, n, k = z.shape
-    centred = z - z.mean(axis=1, keepdims=True)
-    size = 2 ** int(np.ceil(np.log2(2 * n)))
-    f = np.fft.rfft(centred, size, axis=1)
-    acov = np.fft.irfft(f * np.conj(f), size, axis=1)[:, :n] / n  # (c, n, k), biased
+    acov = _autocovariance(z - z.mean(axis=1, keepdims=True), axis=1)  # (c, n, k), biased
     mean_var = acov[:, 0].mean(axis=0) * n / (n - 1.0)
     var_plus = mean_var * (n - 1.0) / n
     if c > 1:
         var_plus = var_plus + z.mean(axis=1).var(axis=0, ddof=1)
     rho = 1.0 - (mean_var - acov.mean(axis=0)) / var_plus  # (n, k)
     rho[0] = 1.0
-    m = (n - 1) // 2
-    pairs = rho[: 2 * m : 2] + rho[1 : 2 * m : 2]  # (m, k): Γ_j = ρ_2j + ρ_2j+1
-    positive = np.cumprod(pairs > 0, axis=0).astype(bool)  # initial positive sequence
-    monotone = np.minimum.accumulate(np.where(positive, pairs, np.inf), axis=0)
-    tau = -1.0 + 2.0 * np.where(positive, monotone, 0.0).sum(axis=0)
+    tau = _geyer_tau(rho[: n - 1], monotone=True)  # (n - 1) // 2 pairs, as ArviZ
     total = c * n
     tau = np.maximum(tau, 1.0 / np.log10(total))
     return total / tau

@@ -56,6 +56,7 @@ from ._adaptation import (
     welford_update,
 )
 from ._base import check_fraction, check_hyper, check_int
+from ._diagnostics import _autocovariance, _geyer_tau
 from ._metrics import DiagonalMetric
 from ._microcanonical import MAMS, MCLMC
 
@@ -65,16 +66,10 @@ def integrated_autocorrelation_time(trace: Array) -> Array:
     `(num_draws, num_chains, d)`, in draws (autocovariances averaged over chains, Geyer's
     initial positive sequence). Traceable; at least `1/num_draws`."""
     n = trace.shape[0]
-    x = trace - jnp.mean(trace, axis=(0, 1))
-    f = jnp.fft.rfft(x, n=2 * n, axis=0)
-    acov = jnp.fft.irfft(f * jnp.conj(f), n=2 * n, axis=0)[:n] / n
-    acov = jnp.mean(acov, axis=1)  # (n, d)
+    acov = _autocovariance(trace - jnp.mean(trace, axis=(0, 1)), axis=0, xp=jnp)
+    acov = jnp.mean(acov, axis=1)  # (n, d): averaged over chains
     var = acov[0]
-    rho = acov / jnp.where(var > 0, var, 1.0)
-    half = n // 2
-    pairs = rho[0 : 2 * half : 2] + rho[1 : 2 * half : 2]
-    keep = jnp.cumprod(pairs > 0, axis=0)
-    tau = -1.0 + 2.0 * jnp.sum(keep * pairs, axis=0)
+    tau = _geyer_tau(acov / jnp.where(var > 0, var, 1.0), jnp)
     return jnp.where(var > 0, jnp.maximum(tau, 1.0 / n), 1.0)
 
 
