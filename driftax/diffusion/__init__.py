@@ -7,6 +7,7 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
+from ._fewstep import DEIS as DEIS, IPNDM as IPNDM
 from ._grid import check_grid as check_grid, time_grid as time_grid
 from ._guidance import (
     FKCResult as FKCResult,
