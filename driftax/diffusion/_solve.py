@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Key
+from ._fewstep import DEIS, IPNDM, can_use_table, solve_by_table, table_form
 from ._grid import SCHEDULES, _check_num_steps, _grid_impl, check_grid, check_log_snr_ends
 from ._model import ParameterizedField, declared_parameterization, declared_path
 from ._path import (
@@ -54,12 +55,14 @@ def default_schedule(path: AbstractPath, solver: AbstractSolver | None = None) -
     """The default time grid, chosen from error-vs-NFE measurements on mixture fields:
 
     - VP family: `"quadratic"` for the exponential integrators (DDIM, DPM-Solver++, UniPC),
-      `"uniform"` for the others (Euler, Heun, Euler–Maruyama);
+      `"uniform"` for the others (Euler, Heun, Euler–Maruyama) and for iPNDM and DEIS;
     - `EDM` and `VE`: `"karras"` (rho = 7);
     - the interpolants: `"uniform"` (their log-SNR is infinite at `t = 1`);
     - other paths: `"log_snr"` where the log-SNR is finite at both ends, else `"uniform"`.
     """
     if isinstance(path, VP | SubVP | CosineVP):
+        if isinstance(solver, IPNDM | DEIS):
+            return "uniform"
         return "quadratic" if solver is not None and solver.exponential else "uniform"
     if isinstance(path, EDM | VE):
         return "karras"
@@ -279,17 +282,24 @@ def solve(
         )
     if key is None and solver.stochastic:
         raise ValueError(f"`key` is required: {type(solver).__name__} is stochastic.")
-    x, traj, failed, ts_out, diag = _integrate(
-        solver,
-        model,
-        x_init,
-        key,
-        ts_arr,
-        sched,
-        num_steps if ts is None else None,
-        bool(save_trajectory),
-        True,
-    )
+    form = table_form(solver)
+    if form is not None and can_use_table(x_init, ts_arr):
+        # linear multistep solvers: the coefficient table in NumPy, then one shared small loop
+        x, traj, failed, ts_out, diag = solve_by_table(
+            form, model, x_init, ts_arr, sched, num_steps if ts is None else None, save_trajectory
+        )
+    else:
+        x, traj, failed, ts_out, diag = _integrate(
+            solver,
+            model,
+            x_init,
+            key,
+            ts_arr,
+            sched,
+            num_steps if ts is None else None,
+            bool(save_trajectory),
+            True,
+        )
     _post_checks(diag, solver, parameterization, ts_out)
     sol = Solution(x=x, ts=ts_out, trajectory=traj, failed_step=failed, num_field_evals=nfe)
     if full_output:

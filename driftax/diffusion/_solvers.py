@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -214,15 +214,156 @@ def _safe(prev_lam, count, lam_now, h, hist, d_now):
     return lam, data
 
 
-def _effective_order(order, count, index, num_steps, lower_order_final, finite_h):
-    k = jnp.minimum(order, count + 1)
+def _effective_order(order, count, index, num_steps, lower_order_final, finite_h, xp=jnp):
+    """The order of each step: limited by the usable history (`count`), by `lower_order_final`
+    over the last steps of short grids, and 1 where the step's log-SNR increment is infinite."""
+    k = xp.minimum(order, count + 1)
     if lower_order_final and num_steps < 15:
-        k = jnp.minimum(k, num_steps - index)
-    k = jnp.where(finite_h, k, 1)
-    return jnp.clip(k, 1, order).astype(jnp.int32)
+        k = xp.minimum(k, num_steps - index)
+    k = xp.where(finite_h, k, 1)
+    return xp.clip(k, 1, order).astype(xp.int32)
 
 
-class _AbstractDPMSolverPP(AbstractSolver):
+def _history_count(xp, lam, idx, size):
+    """How many previous grid points each step may use (the noise end does not count when its
+    log-SNR is infinite, alpha = 0), at most `size`."""
+    first = xp.where(xp.isfinite(lam[0]), 0, 1)
+    return xp.clip(idx - first, 0, size)
+
+
+def _pick(xp, k, by_order):
+    """`by_order[k - 1]` elementwise (`k` an integer array)."""
+    out = by_order[-1]
+    for j in range(len(by_order) - 1, 0, -1):
+        out = xp.where(k == j, by_order[j - 1], out)
+    return out
+
+
+class Grid(NamedTuple):
+    """A time grid and the path's coefficients on it (arrays of `num_steps + 1`)."""
+
+    t: Any
+    alpha: Any
+    sigma: Any
+    lam: Any
+    dalpha: Any = None
+    dsigma: Any = None
+    t_quad: Any = None
+
+
+def grid_of(path, ts, *, derivatives: bool = False, quadrature=None) -> Grid:
+    """The path's coefficients on the grid `ts` (jax arrays); `quadrature(path, ts)` gives
+    extra times inside each interval where a solver needs them."""
+    alpha, sigma, lam = path.alpha(ts), path.sigma(ts), path.half_log_snr(ts)
+    da = ds = None
+    if derivatives:
+        (_, da), (_, ds) = path.alpha_and_derivative(ts), path.sigma_and_derivative(ts)
+    t_quad = None if quadrature is None else quadrature(path, ts)
+    return Grid(ts, alpha, sigma, lam, da, ds, t_quad)
+
+
+class Rows(NamedTuple):
+    """Coefficients of the steps `idx` (each of shape `idx.shape`; `c` with a trailing `K + 1`)."""
+
+    cx: Any
+    cd: Any
+    c: Any
+
+
+class _AbstractTableSolver(AbstractSolver):
+    """A linear multistep solver given by its coefficient rows: on ONE point,
+
+        x1 = cx x0 + cd f0 + sum_{m=0..K} c_m q_{i-m},     q_i = px_i x_i + pd_i f_i,
+
+    with `f_i` the field at `(t_i, x_i)` in the parameterization `evaluate`, `q` the quantity
+    kept in the history (K = `history` previous values) and every coefficient a function of the
+    time grid only. The coefficients are written once, vectorized over step indices for an array
+    namespace `xp`: `step` evaluates them with `jax.numpy` for one (traced) index, while `solve`
+    evaluates the whole table eagerly with NumPy before its loop, so the compiled loop holds
+    only the field and a few multiply-adds (a cheap compile: a fast cold start)."""
+
+    evaluate: ClassVar[str] = "data"
+
+    @property
+    @abc.abstractmethod
+    def history(self) -> int:
+        """The number K of previous values of `q` the update uses."""
+
+    @abc.abstractmethod
+    def rows(self, xp, grid: Grid, idx) -> Rows:
+        """The coefficients of the steps `idx` (an integer array) on `grid`, computed with the
+        array namespace `xp` (`numpy` or `jax.numpy`)."""
+
+    def q_weights(self, xp, grid: Grid):
+        """`(px, pd)` on every grid point: `q = px x + pd f` (default: `q = f`)."""
+        return xp.zeros_like(grid.alpha), xp.ones_like(grid.alpha)
+
+    def quadrature(self, path, ts):
+        """Extra times inside each interval that `rows` reads from `Grid.t_quad` (default none)."""
+        del path, ts
+        return None
+
+    def init(self, model, t0, x0):
+        return jnp.zeros((self.history, *x0.shape), x0.dtype)
+
+    def step(self, model, ts, index, x0, state, *, key):
+        grid = grid_of(
+            model.path, ts, derivatives=self.evaluate == "velocity", quadrature=self.quadrature
+        )
+        r = self.rows(jnp, grid, jnp.asarray(index)[None])
+        px, pd = self.q_weights(jnp, grid)
+        f0 = model.get(ts[index], x0, self.evaluate)
+        q0 = px[index] * x0 + pd[index] * f0
+        x1 = r.cx[0] * x0 + r.cd[0] * f0 + r.c[0, 0] * q0
+        for m in range(self.history):  # history the order cannot use has coefficient 0
+            x1 = x1 + r.c[0, m + 1] * state[m]
+        new_state = jnp.concatenate([q0[None], state[:-1]], axis=0) if self.history else state
+        return x1.astype(x0.dtype), new_state
+
+
+def _dpm_rows(xp, grid, idx, order, lower_order_final):
+    """DPM-Solver++(kM) coefficients (Lu et al. 2022b) on the data-prediction history."""
+    n = grid.t.shape[0] - 1
+    lam, a, s = grid.lam, grid.alpha, grid.sigma
+    lam0, lam1 = lam[idx], lam[idx + 1]
+    a1, s0, s1 = a[idx + 1], s[idx], s[idx + 1]
+    h = lam1 - lam0
+    finite_h = xp.isfinite(h) & xp.isfinite(lam0)
+    count = _history_count(xp, lam, idx, order - 1)
+    k = _effective_order(order, count, idx, n, lower_order_final, finite_h, xp=xp)
+    hs = xp.where(finite_h, h, 1.0)
+    lam0s = xp.where(xp.isfinite(lam0), lam0, 0.0)
+    # previous half log-SNRs; finite dummies where the history is not usable (never selected)
+    prev = [
+        xp.where(j <= count, lam[xp.clip(idx - j, 0, n)], lam0s - j * hs) for j in range(1, order)
+    ]
+    zero = xp.zeros_like(hs)
+    phi1 = xp.expm1(-hs)
+    by_order = [[-a1 * xp.expm1(-h)] + [zero] * (order - 1)]  # order 1 (exact also for h = inf)
+    if order >= 2:
+        # order 2 (Lu et al. 2022b, Alg. 2): - a1 phi1 d0 - a1 phi1 (d0 - prev0) / (2 r0)
+        r0 = (lam0s - prev[0]) / hs
+        by_order.append(
+            [-a1 * phi1 * (1.0 + 0.5 / r0), 0.5 * a1 * phi1 / r0] + [zero] * (order - 2)
+        )
+    if order == 3:
+        # d1_0 = (d0 - prev0)/r0, d1_1 = (prev0 - prev1)/r1,
+        # D1 = d1_0 + r0/(r0 + r1) (d1_0 - d1_1) ~ h D', D2 = (d1_0 - d1_1)/(r0 + r1) ~ h^2 D''/2;
+        # D(lambda) integrated against e^(lambda - lambda_1): the linear term gives
+        # + a1 phi2 D1, the quadratic one -a1 phi3 h^2 D'' = -2 a1 phi3 D2 (the factor 2 is
+        # needed for third order: without it the method is second order).
+        r1 = (prev[0] - prev[1]) / hs
+        phi2 = phi1 / hs + 1.0
+        phi3 = phi2 / hs - 0.5
+        w = r0 / (r0 + r1)
+        c_d10 = a1 * phi2 * (1.0 + w) - 2.0 * a1 * phi3 / (r0 + r1)  # coefficient of d1_0
+        c_d11 = -a1 * phi2 * w + 2.0 * a1 * phi3 / (r0 + r1)  # coefficient of d1_1
+        by_order.append([-a1 * phi1 + c_d10 / r0, -c_d10 / r0 + c_d11 / r1, -c_d11 / r1])
+    c = xp.stack([_pick(xp, k, [b[m] for b in by_order]) for m in range(order)], axis=-1)
+    return Rows(s1 / s0, zero, c)
+
+
+class _AbstractDPMSolverPP(_AbstractTableSolver):
     """Multistep DPM-Solver++ (Lu et al. 2022) in the data prediction; warm-up with lower
     orders; with `lower_order_final`, the last steps use lower orders when `num_steps < 15`."""
 
@@ -230,60 +371,12 @@ class _AbstractDPMSolverPP(AbstractSolver):
 
     exponential: ClassVar[bool] = True
 
-    def init(self, model, t0, x0):
-        return jnp.zeros((self.order - 1, *x0.shape), x0.dtype)
+    @property
+    def history(self) -> int:
+        return self.order - 1
 
-    def step(self, model, ts, index, x0, state, *, key):
-        path = model.path
-        num_steps = ts.shape[0] - 1
-        t0, t1 = ts[index], ts[index + 1]
-        lam = path.half_log_snr(ts)
-        lam0, lam1 = lam[index], lam[index + 1]
-        s0, a1, s1 = path.sigma(t0), path.alpha(t1), path.sigma(t1)
-        d0 = model.denoise(t0, x0)
-        h = lam1 - lam0
-        finite_h = jnp.isfinite(h) & jnp.isfinite(lam0)
-        prev_lam, count = _grid_lams(lam, index, self.order - 1)
-        k = _effective_order(self.order, count, index, num_steps, self.lower_order_final, finite_h)
-        hs = jnp.where(finite_h, h, 1.0)
-        lam0s = jnp.where(jnp.isfinite(lam0), lam0, 0.0)
-        steps_back = jnp.arange(1, self.order)
-        prev_lam = jnp.where(steps_back <= count, prev_lam, lam0s - steps_back * hs)  # dummies
-        # The update is affine in (x0, d0, history): its scalar coefficients depend on the grid
-        # only, so each order's are computed on scalars and selected with `where` (no branch
-        # over x-sized arrays: cheaper to compile and to run).
-        phi1s = jnp.expm1(-hs)
-        cx = s1 / s0
-        coef = [-a1 * jnp.expm1(-h)] + [jnp.zeros_like(cx)] * (self.order - 1)  # order 1
-        r0 = (lam0s - prev_lam[0]) / hs
-        # order 2 (Lu et al. 2022b, Alg. 2): - a1 phi1 d0 - a1 phi1 (d0 - prev0) / (2 r0)
-        c2 = [-a1 * phi1s * (1.0 + 0.5 / r0), 0.5 * a1 * phi1s / r0]
-        coefs = {1: coef, 2: c2 + [jnp.zeros_like(cx)] * (self.order - 2)}
-        if self.order == 3:
-            # d1_0 = (d0 - prev0)/r0, d1_1 = (prev0 - prev1)/r1,
-            # D1 = d1_0 + r0/(r0 + r1) (d1_0 - d1_1) ~ h D', D2 = (d1_0 - d1_1)/(r0 + r1) ~ h^2 D''/2;
-            # D(lambda) integrated against e^(lambda - lambda_1): the linear term gives
-            # + a1 phi2 D1, the quadratic one -a1 phi3 h^2 D'' = -2 a1 phi3 D2 (the factor 2 is
-            # needed for third order: without it the method is second order).
-            r1 = (prev_lam[0] - prev_lam[1]) / hs
-            phi2 = phi1s / hs + 1.0
-            phi3 = phi2 / hs - 0.5
-            w = r0 / (r0 + r1)
-            c_d10 = a1 * phi2 * (1.0 + w) - 2.0 * a1 * phi3 / (r0 + r1)  # coefficient of d1_0
-            c_d11 = -a1 * phi2 * w + 2.0 * a1 * phi3 / (r0 + r1)  # coefficient of d1_1
-            coefs[3] = [-a1 * phi1s + c_d10 / r0, -c_d10 / r0 + c_d11 / r1, -c_d11 / r1]
-        c = [
-            jnp.select(
-                [k == j for j in range(1, self.order)],
-                [coefs[j][m] for j in range(1, self.order)],
-                coefs[self.order][m],
-            )
-            for m in range(self.order)
-        ]
-        x1 = cx * x0 + c[0] * d0
-        for m in range(1, self.order):  # invalid history entries have coefficient 0
-            x1 = x1 + c[m] * jnp.where(count >= m, state[m - 1], 0.0)
-        return x1, _push(state, d0)
+    def rows(self, xp, grid, idx):
+        return _dpm_rows(xp, grid, idx, self.order, self.lower_order_final)
 
 
 class DPMSolverPP2M(_AbstractDPMSolverPP):

@@ -22,6 +22,8 @@ ODE_SOLVERS = [
     dd.DPMSolverPP2S(),
     dd.DPMSolverPP3S(),
     dd.UniPC(),
+    dd.IPNDM(),
+    dd.DEIS(),
 ]
 SDE_SOLVERS = [
     dd.EulerMaruyama(),
