@@ -188,11 +188,8 @@ def run(out: Path, quick: bool, seed: int) -> Report:
                 xs = variants[name][w][:2000]
                 ax.scatter(xs[:, 0], xs[:, 1], s=1, alpha=0.4)
                 ax.scatter(RING[:, 0], RING[:, 1], c="r", marker="x", s=20)
-                ax.set_xlim(-3.2, 3.2)
-                ax.set_ylim(-3.2, 3.2)
+                ax.set(xlim=(-3.2, 3.2), ylim=(-3.2, 3.2), xticks=[], yticks=[])
                 ax.set_title(f"{name}, w = {w:g}", fontsize=9)
-                ax.set_xticks([])
-                ax.set_yticks([])
         figure = save_figure(fig, out, NAME)
     except ImportError:  # matplotlib is optional
         pass

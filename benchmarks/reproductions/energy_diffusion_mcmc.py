@@ -149,11 +149,8 @@ def run(out: Path, quick: bool, seed: int) -> Report:
         for i, (name, xs) in enumerate(samples.items()):
             ax = fig.add_subplot(1, 4, i + 1)
             ax.scatter(xs[:, 0], xs[:, 1], s=1, alpha=0.4)
-            ax.set_xlim(-4.5, 4.5)
-            ax.set_ylim(-4.5, 4.5)
+            ax.set(xlim=(-4.5, 4.5), ylim=(-4.5, 4.5), xticks=[], yticks=[])
             ax.set_title(f"{name}: ED {dist[name]:.4f}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
         figure = save_figure(fig, out, NAME)
     except ImportError:  # matplotlib is optional
         pass

@@ -127,3 +127,23 @@ def test_trained_energy_model_with_mala_corrector():
     d_plain = float(de.energy_distance(plain, ref))
     d_pc = float(de.energy_distance(corrected, ref))
     assert np.isfinite(d_pc) and d_pc < d_plain
+
+
+def test_fkc_reweights_a_product_of_energy_models():
+    # with a zero network an EnergyModel is the exact noised N(0, sigma_data^2 I), so the
+    # Feynman–Kac product of two of them must be N(0, v) with 1/v = 1/s1^2 + 1/s2^2
+    path = dd.VP()
+    s1, s2 = 0.7, 1.6
+    zero = lambda c_noise, z: jnp.zeros(())  # noqa: E731
+    a = dd.EnergyModel(zero, path, event_shape=2, sigma_data=s1)
+    b = dd.EnergyModel(zero, path, event_shape=2, sigma_data=s2)
+    x0 = path.prior_sample(jax.random.key(0), (2000, 2))
+    res = dd.fkc_sample([a, b], path, x0, key=jax.random.key(1), num_steps=100)
+    m, v, ess = dd.weighted_moments(res.x, res.log_weights)
+    ess = float(ess)
+    var = 1 / (1 / s1**2 + 1 / s2**2)
+    assert ess > 300
+    np.testing.assert_array_less(np.abs(np.asarray(m)), 5 * np.sqrt(var / ess))
+    np.testing.assert_array_less(np.abs(np.asarray(v) - var), 5 * var * np.sqrt(2 / ess))
+    log_z = -np.log(2 * np.pi * (s1**2 + s2**2))  # two dimensions of N(0; 0, s1^2 + s2^2)
+    assert abs(float(res.log_normalizer) - log_z) < 0.1
