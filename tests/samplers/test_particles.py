@@ -275,3 +275,20 @@ def test_mmd_flow_bad_input():
         ds.sliced_mmd_gradient(x, x, key=key, num_projections=0)
     with pytest.raises(ValueError, match="dimension"):
         ds.mmd_flow(x, jnp.ones((5, 3)), key=key, num_steps=1)
+
+
+def test_mmd_flow_deterministic_and_compiled_once():
+    """Same key, same particles; a new step size or key reuses the compiled flow."""
+    from driftax.samplers._particles import _mmd_flow
+
+    x0 = jax.random.normal(jax.random.key(0), (32, 2))
+    y = jax.random.normal(jax.random.key(1), (40, 2)) + 1.0
+    kw = dict(num_steps=3, num_projections=4)
+    a = ds.mmd_flow(x0, y, key=jax.random.key(2), step_size=0.5, **kw)
+    size = _mmd_flow._flow._cache_size()
+    b = ds.mmd_flow(x0, y, key=jax.random.key(2), step_size=0.5, **kw)
+    c = ds.mmd_flow(x0, y, key=jax.random.key(3), step_size=0.3, noise_level=0.1, **kw)
+    assert _mmd_flow._flow._cache_size() == size
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert bool(jnp.all(jnp.isfinite(c)))
