@@ -68,6 +68,7 @@ from ._particles import (
     InverseProblem as InverseProblem,
     ParticleResult as ParticleResult,
     ParticleState as ParticleState,
+    ensemble_score_sample as ensemble_score_sample,
     kernel_thin as kernel_thin,
     mmd_flow as mmd_flow,
     run_particles as run_particles,
