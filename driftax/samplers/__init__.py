@@ -70,6 +70,7 @@ from ._particles import (
     ParticleState as ParticleState,
     ensemble_score_sample as ensemble_score_sample,
     kernel_thin as kernel_thin,
+    mean_field_langevin as mean_field_langevin,
     mmd_flow as mmd_flow,
     run_particles as run_particles,
     sliced_mmd_gradient as sliced_mmd_gradient,
