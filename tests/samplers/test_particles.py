@@ -239,6 +239,7 @@ def test_mmd_flow_moves_particles_to_target_moments():
     assert dx.energies.energy_distance(x, y) < dx.energies.energy_distance(fresh, y)
 
 
+@pytest.mark.slow
 def test_conditional_mmd_flow_samples_the_posterior():
     """Joint draws of x ~ N(0, 1), y = 2x + N(0, 0.25): particles (z_i, y_i) with the target's
     y_i move only in x. The particles' regression of x on y (posterior mean slope 2/4.25) and
@@ -365,6 +366,7 @@ def test_mean_field_langevin_ksd_reaches_the_target():
     assert ksd_squared(target, x, 1.0) < 0.1 * ksd_squared(target, iid, 1.0)
 
 
+@pytest.mark.slow
 def test_mean_field_langevin_mmd_matches_target_samples():
     """MMD functional against 300 target samples: the particles' mean is within 5% of a
     standard deviation of the samples' and their energy distance to the samples is below that
