@@ -49,6 +49,12 @@ KNOWN_FAILURES: dict[str, tuple[tuple[str, ...], str]] = {
     ),
 }
 
+# name -> phrases of claims measured in wall time: the script reports them (benchmark evidence),
+# the test does not assert them (a test never asserts on wall time; CI machines are shared)
+WALL_TIME_CLAIMS: dict[str, tuple[str, ...]] = {
+    "sliced_mmd_flow": ("cost near-linear in N",),
+}
+
 
 def test_registry_nonempty():
     """The framework finds the scripts (fails if the folder moved or is empty)."""
@@ -76,7 +82,9 @@ def test_reproduction_quick(name, tmp_path):
     if record["figure"] is not None:
         assert Path(record["figure"]).exists()
     phrases, reason = KNOWN_FAILURES.get(name, ((), ""))
-    failed = [r for r in record["rows"] if not r["passed"]]
+    timed = WALL_TIME_CLAIMS.get(name, ())
+    rows = [r for r in record["rows"] if not any(p in r["claim"] for p in timed)]
+    failed = [r for r in rows if not r["passed"]]
     unexpected = [r for r in failed if not any(p in r["claim"] for p in phrases)]
     assert not unexpected, f"{name}: failed claims {unexpected}"
     if failed:

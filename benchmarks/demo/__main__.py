@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-SECTIONS = ["targets", "samplers", "flows", "diffusion", "unnormalized", "state_space"]
+SECTIONS = ["targets", "samplers", "flows", "diffusion", "unnormalized", "state_space", "particles"]
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,12 @@
 """The contract of interacting-particle methods and their driver `run_particles`.
 
 `driftax.sample` runs every chain through `jax.vmap` with no communication between chains, so a
-kernel never sees the other chains. Ensemble samplers (ALDI, EKI) and interacting-particle flows
-(SVGD, MMD flows, mean-field Langevin) need the whole ensemble at every step (its covariance, the
-kernel interactions), so they are `AbstractParticleMethod`s acting on ONE ensemble, run by their
-own compiled driver `run_particles`.
+kernel never sees the other chains. Ensemble samplers (ALDI, EKI) and SVGD need the whole
+ensemble at every step (its covariance, the kernel interactions), so they are
+`AbstractParticleMethod`s acting on ONE ensemble, run by their own compiled driver
+`run_particles`. The methods driven by target samples or by a time schedule rather than by an
+energy at every step (`mmd_flow`, `mean_field_langevin`, `ensemble_score_sample`) are compiled
+functions of the whole ensemble for the same reason.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -201,6 +202,7 @@ class ALDI(AbstractParticleMethod):
             drift = -(weighted @ gc.T) @ a - (prior @ a.T) @ a
             num_grad = 0
         else:
+            assert state.score is not None  # ALDI with gradients keeps the scores
             score = flat(state.score)
             drift = (score @ a.T) @ a  # C s_i = A (Aᵀ s_i)
             num_grad = n

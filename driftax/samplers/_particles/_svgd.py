@@ -87,6 +87,7 @@ class SVGD(AbstractParticleMethod):
     def step(self, energy: AbstractEnergy, state: ParticleState, *, key: Key):
         del key
         x = flat(state.position)
+        assert state.score is not None  # SVGD always evaluates the scores
         phi = self.direction(x, flat(state.score))
         new = x + self.step_size.astype(x.dtype) * phi
         position = new.reshape(state.position.shape)

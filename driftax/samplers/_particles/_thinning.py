@@ -191,6 +191,15 @@ def _as_points(samples, name: str = "samples") -> tuple[Array, tuple]:
     return as_samples(arr.reshape(arr.shape[0], -1), name), event
 
 
+def _selection(samples, num_points) -> tuple[Array, tuple, int]:
+    """The pooled points, their event shape and the checked output size `1 ≤ num_points ≤ n`."""
+    x, event = _as_points(samples)
+    num_points = check_int(num_points, "num_points", 1)
+    if num_points > x.shape[0]:
+        raise ValueError(f"`num_points` ({num_points}) must not exceed the {x.shape[0]} samples.")
+    return x, event, num_points
+
+
 def _bandwidth(x: Array, bandwidth) -> Array:
     if bandwidth is None:
         h = _median_distance(x[::2], x[1::2])
@@ -265,11 +274,8 @@ def kernel_thin(
     coreset.shape  # (32, 2)
     ```
     """
-    x, event = _as_points(samples)
+    x, event, num_points = _selection(samples, num_points)
     n = x.shape[0]
-    num_points = check_int(num_points, "num_points", 1)
-    if num_points > n:
-        raise ValueError(f"`num_points` ({num_points}) must not exceed the {n} samples.")
     method = check_choice(method, "method", ("kt", "compress++"))
     split_kernel = check_choice(split_kernel, "split_kernel", ("target", "kt+"))
     if not (isinstance(delta, (int, float)) and 0.0 < delta < 1.0):
@@ -401,11 +407,8 @@ def stein_thin(
     pts = dx.samplers.stein_thin(x, 20, energy=target)
     ```
     """
-    x, event = _as_points(samples)
+    x, event, num_points = _selection(samples, num_points)
     n = x.shape[0]
-    num_points = check_int(num_points, "num_points", 1)
-    if num_points > n:
-        raise ValueError(f"`num_points` ({num_points}) must not exceed the {n} samples.")
     if (energy is None) == (scores is None):
         raise ValueError("pass exactly one of `energy` and `scores`.")
     if energy is not None:
