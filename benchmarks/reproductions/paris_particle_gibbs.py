@@ -18,13 +18,14 @@ compared with the exact maximum-likelihood estimate from the Kalman log-likeliho
 units of the MLE's asymptotic standard error (from the log-likelihood's curvature). Claim:
 within 0.25 standard errors.
 (3) PMMH on Kitagawa's growth model: θ = (log s_v, log s_w), truth (log 10, log 1), T steps
-simulated, prior N((log 5, log 2), 2² I); `driftax.sample(PMMH(...))`
-with window adaptation. Claim: each true parameter lies within 3 posterior standard deviations of
-the posterior mean (chains from 4 starts; R-hat reported).
+simulated, prior N((log 5, log 2), 2² I); `driftax.sample(PMMH(...))` with a fixed random-walk
+step (window adaptation freezes chains whose noisy likelihood got stuck high). Claim: each true
+parameter lies within 3 posterior standard deviations of the posterior mean, and the 4 chains
+from dispersed starts agree (R-hat < 1.2).
 
-Profiles: quick (T = 30, S = 200 seeds, N = 8, K = 8; 600 climbing steps; PMMH 4 x 1000 steps,
-100 particles, T = 40) and full (T = 50, S = 400, N = 16, K = 16; 1500 steps; 4 x 4000 steps,
-200 particles, T = 100).
+Profiles: quick (T = 30, S = 300 seeds, N = 8, K = 16; 600 climbing steps; PMMH 4 x 1000 steps,
+200 particles, T = 40) and full (T = 50, S = 400, N = 16, K = 32; 1500 steps; 4 x 4000 steps,
+400 particles, T = 100).
 """
 
 from __future__ import annotations
@@ -115,10 +116,13 @@ def pmmh_growth(key, T, steps, particles):
     _, ys = model_fn(jnp.asarray(truth)).simulate(jax.random.fold_in(key, 4), T)
     prior = de.gaussian(jnp.log(jnp.array([5.0, 2.0])), 4.0 * jnp.eye(2))
     x0 = jnp.log(jnp.array([[5.0, 2.0], [20.0, 0.5], [3.0, 1.0], [10.0, 3.0]]))
+    # no step-size / metric adaptation: with a noisy likelihood, windows of a chain stuck on
+    # an overestimated Ẑ shrink the metric and the chain freezes (measured: R-hat 8.4 with
+    # window adaptation and 100 particles); a fixed random-walk step mixes (R-hat ~1.1).
     result = dx.sample(
-        ds.PMMH(model_fn, ys, num_particles=particles, step_size=0.3),
-        prior, x0, key=jax.random.fold_in(key, 5), num_steps=steps, num_warmup=steps // 2,
-        num_chains=4, check_health=False,
+        ds.PMMH(model_fn, ys, num_particles=particles, step_size=0.25),
+        prior, x0, key=jax.random.fold_in(key, 5), num_steps=steps, num_warmup=steps // 4,
+        adaptation=None, num_chains=4, check_health=False,
     )  # fmt: skip
     x = np.asarray(result.samples).reshape(-1, 2)
     return truth, x, np.asarray(result.rhat)
@@ -128,7 +132,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
     key = jax.random.key(seed)
     rows = []
     details: dict = {}
-    T1, S, N, K = (30, 200, 8, 8) if quick else (50, 400, 16, 16)
+    T1, S, N, K = (30, 300, 8, 16) if quick else (50, 400, 16, 32)
     with jax.enable_x64(True):
         truth, bias = bias_at_equal_budget(jax.random.fold_in(key, 0), T1, S, N, K)
         mle, se, estimate, losses = score_climbing_vs_mle(
@@ -157,7 +161,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
             passed=bool(err < 0.25),
         )
     )
-    T3, steps, parts = (40, 1000, 100) if quick else (100, 4000, 200)
+    T3, steps, parts = (40, 1000, 200) if quick else (100, 4000, 400)
     truth3, x, rhat = pmmh_growth(jax.random.fold_in(key, 2), T3, steps, parts)
     m, sd = x.mean(0), x.std(0)
     z = (truth3 - m) / sd
@@ -165,10 +169,11 @@ def run(out: Path, quick: bool, seed: int) -> Report:
     rows.append(
         Row(
             claim=f"PMMH recovers the growth model's noise variances (T = {T3}, {parts} particles)",
-            reference="true (log s_v, log s_w) = (2.303, 0.000) within 3 posterior sd",
+            reference="true (log s_v, log s_w) = (2.303, 0.000) within 3 posterior sd; "
+            "R-hat < 1.2 (4 dispersed starts)",
             measured=f"posterior mean ({m[0]:.3f}, {m[1]:.3f}) ± ({sd[0]:.3f}, {sd[1]:.3f}); "
             f"z ({z[0]:+.2f}, {z[1]:+.2f}); R-hat max {float(np.max(rhat)):.3f}",
-            passed=bool(np.all(np.abs(z) < 3)),
+            passed=bool(np.all(np.abs(z) < 3) and np.max(rhat) < 1.2),
         )
     )
     figure = None

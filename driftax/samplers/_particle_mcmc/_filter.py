@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import Any, cast
 
 import equinox as eqx
 import jax
@@ -84,29 +85,34 @@ class FilterHook(eqx.Module):
     `step` after each move (both return `(state, output)`), `finish` on the final state."""
 
     @abc.abstractmethod
-    def init(self, model, x0: Array, logw0: Array, key: Key):
+    def init(self, model, x0: Array, logw0: Array, key: Key) -> tuple[Any, Any]:
         """`(state, output)` at `t = 0`."""
 
     @abc.abstractmethod
-    def step(self, model, state, x_prev, logw_prev, ancestors, x_new, logw_new, t, key):
+    def step(
+        self, model, state, x_prev, logw_prev, ancestors, x_new, logw_new, t, key
+    ) -> tuple[Any, Any]:
         """`(state, output)` after the move to step `t`."""
 
     @abc.abstractmethod
-    def finish(self, state, logw_final):
+    def finish(self, state, logw_final) -> Any:
         """The hook's result from its final state and the final normalized weights."""
 
 
 class _NoHook(FilterHook):
-    def init(self, model, x0, logw0, key):
+    def init(self, model, x0, logw0, key) -> tuple[Any, Any]:
         del model, x0, logw0, key
         return None, None
 
-    def step(self, model, state, x_prev, logw_prev, ancestors, x_new, logw_new, t, key):
+    def step(
+        self, model, state, x_prev, logw_prev, ancestors, x_new, logw_new, t, key
+    ) -> tuple[Any, Any]:
         del model, state, x_prev, logw_prev, ancestors, x_new, logw_new, t, key
         return None, None
 
-    def finish(self, state, logw_final):
+    def finish(self, state, logw_final) -> Any:
         del state, logw_final
+        return None
 
 
 def _normalize(logw: Array) -> Array:
@@ -137,7 +143,7 @@ def run_filter(
     reference: Array | None = None,
     ancestor_sampling: bool = False,
     hook: FilterHook | None = None,
-):
+) -> tuple[ParticleFilterResult, Any, Any]:
     """The traced forward pass (no argument checks: the front doors check). Returns
     `(ParticleFilterResult, hook_outputs, hook_final)`.
 
@@ -151,6 +157,10 @@ def run_filter(
     hook = _NoHook() if hook is None else hook
     conditional = reference is not None
     auxiliary = isinstance(proposal, AbstractAuxiliaryProposal)
+    # typed views for the closures below (each is used only where its branch applies)
+    prop = cast(AbstractProposal, proposal)
+    aux_prop = cast(AbstractAuxiliaryProposal, proposal)
+    ref_path = cast(Array, reference)
     dtype = jnp.result_type(ys)
     log_n = math.log(n)
     sg = jax.lax.stop_gradient
@@ -162,15 +172,15 @@ def run_filter(
     if proposal is None:
         x0 = jax.vmap(model.initial_sample)(keys0)
     else:
-        x0 = jax.vmap(lambda k: proposal.initial_sample(k, ys[0]))(keys0)
+        x0 = jax.vmap(lambda k: prop.initial_sample(k, ys[0]))(keys0)
     if conditional:
-        x0 = x0.at[0].set(reference[0].astype(x0.dtype))
+        x0 = x0.at[0].set(ref_path[0].astype(x0.dtype))
     if differentiable:
         x0 = sg(x0)
     logg0 = jax.vmap(lambda x: model.observation_log_density(x, ys[0], t0))(x0)
     if proposal is not None:
         mu = jax.vmap(model.initial_log_density)(x0)
-        q = jax.vmap(lambda x: proposal.initial_log_density(x, ys[0]))(x0)
+        q = jax.vmap(lambda x: prop.initial_log_density(x, ys[0]))(x0)
         logg0 = logg0 + mu - (sg(q) if differentiable else q)
     logg0 = _nan_to_neg_inf(logg0.astype(dtype))
     u0 = logg0 - log_n
@@ -186,7 +196,7 @@ def run_filter(
         t, y, x_ref, k = inputs
         k_res, k_move, k_as, k_hook = jax.random.split(k, 4)
         if auxiliary:
-            look = jax.vmap(lambda xp: proposal.log_predictive(xp, y, t))(x_prev)
+            look = jax.vmap(lambda xp: aux_prop.log_predictive(xp, y, t))(x_prev)
             look = _nan_to_neg_inf(look.astype(dtype))
         else:
             look = jnp.zeros_like(logw_prev)
@@ -217,7 +227,7 @@ def run_filter(
         if proposal is None:
             x_new = jax.vmap(lambda kk, xp: model.transition_sample(kk, xp, t))(keys, xa)
         else:
-            x_new = jax.vmap(lambda kk, xp: proposal.sample(kk, xp, y, t))(keys, xa)
+            x_new = jax.vmap(lambda kk, xp: prop.sample(kk, xp, y, t))(keys, xa)
         if conditional:
             x_new = x_new.at[0].set(x_ref.astype(x_new.dtype))
         if differentiable:
@@ -228,7 +238,7 @@ def run_filter(
             if proposal is None:
                 logg = logg + m - sg(m)
             else:
-                q = jax.vmap(lambda xp, x: proposal.log_density(xp, x, y, t))(xa, x_new)
+                q = jax.vmap(lambda xp, x: prop.log_density(xp, x, y, t))(xa, x_new)
                 logg = logg + m - (sg(q) if differentiable else q)
         u = carried + _nan_to_neg_inf(logg.astype(dtype))
         inc = pre + logsumexp(u)
@@ -242,7 +252,7 @@ def run_filter(
         out = (x_new, logw_new, ancestors, _ess(logw_new), do_resample, inc, hout)
         return (x_new, logw_new, eve_new, collapsed_at, hstate), out
 
-    refs = reference[1:] if conditional else jnp.zeros((T - 1,), dtype)
+    refs = ref_path[1:] if conditional else jnp.zeros((T - 1,), dtype)
     inputs = (jnp.arange(1, T), ys[1:], refs, jax.random.split(key, T - 1))
     carry0 = (x0, logw0, eve0, collapsed_at0, hook_state)
     (x_last, logw_last, eve, collapsed_at, hook_state), outs = jax.lax.scan(body, carry0, inputs)
