@@ -137,7 +137,7 @@ def _record(name, res, target, wall, extra_grads=0, warmup=0):
     }
 
 
-def bench(quick: bool, seed: int):
+def bench(quick: bool, seed: int, sg_steps: int | None = None):
     rows = []
     for tname, target in _targets(quick):
         big_n = target.num_data
@@ -161,7 +161,8 @@ def bench(quick: bool, seed: int):
                 }
             )
             print(rows[-1], flush=True)
-        sg_steps = 10000 if quick else 100000
+        if sg_steps is None:
+            sg_steps = 10000 if quick else 100000
         sg_burn = sg_steps // 4  # burn-in from the origin, counted in the cost like warmup
         mode, mode_grads = _mode(target)
         cv_target = target.with_control_variate(mode)
@@ -234,9 +235,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="CPU settings (minutes)")
     p.add_argument("--out", default="out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sg-steps", type=int, default=None, help="SG sampling steps per chain")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    rows = bench(args.quick, args.seed)
+    rows = bench(args.quick, args.seed, args.sg_steps)
     write(rows, args.out, args.quick, time.perf_counter() - t0)
     print(open(os.path.join(args.out, "sgmcmc.md")).read())
     return 0
