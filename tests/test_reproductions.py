@@ -29,6 +29,12 @@ def _names():
 # name -> (phrases of the failing claims, reason): claims that do not hold in the quick profile
 # (kept honest in the report). Every OTHER claim of these scripts must still pass.
 KNOWN_FAILURES: dict[str, tuple[tuple[str, ...], str]] = {
+    "l2hmc": (
+        ("L2HMC beats HMC in ESS per gradient",),
+        "quick profile (10 layers, 1500 ESJD training steps, 8x1500 draws): training raises the "
+        "ESJD (0.91 -> 1.17) but the long-axis ESS per gradient is half of the best-step HMC's "
+        "(1.4e-4 vs 2.9e-4, seed 0); the paper's ~100x was not reproduced",
+    ),
     "diffusion_samplers": (
         ("reweighted (IS) log Z error",),
         "quick profile (K=32, 300 reverse-KL iterations): CMCD beats uncontrolled MCD in the ELBO "

@@ -14,11 +14,13 @@ then the error `|C(eta) - Sigma|_F / |Sigma|_F` is computed over a grid of step 
 batch, minibatch n = 25 and n = 100 (without replacement) and minibatch with a control variate
 at the posterior mean, and its slope is fitted in log-log.
 
-Rows: the sampler matches the exact law; full batch keeps falling (BAOAB is exact in the
+Rows: the sampler matches the exact law; full batch has no floor (BAOAB is exact in the
 position on a Gaussian: the error is round-off at every eta); the minibatch error does not fall
-faster than eta^2 (slope <= 2, the paper's bound); the measured slope is reported (it is 1 in
-this parameterization, where the gradient noise adds eta^2 V per step against the thermal noise
-~ 2 gamma eta: a first-order floor, so the O(eta^2) bound holds but is not attained); a control
+faster than eta^2 (slope <= 2, the paper's bound); in the paper's parameterization (SGHMC of
+Chen et al., the momentum decay per step alpha = gamma * eta held fixed, so the friction grows
+like alpha / eta) the minibatch error falls exactly as eta^2. With the friction fixed in
+continuous time instead (driftax's SGHMC default use) the gradient noise adds eta^2 V per step
+against thermal noise ~ 2 gamma eta, and the error is first order (slope 1, reported). A control
 variate lowers the floor but not its slope.
 """
 
@@ -40,6 +42,7 @@ NAME = "franzese_sgmcmc"
 PAPER = "Franzese, Milios, Filippone & Michiardi (2022) Revisiting the effects of stochasticity for Hamiltonian samplers"
 
 NUM_DATA, DIM, FRICTION = 500, 3, 20.0
+FIXED_ALPHA = "minibatch n = 25, per-step friction fixed (paper)"
 
 
 def _target(seed: int):
@@ -81,16 +84,21 @@ def error_curves(target, quick: bool):
     lam = float(np.linalg.eigvalsh(np.asarray(target.posterior_precision, np.float64)).max())
     etas = np.geomspace(0.02, 0.0005, 6 if quick else 12) * (NUM_DATA / lam) ** 0.5
     cv_target = target.with_control_variate(target.mean)
+    # the paper's parameterization (SGHMC of Chen et al.): the momentum decay per step
+    # alpha = gamma * eta is held fixed as eta falls, i.e. the friction grows like alpha / eta
+    alpha = FRICTION * float(etas[len(etas) // 2])
     curves = {}
-    for label, energy, batch in (
-        ("full batch", target, NUM_DATA),
-        ("minibatch n = 100", target, 100),
-        ("minibatch n = 25", target, 25),
-        ("minibatch n = 25 + control variate", cv_target, 25),
+    for label, energy, batch, fixed_alpha in (
+        ("full batch", target, NUM_DATA, False),
+        ("minibatch n = 100", target, 100, False),
+        ("minibatch n = 25", target, 25, False),
+        ("minibatch n = 25 + control variate", cv_target, 25, False),
+        (FIXED_ALPHA, target, 25, True),
     ):
         errs = []
         for eta in etas:
-            sampler = ds.SGHMC(step_size=float(eta), friction=FRICTION, batch_size=batch)
+            friction = alpha / float(eta) if fixed_alpha else FRICTION
+            sampler = ds.SGHMC(step_size=float(eta), friction=friction, batch_size=batch)
             errs.append(_rel_error(ds.stationary_moments(sampler, energy)[1], post))
         curves[label] = errs
     return etas, curves
@@ -133,29 +141,34 @@ def run(out: Path, quick: bool, seed: int) -> Report:
     full = curves["full batch"]
     rows.append(
         Row(
-            claim="full batch: the error keeps falling (no floor) as eta falls",
+            claim="full batch: no error floor (the error is round-off at every eta)",
             reference="BAOAB is exact in the position on a Gaussian: round-off at every eta",
             measured=f"max error {max(full):.1e}",
             passed=bool(max(full) < 1e-6),
         )
     )
-    slopes = {k: _slope(etas, v) for k, v in curves.items() if k != "full batch"}
+    # the fit on the smaller half of the step sizes (the asymptotic regime)
+    half = len(etas) // 2
+    slopes = {k: _slope(etas[half:], v[half:]) for k, v in curves.items() if k != "full batch"}
     floor = curves["minibatch n = 25"]
     rows.append(
         Row(
             claim="minibatch: the error cannot fall faster than O(eta^2) (the bottleneck)",
-            reference="fitted slope of log error vs log eta <= 2 for every batch size",
-            measured=", ".join(f"{k}: {v:.2f}" for k, v in slopes.items()),
-            passed=bool(all(v <= 2.0 for v in slopes.values())),
+            reference="slope of log error vs log eta (least squares on the smaller half of the "
+            "step sizes) <= 2 (+ 0.05 for the fit) for every batch size and parameterization",
+            measured=", ".join(f"{k}: {v:.3f}" for k, v in slopes.items()),
+            passed=bool(all(v <= 2.05 for v in slopes.values())),
         )
     )
     rows.append(
         Row(
-            claim="minibatch: the error floor is attained at rate O(eta^2)",
-            reference="slope 2 (the paper's rate)",
-            measured=f"slope {slopes['minibatch n = 25']:.2f}: first order in this "
-            "parameterization (noise eta^2 V per step vs thermal 2 gamma eta)",
-            passed=bool(abs(slopes["minibatch n = 25"] - 2.0) < 0.25),
+            claim="minibatch, the paper's parameterization (momentum decay per step fixed): "
+            "the error falls as O(eta^2)",
+            reference="slope 2 (the paper's rate); with the friction fixed in continuous time "
+            "instead the slope is 1 (noise eta^2 V per step vs thermal ~2 gamma eta)",
+            measured=f"slope {slopes[FIXED_ALPHA]:.2f} (fixed friction: "
+            f"{slopes['minibatch n = 25']:.2f})",
+            passed=bool(abs(slopes[FIXED_ALPHA] - 2.0) < 0.25),
         )
     )
     cv = curves["minibatch n = 25 + control variate"]

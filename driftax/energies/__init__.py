@@ -21,16 +21,6 @@ from ._bayes import (
     lgcp_points as lgcp_points,
     logistic_regression as logistic_regression,
 )
-from ._data import (
-    AbstractDataEnergy as AbstractDataEnergy,
-    ControlVariate as ControlVariate,
-    DataEnergy as DataEnergy,
-    LinearRegression as LinearRegression,
-    MinibatchEstimate as MinibatchEstimate,
-    data_energy as data_energy,
-    linear_regression as linear_regression,
-    simulate_linear_regression as simulate_linear_regression,
-)
 from ._classic import (
     Banana as Banana,
     Funnel as Funnel,
@@ -48,6 +38,16 @@ from ._compose import (
     PullBack as PullBack,
     SumEnergy as SumEnergy,
     Tempered as Tempered,
+)
+from ._data import (
+    AbstractDataEnergy as AbstractDataEnergy,
+    ControlVariate as ControlVariate,
+    DataEnergy as DataEnergy,
+    LinearRegression as LinearRegression,
+    MinibatchEstimate as MinibatchEstimate,
+    data_energy as data_energy,
+    linear_regression as linear_regression,
+    simulate_linear_regression as simulate_linear_regression,
 )
 from ._gaussian import (
     Gaussian as Gaussian,

@@ -21,7 +21,7 @@ probability `min(1, π(x')N(v')/π(x)N(v) · |det J|)`: `(ξ, d) ↦ (F^d ξ, �
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import equinox as eqx
 import jax
@@ -252,7 +252,9 @@ class L2HMC(AbstractSampler):
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
         k_prop, k_acc = jax.random.split(key)
         proposal, log_ratio = self.propose(energy, state, key=k_prop)
-        valid = jnp.all(jnp.isfinite(proposal.position)) & jnp.all(jnp.isfinite(proposal.score))
+        valid = jnp.all(jnp.isfinite(proposal.position)) & jnp.all(
+            jnp.isfinite(cast(Array, proposal.score))
+        )
         new, acc, _, divergent = metropolis_hastings(
             log_ratio, proposal, state, key=k_acc, valid=valid
         )

@@ -10,10 +10,11 @@ its position (the initial state: the exact full-data value and score).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -237,7 +238,8 @@ class PreconditionedSGLD(AbstractSGMCMC):
         k_noise, k_batch = jax.random.split(key)
         xi, _ = draws(k_noise, jnp.shape(x), 0, dtype)
         g = state.score
-        v = alpha * state.aux + (1.0 - alpha) * g * g
+        aux = cast(Array, state.aux)  # pSGLD keeps its RMSprop average here
+        v = alpha * aux + (1.0 - alpha) * g * g
         precond = 1.0 / (lam + jnp.sqrt(v))
         y = x + h * precond * g + noise_on * jnp.sqrt(2.0 * h * precond) * xi
         logp, score, _ = self._estimate(energy, y, k_batch)
@@ -302,7 +304,7 @@ class SGHMC(AbstractSGMCMC):
         x = x + 0.5 * h * p
         noise_var = -jnp.expm1(-2.0 * gamma * h)
         if self.noise_estimate:
-            noise_var = jnp.maximum(noise_var - h * h * state.aux, 0.0)
+            noise_var = jnp.maximum(noise_var - h * h * cast(Array, state.aux), 0.0)
         p = jnp.exp(-gamma * h) * p + noise_on * jnp.sqrt(noise_var) * xi
         x = x + 0.5 * h * p
         logp, score, variance = self._estimate(energy, x, k_batch)
