@@ -776,6 +776,14 @@ def markdown(payload):
     )
     if m.get("complete") is False:
         lines += ["", "**Partial: the run stopped before its last target.**"]
+    for part in m.get("merged_from", []):
+        lines += [
+            "",
+            f"Merged (`--merge`): targets {', '.join(part['targets'])} ran in their own process"
+            f" (load average before {tuple(round(x, 1) for x in part['load_average_before'])},"
+            f" after {tuple(round(x, 1) for x in part['load_average_after'])}); ratios compare"
+            " within a target only.",
+        ]
     if "load_average_before" in m:
         lines.append("")
         lines.append(
@@ -982,6 +990,42 @@ def _write(
     return payload
 
 
+def merge(paths, out):
+    """One report from the `mcmc.json` of runs over disjoint targets (e.g. two processes run
+    side by side); the goals are re-evaluated over all of them."""
+    parts = []
+    for path in paths:
+        with open(path) as f:
+            parts.append(json.load(f))
+    meta = dict(parts[0]["meta"])
+    meta["complete"] = all(q["meta"].get("complete", True) for q in parts)
+    meta["merged_from"] = [
+        dict(
+            targets=q["targets"],
+            load_average_before=q["meta"]["load_average_before"],
+            load_average_after=q["meta"]["load_average_after"],
+        )
+        for q in parts
+    ]
+    records = [r for q in parts for r in q["runs"]]
+    bare = {k: v for q in parts for k, v in q["bare_us"].items()}
+    payload = dict(
+        meta=meta,
+        targets=[t for q in parts for t in q["targets"]],
+        bare_us=bare,
+        runs=records,
+        goals=goals(records, bare),
+        goals13=goals_issue13(records),
+        skipped=[s for q in parts for s in q["skipped"]],
+    )
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "mcmc.json"), "w") as f:
+        json.dump(payload, f, indent=1, default=float)
+    with open(os.path.join(out, "mcmc.md"), "w") as f:
+        f.write(markdown(payload))
+    return payload
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1002,7 +1046,15 @@ def main(argv=None):
     p.add_argument("--chains", type=int, default=4, help="chains per sampler (ChEES: 4x)")
     p.add_argument("--num-warmup", type=int, default=None, help="override (smoke runs)")
     p.add_argument("--num-steps", type=int, default=None, help="override (smoke runs)")
+    p.add_argument(
+        "--merge",
+        nargs="*",
+        default=None,
+        help="combine the mcmc.json of runs over disjoint targets into --out (no sampling)",
+    )
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
     quick = args.quick
     chains = args.chains
     chains_many = 4 * chains
