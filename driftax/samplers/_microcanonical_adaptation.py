@@ -78,6 +78,17 @@ def integrated_autocorrelation_time(trace: Array) -> Array:
     return jnp.where(var > 0, jnp.maximum(tau, 1.0 / n), 1.0)
 
 
+def moments_autocorrelation_time(trace: Array) -> Array:
+    """Per coordinate of a multi-chain trace `(num_draws, num_chains, d)`, the larger of the
+    integrated autocorrelation times of `x` and of `(x − x̄)²` (in draws): the cost of
+    estimating both the mean and the variance. A chain that flips sign every draw has a short
+    time for `x` and a long one for `x²`."""
+    centered = trace - jnp.mean(trace, axis=(0, 1))
+    return jnp.maximum(
+        integrated_autocorrelation_time(trace), integrated_autocorrelation_time(centered**2)
+    )
+
+
 class _Schedule(eqx.Module):
     welford_start: Array
     a_end: Array
@@ -311,11 +322,7 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
         def choose(astate):
             def ess_per_grad(block, grads):
                 stride = sch.seg_stride.astype(block.dtype)
-                centered = block - jnp.mean(block, axis=(0, 1))
-                tau = jnp.maximum(
-                    integrated_autocorrelation_time(block),
-                    integrated_autocorrelation_time(centered**2),
-                )
+                tau = moments_autocorrelation_time(block)
                 steps = sch.seg_len.astype(block.dtype)
                 return steps / (stride * jnp.mean(tau) * grads)
 
