@@ -779,10 +779,11 @@ def markdown(payload):
     for part in m.get("merged_from", []):
         lines += [
             "",
-            f"Merged (`--merge`): targets {', '.join(part['targets'])} ran in their own process"
+            f"Merged (`--merge`): targets {', '.join(part['targets'])} with "
+            f"{', '.join(part.get('samplers', []))} ran in their own process"
             f" (load average before {tuple(round(x, 1) for x in part['load_average_before'])},"
-            f" after {tuple(round(x, 1) for x in part['load_average_after'])}); ratios compare"
-            " within a target only.",
+            f" after {tuple(round(x, 1) for x in part['load_average_after'])}); a later run's rows"
+            " replace an earlier run's.",
         ]
     if "load_average_before" in m:
         lines.append("")
@@ -991,8 +992,9 @@ def _write(
 
 
 def merge(paths, out):
-    """One report from the `mcmc.json` of runs over disjoint targets (e.g. two processes run
-    side by side); the goals are re-evaluated over all of them."""
+    """One report from the `mcmc.json` of several runs (e.g. processes run side by side over
+    disjoint targets); a later file's record of the same (target, library, sampler) replaces
+    an earlier one (a re-run of one sampler), and the goals are re-evaluated over all."""
     parts = []
     for path in paths:
         with open(path) as f:
@@ -1002,16 +1004,25 @@ def merge(paths, out):
     meta["merged_from"] = [
         dict(
             targets=q["targets"],
+            samplers=sorted({f"{r['library']}:{r['sampler']}" for r in q["runs"]}),
             load_average_before=q["meta"]["load_average_before"],
             load_average_after=q["meta"]["load_average_after"],
         )
         for q in parts
     ]
-    records = [r for q in parts for r in q["runs"]]
-    bare = {k: v for q in parts for k, v in q["bare_us"].items()}
+    by_key = {}
+    for q in parts:
+        for r in q["runs"]:
+            by_key[(r["target"], r["library"], r["sampler"])] = r
+    records = list(by_key.values())
+    bare = {}
+    for q in parts:  # the least loaded bare measurement of each target
+        for k, v in q["bare_us"].items():
+            bare[k] = min(v, bare.get(k, v))
+    targets = list(dict.fromkeys(t for q in parts for t in q["targets"]))
     payload = dict(
         meta=meta,
-        targets=[t for q in parts for t in q["targets"]],
+        targets=targets,
         bare_us=bare,
         runs=records,
         goals=goals(records, bare),

@@ -3,15 +3,15 @@
 Both share one schedule over the warmup steps, pooled across all chains (one step size, one
 `L`, one diagonal metric for every chain):
 
-1. **Phase A** (the first 40%; MAMS 35%): step size tuning from the sampler's default start. In
-   the second half of the phase the chains' positions are accumulated (Welford) and `L` follows
+1. **Phase A** (the first 40%): step size tuning from the sampler's default start. In the
+   second half of the phase the chains' positions are accumulated (Welford) and `L` follows
    the spread of the draws, `L = √(Σᵢ Var[xᵢ]/M⁻¹ᵢ)` (the whitened radius of the target). At the
    end the diagonal metric becomes the (regularized) pooled variance, and `L` the whitened
    radius.
-2. **Phase B** (up to 75%; MAMS 60%): step size tuning goes on with the new metric while a
+2. **Phase B** (up to 75%): step size tuning goes on with the new metric while a
    (thinned) trace of every chain is kept; at its end `L` is set from the trace's
    autocorrelation (never below half a step).
-3. **Length comparison** (MAMS only, up to 85%): when the rule's `L` is under two step sizes,
+3. **Length comparison** (MAMS only, up to 95%): when the rule's `L` is under two step sizes,
    the chains run half of the stretch at `L` and half at `L/2`, and the length with more
    effective samples per gradient (the worse of the autocorrelation times of `x` and of
    `(x − x̄)²`, averaged over coordinates) is kept. Trajectories of one or two large steps can
@@ -427,9 +427,7 @@ class MAMSAdaptation(_MicrocanonicalAdaptation):
     max_trace_rows: int = 128
 
     sampler_type: ClassVar[type] = MAMS
-    a_fraction: ClassVar[float] = 0.35
-    b_fraction: ClassVar[float] = 0.6
-    comparison_end: ClassVar[float] = 0.85
+    comparison_end: ClassVar[float] = 0.95
     length_ratio: ClassVar[float | None] = 0.5
 
     def __check_init__(self):
