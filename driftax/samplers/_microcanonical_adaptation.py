@@ -3,15 +3,15 @@
 Both share one schedule over the warmup steps, pooled across all chains (one step size, one
 `L`, one diagonal metric for every chain):
 
-1. **Phase A** (the first 40%; MAMS 35%): step size tuning from the sampler's default start. In
-   the second half of the phase the chains' positions are accumulated (Welford) and `L` follows
+1. **Phase A** (the first 40%): step size tuning from the sampler's default start. In the
+   second half of the phase the chains' positions are accumulated (Welford) and `L` follows
    the spread of the draws, `L = √(Σᵢ Var[xᵢ]/M⁻¹ᵢ)` (the whitened radius of the target). At the
    end the diagonal metric becomes the (regularized) pooled variance, and `L` the whitened
    radius.
-2. **Phase B** (up to 75%; MAMS 60%): step size tuning goes on with the new metric while a
+2. **Phase B** (up to 75%): step size tuning goes on with the new metric while a
    (thinned) trace of every chain is kept; at its end `L` is set from the trace's
    autocorrelation (never below half a step).
-3. **Length comparison** (MAMS only, up to 85%): when the rule's `L` is under two step sizes,
+3. **Length comparison** (MAMS only, up to 95%): when the rule's `L` is under two step sizes,
    the chains run half of the stretch at `L` and half at `L/2`, and the length with more
    effective samples per gradient (the worse of the autocorrelation times of `x` and of
    `(x − x̄)²`, averaged over coordinates) is kept. Trajectories of one or two large steps can
@@ -71,6 +71,17 @@ def integrated_autocorrelation_time(trace: Array) -> Array:
     var = acov[0]
     tau = _geyer_tau(acov / jnp.where(var > 0, var, 1.0), jnp)
     return jnp.where(var > 0, jnp.maximum(tau, 1.0 / n), 1.0)
+
+
+def moments_autocorrelation_time(trace: Array) -> Array:
+    """Per coordinate of a multi-chain trace `(num_draws, num_chains, d)`, the larger of the
+    integrated autocorrelation times of `x` and of `(x − x̄)²` (in draws): the cost of
+    estimating both the mean and the variance. A chain that flips sign every draw has a short
+    time for `x` and a long one for `x²`."""
+    centered = trace - jnp.mean(trace, axis=(0, 1))
+    return jnp.maximum(
+        integrated_autocorrelation_time(trace), integrated_autocorrelation_time(centered**2)
+    )
 
 
 class _Schedule(eqx.Module):
@@ -306,11 +317,7 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
         def choose(astate):
             def ess_per_grad(block, grads):
                 stride = sch.seg_stride.astype(block.dtype)
-                centered = block - jnp.mean(block, axis=(0, 1))
-                tau = jnp.maximum(
-                    integrated_autocorrelation_time(block),
-                    integrated_autocorrelation_time(centered**2),
-                )
+                tau = moments_autocorrelation_time(block)
                 steps = sch.seg_len.astype(block.dtype)
                 return steps / (stride * jnp.mean(tau) * grads)
 
@@ -415,9 +422,7 @@ class MAMSAdaptation(_MicrocanonicalAdaptation):
     max_trace_rows: int = 128
 
     sampler_type: ClassVar[type] = MAMS
-    a_fraction: ClassVar[float] = 0.35
-    b_fraction: ClassVar[float] = 0.6
-    comparison_end: ClassVar[float] = 0.85
+    comparison_end: ClassVar[float] = 0.95
     length_ratio: ClassVar[float | None] = 0.5
 
     def __check_init__(self):

@@ -210,6 +210,34 @@ def test_tuning_is_sane_deterministic_and_compiled_once(cls):
     np.testing.assert_array_equal(np.asarray(r.samples), np.asarray(r2.samples))
 
 
+@pytest.mark.parametrize("phi", [0.8, -0.8])
+def test_length_comparison_measures_the_second_moment(phi):
+    """MAMS's comparison of trajectory lengths scores a trace by the longer of the
+    autocorrelation times of x and x². For a Gaussian AR(1) chain with coefficient φ these are
+    (1+φ)/(1−φ) and (1+φ²)/(1−φ²): a chain that flips sign (φ < 0) mixes x fast and x²
+    slowly, and the score must see the slow one."""
+    from driftax.samplers._microcanonical_adaptation import (
+        integrated_autocorrelation_time,
+        moments_autocorrelation_time,
+    )
+
+    n, c, d = 4000, 4, 50
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((n, c, d)) * np.sqrt(1 - phi**2)
+    x = np.empty((n, c, d))
+    x[0] = rng.standard_normal((c, d))
+    for t in range(1, n):
+        x[t] = phi * x[t - 1] + e[t]
+    tau = np.asarray(moments_autocorrelation_time(jnp.asarray(x)))
+    tau_x = np.asarray(integrated_autocorrelation_time(jnp.asarray(x)))
+    exact_x, exact_x2 = (1 + phi) / (1 - phi), (1 + phi**2) / (1 - phi**2)
+    # one coordinate's estimate has a relative sd of about √(2(2M+1)/(nc)) ≈ 0.1 (M ≈ 5τ
+    # lags); the mean over 50 coordinates about 0.015: 10% is over 6 sd
+    np.testing.assert_allclose(np.mean(tau), max(exact_x, exact_x2), rtol=0.1)
+    if phi < 0:
+        assert np.mean(tau_x) < 0.2 * exact_x2  # x alone looks nearly independent
+
+
 # ---------------------------------------------------------------------------------------------
 # Statistical checks
 # ---------------------------------------------------------------------------------------------
