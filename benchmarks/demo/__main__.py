@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-SECTIONS = ["targets", "samplers", "flows", "diffusion", "unnormalized"]
+SECTIONS = ["targets", "samplers", "flows", "diffusion", "unnormalized", "bridges"]
 
 
 def main(argv=None) -> int:

@@ -475,24 +475,35 @@ def _floor(br, n, reps=8):
 @pytest.mark.parametrize("d", [2, 16])
 def test_lightsb_recovers_the_gaussian_bridge(d):
     """LightSB (one full component) fitted on n = 4000 samples per end recovers the closed-form
-    coupling covariance within 3x the sampling floor (the error of the estimate from n exact
-    pairs) for each of two seeds. Measured (seeds 0, 1): d = 2 errors ~0.01-0.02 against a floor
-    of ~0.02; d = 16 ~0.05 against ~0.05 (seed-to-seed spread of the same order as the floor)."""
+    coupling covariance, for each of two seeds.
+
+    With one component its empirical objective depends on the data only through their means and
+    covariances, so its optimum is the closed-form bridge between the two EMPIRICAL Gaussians
+    (the plug-in estimate): the fit must reach it (optimization error), and its error against
+    the true coupling must be that plug-in error (the statistical floor of any fit to these
+    samples) up to the optimization error. Measured (seeds 0, 1; relative Frobenius errors):
+    PLACEHOLDER"""
     br = dd.GaussianBridge(*_ends(d), 1.0)
+    c = br.coupling_covariance()
     n, steps = 4000, 1000
-    floor = _floor(br, n)
     for seed in (0, 1):
         kd0, kd1, kf = jax.random.split(jax.random.key(seed), 3)
         x0 = jax.random.multivariate_normal(kd0, br.mean0, br.cov0, (n,))
         x1 = jax.random.multivariate_normal(kd1, br.mean1, br.cov1, (n,))
+        emp0 = jnp.cov(x0.T, bias=True)
+        plug = dd.GaussianBridge(x0.mean(0), emp0, x1.mean(0), jnp.cov(x1.T, bias=True), 1.0)
         model = dd.LightSB(d, 1, sigma=1.0, key=kf, means=x1[:1])
         opt = optax.adam(optax.cosine_decay_schedule(1e-2, steps, alpha=0.05))
         model, losses = dd.fit_bridge(
             model, dd.LightSBLoss(), x0, x1, key=kf, optimizer=opt, num_steps=steps, batch_size=n
         )
         assert np.all(np.isfinite(np.asarray(losses)))
-        err = _rel(br.cov0 @ model.component_covariances()[0], br.coupling_covariance())
-        assert err <= 3 * floor, (d, seed, err, floor)
+        s = model.component_covariances()[0]
+        opt_err = _rel(emp0 @ s, plug.coupling_covariance())
+        err, floor = _rel(br.cov0 @ s, c), _rel(plug.coupling_covariance(), c)
+        print("LSB", d, seed, opt_err, err, floor)
+        assert opt_err <= 0.03, (d, seed, opt_err)
+        assert err <= floor + 0.03, (d, seed, err, floor)
 
 
 @pytest.mark.slow
@@ -524,6 +535,7 @@ def test_dsbm_recovers_the_gaussian_bridge():
     start = jax.random.multivariate_normal(ks, br.mean0, br.cov0, (20_000,))
     end = dd.solve_bridge(res.bridge, start, key=ks, num_steps=200)
     err = _rel(_cross_cov(start, end), br.coupling_covariance())
+    print("DSBM", err, _floor(br, n))
     assert err <= 3 * _floor(br, n), err
     back = dd.solve_bridge(res.bridge, end, key=kb, num_steps=200, reverse=True)
     m = 20_000
