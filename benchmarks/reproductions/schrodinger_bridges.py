@@ -5,11 +5,12 @@ SB-CFM: Tong et al. 2024).
 Claims checked.
 1. LightSB recovers the Schrödinger bridge between two Gaussians (`GaussianBridge`, the closed
    form of Bunne et al. 2023): the relative error of its coupling covariance `Cov(X0, X1)` is at
-   most 3x the sampling floor, the error of the same estimate from `n` EXACT pairs of the bridge
-   (the best any method fitted to `n` samples per end can expect), for each `(d, epsilon)`
-   (`epsilon = sigma^2`); and it fits in minutes on a CPU (the paper's claim), fit time reported.
+   most the plug-in error + 0.03, the plug-in error being that of the closed form between the
+   sample means and covariances of the same `n` samples per end (the statistical floor of any
+   fit to them; a one-component LightSB's empirical optimum IS the plug-in), for each
+   `(d, epsilon)` (`epsilon = sigma^2`); and it fits in minutes on a CPU (the paper's claim).
 2. DSBM (iterative Markovian fitting, forward / backward `AffineDrift` drifts, 3 fits) recovers
-   the same coupling (read off the learned forward SDE) within 3x the same floor.
+   the same coupling (read off the learned forward SDE) within the same bound.
 3. Flow matching with exact-OT minibatch couplings (Hungarian) gives straighter paths than with
    independent couplings on 2-D data (8 Gaussians -> two moons, MLP velocity): the Euler error
    at NFE 1, 2 and 4 against the same model's NFE-128 solution is lower (each NFE), so a target
@@ -20,7 +21,7 @@ The figure shows the learned I-CFM and OT-CFM trajectories (NFE 16) and the Ligh
 errors against the floor.
 
 Profiles. quick: claim 1 at d = 2 (epsilon 0.1, 1, 10) and d = 16 (epsilon = 1), claim 2 at
-d = 2 (epsilon = 1), 4000 samples per end; claim 3 with 64-wide MLPs and 1500 steps. full:
+d = 2 (epsilon = 1), 4000 samples per end; claim 3 with 64-wide MLPs and 1000 steps; LightSB 500 steps. full:
 d in {2, 16, 64} x epsilon in {0.1, 1, 10} for both, 20 000 samples, 5 DSBM fits, 6000 CFM
 steps.
 """
@@ -40,23 +41,13 @@ import optax
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from _common import Report, Row, main, save_figure  # noqa: E402
-from bridges import cross_covariance, fit_dsbm, fit_lightsb, gaussian_ends  # noqa: E402
+from bridges import fit_dsbm, fit_lightsb, gaussian_ends, relative_error  # noqa: E402
 
 import driftax.diffusion as dd  # noqa: E402
 import driftax.energies as de  # noqa: E402
 
 NAME = "schrodinger_bridges"
 PAPER = "Korotin et al. (2024) LightSB; Shi et al. (2023) DSBM; Tong et al. (2024) OT-CFM"
-
-
-def sampling_floor(bridge: dd.GaussianBridge, n: int, reps: int = 8) -> float:
-    """Mean relative error of `Cov(X0, X1)` estimated from `n` exact pairs of the bridge."""
-    c = bridge.coupling_covariance()
-    errs = []
-    for k in jax.random.split(jax.random.key(12345), reps):
-        a, b = bridge.sample_coupling(k, n)
-        errs.append(float(jnp.linalg.norm(cross_covariance(a, b) - c) / jnp.linalg.norm(c)))
-    return float(np.mean(errs))
 
 
 def eight_gaussians(key, n):
@@ -84,7 +75,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
     else:
         grid = [(d, e) for d in (2, 16, 64) for e in (0.1, 1.0, 10.0)]
         dsbm_grid = grid
-    ls_steps = 1000 if quick else 3000
+    ls_steps = 500 if quick else 3000
     dsbm_iters, dsbm_steps = (3, 400) if quick else (5, 1500)
     rows: list[Row] = []
     details: dict = {"lightsb": {}, "dsbm": {}}
@@ -96,15 +87,15 @@ def run(out: Path, quick: bool, seed: int) -> Report:
             m0, s0, m1, s1 = gaussian_ends(d)
             bridge = dd.GaussianBridge(m0, s0, m1, s1, math.sqrt(eps))
             c = bridge.coupling_covariance()
-            floor = sampling_floor(bridge, n)
             key, sub = jax.random.split(key)
             t0 = time.perf_counter()
             if method == "LightSB":
-                c_hat, _ = fit_lightsb(bridge, sub, n, ls_steps)
+                c_hat, _, c_plug = fit_lightsb(bridge, sub, n, ls_steps)
             else:
-                c_hat, _ = fit_dsbm(bridge, sub, n, dsbm_steps, dsbm_iters)
+                c_hat, _, c_plug = fit_dsbm(bridge, sub, n, dsbm_steps, dsbm_iters)
             secs = time.perf_counter() - t0
-            err = float(jnp.linalg.norm(c_hat - c) / jnp.linalg.norm(c))
+            err = relative_error(c_hat, c)
+            floor = relative_error(c_plug, c)
             details[method.lower()][f"d={d}, eps={eps:g}"] = {
                 "error": err,
                 "floor": floor,
@@ -113,10 +104,10 @@ def run(out: Path, quick: bool, seed: int) -> Report:
             rows.append(
                 Row(
                     f"{method} recovers the Gaussian SB coupling, d = {d}, ε = {eps:g}: "
-                    "error ≤ 3× sampling floor",
-                    f"floor {floor:.3f} ({n} exact pairs)",
-                    f"{err:.3f} ({err / floor:.1f}× floor; fit {secs:.0f} s)",
-                    err <= 3 * floor,
+                    "error ≤ plug-in error + 0.03",
+                    f"plug-in {floor:.3f} (n = {n})",
+                    f"{err:.3f} (fit {secs:.0f} s)",
+                    err <= floor + 0.03,
                 )
             )
     ls_secs = [v["seconds"] for v in details["lightsb"].values()]
@@ -130,7 +121,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
     )
 
     # ------------------------------------------ 3. minibatch OT couplings: straighter paths
-    steps = 1500 if quick else 6000
+    steps = 1000 if quick else 6000
     k_src, k_tgt, k_eval, k_held = jax.random.split(jax.random.key(seed + 1), 4)
     src = eight_gaussians(k_src, 20_000)
     tgt = two_moons(k_tgt, 20_000)
@@ -200,7 +191,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
         flo = [details[method][k]["floor"] for k in labels]
         xs = np.arange(len(labels)) + 0.35 * i
         ax.bar(xs, err, width=0.35, label=f"{method} error")
-        ax.scatter(xs, flo, color="k", marker="_", s=200, label=None if i else "sampling floor")
+        ax.scatter(xs, flo, color="k", marker="_", s=200, label=None if i else "plug-in error")
     ax.set_xticks(np.arange(len(details["lightsb"])))
     ax.set_xticklabels(list(details["lightsb"]), rotation=30, fontsize=7)
     ax.set_ylabel("relative error of Cov(X0, X1)")

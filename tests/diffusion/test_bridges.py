@@ -493,7 +493,7 @@ def test_lightsb_recovers_the_gaussian_bridge(d):
         emp0 = jnp.cov(x0.T, bias=True)
         plug = dd.GaussianBridge(x0.mean(0), emp0, x1.mean(0), jnp.cov(x1.T, bias=True), 1.0)
         model = dd.LightSB(d, 1, sigma=1.0, key=kf, means=x1[:1])
-        opt = optax.adam(optax.cosine_decay_schedule(1e-2, steps, alpha=0.05))
+        opt = optax.adam(optax.cosine_decay_schedule(5e-2, steps, alpha=0.05))
         model, losses = dd.fit_bridge(
             model, dd.LightSBLoss(), x0, x1, key=kf, optimizer=opt, num_steps=steps, batch_size=n
         )
