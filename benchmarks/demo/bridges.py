@@ -15,7 +15,7 @@ from driftax.plotting import save_figure, subplots
 
 
 def run(out: Path, quick: bool = True) -> str:
-    """LightSB (8 components, sigma = 0.5) from a standard Gaussian to a ring of 8 Gaussians;
+    """LightSB (32 components, sigma = 0.5) from a standard Gaussian to a ring of 8 Gaussians;
     trajectories of its closed-form bridge SDE."""
     t0 = time.perf_counter()
     n = 4000 if quick else 20_000
@@ -27,7 +27,7 @@ def run(out: Path, quick: bool = True) -> str:
     k_src, k_tgt, k_fit, k_sde, k_held, k_base = jax.random.split(jax.random.key(0), 6)
     source = jax.random.normal(k_src, (n, 2))
     target = ring.sample(k_tgt, n)
-    model = dd.LightSB(2, 8, sigma=0.5, key=k_fit, means=target[:8], scale=0.5)
+    model = dd.LightSB(2, 32, sigma=0.5, key=k_fit, means=target[:32], scale=0.5)
     opt = optax.adam(optax.cosine_decay_schedule(2e-2, steps, alpha=0.05))
     model, losses = dd.fit_bridge(
         model,
@@ -69,7 +69,7 @@ def run(out: Path, quick: bool = True) -> str:
     secs = time.perf_counter() - t0
     return (
         "## Schrödinger bridge between two 2-D distributions\n\n"
-        f"LightSB (8 Gaussian components of the Schrödinger potential, reference noise sigma = 0.5) "
+        f"LightSB (32 Gaussian components of the Schrödinger potential, reference noise sigma = 0.5) "
         f"fitted by its closed-form objective ({steps} steps, final loss "
         f"{float(np.mean(np.asarray(losses)[-50:])):.3f}) from a standard Gaussian to a ring of 8 "
         "Gaussians; trajectories of its closed-form bridge SDE (Euler–Maruyama, 100 steps). "

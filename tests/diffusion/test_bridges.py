@@ -481,8 +481,10 @@ def test_lightsb_recovers_the_gaussian_bridge(d):
     covariances, so its optimum is the closed-form bridge between the two EMPIRICAL Gaussians
     (the plug-in estimate): the fit must reach it (optimization error), and its error against
     the true coupling must be that plug-in error (the statistical floor of any fit to these
-    samples) up to the optimization error. Measured (seeds 0, 1; relative Frobenius errors):
-    PLACEHOLDER"""
+    samples) up to the optimization error (both bounds 0.03, relative Frobenius). Measured:
+    d = 2, seed 0: distance to the plug-in 0.001 at lr 5e-2 (0.098 at lr 1e-2, which is why
+    the rate is 5e-2); d = 16, seeds 0, 1 (lr 1e-2): distance to the plug-in 0.006, 0.007,
+    error 0.048, 0.048 against plug-in errors 0.058, 0.055."""
     br = dd.GaussianBridge(*_ends(d), 1.0)
     c = br.coupling_covariance()
     n, steps = 4000, 1000
@@ -501,7 +503,6 @@ def test_lightsb_recovers_the_gaussian_bridge(d):
         s = model.component_covariances()[0]
         opt_err = _rel(emp0 @ s, plug.coupling_covariance())
         err, floor = _rel(br.cov0 @ s, c), _rel(plug.coupling_covariance(), c)
-        print("LSB", d, seed, opt_err, err, floor)
         assert opt_err <= 0.03, (d, seed, opt_err)
         assert err <= floor + 0.03, (d, seed, err, floor)
 
@@ -535,7 +536,6 @@ def test_dsbm_recovers_the_gaussian_bridge():
     start = jax.random.multivariate_normal(ks, br.mean0, br.cov0, (20_000,))
     end = dd.solve_bridge(res.bridge, start, key=ks, num_steps=200)
     err = _rel(_cross_cov(start, end), br.coupling_covariance())
-    print("DSBM", err, _floor(br, n))
     assert err <= 3 * _floor(br, n), err
     back = dd.solve_bridge(res.bridge, end, key=kb, num_steps=200, reverse=True)
     m = 20_000
