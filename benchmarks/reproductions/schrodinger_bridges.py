@@ -189,7 +189,8 @@ def run(out: Path, quick: bool, seed: int) -> Report:
         labels = list(details[method])
         err = [details[method][k]["error"] for k in labels]
         flo = [details[method][k]["floor"] for k in labels]
-        xs = np.arange(len(labels)) + 0.35 * i
+        order = list(details["lightsb"])
+        xs = np.array([order.index(k) if k in order else len(order) for k in labels]) + 0.35 * i
         ax.bar(xs, err, width=0.35, label=f"{method} error")
         ax.scatter(xs, flo, color="k", marker="_", s=200, label=None if i else "plug-in error")
     ax.set_xticks(np.arange(len(details["lightsb"])))
