@@ -15,7 +15,16 @@ import time
 import traceback
 from pathlib import Path
 
-SECTIONS = ["targets", "samplers", "flows", "diffusion", "unnormalized", "state_space", "particles"]
+SECTIONS = [
+    "targets",
+    "samplers",
+    "flows",
+    "diffusion",
+    "unnormalized",
+    "state_space",
+    "particles",
+    "bridges",
+]
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,7 @@ probability-flow velocity `x1 - x0 + sigma (1 - 2t) / (2 sqrt(t (1 - t))) z`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import equinox as eqx
 import jax
@@ -251,10 +252,13 @@ def dsbm(
         coupling = "given"
         if direction == "forward":
             start = x0[jax.random.choice(k0, x0.shape[0], (m,), replace=m > x0.shape[0])]
-            end = solve_bridge(bridge, start, key=ksim, num_steps=num_sde_steps)
+            end = cast(Array, solve_bridge(bridge, start, key=ksim, num_steps=num_sde_steps))
             pairs = (start, end)
         else:
             start = x1[jax.random.choice(k1, x1.shape[0], (m,), replace=m > x1.shape[0])]
-            end = solve_bridge(bridge, start, key=ksim, num_steps=num_sde_steps, reverse=True)
+            end = cast(
+                Array,
+                solve_bridge(bridge, start, key=ksim, num_steps=num_sde_steps, reverse=True),
+            )
             pairs = (end, start)
     return DSBMResult(bridge=bridge, losses=jnp.stack(all_losses))

@@ -3,7 +3,7 @@ from `t = 0` to `t = 1` on the fixed-step solver core of `driftax.diffusion`."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ import numpy as np
 
 from ..._custom_types import Array, Key
 from .._grid import _check_num_steps, check_grid
-from .._interpolant import StochasticInterpolant
+from .._interpolant import InterpolantField, StochasticInterpolant
 from .._solve import Solution, _check_x_init, _integrate
 from .._solvers import AbstractSolver, Euler, EulerMaruyama, Heun
 
@@ -20,27 +20,18 @@ _FORWARD = StochasticInterpolant(gamma_scale=0.0, t_noise=0.0, t_data=1.0)
 _BACKWARD = StochasticInterpolant(gamma_scale=0.0, t_noise=1.0, t_data=0.0)
 
 
-class _DriftField(eqx.Module):
-    """The solver-core view of a bridge: `velocity` = the SDE drift (or the probability-flow
-    velocity for an ODE solver), `score` = 0 (the diffusion enters through `epsilon`)."""
+class _Reversed(eqx.Module):
+    """Time runs down in the reversed SDE: `dX = -backward_drift dt` with `dt < 0`."""
 
-    model: Any
-    ode: bool = eqx.field(static=True)
-    reverse: bool = eqx.field(static=True, default=False)
-    path: StochasticInterpolant = _FORWARD
+    backward_drift: Callable
 
-    def velocity(self, t, x):
-        if self.reverse:  # time runs down: dX = -backward_drift dt with dt < 0
-            return -self.model.backward_drift(t, x)
-        return self.model.velocity(t, x) if self.ode else self.model.drift(t, x)
+    def __call__(self, t, x):
+        return -self.backward_drift(t, x)
 
-    def score(self, t, x):
-        return jnp.zeros_like(x)
 
-    def get_many(self, t, x, targets):
-        return tuple(
-            self.velocity(t, x) if tg == "velocity" else self.score(t, x) for tg in targets
-        )
+def _no_score(t, x):
+    # the bridge's diffusion enters through the solver's `epsilon`; no score term
+    return jnp.zeros_like(x)
 
 
 def solve_bridge(
@@ -104,9 +95,11 @@ def solve_bridge(
     else:
         ts_arr = jnp.asarray(check_grid(_BACKWARD if reverse else _FORWARD, ts), x_init.dtype)
         n = ts_arr.shape[0] - 1
-    field = _DriftField(
-        model=model, ode=ode, reverse=bool(reverse), path=_BACKWARD if reverse else _FORWARD
-    )
+    if reverse:
+        drift = _Reversed(model.backward_drift)
+    else:
+        drift = model.velocity if ode else model.drift
+    field = InterpolantField(drift, _no_score, _BACKWARD if reverse else _FORWARD)
     x, traj, failed, ts_arr, _ = _integrate(
         solver, field, x_init, key, ts_arr, None, None, bool(save_trajectory), False
     )
