@@ -7,6 +7,11 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
+from ._closed_form import (
+    ClosedFormDiffusion as ClosedFormDiffusion,
+    gaussian_approximation as gaussian_approximation,
+    gaussian_teleport as gaussian_teleport,
+)
 from ._fewstep import DEIS as DEIS, IPNDM as IPNDM
 from ._grid import check_grid as check_grid, time_grid as time_grid
 from ._guidance import (
