@@ -24,6 +24,14 @@ def _names():
 # name -> (phrases of the failing claims, reason): claims that do not hold in the quick profile
 # (kept honest in the report). Every OTHER claim of these scripts must still pass.
 KNOWN_FAILURES: dict[str, tuple[tuple[str, ...], str]] = {
+    "closed_form_diffusion": (
+        ("novel samples", "k-NN estimator"),
+        "quick profile (200 points on the circle, EDM path, seed 0): smoothing 0 memorizes (100% "
+        "within 1e-2) and smoothed samples stay on the circle (0.0064), but with a median spacing "
+        "of 0.017 the smoothed samples sit between neighbours, under 1e-2 from one (12.7% novel by "
+        "that threshold); the k-NN (k = 16) estimator differs from the full sum at high noise, "
+        "where all 200 points carry weight (MMD permutation p = 0.010)",
+    ),
     "diffusion_samplers": (
         ("reweighted (IS) log Z error",),
         "quick profile (K=32, 300 reverse-KL iterations): CMCD beats uncontrolled MCD in the ELBO "
