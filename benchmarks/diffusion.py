@@ -39,6 +39,7 @@ import driftax.energies as de
 
 NFES = (5, 10, 20, 50)
 ERROR_PROBLEMS = ("2-D gmm9", "16-D four_mode_gmm", "64-D four_mode_gmm")
+SECTIONS = ("errors", "grids", "sde", "tta")
 
 
 def _ode_solvers():
@@ -134,12 +135,12 @@ def _problem(name, path):
     return de.NoisedGaussianMixture(mix, path)
 
 
-def error_tables(quick):
+def error_tables(quick, problems=ERROR_PROBLEMS):
     out = {}
     path = dd.VP()
     batch = 128 if quick else 1024
     with jax.enable_x64(True):
-        for name in ERROR_PROBLEMS:
+        for name in problems:
             field = _problem(name, path)
             x0 = field.sample(jax.random.key(0), path.t_noise, batch)
             ref, _ = _diffrax_run(field, path, x0, solver=diffrax.Dopri8(), rtol=1e-10)(x0)
@@ -379,7 +380,7 @@ def markdown(record) -> str:
     lines = ["# driftax.diffusion solvers vs diffrax (exact mixture fields, VP path)", ""]
     lines.append(f"Device: {record['device']}; jax {record['jax']}; mode: {record['mode']}.")
     lines.append("")
-    for name, tab in record["errors"].items():
+    for name, tab in record.get("errors", {}).items():
         lines.append(f"## Error vs NFE — {name} (mean |x − x_ref|, batch {tab['batch']}, float64)")
         lines.append("")
         lines.append("| solver | " + " | ".join(f"NFE {n}" for n in NFES) + " | slope (NFE ≥ 10) |")
@@ -402,64 +403,67 @@ def markdown(record) -> str:
             "the solver's evaluations per step.)"
         )
         lines.append("")
-    grids = record["grids"]
-    lines.append("## Time-grid sensitivity at NFE 10 — 2-D gmm9 (mean |x − x_ref|)")
-    lines.append("")
-    scheds = list(next(iter(grids.values())).keys())
-    lines.append("| solver | " + " | ".join(scheds) + " |")
-    lines.append("|---|" + "---|" * len(scheds))
-    for label, row in grids.items():
-        lines.append(f"| {label} | " + " | ".join(f"{row[k]:.3f}" for k in scheds) + " |")
-    lines.append("")
-    lines.append(
-        "Defaults (`dd.default_schedule`): uniform in t for Euler/Heun, iPNDM and DEIS on VP "
-        "paths, quadratic for the other exponential integrators (best at NFE ≥ 20)."
-    )
-    lines.append("")
-    sde = record["sde"]
-    lines.append(
-        f"## Stochastic solvers — 2-D gmm9, MMD² (RBF, h = {sde['bandwidth']}) to {sde['n']} exact samples"
-    )
-    lines.append("")
-    band = sde["null_mean"] + 5 * sde["null_sd"]
-    lines.append(f"Sample-noise band (exact vs exact, mean + 5 sd): {band:.2e}.")
-    lines.append("")
-    nfes = list(next(iter(sde["rows"].values())).keys())
-    lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
-    lines.append("|---|" + "---|" * len(nfes))
-    for label, row in sde["rows"].items():
-        lines.append(f"| {label} | " + " | ".join(f"{row[n]['mmd2']:.2e}" for n in nfes) + " |")
-    lines.append("")
-    tta = record["time_to_accuracy"]
-    lines.append(f"## Time to accuracy — 2-D gmm9, float32, batch {tta['batch']}")
-    lines.append("")
-    lines.append(
-        f"Target error: diffrax Euler at NFE 50 (uniform steps in t) = {tta['target_error']:.3e}. "
-        "Each driftax solver runs at the smallest NFE reaching it (default schedule). Cold = the "
-        "first call in a fresh process (tracing + compilation + run), wall and process CPU "
-        f"time (median of {tta.get('cold_reps', 1)}); load average (1, 5, 15 min) at the end: "
-        f"{tta.get('load', '?')}."
-    )
-    lines.append("")
-    lines.append(
-        "| method | NFE | error | warm s | cold s | cold CPU s | warm / diffrax Euler "
-        "| cold / diffrax Euler | cold CPU / diffrax Euler |"
-    )
-    lines.append("|---|---|---|---|---|---|---|---|---|")
-    for label, r in tta["results"].items():
+    if "grids" in record:
+        grids = record["grids"]
+        lines.append("## Time-grid sensitivity at NFE 10 — 2-D gmm9 (mean |x − x_ref|)")
+        lines.append("")
+        scheds = list(next(iter(grids.values())).keys())
+        lines.append("| solver | " + " | ".join(scheds) + " |")
+        lines.append("|---|" + "---|" * len(scheds))
+        for label, row in grids.items():
+            lines.append(f"| {label} | " + " | ".join(f"{row[k]:.3f}" for k in scheds) + " |")
+        lines.append("")
         lines.append(
-            f"| {label} | {r['nfe']} | {r['error']:.2e} | {r['warm_s']:.4f} | {r['cold_s']:.3f} | "
-            f"{r['cold_cpu_s']:.3f} | {r['warm_ratio_vs_diffrax_euler']:.2f} | "
-            f"{r['cold_ratio_vs_diffrax_euler']:.2f} | {r['cold_cpu_ratio']:.2f} |"
+            "Defaults (`dd.default_schedule`): uniform in t for Euler/Heun, iPNDM and DEIS on VP "
+            "paths, quadratic for the other exponential integrators (best at NFE ≥ 20)."
         )
-    lines.append("")
-    same = tta["same_algorithm_warm_s"]
-    a, b = same["driftax Euler 50 steps"], same["diffrax Euler 50 steps"]
-    lines.append(
-        f"Same algorithm (Euler, 50 uniform steps): driftax warm {a:.4f} s vs diffrax {b:.4f} s "
-        f"(ratio {a / b:.2f})."
-    )
-    lines.append("")
+        lines.append("")
+    if "sde" in record:
+        sde = record["sde"]
+        lines.append(
+            f"## Stochastic solvers — 2-D gmm9, MMD² (RBF, h = {sde['bandwidth']}) to {sde['n']} exact samples"
+        )
+        lines.append("")
+        band = sde["null_mean"] + 5 * sde["null_sd"]
+        lines.append(f"Sample-noise band (exact vs exact, mean + 5 sd): {band:.2e}.")
+        lines.append("")
+        nfes = list(next(iter(sde["rows"].values())).keys())
+        lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
+        lines.append("|---|" + "---|" * len(nfes))
+        for label, row in sde["rows"].items():
+            lines.append(f"| {label} | " + " | ".join(f"{row[n]['mmd2']:.2e}" for n in nfes) + " |")
+        lines.append("")
+    if "time_to_accuracy" in record:
+        tta = record["time_to_accuracy"]
+        lines.append(f"## Time to accuracy — 2-D gmm9, float32, batch {tta['batch']}")
+        lines.append("")
+        lines.append(
+            f"Target error: diffrax Euler at NFE 50 (uniform steps in t) = {tta['target_error']:.3e}. "
+            "Each driftax solver runs at the smallest NFE reaching it (default schedule). Cold = the "
+            "first call in a fresh process (tracing + compilation + run), wall and process CPU "
+            f"time (median of {tta.get('cold_reps', 1)}); load average (1, 5, 15 min) at the end: "
+            f"{tta.get('load', '?')}."
+        )
+        lines.append("")
+        lines.append(
+            "| method | NFE | error | warm s | cold s | cold CPU s | warm / diffrax Euler "
+            "| cold / diffrax Euler | cold CPU / diffrax Euler |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for label, r in tta["results"].items():
+            lines.append(
+                f"| {label} | {r['nfe']} | {r['error']:.2e} | {r['warm_s']:.4f} | {r['cold_s']:.3f} | "
+                f"{r['cold_cpu_s']:.3f} | {r['warm_ratio_vs_diffrax_euler']:.2f} | "
+                f"{r['cold_ratio_vs_diffrax_euler']:.2f} | {r['cold_cpu_ratio']:.2f} |"
+            )
+        lines.append("")
+        same = tta["same_algorithm_warm_s"]
+        a, b = same["driftax Euler 50 steps"], same["diffrax Euler 50 steps"]
+        lines.append(
+            f"Same algorithm (Euler, 50 uniform steps): driftax warm {a:.4f} s vs diffrax {b:.4f} s "
+            f"(ratio {a / b:.2f})."
+        )
+        lines.append("")
     goals = record["goals"]
     lines.append("## Goals")
     lines.append("")
@@ -472,6 +476,8 @@ def markdown(record) -> str:
 def goals(record):
     g = {}
     for name in ("2-D gmm9", "16-D four_mode_gmm"):
+        if name not in record.get("errors", {}):
+            continue
         rows = record["errors"][name]["rows"]
         ours = {k: v for k, v in rows.items() if not k.startswith("diffrax")}
         for nfe, euler_nfe in ((5, 20), (10, 50)):
@@ -482,13 +488,14 @@ def goals(record):
             g[f"{name}: best solver at NFE {nfe} ≤ Euler at NFE {euler_nfe} (default grids)"] = (
                 f"{'yes' if ok else 'no'} ({best}: {cands[best]:.3g} vs {eu:.3g})"
             )
-    e2 = record["errors"]["2-D gmm9"]["rows"]
-    e2m10 = e2["DPM-Solver++(2M)"][10]["error"]
-    eu50 = e2["Euler"][50]["error"]
-    g["2-D: DPM-Solver++(2M) at NFE 10 beats Euler at NFE 50"] = (
-        f"{'yes' if e2m10 < eu50 else 'no'} on the default grid ({e2m10:.2e} vs {eu50:.2e})"
-    )
-    res = record["time_to_accuracy"]["results"]
+    if "2-D gmm9" in record.get("errors", {}):
+        e2 = record["errors"]["2-D gmm9"]["rows"]
+        e2m10 = e2["DPM-Solver++(2M)"][10]["error"]
+        eu50 = e2["Euler"][50]["error"]
+        g["2-D: DPM-Solver++(2M) at NFE 10 beats Euler at NFE 50"] = (
+            f"{'yes' if e2m10 < eu50 else 'no'} on the default grid ({e2m10:.2e} vs {eu50:.2e})"
+        )
+    res = record.get("time_to_accuracy", {}).get("results", {})
     ours = {k: v for k, v in res.items() if not k.startswith("diffrax")}
     if ours:
         best = min(ours, key=lambda k: ours[k]["warm_s"])
@@ -510,6 +517,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small batches (CPU, minutes)")
     parser.add_argument("--out", default="out")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
+    )
+    parser.add_argument(
+        "--problems", default=",".join(ERROR_PROBLEMS), help="error-table problems, comma-separated"
+    )
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--nfe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -525,10 +538,16 @@ def main(argv=None):
         "jax": jax.__version__,
         "mode": "quick" if args.quick else "full",
     }
-    record["errors"] = error_tables(args.quick)
-    record["grids"] = grid_sensitivity()
-    record["sde"] = sde_table(args.quick)
-    record["time_to_accuracy"] = time_to_accuracy(args.quick)
+    sections = args.sections.split(",")
+    record["sections"] = sections
+    if "errors" in sections:
+        record["errors"] = error_tables(args.quick, args.problems.split(","))
+    if "grids" in sections:
+        record["grids"] = grid_sensitivity()
+    if "sde" in sections:
+        record["sde"] = sde_table(args.quick)
+    if "tta" in sections:
+        record["time_to_accuracy"] = time_to_accuracy(args.quick)
     record["goals"] = goals(record)
     record["wall_s"] = time.perf_counter() - t0
     with open(os.path.join(args.out, "diffusion.json"), "w") as f:
