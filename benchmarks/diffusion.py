@@ -4,7 +4,7 @@ Exact time-dependent fields of Gaussian mixtures along a VP path (no training), 
 is the solver's:
 
 1. error vs NFE (5, 10, 20, 50) of every deterministic solver, against a tight diffrax Dopri8
-   reference (rtol = atol = 1e-10, float64), in 2-D (gmm9) and 64-D (four_mode_gmm(64)); the
+   reference (rtol = atol = 1e-10, float64), in 2-D (gmm9), 16-D and 64-D (four_mode_gmm); the
    mean over the batch of `|x - x_ref|`, each solver on its default grid
    (`dd.default_schedule`). diffrax's Euler and Heun (`ConstantStepSize`, uniform in t, which
    is also driftax's default grid for them on VP paths) are the peers; the measured log-log
@@ -38,6 +38,8 @@ import driftax.diffusion as dd
 import driftax.energies as de
 
 NFES = (5, 10, 20, 50)
+ERROR_PROBLEMS = ("2-D gmm9", "16-D four_mode_gmm", "64-D four_mode_gmm")
+SECTIONS = ("errors", "grids", "sde", "tta")
 
 
 def _ode_solvers():
@@ -50,6 +52,9 @@ def _ode_solvers():
         "DPM-Solver++(2S)": dd.DPMSolverPP2S(),
         "DPM-Solver++(3S)": dd.DPMSolverPP3S(),
         "UniPC(bh2, p=2)": dd.UniPC(),
+        "iPNDM": dd.IPNDM(),
+        "iPNDM (order 3)": dd.IPNDM(max_order=3),
+        "DEIS (tAB3)": dd.DEIS(),
     }
 
 
@@ -123,17 +128,19 @@ def _diffrax_run(field, path, x0, *, solver, ts=None, num_steps=None, rtol=None)
 def _problem(name, path):
     if name == "2-D gmm9":
         mix = de.gmm9()
+    elif name == "16-D four_mode_gmm":
+        mix = de.four_mode_gmm(16)
     else:
         mix = de.four_mode_gmm(64)
     return de.NoisedGaussianMixture(mix, path)
 
 
-def error_tables(quick):
+def error_tables(quick, problems=ERROR_PROBLEMS):
     out = {}
     path = dd.VP()
     batch = 128 if quick else 1024
     with jax.enable_x64(True):
-        for name in ("2-D gmm9", "64-D four_mode_gmm"):
+        for name in problems:
             field = _problem(name, path)
             x0 = field.sample(jax.random.key(0), path.t_noise, batch)
             ref, _ = _diffrax_run(field, path, x0, solver=diffrax.Dopri8(), rtol=1e-10)(x0)
@@ -180,7 +187,15 @@ def grid_sensitivity():
         field = _problem("2-D gmm9", path)
         x0 = field.sample(jax.random.key(0), path.t_noise, 128)
         ref, _ = _diffrax_run(field, path, x0, solver=diffrax.Dopri8(), rtol=1e-10)(x0)
-        for label in ("Euler", "DPM-Solver++(2M)", "DPM-Solver++(3M)", "UniPC(bh2, p=2)"):
+        for label in (
+            "Euler",
+            "DPM-Solver++(2M)",
+            "DPM-Solver++(3M)",
+            "UniPC(bh2, p=2)",
+            "iPNDM",
+            "iPNDM (order 3)",
+            "DEIS (tAB3)",
+        ):
             solver = _ode_solvers()[label]
             out[label] = {
                 sched: float(
@@ -262,16 +277,16 @@ def _probe(label, nfe, batch):
     x0 = field.sample(jax.random.key(0), path.t_noise, batch)
     jax.block_until_ready(x0)
     fn = _method(label, nfe, field, path, x0)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     jax.block_until_ready(fn())
-    print(json.dumps({"cold_s": time.perf_counter() - t}))
+    print(json.dumps({"cold_s": time.perf_counter() - t, "cold_cpu_s": time.process_time() - c}))
 
 
 def _cold_subprocess(label, nfe, batch, reps):
     import subprocess
     import sys
 
-    times = []
+    times, cpus = [], []
     for _ in range(reps):
         out = subprocess.run(
             [sys.executable, __file__, "--probe", label, "--nfe", str(nfe), "--batch", str(batch)],
@@ -279,15 +294,17 @@ def _cold_subprocess(label, nfe, batch, reps):
             text=True,
             check=True,
         )
-        times.append(json.loads(out.stdout.strip().splitlines()[-1])["cold_s"])
-    return float(np.median(times))
+        rec = json.loads(out.stdout.strip().splitlines()[-1])
+        times.append(rec["cold_s"])
+        cpus.append(rec["cold_cpu_s"])
+    return float(np.median(times)), float(np.median(cpus))
 
 
 def time_to_accuracy(quick):
     path = dd.VP()
     batch = 4096 if quick else 65536
     repeats = 5 if quick else 20
-    cold_reps = 1 if quick else 3
+    cold_reps = 3
     candidates = (3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
     # Errors in float64 (to pick the NFE), timings in float32.
     with jax.enable_x64(True):
@@ -324,13 +341,16 @@ def time_to_accuracy(quick):
             "nfe": nfe,
             "error": e,
             "warm_s": _timeit(fn, repeats),
-            "cold_s": _cold_subprocess(label, nfe, batch, cold_reps),
         }
+        results[label]["cold_s"], results[label]["cold_cpu_s"] = _cold_subprocess(
+            label, nfe, batch, cold_reps
+        )
         print(f"[diffusion] timed {label}", flush=True)
     base = results["diffrax Euler"]
     for r in results.values():
         r["warm_ratio_vs_diffrax_euler"] = r["warm_s"] / base["warm_s"]
         r["cold_ratio_vs_diffrax_euler"] = r["cold_s"] / base["cold_s"]
+        r["cold_cpu_ratio"] = r["cold_cpu_s"] / base["cold_cpu_s"]
     # The same algorithm: driftax Euler vs diffrax Euler, 50 uniform steps.
     fn = lambda: dd.solve(dd.Euler(), field.score, path, x0, num_steps=50, schedule="uniform")
     jax.block_until_ready(fn())
@@ -342,6 +362,8 @@ def time_to_accuracy(quick):
     return {
         "target_error": target,
         "batch": batch,
+        "cold_reps": cold_reps,
+        "load": " ".join(f"{v:.1f}" for v in os.getloadavg()),
         "results": results,
         "same_algorithm_warm_s": same,
     }
@@ -358,7 +380,7 @@ def markdown(record) -> str:
     lines = ["# driftax.diffusion solvers vs diffrax (exact mixture fields, VP path)", ""]
     lines.append(f"Device: {record['device']}; jax {record['jax']}; mode: {record['mode']}.")
     lines.append("")
-    for name, tab in record["errors"].items():
+    for name, tab in record.get("errors", {}).items():
         lines.append(f"## Error vs NFE — {name} (mean |x − x_ref|, batch {tab['batch']}, float64)")
         lines.append("")
         lines.append("| solver | " + " | ".join(f"NFE {n}" for n in NFES) + " | slope (NFE ≥ 10) |")
@@ -381,60 +403,67 @@ def markdown(record) -> str:
             "the solver's evaluations per step.)"
         )
         lines.append("")
-    grids = record["grids"]
-    lines.append("## Time-grid sensitivity at NFE 10 — 2-D gmm9 (mean |x − x_ref|)")
-    lines.append("")
-    scheds = list(next(iter(grids.values())).keys())
-    lines.append("| solver | " + " | ".join(scheds) + " |")
-    lines.append("|---|" + "---|" * len(scheds))
-    for label, row in grids.items():
-        lines.append(f"| {label} | " + " | ".join(f"{row[k]:.3f}" for k in scheds) + " |")
-    lines.append("")
-    lines.append(
-        "Defaults (`dd.default_schedule`): uniform in t for Euler/Heun on VP paths, quadratic for "
-        "the exponential integrators (best at NFE ≥ 20)."
-    )
-    lines.append("")
-    sde = record["sde"]
-    lines.append(
-        f"## Stochastic solvers — 2-D gmm9, MMD² (RBF, h = {sde['bandwidth']}) to {sde['n']} exact samples"
-    )
-    lines.append("")
-    band = sde["null_mean"] + 5 * sde["null_sd"]
-    lines.append(f"Sample-noise band (exact vs exact, mean + 5 sd): {band:.2e}.")
-    lines.append("")
-    nfes = list(next(iter(sde["rows"].values())).keys())
-    lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
-    lines.append("|---|" + "---|" * len(nfes))
-    for label, row in sde["rows"].items():
-        lines.append(f"| {label} | " + " | ".join(f"{row[n]['mmd2']:.2e}" for n in nfes) + " |")
-    lines.append("")
-    tta = record["time_to_accuracy"]
-    lines.append(f"## Time to accuracy — 2-D gmm9, float32, batch {tta['batch']}")
-    lines.append("")
-    lines.append(
-        f"Target error: diffrax Euler at NFE 50 (uniform steps in t) = {tta['target_error']:.3e}. "
-        "Each driftax solver runs at the smallest NFE reaching it (default schedule). Cold = the "
-        "first call in a fresh process (tracing + compilation + run)."
-    )
-    lines.append("")
-    lines.append(
-        "| method | NFE | error | warm s | cold s | warm / diffrax Euler | cold / diffrax Euler |"
-    )
-    lines.append("|---|---|---|---|---|---|---|")
-    for label, r in tta["results"].items():
+    if "grids" in record:
+        grids = record["grids"]
+        lines.append("## Time-grid sensitivity at NFE 10 — 2-D gmm9 (mean |x − x_ref|)")
+        lines.append("")
+        scheds = list(next(iter(grids.values())).keys())
+        lines.append("| solver | " + " | ".join(scheds) + " |")
+        lines.append("|---|" + "---|" * len(scheds))
+        for label, row in grids.items():
+            lines.append(f"| {label} | " + " | ".join(f"{row[k]:.3f}" for k in scheds) + " |")
+        lines.append("")
         lines.append(
-            f"| {label} | {r['nfe']} | {r['error']:.2e} | {r['warm_s']:.4f} | {r['cold_s']:.3f} | "
-            f"{r['warm_ratio_vs_diffrax_euler']:.2f} | {r['cold_ratio_vs_diffrax_euler']:.2f} |"
+            "Defaults (`dd.default_schedule`): uniform in t for Euler/Heun, iPNDM and DEIS on VP "
+            "paths, quadratic for the other exponential integrators (best at NFE ≥ 20)."
         )
-    lines.append("")
-    same = tta["same_algorithm_warm_s"]
-    a, b = same["driftax Euler 50 steps"], same["diffrax Euler 50 steps"]
-    lines.append(
-        f"Same algorithm (Euler, 50 uniform steps): driftax warm {a:.4f} s vs diffrax {b:.4f} s "
-        f"(ratio {a / b:.2f})."
-    )
-    lines.append("")
+        lines.append("")
+    if "sde" in record:
+        sde = record["sde"]
+        lines.append(
+            f"## Stochastic solvers — 2-D gmm9, MMD² (RBF, h = {sde['bandwidth']}) to {sde['n']} exact samples"
+        )
+        lines.append("")
+        band = sde["null_mean"] + 5 * sde["null_sd"]
+        lines.append(f"Sample-noise band (exact vs exact, mean + 5 sd): {band:.2e}.")
+        lines.append("")
+        nfes = list(next(iter(sde["rows"].values())).keys())
+        lines.append("| solver | " + " | ".join(f"NFE {n}" for n in nfes) + " |")
+        lines.append("|---|" + "---|" * len(nfes))
+        for label, row in sde["rows"].items():
+            lines.append(f"| {label} | " + " | ".join(f"{row[n]['mmd2']:.2e}" for n in nfes) + " |")
+        lines.append("")
+    if "time_to_accuracy" in record:
+        tta = record["time_to_accuracy"]
+        lines.append(f"## Time to accuracy — 2-D gmm9, float32, batch {tta['batch']}")
+        lines.append("")
+        lines.append(
+            f"Target error: diffrax Euler at NFE 50 (uniform steps in t) = {tta['target_error']:.3e}. "
+            "Each driftax solver runs at the smallest NFE reaching it (default schedule). Cold = the "
+            "first call in a fresh process (tracing + compilation + run), wall and process CPU "
+            f"time (median of {tta.get('cold_reps', 1)}); load average (1, 5, 15 min) at the end: "
+            f"{tta.get('load', '?')}."
+        )
+        lines.append("")
+        lines.append(
+            "| method | NFE | error | warm s | cold s | cold CPU s | warm / diffrax Euler "
+            "| cold / diffrax Euler | cold CPU / diffrax Euler |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for label, r in tta["results"].items():
+            lines.append(
+                f"| {label} | {r['nfe']} | {r['error']:.2e} | {r['warm_s']:.4f} | {r['cold_s']:.3f} | "
+                f"{r['cold_cpu_s']:.3f} | {r['warm_ratio_vs_diffrax_euler']:.2f} | "
+                f"{r['cold_ratio_vs_diffrax_euler']:.2f} | {r['cold_cpu_ratio']:.2f} |"
+            )
+        lines.append("")
+        same = tta["same_algorithm_warm_s"]
+        a, b = same["driftax Euler 50 steps"], same["diffrax Euler 50 steps"]
+        lines.append(
+            f"Same algorithm (Euler, 50 uniform steps): driftax warm {a:.4f} s vs diffrax {b:.4f} s "
+            f"(ratio {a / b:.2f})."
+        )
+        lines.append("")
     goals = record["goals"]
     lines.append("## Goals")
     lines.append("")
@@ -445,17 +474,28 @@ def markdown(record) -> str:
 
 
 def goals(record):
-    e2 = record["errors"]["2-D gmm9"]["rows"]
     g = {}
-    e2m10 = e2["DPM-Solver++(2M)"][10]["error"]
-    eu50 = e2["Euler"][50]["error"]
-    best_grid = min(record["grids"]["DPM-Solver++(2M)"].items(), key=lambda kv: kv[1])
-    g["DPM-Solver++(2M) at NFE 10 beats Euler at NFE 50"] = (
-        f"{'yes' if e2m10 < eu50 else 'no'} on the default grid ({e2m10:.2e} vs {eu50:.2e}); "
-        f"{'yes' if best_grid[1] < eu50 else 'no'} on the {best_grid[0]} grid ({best_grid[1]:.2e}); "
-        f"UniPC at NFE 10: {e2['UniPC(bh2, p=2)'][10]['error']:.2e}"
-    )
-    res = record["time_to_accuracy"]["results"]
+    for name in ("2-D gmm9", "16-D four_mode_gmm"):
+        if name not in record.get("errors", {}):
+            continue
+        rows = record["errors"][name]["rows"]
+        ours = {k: v for k, v in rows.items() if not k.startswith("diffrax")}
+        for nfe, euler_nfe in ((5, 20), (10, 50)):
+            cands = {k: v[nfe]["error"] for k, v in ours.items() if v[nfe] and v[nfe]["nfe"] == nfe}
+            best = min(cands, key=lambda k: cands[k])
+            eu = rows["Euler"][euler_nfe]["error"]
+            ok = cands[best] <= eu
+            g[f"{name}: best solver at NFE {nfe} ≤ Euler at NFE {euler_nfe} (default grids)"] = (
+                f"{'yes' if ok else 'no'} ({best}: {cands[best]:.3g} vs {eu:.3g})"
+            )
+    if "2-D gmm9" in record.get("errors", {}):
+        e2 = record["errors"]["2-D gmm9"]["rows"]
+        e2m10 = e2["DPM-Solver++(2M)"][10]["error"]
+        eu50 = e2["Euler"][50]["error"]
+        g["2-D: DPM-Solver++(2M) at NFE 10 beats Euler at NFE 50"] = (
+            f"{'yes' if e2m10 < eu50 else 'no'} on the default grid ({e2m10:.2e} vs {eu50:.2e})"
+        )
+    res = record.get("time_to_accuracy", {}).get("results", {})
     ours = {k: v for k, v in res.items() if not k.startswith("diffrax")}
     if ours:
         best = min(ours, key=lambda k: ours[k]["warm_s"])
@@ -463,11 +503,13 @@ def goals(record):
         g["best driftax solver reaches diffrax Euler NFE-50 error in ≤ 0.3× its warm time"] = (
             f"{'yes' if r <= 0.3 else 'no'} ({best}: {r:.2f}×)"
         )
-        c = min(v["cold_ratio_vs_diffrax_euler"] for v in ours.values())
-        cb = ours[best]["cold_ratio_vs_diffrax_euler"]
-        g["driftax cold (with compile) ≤ 0.5× diffrax's"] = (
-            f"{'yes' if cb <= 0.5 else 'no'} (best solver {cb:.2f}×; lowest over solvers {c:.2f}×)"
-        )
+        for key, what in (("cold_ratio_vs_diffrax_euler", "wall"), ("cold_cpu_ratio", "CPU")):
+            worst = max(ours, key=lambda k: ours[k][key])
+            w = ours[worst][key]
+            g[f"every fixed-step driftax solver cold ≤ 0.5× diffrax Euler's ({what} time)"] = (
+                f"{'yes' if w <= 0.5 else 'no'} (worst {worst}: {w:.2f}×; best "
+                f"{min(v[key] for v in ours.values()):.2f}×)"
+            )
     return g
 
 
@@ -475,6 +517,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small batches (CPU, minutes)")
     parser.add_argument("--out", default="out")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}"
+    )
+    parser.add_argument(
+        "--problems", default=",".join(ERROR_PROBLEMS), help="error-table problems, comma-separated"
+    )
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--nfe", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
@@ -490,10 +538,16 @@ def main(argv=None):
         "jax": jax.__version__,
         "mode": "quick" if args.quick else "full",
     }
-    record["errors"] = error_tables(args.quick)
-    record["grids"] = grid_sensitivity()
-    record["sde"] = sde_table(args.quick)
-    record["time_to_accuracy"] = time_to_accuracy(args.quick)
+    sections = args.sections.split(",")
+    record["sections"] = sections
+    if "errors" in sections:
+        record["errors"] = error_tables(args.quick, args.problems.split(","))
+    if "grids" in sections:
+        record["grids"] = grid_sensitivity()
+    if "sde" in sections:
+        record["sde"] = sde_table(args.quick)
+    if "tta" in sections:
+        record["time_to_accuracy"] = time_to_accuracy(args.quick)
     record["goals"] = goals(record)
     record["wall_s"] = time.perf_counter() - t0
     with open(os.path.join(args.out, "diffusion.json"), "w") as f:

@@ -22,6 +22,11 @@ from ._bridges._ot import (
     exact_assignment as exact_assignment,
 )
 from ._bridges._solve import solve_bridge as solve_bridge
+from ._closed_form import (
+    ClosedFormDiffusion as ClosedFormDiffusion,
+    gaussian_approximation as gaussian_approximation,
+    gaussian_teleport as gaussian_teleport,
+)
 from ._conditional import (
     ConditionalField as ConditionalField,
     ConditionalMLP as ConditionalMLP,

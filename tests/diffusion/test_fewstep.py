@@ -23,7 +23,6 @@ TABLE_SOLVERS = [
     dd.IPNDM(),
     dd.IPNDM(max_order=2, lower_order_final=True),
     dd.DEIS(),
-    dd.DEIS(max_order=2),
 ]
 
 
@@ -31,6 +30,7 @@ def _name(s):
     return repr(s)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "solver,order,steps",
     [
