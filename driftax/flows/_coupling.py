@@ -12,7 +12,7 @@ import numpy as np
 
 from .._checks import check_shape
 from .._custom_types import Key, Shape
-from ._bijection import AbstractBijection, check_input
+from ._bijection import _TwoWay, directed
 from ._nn import MLP, hidden_widths
 from ._transformers import AbstractTransformer, make_transformer
 
@@ -51,7 +51,7 @@ def _merge(kept, kept_idx, changed, changed_idx, size):
     return out.at[np.asarray(kept_idx)].set(kept).at[np.asarray(changed_idx)].set(changed)
 
 
-class Coupling(AbstractBijection):
+class Coupling(_TwoWay):
     """A coupling layer: the coordinates where `mask` is `True` pass through unchanged and drive a
     conditioner network whose outputs parameterize an elementwise transformer of the others.
 
@@ -124,24 +124,11 @@ class Coupling(AbstractBijection):
         inp = kept if condition is None else jnp.concatenate([kept, condition.reshape(-1)])
         return self.conditioner(inp).reshape(len(self.changed_index), self.transformer.num_params)
 
-    def _apply(self, x, condition, inverse: bool):
+    def _run(self, x, condition, inverse: bool):
         flat = x.reshape(-1)
         kept = _take(flat, self.kept_index)
         changed = _take(flat, self.changed_index)
         raw = self._raw(kept, condition)
-        fn = (
-            self.transformer.inverse_and_log_det
-            if inverse
-            else self.transformer.transform_and_log_det
-        )
-        new, log_grad = fn(changed, raw)
+        new, log_grad = directed(self.transformer, inverse)(changed, raw)
         out = _merge(kept, self.kept_index, new, self.changed_index, flat.size)
         return out.reshape(self.event_shape), jnp.sum(log_grad)
-
-    def transform_and_log_det(self, x, condition=None):
-        x, condition = check_input(self, x, condition)
-        return self._apply(x, condition, inverse=False)
-
-    def inverse_and_log_det(self, y, condition=None):
-        y, condition = check_input(self, y, condition, "y")
-        return self._apply(y, condition, inverse=True)

@@ -29,7 +29,7 @@ from ..energies._base import (
 )
 from ..energies._gaussian import _LOG_2PI
 from ..energies._lattice import U1Lattice, _wrap
-from ._bijection import AbstractBijection, Chain, check_input
+from ._bijection import Chain, _TwoWay, directed
 from ._distribution import Flow
 from ._nn import MLP, hidden_widths
 from ._transformers import AbstractTransformer, make_transformer
@@ -81,7 +81,7 @@ def u1_plaquette_masks(size: int, mu: int, offset: int) -> dict[str, np.ndarray]
     }
 
 
-class U1GaugeCoupling(AbstractBijection):
+class U1GaugeCoupling(_TwoWay):
     """A gauge-equivariant coupling layer for 2-D U(1) link angles of shape `(2, L, L)`.
 
     The active plaquettes `P_a` (see [`u1_plaquette_masks`][]) are mapped by a circular
@@ -138,19 +138,14 @@ class U1GaugeCoupling(AbstractBijection):
             key, n_in, n_out, hidden_widths(hidden, depth), activation=activation
         )
 
-    def _apply(self, x, inverse: bool):
+    def _run(self, x, condition, inverse: bool):
         size = self.event_shape[-1]
         plaq = self.lattice.plaquettes(x).reshape(-1)
         frozen = plaq[np.asarray(self.frozen_index)]
         active = plaq[np.asarray(self.active_index)]
         raw = self.conditioner(jnp.concatenate([jnp.cos(frozen), jnp.sin(frozen)]))
         raw = raw.reshape(len(self.active_index), self.transformer.num_params)
-        fn = (
-            self.transformer.inverse_and_log_det
-            if inverse
-            else self.transformer.transform_and_log_det
-        )
-        new, log_grad = fn(active, raw)
+        new, log_grad = directed(self.transformer, inverse)(active, raw)
         delta = jnp.zeros(size * size, x.dtype).at[np.asarray(self.active_index)].set(new - active)
         # θ_0(n) enters P(n) with +, θ_1(n) with −
         sign = 1.0 if self.mu == 0 else -1.0
@@ -160,14 +155,6 @@ class U1GaugeCoupling(AbstractBijection):
         active_links = active_links.reshape(size, size)
         links = jnp.where(active_links, _wrap(links + sign * delta.reshape(size, size)), links)
         return x.at[self.mu].set(links), jnp.sum(log_grad)
-
-    def transform_and_log_det(self, x, condition=None):
-        x, _ = check_input(self, x, condition)
-        return self._apply(x, inverse=False)
-
-    def inverse_and_log_det(self, y, condition=None):
-        y, _ = check_input(self, y, condition, "y")
-        return self._apply(y, inverse=True)
 
 
 def u1_gauge_flow(
