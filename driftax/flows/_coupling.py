@@ -13,7 +13,7 @@ import numpy as np
 from .._checks import check_shape
 from .._custom_types import Key, Shape
 from ._bijection import _TwoWay, directed
-from ._nn import MLP, hidden_widths
+from ._nn import MLP, condition_size, hidden_widths
 from ._transformers import AbstractTransformer, make_transformer
 
 
@@ -107,14 +107,13 @@ class Coupling(_TwoWay):
                 "`mask` must keep at least one coordinate (True) and change at least one "
                 "(False); a coupling layer needs both (for d = 1 use an elementwise bijection)."
             )
-        if cond_dim is not None and (isinstance(cond_dim, bool) or int(cond_dim) < 1):
-            raise ValueError(f"`cond_dim` must be a positive int or None, got {cond_dim!r}.")
+        nc = condition_size(cond_dim)
         self.transformer = make_transformer(transformer, **transformer_options)
         self.kept_index = tuple(int(i) for i in np.flatnonzero(flat))
         self.changed_index = tuple(int(i) for i in np.flatnonzero(~flat))
         self.event_shape = shape
-        self.cond_shape = None if cond_dim is None else (int(cond_dim),)
-        n_in = len(self.kept_index) + (0 if cond_dim is None else int(cond_dim))
+        self.cond_shape = None if cond_dim is None else (nc,)
+        n_in = len(self.kept_index) + nc
         n_out = len(self.changed_index) * self.transformer.num_params
         self.conditioner = MLP(
             key, n_in, n_out, hidden_widths(hidden, depth), activation=activation
