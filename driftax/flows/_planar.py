@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -16,7 +18,24 @@ def _planar_m(a):
     return -1.0 + jax.nn.softplus(a)
 
 
-class Planar(AbstractBijection):
+class _RandomInitLayer(AbstractBijection):
+    """A layer on `R^d` whose parameters, named in the table `parameters` as `(name, is_vector)`,
+    start independently `N(0, init_scale²)` (shape `(d,)` for a vector, `()` for a scalar)."""
+
+    parameters: ClassVar[tuple[tuple[str, bool], ...]]
+    event_shape: Shape = eqx.field(static=True)
+    cond_shape: None = eqx.field(static=True, default=None)
+
+    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
+        d = check_int(dim, "dim")
+        dtype = jnp.result_type(float)
+        keys = jax.random.split(key, len(self.parameters))
+        for k, (name, is_vector) in zip(keys, self.parameters):
+            setattr(self, name, init_scale * jax.random.normal(k, (d,) if is_vector else (), dtype))
+        self.event_shape = (d,)
+
+
+class Planar(_RandomInitLayer):
     """A planar layer `y = x + û tanh(wᵀx + b)`.
 
     `û = u + (m(wᵀu) - wᵀu) w / ‖w‖²` with `m(a) = -1 + softplus(a)` guarantees `wᵀû > -1`, hence
@@ -34,17 +53,7 @@ class Planar(AbstractBijection):
     u: Array
     w: Array
     b: Array
-    event_shape: Shape = eqx.field(static=True)
-    cond_shape: None = eqx.field(static=True, default=None)
-
-    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = check_int(dim, "dim")
-        ku, kw, kb = jax.random.split(key, 3)
-        dtype = jnp.result_type(float)
-        self.u = init_scale * jax.random.normal(ku, (d,), dtype)
-        self.w = init_scale * jax.random.normal(kw, (d,), dtype)
-        self.b = init_scale * jax.random.normal(kb, (), dtype)
-        self.event_shape = (d,)
+    parameters = (("u", True), ("w", True), ("b", False))
 
     @property
     def u_hat(self) -> Array:
@@ -94,7 +103,7 @@ class Planar(AbstractBijection):
         return y - u_hat * t, -jnp.log1p(m * (1.0 - t**2))
 
 
-class Radial(AbstractBijection):
+class Radial(_RandomInitLayer):
     """A radial layer `y = x + β h(α, r) (x - x₀)`, `h = 1 / (α + r)`, `r = ‖x - x₀‖`.
 
     `α = softplus(α̃) > 0` and `β = -α + softplus(β̃) > -α` guarantee invertibility; the inverse is
@@ -110,17 +119,7 @@ class Radial(AbstractBijection):
     center: Array
     raw_alpha: Array
     raw_beta: Array
-    event_shape: Shape = eqx.field(static=True)
-    cond_shape: None = eqx.field(static=True, default=None)
-
-    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = check_int(dim, "dim")
-        kc, ka, kb = jax.random.split(key, 3)
-        dtype = jnp.result_type(float)
-        self.center = init_scale * jax.random.normal(kc, (d,), dtype)
-        self.raw_alpha = init_scale * jax.random.normal(ka, (), dtype)
-        self.raw_beta = init_scale * jax.random.normal(kb, (), dtype)
-        self.event_shape = (d,)
+    parameters = (("center", True), ("raw_alpha", False), ("raw_beta", False))
 
     def _alpha_beta(self):
         alpha = jax.nn.softplus(self.raw_alpha)
