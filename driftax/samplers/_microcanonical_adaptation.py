@@ -56,7 +56,8 @@ def integrated_autocorrelation_time(trace: Array) -> Array:
     `(num_draws, num_chains, d)`, in draws (autocovariances averaged over chains, Geyer's
     initial positive sequence). Traceable; at least `1/num_draws`."""
     n = trace.shape[0]
-    acov = _autocovariance(trace - jnp.mean(trace, axis=(0, 1)), axis=0, xp=jnp)
+    x = trace - jnp.mean(trace, axis=(0, 1))
+    acov = _autocovariance(x, axis=0, xp=jnp, power_of_two=False)
     acov = jnp.mean(acov, axis=1)  # (n, d): averaged over chains
     var = acov[0]
     tau = _geyer_tau(acov / jnp.where(var > 0, var, 1.0), jnp)
