@@ -96,11 +96,13 @@ def _set_all(samplers, where, value):
 
 class _MicrocanonicalAdaptation(AbstractAdaptation):
     sampler_type: ClassVar[type]
+    target: eqx.AbstractVar[float]
     l_factor: eqx.AbstractVar[float]
     metric: eqx.AbstractVar[Literal["diagonal"] | None]
     max_trace_rows: eqx.AbstractVar[int]
 
-    def _check_common(self):
+    def __check_init__(self):
+        check_fraction(self.target, "target")
         check_hyper(self.l_factor, "l_factor")
         if self.metric not in ("diagonal", None):
             raise ValueError(f"`metric` must be 'diagonal' or None, got {self.metric!r}.")
@@ -265,9 +267,7 @@ class MCLMCAdaptation(_MicrocanonicalAdaptation):
     sampler_type: ClassVar[type] = MCLMC
 
     def __check_init__(self):
-        check_fraction(self.target, "target")
         check_int(self.num_effective_samples, "num_effective_samples", 1)
-        self._check_common()
 
     def _step_update(self, astate, infos, dim):
         h = astate.step_size
@@ -316,10 +316,6 @@ class MAMSAdaptation(_MicrocanonicalAdaptation):
     max_trace_rows: int = 128
 
     sampler_type: ClassVar[type] = MAMS
-
-    def __check_init__(self):
-        check_fraction(self.target, "target")
-        self._check_common()
 
     def _step_update(self, astate, infos, dim):
         acc = jnp.where(jnp.isfinite(infos.acceptance_rate), infos.acceptance_rate, 0.0)
