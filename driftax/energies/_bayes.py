@@ -75,6 +75,7 @@ class _ReferenceMoments(AbstractKnownMoments):
     _reference_script: ClassVar[str]
     _reference: dict[str, Array] | None
     _reference_info: tuple[tuple[str, float], ...] = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
 
     def _ref(self, key: str) -> Array:
         if self._reference is None:
@@ -119,7 +120,6 @@ class LogisticRegression(_ReferenceMoments):
     design: Array
     labels: Array
     prior_scale: float = eqx.field(static=True)
-    event_shape: Shape = eqx.field(static=True)
 
     def log_density(self, x: Point) -> Scalar:
         w = check_event(x, self.event_shape)
