@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -18,24 +16,7 @@ def _planar_m(a):
     return -1.0 + jax.nn.softplus(a)
 
 
-class _RandomInitLayer(AbstractBijection):
-    """A layer on `R^d` whose parameters, named in the table `parameters` as `(name, is_vector)`,
-    start independently `N(0, init_scale²)` (shape `(d,)` for a vector, `()` for a scalar)."""
-
-    parameters: ClassVar[tuple[tuple[str, bool], ...]]
-    event_shape: Shape = eqx.field(static=True)
-    cond_shape: None = eqx.field(static=True, default=None)
-
-    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = check_int(dim, "dim")
-        dtype = jnp.result_type(float)
-        keys = jax.random.split(key, len(self.parameters))
-        for k, (name, is_vector) in zip(keys, self.parameters):
-            setattr(self, name, init_scale * jax.random.normal(k, (d,) if is_vector else (), dtype))
-        self.event_shape = (d,)
-
-
-class Planar(_RandomInitLayer):
+class Planar(AbstractBijection):
     """A planar layer `y = x + û tanh(wᵀx + b)`.
 
     `û = u + (m(wᵀu) - wᵀu) w / ‖w‖²` with `m(a) = -1 + softplus(a)` guarantees `wᵀû > -1`, hence
@@ -53,7 +34,17 @@ class Planar(_RandomInitLayer):
     u: Array
     w: Array
     b: Array
-    parameters = (("u", True), ("w", True), ("b", False))
+    event_shape: Shape = eqx.field(static=True)
+    cond_shape: None = eqx.field(static=True, default=None)
+
+    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
+        d = check_int(dim, "dim")
+        ku, kw, kb = jax.random.split(key, 3)
+        dtype = jnp.result_type(float)
+        self.u = init_scale * jax.random.normal(ku, (d,), dtype)
+        self.w = init_scale * jax.random.normal(kw, (d,), dtype)
+        self.b = init_scale * jax.random.normal(kb, (), dtype)
+        self.event_shape = (d,)
 
     @property
     def u_hat(self) -> Array:
@@ -103,7 +94,7 @@ class Planar(_RandomInitLayer):
         return y - u_hat * t, -jnp.log1p(m * (1.0 - t**2))
 
 
-class Radial(_RandomInitLayer):
+class Radial(AbstractBijection):
     """A radial layer `y = x + β h(α, r) (x - x₀)`, `h = 1 / (α + r)`, `r = ‖x - x₀‖`.
 
     `α = softplus(α̃) > 0` and `β = -α + softplus(β̃) > -α` guarantee invertibility; the inverse is
@@ -119,7 +110,17 @@ class Radial(_RandomInitLayer):
     center: Array
     raw_alpha: Array
     raw_beta: Array
-    parameters = (("center", True), ("raw_alpha", False), ("raw_beta", False))
+    event_shape: Shape = eqx.field(static=True)
+    cond_shape: None = eqx.field(static=True, default=None)
+
+    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
+        d = check_int(dim, "dim")
+        kc, ka, kb = jax.random.split(key, 3)
+        dtype = jnp.result_type(float)
+        self.center = init_scale * jax.random.normal(kc, (d,), dtype)
+        self.raw_alpha = init_scale * jax.random.normal(ka, (), dtype)
+        self.raw_beta = init_scale * jax.random.normal(kb, (), dtype)
+        self.event_shape = (d,)
 
     def _alpha_beta(self):
         alpha = jax.nn.softplus(self.raw_alpha)
