@@ -63,6 +63,11 @@ def breast_cancer_data(standardize: bool = True) -> tuple[np.ndarray, np.ndarray
     return x, y
 
 
+def _stored(key: str, doc: str) -> property:
+    """A read-only property: the entry `key` of the stored reference run (`_ref`)."""
+    return property(lambda self: self._ref(key), doc=doc)
+
+
 class _ReferenceMoments(AbstractKnownMoments):
     """Reference posterior moments from a stored long NUTS run, with their Monte Carlo standard
     errors (`reference_mcse_mean` / `reference_mcse_variance`) and the run's details
@@ -71,6 +76,7 @@ class _ReferenceMoments(AbstractKnownMoments):
     _reference_script: ClassVar[str]
     _reference: dict[str, Array] | None
     _reference_info: tuple[tuple[str, float], ...] = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
 
     def _ref(self, key: str) -> Array:
         if self._reference is None:
@@ -80,23 +86,14 @@ class _ReferenceMoments(AbstractKnownMoments):
             )
         return self._reference[key]
 
-    @property
-    def mean(self) -> Array:
-        return self._ref("mean")
-
-    @property
-    def variance(self) -> Array:
-        return self._ref("variance")
-
-    @property
-    def reference_mcse_mean(self) -> Array:
-        """Monte Carlo standard error of the reference `mean` (per coordinate)."""
-        return self._ref("mcse_mean")
-
-    @property
-    def reference_mcse_variance(self) -> Array:
-        """Monte Carlo standard error of the reference `variance` (per coordinate)."""
-        return self._ref("mcse_variance")
+    mean = _stored("mean", "The reference posterior mean.")
+    variance = _stored("variance", "The reference posterior variance (per coordinate).")
+    reference_mcse_mean = _stored(
+        "mcse_mean", "Monte Carlo standard error of the reference `mean` (per coordinate)."
+    )
+    reference_mcse_variance = _stored(
+        "mcse_variance", "Monte Carlo standard error of the reference `variance` (per coordinate)."
+    )
 
     @property
     def reference_info(self) -> dict[str, float]:
@@ -127,7 +124,6 @@ class LogisticRegression(_ReferenceMoments, AbstractDataEnergy):
     design: Array
     labels: Array
     prior_scale: float = eqx.field(static=True)
-    event_shape: Shape = eqx.field(static=True)
     control_variate: ControlVariate | None = None
 
     def log_prior(self, x: Point) -> Scalar:

@@ -18,6 +18,18 @@ def _check_energy(energy, name: str) -> AbstractEnergy:
     return energy
 
 
+def _inverse_temperature(value, name: str, *, at_most_one: bool = False) -> Array:
+    """`value` as a float array, checked finite and `>= 0` (and `<= 1` with `at_most_one`) when
+    it is concrete (a traced value passes unchecked)."""
+    beta = check_finite(value, name)
+    if isinstance(beta, np.ndarray):
+        if at_most_one and (np.any(beta < 0) or np.any(beta > 1)):
+            raise ValueError(f"`{name}` must lie in [0, 1], got {value!r}.")
+        if np.any(beta < 0):
+            raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+    return jnp.asarray(beta, dtype=jnp.result_type(float))
+
+
 class Tempered(AbstractEnergy):
     """`inverse_temperature · log_density(x)`: the target at temperature `1 / inverse_temperature`."""
 
@@ -26,10 +38,7 @@ class Tempered(AbstractEnergy):
 
     def __init__(self, base: AbstractEnergy, inverse_temperature: ScalarLike):
         self.base = _check_energy(base, "base")
-        beta = check_finite(inverse_temperature, "inverse_temperature")
-        if isinstance(beta, np.ndarray) and np.any(beta < 0):
-            raise ValueError(f"`inverse_temperature` must be >= 0, got {inverse_temperature!r}.")
-        self.inverse_temperature = jnp.asarray(beta, dtype=jnp.result_type(float))
+        self.inverse_temperature = _inverse_temperature(inverse_temperature, "inverse_temperature")
 
     @property
     def event_shape(self) -> Shape:
@@ -59,10 +68,7 @@ class GeometricPath(AbstractEnergy):
                 f"`initial` and `final` must share an event shape, got {initial.event_shape} "
                 f"and {final.event_shape}."
             )
-        b = check_finite(beta, "beta")
-        if isinstance(b, np.ndarray) and (np.any(b < 0) or np.any(b > 1)):
-            raise ValueError(f"`beta` must lie in [0, 1], got {beta!r}.")
-        self.beta = jnp.asarray(b, dtype=jnp.result_type(float))
+        self.beta = _inverse_temperature(beta, "beta", at_most_one=True)
 
     @property
     def event_shape(self) -> Shape:

@@ -171,7 +171,13 @@ def simulate_item_response(
     return {"responses": y, "ability": theta, "log_discrimination": log_alpha, "difficulty": beta}
 
 
-class ItemResponse(_ReferenceMoments):
+class _HardPosterior(_ReferenceMoments):
+    """The posteriors of this module: references made by `_HARD_SCRIPT`."""
+
+    _reference_script: ClassVar[str] = _HARD_SCRIPT
+
+
+class ItemResponse(_HardPosterior):
     r"""The posterior of a two-parameter-logistic (2PL) item-response model with fixed
     hyperparameters. The point is `[θ₁ … θ_S, log α₁ … log α_I, β₁ … β_I]` (`S + 2I` dims):
 
@@ -183,11 +189,9 @@ class ItemResponse(_ReferenceMoments):
     MCSEs from a long NUTS run, as for [`LogisticRegression`][].
     """
 
-    _reference_script: ClassVar[str] = _HARD_SCRIPT
     responses: Array
     num_students: int = eqx.field(static=True)
     num_items: int = eqx.field(static=True)
-    event_shape: Shape = eqx.field(static=True)
 
     def log_density(self, x: Point) -> Scalar:
         z = check_event(x, self.event_shape)
@@ -252,7 +256,7 @@ def _log_half_cauchy_of_log(u: Array, scale: float) -> Array:
     return math.log(2.0 / math.pi) + v - jax.nn.softplus(2.0 * v)
 
 
-class HorseshoeLogisticRegression(_ReferenceMoments):
+class HorseshoeLogisticRegression(_HardPosterior):
     r"""Sparse Bayesian logistic regression on the standardized breast-cancer data with a
     non-centred regularized horseshoe prior (Piironen & Vehtari 2017, slab scale fixed).
 
@@ -268,12 +272,10 @@ class HorseshoeLogisticRegression(_ReferenceMoments):
     NUTS run.
     """
 
-    _reference_script: ClassVar[str] = _HARD_SCRIPT
     design: Array
     labels: Array
     slab_scale: float = eqx.field(static=True)
     global_scale: float = eqx.field(static=True)
-    event_shape: Shape = eqx.field(static=True)
 
     def weights(self, x: Point) -> Array:
         """The regression weights `w` (without the intercept) of a point."""

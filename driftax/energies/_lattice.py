@@ -193,22 +193,13 @@ class Phi4Chain(AbstractKnownNormalizer, AbstractKnownMoments):
     def log_density(self, x: Point) -> Scalar:
         return -self.beta * self.physical_energy(x)
 
-    @property
-    def log_normalizer(self) -> Scalar:
-        return self._log_normalizer
-
-    @property
-    def mean(self) -> Array:
-        return self._mean
-
-    @property
-    def variance(self) -> Array:
-        return self._variance
-
-    @property
-    def mode_weight(self) -> float:
-        """Exact `P(φ_{N//2} > 0)`: 0.5 when `b = 0`."""
-        return self._mode_weight
+    # the exact values, computed once by quadrature when the target is built
+    log_normalizer = property(lambda self: self._log_normalizer, doc="Exact `log Z`.")
+    mean = property(lambda self: self._mean, doc="Exact mean of every site.")
+    variance = property(lambda self: self._variance, doc="Exact variance of every site.")
+    mode_weight = property(
+        lambda self: self._mode_weight, doc="Exact `P(φ_{N//2} > 0)`: 0.5 when `b = 0`."
+    )
 
     def site_marginals(self) -> tuple[np.ndarray, np.ndarray]:
         """The exact one-site marginal densities on a quadrature grid (NumPy, float64).

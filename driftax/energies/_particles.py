@@ -67,9 +67,10 @@ class AbstractParticleSystem(AbstractEnergy):
     exists (`dw4()`, `lj13()`) and raise `NotImplementedError` otherwise.
     """
 
-    n_particles: eqx.AbstractVar[int]
-    spatial_dim: eqx.AbstractVar[int]
-    temperature: eqx.AbstractVar[float]
+    n_particles: int = eqx.field(static=True)
+    spatial_dim: int = eqx.field(static=True)
+    temperature: float = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
 
     @abc.abstractmethod
     def physical_energy(self, x: Point) -> Scalar:
@@ -157,14 +158,10 @@ class PairDoubleWell(AbstractParticleSystem):
     Translation invariant (see the module notes): use `remove_mean`.
     """
 
-    n_particles: int = eqx.field(static=True)
-    spatial_dim: int = eqx.field(static=True)
-    temperature: float = eqx.field(static=True)
     a: float = eqx.field(static=True)
     b: float = eqx.field(static=True)
     c: float = eqx.field(static=True)
     offset: float = eqx.field(static=True)
-    event_shape: Shape = eqx.field(static=True)
 
     def physical_energy(self, x: Point) -> Scalar:
         d = self.interatomic_distances(x) - self.offset
@@ -193,14 +190,10 @@ class LennardJonesCluster(AbstractParticleSystem):
     wall. Translation invariant (see the module notes): use `remove_mean`.
     """
 
-    n_particles: int = eqx.field(static=True)
-    spatial_dim: int = eqx.field(static=True)
-    temperature: float = eqx.field(static=True)
     pair_factor: float = eqx.field(static=True)
     oscillator_scale: float = eqx.field(static=True)
     epsilon: float = eqx.field(static=True)
     r_m: float = eqx.field(static=True)
-    event_shape: Shape = eqx.field(static=True)
 
     def pair_energy(self, d: Array) -> Array:
         """`ε[(r_m/d)¹² − 2(r_m/d)⁶]`, elementwise."""

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from .._checks import check_int
 from .._custom_types import Shape
 from ._bijection import AbstractBijection, check_input
-from ._nn import MLP, hidden_widths, made_masks
+from ._nn import MLP, condition_size, hidden_widths, made_masks
 from ._transformers import AbstractTransformer, make_transformer
 
 
@@ -49,11 +49,9 @@ class MaskedAutoregressive(AbstractBijection):
         **transformer_options,
     ):
         d = check_int(dim, "dim")
-        if cond_dim is not None and (isinstance(cond_dim, bool) or int(cond_dim) < 1):
-            raise ValueError(f"`cond_dim` must be a positive int or None, got {cond_dim!r}.")
+        nc = condition_size(cond_dim)
         self.transformer = make_transformer(transformer, **transformer_options)
         widths = hidden_widths(hidden, depth)
-        nc = 0 if cond_dim is None else int(cond_dim)
         masks, _ = made_masks(d, nc, widths, self.transformer.num_params)
         self.made = MLP(
             key, d + nc, d * self.transformer.num_params, widths, activation=activation, masks=masks

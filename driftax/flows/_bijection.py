@@ -109,6 +109,35 @@ class AbstractBijection(eqx.Module):
         return False
 
 
+def _shapes(bijection: AbstractBijection) -> tuple[Shape, Shape | None]:
+    """`(event_shape, cond_shape)` of a bijection, as tuples: what a wrapper of it takes over."""
+    cond = bijection.cond_shape
+    return tuple(bijection.event_shape), None if cond is None else tuple(cond)
+
+
+def directed(bijection, inverse: bool):
+    """`bijection.inverse_and_log_det` if `inverse` else `bijection.transform_and_log_det`
+    (a transformer's or a bijection's): one direction of a two-way map."""
+    return bijection.inverse_and_log_det if inverse else bijection.transform_and_log_det
+
+
+class _TwoWay(AbstractBijection):
+    """A bijection whose two directions are one routine `_run(x, condition, inverse)`: the
+    input checks and the two public methods are written here once."""
+
+    @abc.abstractmethod
+    def _run(self, x: Array, condition: Array | None, inverse: bool) -> tuple[Array, Scalar]:
+        """`(T(x), log-det)`, or `(T⁻¹(x), log-det)` with `inverse=True`, on checked input."""
+
+    def transform_and_log_det(self, x, condition=None):
+        x, condition = check_input(self, x, condition)
+        return self._run(x, condition, inverse=False)
+
+    def inverse_and_log_det(self, y, condition=None):
+        y, condition = check_input(self, y, condition, "y")
+        return self._run(y, condition, inverse=True)
+
+
 class Invert(AbstractBijection):
     """The inverse `T⁻¹` of a bijection: `transform` and `inverse` swap roles.
 
@@ -116,19 +145,14 @@ class Invert(AbstractBijection):
     """
 
     bijection: AbstractBijection
+    event_shape: Shape = eqx.field(static=True)
+    cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(self, bijection: AbstractBijection):
         if not isinstance(bijection, AbstractBijection):
             raise TypeError(f"`bijection` must be an AbstractBijection, got {type(bijection)}.")
         self.bijection = bijection
-
-    @property
-    def event_shape(self) -> Shape:
-        return self.bijection.event_shape
-
-    @property
-    def cond_shape(self) -> Shape | None:
-        return self.bijection.cond_shape
+        self.event_shape, self.cond_shape = _shapes(bijection)
 
     def transform_and_log_det(self, x, condition=None):
         return self.bijection.inverse_and_log_det(x, condition)
@@ -146,7 +170,7 @@ def _common_cond_shape(bijections, name: str) -> Shape | None:
     return shapes.pop() if shapes else None
 
 
-class Chain(AbstractBijection):
+class Chain(_TwoWay):
     """The composition of a short sequence of (different) bijections, applied left to right.
 
     `Chain([a, b]).transform(x) = b.transform(a.transform(x))`. The same `condition` is passed to
@@ -171,24 +195,15 @@ class Chain(AbstractBijection):
         self.event_shape = tuple(bijections[0].event_shape)
         self.cond_shape = _common_cond_shape(bijections, "bijections")
 
-    def transform_and_log_det(self, x, condition=None):
-        x, condition = check_input(self, x, condition)
+    def _run(self, x, condition, inverse: bool):
         log_det = jnp.zeros((), x.dtype)
-        for b in self.bijections:
-            x, ld = b.transform_and_log_det(x, condition)
+        for b in reversed(self.bijections) if inverse else self.bijections:
+            x, ld = directed(b, inverse)(x, condition)
             log_det = log_det + ld
         return x, log_det
 
-    def inverse_and_log_det(self, y, condition=None):
-        y, condition = check_input(self, y, condition, "y")
-        log_det = jnp.zeros((), y.dtype)
-        for b in reversed(self.bijections):
-            y, ld = b.inverse_and_log_det(y, condition)
-            log_det = log_det + ld
-        return y, log_det
 
-
-class Scan(AbstractBijection):
+class Scan(_TwoWay):
     """`num_layers` copies of one layer structure with stacked parameters, run by `lax.scan`.
 
     Build the stacked layer with `eqx.filter_vmap` over keys, e.g.
@@ -199,6 +214,8 @@ class Scan(AbstractBijection):
 
     layers: AbstractBijection
     num_layers: int = eqx.field(static=True)
+    event_shape: Shape = eqx.field(static=True)
+    cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(self, layers: AbstractBijection):
         if not isinstance(layers, AbstractBijection):
@@ -214,37 +231,18 @@ class Scan(AbstractBijection):
             )
         self.layers = layers
         self.num_layers = int(cast(int, sizes.pop()))  # None was excluded above
-
-    @property
-    def event_shape(self) -> Shape:
-        return self.layers.event_shape
-
-    @property
-    def cond_shape(self) -> Shape | None:
-        return self.layers.cond_shape
+        self.event_shape, self.cond_shape = _shapes(layers)
 
     def _run(self, x, condition, inverse: bool):
         params, static = eqx.partition(self.layers, eqx.is_array)
 
         def body(carry, p):
             z, log_det = carry
-            layer = eqx.combine(p, static)
-            if inverse:
-                z, ld = layer.inverse_and_log_det(z, condition)
-            else:
-                z, ld = layer.transform_and_log_det(z, condition)
+            z, ld = directed(eqx.combine(p, static), inverse)(z, condition)
             return (z, log_det + ld), None
 
         (z, log_det), _ = jax.lax.scan(body, (x, jnp.zeros((), x.dtype)), params, reverse=inverse)
         return z, log_det
-
-    def transform_and_log_det(self, x, condition=None):
-        x, condition = check_input(self, x, condition)
-        return self._run(x, condition, inverse=False)
-
-    def inverse_and_log_det(self, y, condition=None):
-        y, condition = check_input(self, y, condition, "y")
-        return self._run(y, condition, inverse=True)
 
     def layer(self, i: int) -> AbstractBijection:
         """The `i`-th layer as an ordinary (unstacked) bijection."""

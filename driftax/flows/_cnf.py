@@ -20,7 +20,7 @@ from .._custom_types import Key, Shape
 from .._divergence import integrate_with_divergence, sample_probes
 from ._bijection import AbstractBijection, check_input
 from ._distribution import Flow, StandardNormal
-from ._nn import MLP, hidden_widths
+from ._nn import MLP, condition_size, hidden_widths
 
 
 class MLPVectorField(eqx.Module):
@@ -46,7 +46,7 @@ class MLPVectorField(eqx.Module):
         event_shape = check_shape(event_shape, "event_shape")
         size = math.prod(event_shape)
         widths = hidden_widths(hidden, depth if isinstance(hidden, int) else None)
-        n_in = size + 1 + (0 if cond_dim is None else int(cond_dim))
+        n_in = size + 1 + condition_size(cond_dim)
         self.mlp = MLP(key, n_in, size, widths, activation=activation)
         self.event_shape = event_shape
 

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_shape
-from .._custom_types import Key, Shape
-from ._bijection import AbstractBijection, check_input
-from ._nn import MLP, hidden_widths
+from .._custom_types import Array, Key, Scalar, Shape
+from ._bijection import _TwoWay, directed
+from ._nn import MLP, condition_size, hidden_widths
 from ._transformers import AbstractTransformer, make_transformer
 
 
@@ -51,7 +51,35 @@ def _merge(kept, kept_idx, changed, changed_idx, size):
     return out.at[np.asarray(kept_idx)].set(kept).at[np.asarray(changed_idx)].set(changed)
 
 
-class Coupling(AbstractBijection):
+class _ConditionedTransform(_TwoWay):
+    """A coupling-type layer: some values are mapped by an elementwise transformer whose
+    parameters an MLP conditioner computes from other inputs (the last layer starts at zero, so
+    the layer starts as the identity)."""
+
+    conditioner: MLP
+    transformer: AbstractTransformer
+    event_shape: Shape = eqx.field(static=True)
+    cond_shape: Shape | None = eqx.field(static=True)
+
+    def _build(
+        self, key: Key, n_in: int, n_changed: int, transformer, options, hidden, depth, activation
+    ) -> None:
+        """Set the transformer and an MLP conditioner (`hidden`, `depth`, `activation`) from
+        `n_in` inputs to the parameters of `n_changed` values."""
+        self.transformer = make_transformer(transformer, **options)
+        n_out = n_changed * self.transformer.num_params
+        widths = hidden_widths(hidden, depth)
+        self.conditioner = MLP(key, n_in, n_out, widths, activation=activation)
+
+    def _transform(self, values: Array, inputs: Array, inverse: bool) -> tuple[Array, Scalar]:
+        """`(h(values), Σ log h'(values))`, or `h⁻¹` with `inverse`, with `h` parameterized by
+        the conditioner applied to `inputs`."""
+        raw = self.conditioner(inputs).reshape(values.shape[0], self.transformer.num_params)
+        new, log_grad = directed(self.transformer, inverse)(values, raw)
+        return new, jnp.sum(log_grad)
+
+
+class Coupling(_ConditionedTransform):
     """A coupling layer: the coordinates where `mask` is `True` pass through unchanged and drive a
     conditioner network whose outputs parameterize an elementwise transformer of the others.
 
@@ -72,12 +100,8 @@ class Coupling(AbstractBijection):
     The conditioner's last layer starts at zero, so the layer starts as the identity.
     """
 
-    conditioner: MLP
-    transformer: AbstractTransformer
     kept_index: tuple[int, ...] = eqx.field(static=True)
     changed_index: tuple[int, ...] = eqx.field(static=True)
-    event_shape: Shape = eqx.field(static=True)
-    cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -107,41 +131,22 @@ class Coupling(AbstractBijection):
                 "`mask` must keep at least one coordinate (True) and change at least one "
                 "(False); a coupling layer needs both (for d = 1 use an elementwise bijection)."
             )
-        if cond_dim is not None and (isinstance(cond_dim, bool) or int(cond_dim) < 1):
-            raise ValueError(f"`cond_dim` must be a positive int or None, got {cond_dim!r}.")
-        self.transformer = make_transformer(transformer, **transformer_options)
+        nc = condition_size(cond_dim)
         self.kept_index = tuple(int(i) for i in np.flatnonzero(flat))
         self.changed_index = tuple(int(i) for i in np.flatnonzero(~flat))
         self.event_shape = shape
-        self.cond_shape = None if cond_dim is None else (int(cond_dim),)
-        n_in = len(self.kept_index) + (0 if cond_dim is None else int(cond_dim))
-        n_out = len(self.changed_index) * self.transformer.num_params
-        self.conditioner = MLP(
-            key, n_in, n_out, hidden_widths(hidden, depth), activation=activation
+        self.cond_shape = None if cond_dim is None else (nc,)
+        n_in = len(self.kept_index) + nc
+        n_changed = len(self.changed_index)
+        self._build(
+            key, n_in, n_changed, transformer, transformer_options, hidden, depth, activation
         )
 
-    def _raw(self, kept, condition):
-        inp = kept if condition is None else jnp.concatenate([kept, condition.reshape(-1)])
-        return self.conditioner(inp).reshape(len(self.changed_index), self.transformer.num_params)
-
-    def _apply(self, x, condition, inverse: bool):
+    def _run(self, x, condition, inverse: bool):
         flat = x.reshape(-1)
         kept = _take(flat, self.kept_index)
         changed = _take(flat, self.changed_index)
-        raw = self._raw(kept, condition)
-        fn = (
-            self.transformer.inverse_and_log_det
-            if inverse
-            else self.transformer.transform_and_log_det
-        )
-        new, log_grad = fn(changed, raw)
+        inp = kept if condition is None else jnp.concatenate([kept, condition.reshape(-1)])
+        new, log_det = self._transform(changed, inp, inverse)
         out = _merge(kept, self.kept_index, new, self.changed_index, flat.size)
-        return out.reshape(self.event_shape), jnp.sum(log_grad)
-
-    def transform_and_log_det(self, x, condition=None):
-        x, condition = check_input(self, x, condition)
-        return self._apply(x, condition, inverse=False)
-
-    def inverse_and_log_det(self, y, condition=None):
-        y, condition = check_input(self, y, condition, "y")
-        return self._apply(y, condition, inverse=True)
+        return out.reshape(self.event_shape), log_det

@@ -59,6 +59,21 @@ def _batched(fn, n_batch_dims: int, in_axes: int | None | Sequence[Any] = 0):
     return fn
 
 
+def check_base(base) -> None:
+    """Raise a `TypeError` unless `base` can start a flow: a sampleable energy with a known
+    normalizer."""
+    if not (isinstance(base, AbstractSampleable) and isinstance(base, AbstractKnownNormalizer)):
+        raise TypeError(
+            "`base` must be a sampleable energy with a known normalizer "
+            f"(AbstractSampleable and AbstractKnownNormalizer), got {type(base).__name__}."
+        )
+
+
+def base_log_density(base, z: Array) -> Scalar:
+    """The normalized log density `log p̃(z) - log Z` of a base checked by `check_base`."""
+    return base.log_density(z) - base.log_normalizer
+
+
 class Flow(AbstractSampleable, AbstractKnownNormalizer):
     """A normalizing flow: `x = T(z)` with `z ~ base` and `T = bijection`.
 
@@ -89,13 +104,7 @@ class Flow(AbstractSampleable, AbstractKnownNormalizer):
     def __init__(self, base: AbstractEnergy, bijection: AbstractBijection):
         if not isinstance(bijection, AbstractBijection):
             raise TypeError(f"`bijection` must be an AbstractBijection, got {type(bijection)}.")
-        if not isinstance(base, AbstractSampleable) or not isinstance(
-            base, AbstractKnownNormalizer
-        ):
-            raise TypeError(
-                "`base` must be a sampleable energy with a known normalizer "
-                f"(AbstractSampleable and AbstractKnownNormalizer), got {type(base).__name__}."
-            )
+        check_base(base)
         if tuple(base.event_shape) != tuple(bijection.event_shape):
             raise ValueError(
                 f"`base` event shape {tuple(base.event_shape)} must equal the bijection shape "
@@ -117,10 +126,6 @@ class Flow(AbstractSampleable, AbstractKnownNormalizer):
     def log_normalizer(self) -> Scalar:
         return jnp.zeros((), jnp.result_type(float))
 
-    def _base_log_density(self, z):
-        base = self.base
-        return base.log_density(z) - base.log_normalizer  # type: ignore[attr-defined]
-
     def log_density(
         self, x: Point, condition: Array | None = None, *, key: Key | None = None
     ) -> Scalar:
@@ -134,7 +139,7 @@ class Flow(AbstractSampleable, AbstractKnownNormalizer):
             z, log_det = self.bijection.inverse_and_log_det(x, condition)
         else:
             z, log_det = self.bijection.inverse_and_log_det(x, condition, key=key)  # type: ignore[call-arg]
-        return self._base_log_density(z) + log_det
+        return base_log_density(self.base, z) + log_det
 
     def transform_and_log_density(
         self, z: Point, condition: Array | None = None, *, key: Key | None = None
@@ -147,7 +152,7 @@ class Flow(AbstractSampleable, AbstractKnownNormalizer):
             x, log_det = self.bijection.transform_and_log_det(z, condition)
         else:
             x, log_det = self.bijection.transform_and_log_det(z, condition, key=key)  # type: ignore[call-arg]
-        return x, self._base_log_density(z) - log_det
+        return x, base_log_density(self.base, z) - log_det
 
     def _condition_batch(self, condition, shape):
         if condition is None:

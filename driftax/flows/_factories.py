@@ -41,13 +41,35 @@ def _permutation(kind, key, dim):
     raise ValueError(f"`permutation` must be 'random' or 'reverse', got {kind!r}.")
 
 
-def _transformer_options(transformer, knots, interval):
-    opts = {}
+def _layer_options(transformer, hidden, depth, knots, interval, cond_dim, activation) -> dict:
+    """The keyword arguments of one [`Coupling`][] / [`MaskedAutoregressive`][] layer (the
+    spline options only for the spline transformers)."""
+    opts: dict[str, Any] = dict(
+        transformer=transformer,
+        hidden=hidden,
+        depth=depth,
+        cond_dim=cond_dim,
+        activation=activation,
+    )
     if transformer in ("spline", "circular_spline"):
         opts["knots"] = knots
     if transformer == "spline":
         opts["interval"] = float(interval)
     return opts
+
+
+def _vector_stack(layer_cls, key: Key, dim: int, num_layers, permutation, options: dict) -> Scan:
+    """`num_layers` blocks `Chain([layer_cls(k, dim, **options), permutation])` (the layer alone
+    when `dim == 1`), stacked and scanned."""
+
+    def make_layer(k):
+        kl, kp = jax.random.split(k)
+        layer = layer_cls(kl, dim, **options)
+        if dim == 1:
+            return layer
+        return Chain([layer, _permutation(permutation, kp, dim)])
+
+    return _stack(make_layer, key, num_layers)
 
 
 def planar_flow(
@@ -119,23 +141,10 @@ def coupling_flow(
     **Returns:** a [`Flow`][] whose `bijection` is a [`Scan`][] of `Chain([Coupling, Permutation])`.
     """
     dim = check_int(dim, "dim", minimum=2)
-    opts = _transformer_options(transformer, knots, interval)
-
-    def make_layer(k):
-        kc, kp = jax.random.split(k)
-        coupling = Coupling(
-            kc,
-            dim,
-            transformer=transformer,
-            hidden=hidden,
-            depth=depth,
-            cond_dim=cond_dim,
-            activation=activation,
-            **opts,
-        )
-        return Chain([coupling, _permutation(permutation, kp, dim)])
-
-    return Flow(_base(base, dim), _stack(make_layer, key, num_layers))
+    options = _layer_options(transformer, hidden, depth, knots, interval, cond_dim, activation)
+    return Flow(
+        _base(base, dim), _vector_stack(Coupling, key, dim, num_layers, permutation, options)
+    )
 
 
 def masked_autoregressive_flow(
@@ -163,25 +172,8 @@ def masked_autoregressive_flow(
     training), sequential `log_density`. Other arguments as for [`coupling_flow`][].
     """
     dim = check_int(dim, "dim")
-    opts = _transformer_options(transformer, knots, interval)
-
-    def make_layer(k):
-        ka, kp = jax.random.split(k)
-        layer = MaskedAutoregressive(
-            ka,
-            dim,
-            transformer=transformer,
-            hidden=hidden,
-            depth=depth,
-            cond_dim=cond_dim,
-            activation=activation,
-            **opts,
-        )
-        if dim == 1:
-            return layer
-        return Chain([layer, _permutation(permutation, kp, dim)])
-
-    stack = _stack(make_layer, key, num_layers)
+    options = _layer_options(transformer, hidden, depth, knots, interval, cond_dim, activation)
+    stack = _vector_stack(MaskedAutoregressive, key, dim, num_layers, permutation, options)
     return Flow(_base(base, dim), Invert(stack) if invert else stack)
 
 
@@ -207,13 +199,10 @@ def lattice_coupling_flow(
     """
     shape = check_shape(event_shape, "event_shape")
     even = checkerboard_mask(shape, 0)
-    opts = _transformer_options(transformer, knots, interval)
+    kw = _layer_options(transformer, hidden, depth, knots, interval, None, activation)
 
     def make_block(k):
         k0, k1 = jax.random.split(k)
-        kw: dict[str, Any] = dict(
-            transformer=transformer, hidden=hidden, depth=depth, activation=activation, **opts
-        )
         return Chain([Coupling(k0, shape, mask=even, **kw), Coupling(k1, shape, mask=~even, **kw)])
 
     base = StandardNormal(shape) if base is None else base

@@ -29,10 +29,9 @@ from ..energies._base import (
 )
 from ..energies._gaussian import _LOG_2PI
 from ..energies._lattice import U1Lattice, _wrap
-from ._bijection import AbstractBijection, Chain, check_input
+from ._bijection import Chain
+from ._coupling import _ConditionedTransform
 from ._distribution import Flow
-from ._nn import MLP, hidden_widths
-from ._transformers import AbstractTransformer, make_transformer
 
 
 class UniformAngles(AbstractSampleable, AbstractKnownNormalizer):
@@ -81,7 +80,7 @@ def u1_plaquette_masks(size: int, mu: int, offset: int) -> dict[str, np.ndarray]
     }
 
 
-class U1GaugeCoupling(AbstractBijection):
+class U1GaugeCoupling(_ConditionedTransform):
     """A gauge-equivariant coupling layer for 2-D U(1) link angles of shape `(2, L, L)`.
 
     The active plaquettes `P_a` (see [`u1_plaquette_masks`][]) are mapped by a circular
@@ -101,15 +100,11 @@ class U1GaugeCoupling(AbstractBijection):
       the layer starts as the identity).
     """
 
-    conditioner: MLP
-    transformer: AbstractTransformer
     lattice: U1Lattice
     mu: int = eqx.field(static=True)
     offset: int = eqx.field(static=True)
     active_index: tuple[int, ...] = eqx.field(static=True)
     frozen_index: tuple[int, ...] = eqx.field(static=True)
-    event_shape: Shape = eqx.field(static=True)
-    cond_shape: Shape | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -131,26 +126,18 @@ class U1GaugeCoupling(AbstractBijection):
         self.event_shape = (2, int(L), int(L))
         self.cond_shape = None
         self.lattice = U1Lattice(size=int(L), beta=1.0, event_shape=self.event_shape)
-        self.transformer = make_transformer(transformer, **transformer_options)
-        n_in = 2 * len(self.frozen_index)
-        n_out = len(self.active_index) * self.transformer.num_params
-        self.conditioner = MLP(
-            key, n_in, n_out, hidden_widths(hidden, depth), activation=activation
+        n_in, n_changed = 2 * len(self.frozen_index), len(self.active_index)
+        self._build(
+            key, n_in, n_changed, transformer, transformer_options, hidden, depth, activation
         )
 
-    def _apply(self, x, inverse: bool):
+    def _run(self, x, condition, inverse: bool):
         size = self.event_shape[-1]
         plaq = self.lattice.plaquettes(x).reshape(-1)
         frozen = plaq[np.asarray(self.frozen_index)]
         active = plaq[np.asarray(self.active_index)]
-        raw = self.conditioner(jnp.concatenate([jnp.cos(frozen), jnp.sin(frozen)]))
-        raw = raw.reshape(len(self.active_index), self.transformer.num_params)
-        fn = (
-            self.transformer.inverse_and_log_det
-            if inverse
-            else self.transformer.transform_and_log_det
-        )
-        new, log_grad = fn(active, raw)
+        inputs = jnp.concatenate([jnp.cos(frozen), jnp.sin(frozen)])
+        new, log_det = self._transform(active, inputs, inverse)
         delta = jnp.zeros(size * size, x.dtype).at[np.asarray(self.active_index)].set(new - active)
         # θ_0(n) enters P(n) with +, θ_1(n) with −
         sign = 1.0 if self.mu == 0 else -1.0
@@ -159,15 +146,7 @@ class U1GaugeCoupling(AbstractBijection):
         active_links[np.asarray(self.active_index)] = True  # the link θ_μ(n) of each P_a(n)
         active_links = active_links.reshape(size, size)
         links = jnp.where(active_links, _wrap(links + sign * delta.reshape(size, size)), links)
-        return x.at[self.mu].set(links), jnp.sum(log_grad)
-
-    def transform_and_log_det(self, x, condition=None):
-        x, _ = check_input(self, x, condition)
-        return self._apply(x, inverse=False)
-
-    def inverse_and_log_det(self, y, condition=None):
-        y, _ = check_input(self, y, condition, "y")
-        return self._apply(y, inverse=True)
+        return x.at[self.mu].set(links), log_det
 
 
 def u1_gauge_flow(

@@ -9,6 +9,16 @@ import numpy as np
 from .._nn import MLP as MLP, hidden_widths as hidden_widths
 
 
+def condition_size(cond_dim) -> int:
+    """The number of condition entries a conditioner takes: `cond_dim` checked (a positive int),
+    or 0 for `None` (an unconditional layer)."""
+    if cond_dim is None:
+        return 0
+    if isinstance(cond_dim, bool) or int(cond_dim) < 1:
+        raise ValueError(f"`cond_dim` must be a positive int or None, got {cond_dim!r}.")
+    return int(cond_dim)
+
+
 def made_masks(
     dim: int, cond_dim: int, hidden: Sequence[int], params_per_dim: int
 ) -> tuple[list[np.ndarray], np.ndarray]:

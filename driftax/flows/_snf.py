@@ -23,13 +23,12 @@ from .._custom_types import Array, Key, Shape
 from .._training import check_count, train
 from ..energies._base import (
     AbstractEnergy,
-    AbstractKnownNormalizer,
-    AbstractSampleable,
     check_sample_shape,
 )
 from ..energies._compose import GeometricPath
 from ..samplers._base import AbstractSampler
 from ._bijection import AbstractBijection
+from ._distribution import base_log_density, check_base
 
 
 class MCMCBlock(eqx.Module):
@@ -100,8 +99,7 @@ class StochasticFlow(eqx.Module):
     layers: tuple
 
     def __init__(self, base: AbstractEnergy, layers):
-        if not (isinstance(base, AbstractSampleable) and isinstance(base, AbstractKnownNormalizer)):
-            raise TypeError("`base` must be a sampleable energy with a known normalizer.")
+        check_base(base)
         layers = tuple(layers)
         if not layers:
             raise ValueError("`layers` must contain at least one layer.")
@@ -127,7 +125,7 @@ class StochasticFlow(eqx.Module):
     def _one(self, energy: AbstractEnergy, key: Key):
         k_base, k_blocks = jax.random.split(key)
         z = self.base.sample(k_base)  # type: ignore[attr-defined]
-        log_w = -(self.base.log_density(z) - self.base.log_normalizer)  # type: ignore[attr-defined]
+        log_w = -base_log_density(self.base, z)
         x = z
         accs = []
         for i, layer in enumerate(self.layers):

@@ -135,6 +135,25 @@ def _rqs_inverse(y, xk, yk, dk):
     return x0 + xi * w, -_rqs_log_grad(xi, d0, d1, s)
 
 
+def _check_knots(knots) -> None:
+    if not isinstance(knots, int) or knots < 1:
+        raise ValueError(f"`knots` must be an int >= 1, got {knots!r}.")
+
+
+def _spline_knots(spline, raw, lo, hi, *, num_derivatives: int):
+    """The knots `(xk, yk)` on `[lo, hi]` (bin widths and heights at least `min_width` of the
+    range) and `num_derivatives` knot derivatives `> min_derivative` of a rational-quadratic
+    spline with `spline.knots + 1` bins, from the raw parameters (positions first, then the
+    derivatives)."""
+    nb = spline.knots + 1
+    e = _exp_raw(raw)
+    pos = _knot_positions(e[..., : 2 * nb].reshape(*e.shape[:-1], 2, nb), lo, hi, spline.min_width)
+    # derivative = min + softplus(raw + offset), with softplus(r + o) = log1p(e^r · e^o)
+    low = spline.min_derivative
+    derivs = jnp.log1p(e[..., 2 * nb : 2 * nb + num_derivatives] * math.expm1(1.0 - low)) + low
+    return pos[..., 0, :], pos[..., 1, :], derivs
+
+
 class SplineTransformer(AbstractTransformer):
     """Monotone rational-quadratic spline on `[-interval, interval]` with `knots` interior knots
     (`knots + 1` bins) and identity (linear) tails outside (neural spline flows, Durkan et al. 2019).
@@ -148,8 +167,7 @@ class SplineTransformer(AbstractTransformer):
     min_derivative: float = eqx.field(static=True, default=1e-3)
 
     def __check_init__(self):
-        if not isinstance(self.knots, int) or self.knots < 1:
-            raise ValueError(f"`knots` must be an int >= 1, got {self.knots!r}.")
+        _check_knots(self.knots)
         if not self.interval > 0:
             raise ValueError(f"`interval` must be positive, got {self.interval!r}.")
         if not 0 < self.min_width * (self.knots + 1) < 1:
@@ -160,33 +178,22 @@ class SplineTransformer(AbstractTransformer):
         return 3 * self.knots + 2
 
     def _knots(self, raw):
-        nb = self.knots + 1
-        e = _exp_raw(raw)
-        pos = _knot_positions(
-            e[..., : 2 * nb].reshape(*e.shape[:-1], 2, nb),
-            -self.interval,
-            self.interval,
-            self.min_width,
-        )
-        # derivative = min + softplus(raw + offset), with softplus(r + o) = log1p(e^r · e^o)
-        inner = jnp.log1p(e[..., 2 * nb :] * math.expm1(1.0 - self.min_derivative))
-        inner = inner + self.min_derivative
+        bound = self.interval
+        xk, yk, inner = _spline_knots(self, raw, -bound, bound, num_derivatives=self.knots)
         ones = jnp.ones_like(inner[..., :1])
-        return pos[..., 0, :], pos[..., 1, :], jnp.concatenate([ones, inner, ones], axis=-1)
+        return xk, yk, jnp.concatenate([ones, inner, ones], axis=-1)
+
+    def _inside(self, spline, z, raw):
+        """`spline` (`_rqs_forward` or `_rqs_inverse`) inside the interval, identity outside."""
+        inside = jnp.abs(z) < self.interval
+        out, lg = spline(jnp.clip(z, -self.interval, self.interval), *self._knots(raw))
+        return jnp.where(inside, out, z), jnp.where(inside, lg, 0.0)
 
     def transform_and_log_det(self, x, raw):
-        xk, yk, dk = self._knots(raw)
-        inside = jnp.abs(x) < self.interval
-        xc = jnp.clip(x, -self.interval, self.interval)
-        y, lg = _rqs_forward(xc, xk, yk, dk)
-        return jnp.where(inside, y, x), jnp.where(inside, lg, 0.0)
+        return self._inside(_rqs_forward, x, raw)
 
     def inverse_and_log_det(self, y, raw):
-        xk, yk, dk = self._knots(raw)
-        inside = jnp.abs(y) < self.interval
-        yc = jnp.clip(y, -self.interval, self.interval)
-        x, lg = _rqs_inverse(yc, xk, yk, dk)
-        return jnp.where(inside, x, y), jnp.where(inside, lg, 0.0)
+        return self._inside(_rqs_inverse, y, raw)
 
 
 class CircularSplineTransformer(AbstractTransformer):
@@ -200,8 +207,7 @@ class CircularSplineTransformer(AbstractTransformer):
     min_derivative: float = eqx.field(static=True, default=1e-3)
 
     def __check_init__(self):
-        if not isinstance(self.knots, int) or self.knots < 1:
-            raise ValueError(f"`knots` must be an int >= 1, got {self.knots!r}.")
+        _check_knots(self.knots)
 
     @property
     def num_params(self) -> int:
@@ -209,14 +215,9 @@ class CircularSplineTransformer(AbstractTransformer):
 
     def _knots(self, raw):
         nb = self.knots + 1
-        e = _exp_raw(raw)
-        pos = _knot_positions(
-            e[..., : 2 * nb].reshape(*e.shape[:-1], 2, nb), -math.pi, math.pi, self.min_width
-        )
-        derivs = jnp.log1p(e[..., 2 * nb : 3 * nb] * math.expm1(1.0 - self.min_derivative))
-        derivs = derivs + self.min_derivative
+        xk, yk, derivs = _spline_knots(self, raw, -math.pi, math.pi, num_derivatives=nb)
         dk = jnp.concatenate([derivs, derivs[..., :1]], axis=-1)  # periodic: d_B = d_0
-        return pos[..., 0, :], pos[..., 1, :], dk, raw[..., 3 * nb]
+        return xk, yk, dk, raw[..., 3 * nb]
 
     @staticmethod
     def _wrap(z):

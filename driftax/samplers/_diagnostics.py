@@ -152,12 +152,13 @@ def _split_rhat(z: np.ndarray) -> np.ndarray:
     return np.sqrt((between / within + n - 1) / n)
 
 
-def _autocovariance(x, axis: int, xp=np):
-    """Biased autocovariances (lags `0 .. n-1`) of `x` along `axis` by FFT, zero-padded to a
-    power of two `>= 2n` (no wrap-around). `xp` is `numpy` or `jax.numpy`: the same code serves
-    the NumPy diagnostics here and the traced JAX adaptation of the microcanonical samplers."""
+def _autocovariance(x, axis: int, xp=np, *, power_of_two: bool = True):
+    """Biased autocovariances (lags `0 .. n-1`) of `x` along `axis` by FFT, zero-padded to
+    `2n` (to the next power of two with `power_of_two`): no wrap-around. `xp` is `numpy` or
+    `jax.numpy`: the same code serves the NumPy diagnostics here and the traced JAX adaptation
+    of the microcanonical samplers."""
     n = x.shape[axis]
-    size = 2 ** math.ceil(math.log2(2 * n))
+    size = 2 ** math.ceil(math.log2(2 * n)) if power_of_two else 2 * n
     f = xp.fft.rfft(x, size, axis=axis)
     lags = [slice(None)] * x.ndim
     lags[axis] = slice(0, n)

@@ -66,7 +66,8 @@ def integrated_autocorrelation_time(trace: Array) -> Array:
     `(num_draws, num_chains, d)`, in draws (autocovariances averaged over chains, Geyer's
     initial positive sequence). Traceable; at least `1/num_draws`."""
     n = trace.shape[0]
-    acov = _autocovariance(trace - jnp.mean(trace, axis=(0, 1)), axis=0, xp=jnp)
+    x = trace - jnp.mean(trace, axis=(0, 1))
+    acov = _autocovariance(x, axis=0, xp=jnp, power_of_two=False)
     acov = jnp.mean(acov, axis=1)  # (n, d): averaged over chains
     var = acov[0]
     tau = _geyer_tau(acov / jnp.where(var > 0, var, 1.0), jnp)
@@ -122,6 +123,7 @@ def _set_all(samplers, where, value):
 
 class _MicrocanonicalAdaptation(AbstractAdaptation):
     sampler_type: ClassVar[type]
+    target: eqx.AbstractVar[float]
     l_factor: eqx.AbstractVar[float]
     metric: eqx.AbstractVar[Literal["diagonal"] | None]
     max_trace_rows: eqx.AbstractVar[int]
@@ -133,7 +135,8 @@ class _MicrocanonicalAdaptation(AbstractAdaptation):
     length_ratio: ClassVar[float | None] = None
     max_steps_compared: ClassVar[float] = 2.0
 
-    def _check_common(self):
+    def __check_init__(self):
+        check_fraction(self.target, "target")
         check_hyper(self.l_factor, "l_factor")
         if self.metric not in ("diagonal", None):
             raise ValueError(f"`metric` must be 'diagonal' or None, got {self.metric!r}.")
@@ -369,9 +372,7 @@ class MCLMCAdaptation(_MicrocanonicalAdaptation):
     sampler_type: ClassVar[type] = MCLMC
 
     def __check_init__(self):
-        check_fraction(self.target, "target")
         check_int(self.num_effective_samples, "num_effective_samples", 1)
-        self._check_common()
 
     def _step_update(self, astate, infos, dim):
         h = astate.step_size
@@ -424,10 +425,6 @@ class MAMSAdaptation(_MicrocanonicalAdaptation):
     sampler_type: ClassVar[type] = MAMS
     comparison_end: ClassVar[float] = 0.95
     length_ratio: ClassVar[float | None] = 0.5
-
-    def __check_init__(self):
-        check_fraction(self.target, "target")
-        self._check_common()
 
     def _step_update(self, astate, infos, dim):
         acc = jnp.where(jnp.isfinite(infos.acceptance_rate), infos.acceptance_rate, 0.0)

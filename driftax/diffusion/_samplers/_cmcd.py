@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax.numpy as jnp
 
 from ..._custom_types import Array, Key
-from .._nets import MLP
-from ._core import _check_common, _clip, _GaussianStart, _positive
+from ._core import _clip, _GaussianStart, _positive
 
 
 class CMCD(_GaussianStart):
@@ -24,12 +22,7 @@ class CMCD(_GaussianStart):
     (initial `h`), `hidden`, `depth`, `clip` (elementwise clip of the target score).
     """
 
-    control: MLP
     log_step_size: Array
-    num_steps: int = eqx.field(static=True)
-    dim: int = eqx.field(static=True)
-    sigma: float = eqx.field(static=True)
-    clip: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -43,9 +36,8 @@ class CMCD(_GaussianStart):
         depth: int = 3,
         clip: float = 100.0,
     ):
-        self.dim, self.num_steps, self.sigma, self.clip = _check_common(dim, num_steps, sigma, clip)
+        self._init_common(dim, num_steps, sigma, clip, key=key, hidden=hidden, depth=depth)
         self.log_step_size = jnp.log(jnp.asarray(_positive(step_size, "step_size")))
-        self.control = MLP(dim, key=key, hidden=hidden, depth=depth)
 
     def _annealed_score(self, k, x, score):
         beta = (k + 1) / self.num_steps

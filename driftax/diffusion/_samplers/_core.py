@@ -257,14 +257,35 @@ def _draw(sampler, key: Key, kernel) -> Array:
     return mean + std * sampler.project(jax.random.normal(key, mean.shape, mean.dtype))
 
 
-def _check_common(dim, num_steps, sigma, clip) -> tuple[int, int, float, float]:
-    """`(dim, num_steps, sigma, clip)` checked: the arguments every learned sampler takes."""
-    return (
-        check_count(dim, "dim"),
-        check_count(num_steps, "num_steps"),
-        _positive(sigma, "sigma"),
-        _positive(clip, "clip"),
-    )
+def _scan_path(sampler, score, x_start: Array, key: Key, *, forward: bool, detach: bool):
+    """Run a path from `x_start` (`x_0` forward, `x_K` backward): each step draws the next state
+    from one kernel (the forward kernel going up, the backward kernel going down), evaluates the
+    other kernel at the new pair and accumulates `_increment`. Returns `(end state, Σ log
+    increments)`; with `detach` the drawn states are constants."""
+    kernel, other = sampler.forward_kernel, sampler.backward_kernel
+    if not forward:
+        kernel, other = other, kernel
+
+    def step(carry, inputs):
+        y, g_y, acc = carry
+        k, kk = inputs
+        drawn_from = kernel(k, y, g_y)
+        z = _draw(sampler, kk, drawn_from)
+        if detach:
+            z = jax.lax.stop_gradient(z)
+        g_z = score(z)
+        at_pair = other(k, z, g_z)
+        if forward:  # y = x_k, z = x_{k+1}
+            inc = _increment(sampler, k, y, z, drawn_from, at_pair)
+        else:  # y = x_{k+1}, z = x_k
+            inc = _increment(sampler, k, z, y, at_pair, drawn_from)
+        return (z, g_z, acc + inc), None
+
+    ks = jnp.arange(sampler.num_steps)
+    keys = jax.random.split(key, sampler.num_steps)
+    init = (x_start, score(x_start), jnp.zeros((), x_start.dtype))
+    (x_end, _, acc), _ = jax.lax.scan(step, init, (ks if forward else ks[::-1], keys))
+    return x_end, acc
 
 
 def forward_path(
@@ -286,21 +307,7 @@ def forward_path(
     if detach:
         x0 = jax.lax.stop_gradient(x0)
     score = _score_fn(sampler, energy)
-
-    def step(carry, inputs):
-        x, g, acc = carry
-        k, kk = inputs
-        fwd = sampler.forward_kernel(k, x, g)
-        x_next = _draw(sampler, kk, fwd)
-        if detach:
-            x_next = jax.lax.stop_gradient(x_next)
-        g_next = score(x_next)
-        bwd = sampler.backward_kernel(k, x_next, g_next)
-        return (x_next, g_next, acc + _increment(sampler, k, x, x_next, fwd, bwd)), None
-
-    ks = jnp.arange(sampler.num_steps)
-    init = (x0, score(x0), jnp.zeros((), x0.dtype))
-    (x, _, acc), _ = jax.lax.scan(step, init, (ks, jax.random.split(kpath, sampler.num_steps)))
+    x, acc = _scan_path(sampler, score, x0, kpath, forward=True, detach=detach)
     return x, energy.log_density(x) - log_q0 + acc
 
 
@@ -312,20 +319,7 @@ def backward_path(
     weight is differentiable in the parameters (log-variance training on off-policy paths)."""
     x_final = jax.lax.stop_gradient(x_final)
     score = _score_fn(sampler, energy)
-
-    def step(carry, inputs):
-        x_next, g_next, acc = carry
-        k, kk = inputs
-        bwd = sampler.backward_kernel(k, x_next, g_next)
-        x = jax.lax.stop_gradient(_draw(sampler, kk, bwd))
-        g = score(x)
-        fwd = sampler.forward_kernel(k, x, g)
-        return (x, g, acc + _increment(sampler, k, x, x_next, fwd, bwd)), None
-
-    ks = jnp.arange(sampler.num_steps)[::-1]
-    keys = jax.random.split(key, sampler.num_steps)
-    init = (x_final, score(x_final), jnp.zeros((), x_final.dtype))
-    (x0, _, acc), _ = jax.lax.scan(step, init, (ks, keys))
+    x0, acc = _scan_path(sampler, score, x_final, key, forward=False, detach=True)
     return x0, energy.log_density(x_final) - sampler.initial_log_density(x0) + acc
 
 
@@ -339,10 +333,44 @@ def _backward_batch(sampler, energy, xs, keys):
     return jax.vmap(lambda x, k: backward_path(sampler, energy, x, k))(xs, keys)
 
 
-class _GaussianStart(AbstractDiffusionSampler):
-    """Samplers that start from `q_0 = N(0, σ² I)`."""
+class _LearnedSampler(AbstractDiffusionSampler):
+    """The fields every learned sampler shares: the control network, the step count `K`, the
+    dimension, the reference scale `σ` and the clip of the target score."""
 
-    sigma: eqx.AbstractVar[float]
+    control: MLP
+    num_steps: int = eqx.field(static=True)
+    dim: int = eqx.field(static=True)
+    sigma: float = eqx.field(static=True)
+    clip: float = eqx.field(static=True)
+
+    def _init_common(self, dim, num_steps, sigma, clip, *, key: Key, hidden, depth) -> None:
+        """Check and set the shared fields and build the control MLP (from `__init__`)."""
+        self.dim = check_count(dim, "dim")
+        self.num_steps = check_count(num_steps, "num_steps")
+        self.sigma = _positive(sigma, "sigma")
+        self.clip = _positive(clip, "clip")
+        self.control = MLP(self.dim, key=key, hidden=hidden, depth=depth)
+
+
+class _ScoreScaled(_LearnedSampler):
+    """Learned samplers whose drift may add the clipped target score scaled by a time network
+    `g(t)` (`langevin=True`; `scale = None` without it, and then no score is evaluated)."""
+
+    scale: _TimeNet | None
+
+    def _init_scored(self, dim, num_steps, sigma, clip, *, key, hidden, depth, langevin) -> None:
+        """`_init_common` plus the score-scale network `g` when `langevin`."""
+        k1, k2 = jax.random.split(key)
+        self._init_common(dim, num_steps, sigma, clip, key=k1, hidden=hidden, depth=depth)
+        self.scale = _TimeNet(self.dim, hidden, key=k2) if langevin else None
+
+    @property
+    def uses_score(self) -> bool:  # type: ignore[override]
+        return self.scale is not None
+
+
+class _GaussianStart(_LearnedSampler):
+    """Samplers that start from `q_0 = N(0, σ² I)`."""
 
     def initial(self, key, dtype):
         x0 = self.sigma * jax.random.normal(key, (self.dim,), dtype)

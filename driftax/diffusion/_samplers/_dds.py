@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 
 from ..._custom_types import Array, Key
-from .._nets import MLP
-from ._core import _check_common, _clip, _GaussianStart, _TimeNet
+from ._core import _clip, _GaussianStart, _ScoreScaled
 
 
 def _cosine_alpha_bar(s: Array) -> Array:
@@ -20,7 +17,7 @@ def _cosine_alpha_bar(s: Array) -> Array:
     return f(s) / f(0.0)
 
 
-class DDS(_GaussianStart):
+class DDS(_GaussianStart, _ScoreScaled):
     """Denoising diffusion sampler (Vargas, Grathwohl & Doucet 2023): `x_0 ~ N(0, σ² I)` and
     `x_{k+1} = √(1-a_k) x_k + 2σ²(1 - √(1-a_k)) f(t_k, x_k) + σ √a_k ξ`, where the reference
     (`f = 0`) is the Ornstein–Uhlenbeck chain leaving `N(0, σ² I)` invariant (its backward
@@ -32,13 +29,6 @@ class DDS(_GaussianStart):
     **Arguments:** as [`PIS`][]: `dim`, `key`, `num_steps`, `sigma` (the prior scale; choose
     about the target's spread), `langevin`, `hidden`, `depth`, `clip`.
     """
-
-    control: MLP
-    scale: _TimeNet | None
-    num_steps: int = eqx.field(static=True)
-    dim: int = eqx.field(static=True)
-    sigma: float = eqx.field(static=True)
-    clip: float = eqx.field(static=True)
 
     def __init__(
         self,
@@ -52,14 +42,9 @@ class DDS(_GaussianStart):
         depth: int = 3,
         clip: float = 100.0,
     ):
-        self.dim, self.num_steps, self.sigma, self.clip = _check_common(dim, num_steps, sigma, clip)
-        k1, k2 = jax.random.split(key)
-        self.control = MLP(dim, key=k1, hidden=hidden, depth=depth)
-        self.scale = _TimeNet(dim, hidden, key=k2) if langevin else None
-
-    @property
-    def uses_score(self) -> bool:  # type: ignore[override]
-        return self.scale is not None
+        self._init_scored(
+            dim, num_steps, sigma, clip, key=key, hidden=hidden, depth=depth, langevin=langevin
+        )
 
     def noise_fractions(self) -> Array:
         """`a_k`, the variance fraction of noise added by the backward kernel of step `k`."""

@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
 from ..._checks import check_count
 from ..._custom_types import Array, Key, Scalar
-from .._nets import MLP
-from ._core import AbstractDiffusionSampler, _clip, _positive, _TimeNet
+from ._core import _clip, _positive, _ScoreScaled
 
 
-class PIS(AbstractDiffusionSampler):
+class PIS(_ScoreScaled):
     """Path integral sampler (Zhang & Chen 2022): `x_0 = 0`,
     `x_{k+1} = x_k + h_k f(t_k, x_k) + σ √h_k ξ` with the learned drift
     `f = σ·NN(t, x) + σ² g(t) ⊙ clip(∇log p̃(x))` (the second term with `langevin=True`,
@@ -42,14 +40,8 @@ class PIS(AbstractDiffusionSampler):
     `fit_sampler(..., loss="adjoint")` (Adjoint Sampling, Havens et al. 2025).
     """
 
-    control: MLP
-    scale: _TimeNet | None
-    num_steps: int = eqx.field(static=True)
-    dim: int = eqx.field(static=True)
-    sigma: float = eqx.field(static=True)
     horizon: float = eqx.field(static=True)
     schedule: str = eqx.field(static=True)
-    clip: float = eqx.field(static=True)
     particles: tuple[int, int] | None = eqx.field(static=True)
 
     proper_first_backward: ClassVar[bool] = False
@@ -69,7 +61,9 @@ class PIS(AbstractDiffusionSampler):
         clip: float = 100.0,
         particles: tuple[int, int] | None = None,
     ):
-        self.dim = check_count(dim, "dim")
+        self._init_scored(
+            dim, num_steps, sigma, clip, key=key, hidden=hidden, depth=depth, langevin=langevin
+        )
         if particles is not None:
             if not (isinstance(particles, tuple) and len(particles) == 2):
                 raise ValueError(
@@ -86,20 +80,10 @@ class PIS(AbstractDiffusionSampler):
                 )
             particles = (n, sd)
         self.particles = particles
-        self.num_steps = check_count(num_steps, "num_steps")
-        self.sigma = _positive(sigma, "sigma")
         self.horizon = _positive(horizon, "horizon")
-        self.clip = _positive(clip, "clip")
         if schedule not in ("uniform", "quadratic"):
             raise ValueError(f"`schedule` must be 'uniform' or 'quadratic', got {schedule!r}.")
         self.schedule = schedule
-        k1, k2 = jax.random.split(key)
-        self.control = MLP(dim, key=k1, hidden=hidden, depth=depth)
-        self.scale = _TimeNet(dim, hidden, key=k2) if langevin else None
-
-    @property
-    def uses_score(self) -> bool:  # type: ignore[override]
-        return self.scale is not None
 
     @property
     def event_dim(self) -> int:
