@@ -78,6 +78,8 @@ class LeapfrogLayer(eqx.Module):
         return jnp.where(change, moved, x), eps * jnp.sum(jnp.where(change, s, 0.0))
 
     def forward(self, energy, eps, x, v, logp, score):
+        """One step forward (direction +1) with step size `eps` from `(x, v)` and the energy's
+        `logp` / `score` at `x`: returns `(x', v', logp', score', log|det ∂(x', v')/∂(x, v)|)`."""
         v, ld1 = self._v_update(eps, x, -score, v, +1)
         x, ld2 = self._x_update(eps, x, v, self.mask, +1)
         x, ld3 = self._x_update(eps, x, v, ~self.mask, +1)
@@ -86,6 +88,8 @@ class LeapfrogLayer(eqx.Module):
         return x, v, logp, score, ld1 + ld2 + ld3 + ld4
 
     def backward(self, energy, eps, x, v, logp, score):
+        """The exact inverse of `forward` (same arguments and returns; the log-determinant is
+        that of the inverse map)."""
         v, ld4 = self._v_update(eps, x, -score, v, -1)
         x, ld3 = self._x_update(eps, x, v, ~self.mask, -1)
         x, ld2 = self._x_update(eps, x, v, self.mask, -1)
