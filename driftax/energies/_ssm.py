@@ -468,6 +468,189 @@ def growth_model(
     )
 
 
+class LotkaVolterraSSM(AbstractBoundedTransition):
+    """The stochastic Lotka–Volterra predator–prey model on log-populations (build it with
+    [`lotka_volterra_ssm`][]).
+
+    The log-populations `z = (log prey, log predators)` follow the Itô SDE of the
+    multiplicative-noise predator–prey system,
+    `dz = (α - β e^{z_2} - σ²/2, δ e^{z_1} - γ - σ²/2) dt + σ dW`, discretized by
+    Euler–Maruyama with `num_substeps` steps of `interval / num_substeps` per observation
+    interval. A state is the whole sub-step path of one interval, shape `(num_substeps, 2)`,
+    its last row the log-populations at the observation time, so the transition density (a
+    product of Gaussian Euler steps) is exact and bounded. Observations are the
+    log-populations plus `N(0, observation_sd²)` noise: log-normal noisy counts on the log
+    scale."""
+
+    prey_growth: Array
+    predation: Array
+    predator_death: Array
+    predator_growth: Array
+    volatility: Array
+    observation_sd: Array
+    initial_mean: Array
+    initial_sd: Array
+    interval: float = eqx.field(static=True)
+    num_substeps: int = eqx.field(static=True)
+    state_shape: Shape = eqx.field(static=True)
+    observation_shape: Shape = eqx.field(static=True)
+
+    @property
+    def _dt(self) -> float:
+        return self.interval / self.num_substeps
+
+    def euler_mean(self, z: Array) -> Array:
+        """The mean of one Euler–Maruyama sub-step from the log-populations `z` (shape `(2,)`):
+        `z + dt · drift(z)`."""
+        half_var = 0.5 * self.volatility**2
+        drift = jnp.stack(
+            [
+                self.prey_growth - self.predation * jnp.exp(z[1]) - half_var,
+                self.predator_growth * jnp.exp(z[0]) - self.predator_death - half_var,
+            ]
+        )
+        return z + self._dt * drift.astype(z.dtype)
+
+    def _step_sd(self):
+        return self.volatility * math.sqrt(self._dt)
+
+    def _path(self, key: Key, z0: Array, num: int) -> Array:
+        """`num` Euler sub-steps from `z0`: shape `(num, 2)`."""
+
+        def body(z, k):
+            noise = jax.random.normal(k, (2,), z.dtype)
+            z_new = self.euler_mean(z) + self._step_sd() * noise
+            return z_new, z_new
+
+        _, zs = jax.lax.scan(body, z0, jax.random.split(key, num))
+        return zs
+
+    def _path_log_density(self, z0: Array, path: Array) -> Scalar:
+        """`Σ_k log N(path_k; euler_mean(path_{k-1}), σ² dt I)` with `path_{-1} = z0`."""
+        starts = jnp.concatenate([z0[None], path[:-1]])
+        means = jax.vmap(self.euler_mean)(starts)
+        return normal_log_density(path, means, self._step_sd())
+
+    def initial_sample(self, key):
+        k0, k_path = jax.random.split(key)
+        noise = jax.random.normal(k0, (2,), self._dtype)
+        z0 = self.initial_mean + self.initial_sd * noise
+        rest = self._path(k_path, z0, self.num_substeps - 1)
+        return jnp.concatenate([z0[None], rest])
+
+    def initial_log_density(self, x):
+        lp = normal_log_density(x[0], self.initial_mean, self.initial_sd)
+        if self.num_substeps == 1:
+            return lp
+        return lp + self._path_log_density(x[0], x[1:])
+
+    def transition_sample(self, key, x_prev, t):
+        del t
+        return self._path(key, x_prev[-1], self.num_substeps)
+
+    def transition_log_density(self, x_prev, x, t):
+        del t
+        return self._path_log_density(x_prev[-1], x)
+
+    def transition_log_bound(self, t):
+        del t
+        var = self.volatility**2 * self._dt
+        return -self.num_substeps * jnp.log(2 * jnp.pi * var)
+
+    def observation_sample(self, key, x, t):
+        del t
+        noise = jax.random.normal(key, (2,), jnp.result_type(x))
+        return x[-1] + self.observation_sd * noise
+
+    def observation_log_density(self, x, y, t):
+        del t
+        return normal_log_density(y, x[-1], self.observation_sd)
+
+    @property
+    def _dtype(self):
+        return jnp.result_type(self.initial_mean)
+
+
+def lotka_volterra_ssm(
+    prey_growth: float | Array = 1.0,
+    predation: float | Array = 0.05,
+    predator_death: float | Array = 1.0,
+    predator_growth: float | Array = 0.02,
+    volatility: float | Array = 0.1,
+    observation_sd: float | Array = 0.2,
+    *,
+    initial_mean=(math.log(75.0), math.log(20.0)),
+    initial_sd=(0.1, 0.1),
+    interval: float = 0.5,
+    num_substeps: int = 4,
+) -> LotkaVolterraSSM:
+    """A stochastic Lotka–Volterra predator–prey state-space model on log-populations (see
+    [`LotkaVolterraSSM`][]): with prey `P` and predators `Q`,
+    `dP = (α P - β P Q) dt + σ P dW_1`, `dQ = (δ P Q - γ Q) dt + σ Q dW_2`, written for
+    `z = (log P, log Q)` and discretized by Euler–Maruyama with `num_substeps` sub-steps per
+    observation `interval`; observations `y_t = z(t · interval) + N(0, observation_sd² I)`.
+    The deterministic system cycles around `(log(γ/δ), log(α/β))` with period near `2π/√(αγ)`.
+
+    **Arguments:**
+
+    - `prey_growth` `α`, `predation` `β`, `predator_death` `γ`, `predator_growth` `δ`,
+      `volatility` `σ`, `observation_sd`: positive scalars; they may be traced (build the
+      model from parameters inside `jit`, e.g. for [`PMMH`][driftax.samplers.PMMH]).
+    - `initial_mean`, `initial_sd`: the law `N(initial_mean, diag(initial_sd²))` of the first
+      sub-step of `x_0` (log-populations, shape `(2,)`).
+    - `interval`: time between observations; `num_substeps`: Euler steps per interval (a state
+      has shape `(num_substeps, 2)`).
+
+    **Example:**
+
+    ```python
+    import jax
+    import driftax as dx
+
+    model = dx.energies.lotka_volterra_ssm()
+    states, ys = model.simulate(jax.random.key(0), 25)
+    print(states.shape, ys.shape)  # (25, 4, 2) (25, 2)
+    ```
+    """
+    scalars = {
+        "prey_growth": prey_growth,
+        "predation": predation,
+        "predator_death": predator_death,
+        "predator_growth": predator_growth,
+        "volatility": volatility,
+        "observation_sd": observation_sd,
+    }
+    for name, v in scalars.items():
+        check_hyper(v, name)
+        if jnp.ndim(v) != 0:
+            raise ValueError(f"`{name}` must be a scalar, got shape {jnp.shape(v)}.")
+    check_hyper(interval, "interval")
+    if isinstance(interval, jax.core.Tracer):
+        raise TypeError("`interval` must be a concrete float (it fixes the Euler step).")
+    num_substeps = check_int(num_substeps, "num_substeps")
+    m0, s0 = jnp.asarray(initial_mean), jnp.asarray(initial_sd)
+    for name, v in (("initial_mean", m0), ("initial_sd", s0)):
+        if v.shape != (2,):
+            raise ValueError(f"`{name}` must have shape (2,), got {v.shape}.")
+    if not isinstance(initial_mean, jax.core.Tracer) and not np.all(
+        np.isfinite(np.asarray(initial_mean, dtype=float))
+    ):
+        raise ValueError("`initial_mean` must be finite.")
+    check_hyper(initial_sd, "initial_sd")
+    arrs = {k: jnp.asarray(v) for k, v in scalars.items()}
+    dtype = jnp.result_type(*arrs.values(), m0, s0, float)
+    arrs = {k: v.astype(dtype) for k, v in arrs.items()}
+    return LotkaVolterraSSM(
+        **arrs,
+        initial_mean=m0.astype(dtype),
+        initial_sd=s0.astype(dtype),
+        interval=float(interval),
+        num_substeps=num_substeps,
+        state_shape=(num_substeps, 2),
+        observation_shape=(2,),
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Exact filtering and smoothing of the linear-Gaussian model
 
@@ -741,4 +924,108 @@ def kalman_marginal(model_fn: Callable, prior: AbstractEnergy, observations) -> 
     _, ys = _check_model_fn(model_fn, prior, observations, linear=True)
     return KalmanMarginal(
         prior=prior, model_fn=model_fn, observations=ys, event_shape=tuple(prior.event_shape)
+    )
+
+
+# the fixed Lotka–Volterra inference problem (data and reference shipped under `data/`)
+LV_DATA_FILE = "lotka_volterra_data.npz"
+LV_REFERENCE_FILE = "lotka_volterra_reference.npz"
+LV_SEED = 20261207
+LV_NUM_STEPS = 25
+LV_TRUE_THETA = (0.0, 0.0)  # log prey_growth, log predator_death: α = γ = 1
+LV_PRIOR_SD = 0.5
+
+
+def lotka_volterra_model_fn(theta: Array) -> LotkaVolterraSSM:
+    """The parameterization of [`lotka_volterra_problem`][]: `θ = (log prey_growth,
+    log predator_death)`, every other argument of [`lotka_volterra_ssm`][] at its default."""
+    return lotka_volterra_ssm(prey_growth=jnp.exp(theta[0]), predator_death=jnp.exp(theta[1]))
+
+
+def simulate_lotka_volterra_data() -> tuple[np.ndarray, np.ndarray]:
+    """`(states, observations)` of the shipped data set, simulated afresh in float64 from
+    `jax.random.key(LV_SEED)` at `θ = LV_TRUE_THETA` (the shipped file is this output)."""
+    with jax.enable_x64(True):
+        model = lotka_volterra_model_fn(jnp.asarray(LV_TRUE_THETA, jnp.float64))
+        xs, ys = model.simulate(jax.random.key(LV_SEED), LV_NUM_STEPS)
+        return np.asarray(xs), np.asarray(ys)
+
+
+class LotkaVolterraProblem(eqx.Module):
+    """A fixed parameter-inference problem on the stochastic Lotka–Volterra model (build it with
+    [`lotka_volterra_problem`][]).
+
+    **Fields:** `model_fn` ([`lotka_volterra_model_fn`][]), `prior` (an energy on θ),
+    `observations` `(25, 2)`, the simulated truth `states` `(25, 4, 2)` and `true_theta`, and
+    the reference posterior of θ from a long PMMH run: `reference_mean`, `reference_sd`, their
+    Monte Carlo standard errors `reference_mcse_mean`, `reference_mcse_sd`, and
+    `reference_info` (run settings and diagnostics), or `None` without the reference."""
+
+    model_fn: Callable = eqx.field(static=True)
+    prior: AbstractEnergy
+    observations: Array
+    states: Array
+    true_theta: Array
+    reference_mean: Array | None
+    reference_sd: Array | None
+    reference_mcse_mean: Array | None
+    reference_mcse_sd: Array | None
+    reference_info: dict | None = eqx.field(static=True)
+
+    def posterior(self) -> StateSpacePosterior:
+        """The joint posterior energy of `[θ, states]` ([`state_space_posterior`][])."""
+        return state_space_posterior(self.model_fn, self.prior, self.observations)
+
+
+def lotka_volterra_problem(with_reference: bool = True) -> LotkaVolterraProblem:
+    """The shipped stochastic Lotka–Volterra inference problem: 25 noisy observations of both
+    log-populations (every 0.5 time units, 4 Euler sub-steps each) simulated at
+    `prey_growth = predator_death = 1` (data file `lotka_volterra_data.npz`); the parameters
+    `θ = (log prey_growth, log predator_death)` have the prior `N(0, 0.5² I)`, the other rates
+    are fixed at the defaults of [`lotka_volterra_ssm`][].
+
+    The reference posterior moments of θ (`lotka_volterra_reference.npz`) come from a long
+    particle marginal Metropolis–Hastings run (`benchmarks/make_lotka_volterra_reference.py`;
+    settings, ESS and R-hat in `reference_info` and `driftax/energies/data/README.md`). Arrays
+    are float64 when x64 is enabled.
+
+    **Example:**
+
+    ```python
+    import jax, jax.numpy as jnp
+    import driftax as dx
+
+    problem = dx.energies.lotka_volterra_problem()
+    print(problem.observations.shape, problem.reference_mean)
+    kernel = dx.samplers.PMMH(problem.model_fn, problem.observations, num_particles=64)
+    result = dx.sample(kernel, problem.prior, problem.true_theta, key=jax.random.key(0),
+                       num_steps=200, num_warmup=100, num_chains=2, progress=False)
+    ```
+    """
+    from ._bayes import _load_npz
+    from ._gaussian import gaussian
+
+    data = _load_npz(LV_DATA_FILE)
+    dtype = jnp.result_type(float)
+    kw: dict = dict.fromkeys(
+        ("reference_mean", "reference_sd", "reference_mcse_mean", "reference_mcse_sd")
+    )
+    info = None
+    if with_reference:
+        ref = _load_npz(LV_REFERENCE_FILE)
+        for name in ("mean", "sd", "mcse_mean", "mcse_sd"):
+            kw[f"reference_{name}"] = jnp.asarray(ref[name], dtype)
+        info = {
+            k: v.item() if v.ndim == 0 else tuple(v.tolist())
+            for k, v in ref.items()
+            if k not in ("mean", "sd", "mcse_mean", "mcse_sd")
+        }
+    return LotkaVolterraProblem(
+        model_fn=lotka_volterra_model_fn,
+        prior=gaussian(jnp.zeros(2, dtype), LV_PRIOR_SD**2 * jnp.eye(2, dtype=dtype)),
+        observations=jnp.asarray(data["observations"], dtype),
+        states=jnp.asarray(data["states"], dtype),
+        true_theta=jnp.asarray(data["theta"], dtype),
+        reference_info=info,
+        **kw,
     )

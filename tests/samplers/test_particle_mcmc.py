@@ -353,3 +353,30 @@ def test_score_climbing_reaches_mle(theta_problem, x64):
     )  # fmt: skip
     assert abs(float(theta[0]) - mle) < 0.1, (theta, mle)
     assert np.all(np.isfinite(np.asarray(history.losses)))
+
+
+@pytest.mark.slow
+def test_pmmh_matches_lotka_volterra_reference(x64):
+    """A short PMMH run on the shipped stochastic Lotka–Volterra problem agrees with the
+    committed long-run reference posterior of θ: means and sds within 4 combined MCSEs (the
+    run's from ArviZ, the reference's stored with it)."""
+    problem = de.lotka_volterra_problem()
+    assert problem.reference_mean is not None and problem.reference_sd is not None
+    assert problem.reference_mcse_mean is not None and problem.reference_mcse_sd is not None
+    x0 = problem.true_theta + 0.05 * jax.random.normal(jax.random.key(0), (4, 2))
+    result = dx.sample(
+        ds.PMMH(problem.model_fn, problem.observations, num_particles=64),
+        problem.prior, x0, key=jax.random.key(1), num_steps=1200, num_warmup=300,
+        num_chains=4, adaptation=ds.WindowAdaptation(metric="dense", pooled=True),
+        progress=False,
+    )  # fmt: skip
+    draws = np.asarray(result.samples)
+    flat = draws.reshape(-1, 2)
+    for name, est, mcse, ref, ref_mcse in (
+        ("mean", flat.mean(0), ds.mcse(draws), problem.reference_mean,
+         problem.reference_mcse_mean),
+        ("sd", flat.std(0, ddof=1), ds.mcse(draws, method="sd"), problem.reference_sd,
+         problem.reference_mcse_sd),
+    ):  # fmt: skip
+        z = (est - np.asarray(ref)) / np.sqrt(mcse**2 + np.asarray(ref_mcse) ** 2)
+        assert np.all(np.abs(z) < Z), (name, est, ref, z)
