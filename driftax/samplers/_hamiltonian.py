@@ -3,6 +3,7 @@ Metropolis, ULA, MALA, HMC and the many-chain ChEES-HMC."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, cast
 
 import equinox as eqx
@@ -140,21 +141,35 @@ class RandomWalk(AbstractStepSizeSampler, AbstractMetricSampler):
         return MCMCState(position=x0, log_density=logp, score=None)
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
-        dtype = jnp.result_type(state.position)
-        xi, u = draws(key, jnp.shape(state.position), 1, dtype)
-        y = state.position + self.step_size.astype(dtype) * self.metric.position_noise(xi)
-        logp_y = log_density_at(energy, y)
-        proposal = MCMCState(position=y, log_density=logp_y, score=None)
-        delta = state.log_density - logp_y
-        # a non-finite log density (NaN, +inf or -inf) makes `delta` non-finite: divergent
-        new, acc, _, div = metropolis_hastings(-delta, proposal, state, u=u[0])
-        info = Info(
-            acceptance_rate=acc,
-            is_divergent=div,
-            energy_error=safe_energy_error(delta),
-            num_grad_evals=jnp.asarray(0, jnp.int32),
+        return random_walk_step(
+            lambda y: log_density_at(energy, y), state, key, self.step_size, self.metric
         )
-        return new, info
+
+
+def random_walk_step(
+    log_density: Callable[[Array], Array],
+    state: MCMCState,
+    key: Key,
+    step_size: Array,
+    metric: AbstractMetric,
+) -> tuple[MCMCState, Info]:
+    """One random-walk Metropolis step from `state` on `log_density` (a function of the
+    position): [`RandomWalk`][]'s, and PMMH's with a particle filter's noisy log density."""
+    dtype = jnp.result_type(state.position)
+    xi, u = draws(key, jnp.shape(state.position), 1, dtype)
+    y = state.position + step_size.astype(dtype) * metric.position_noise(xi)
+    logp_y = log_density(y)
+    proposal = MCMCState(position=y, log_density=logp_y, score=None)
+    delta = state.log_density - logp_y
+    # a non-finite log density (NaN, +inf or -inf) makes `delta` non-finite: divergent
+    new, acc, _, div = metropolis_hastings(-delta, proposal, state, u=u[0])
+    info = Info(
+        acceptance_rate=acc,
+        is_divergent=div,
+        energy_error=safe_energy_error(delta),
+        num_grad_evals=jnp.asarray(0, jnp.int32),
+    )
+    return new, info
 
 
 class _AbstractLangevin(AbstractStepSizeSampler, AbstractMetricSampler):

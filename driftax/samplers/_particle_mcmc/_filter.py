@@ -317,8 +317,8 @@ def check_filter_args(
     return ys
 
 
-def _particle_filter_impl(model, ys, key, num_particles, proposal, resampling, thr, diff):
-    result, _, _ = run_filter(
+def _particle_filter_impl(model, ys, key, num_particles, proposal, resampling, thr, diff, hook):
+    return run_filter(
         model,
         ys,
         key,
@@ -327,15 +327,55 @@ def _particle_filter_impl(model, ys, key, num_particles, proposal, resampling, t
         resampling=resampling,
         ess_threshold=thr,
         differentiable=diff,
+        hook=hook,
     )
-    return result
 
 
-# one compiled program per configuration; it counts its traces (tests check a second call with
-# the same shapes does not retrace)
+# one compiled program per configuration (and hook); it counts its traces (tests check a second
+# call with the same shapes does not retrace)
 _particle_filter_jit = eqx.filter_jit(
     eqx.debug.assert_max_traces(_particle_filter_impl, max_traces=None)
 )
+
+
+def checked_filter(
+    model,
+    observations,
+    key,
+    num_particles,
+    *,
+    proposal,
+    resampling,
+    ess_threshold,
+    differentiable: bool = False,
+    hook: FilterHook | None = None,
+    raise_on_collapse: bool = True,
+) -> tuple[ParticleFilterResult, Any, Any]:
+    """The front door every forward-pass method shares (`particle_filter`, PaRIS, fixed-lag):
+    the eager argument checks, the compiled `run_filter`, and the collapse check. Returns
+    `run_filter`'s `(result, hook_outputs, hook_final)`."""
+    ys = check_filter_args(
+        model,
+        observations,
+        num_particles,
+        proposal=proposal,
+        resampling=resampling,
+        ess_threshold=ess_threshold,
+    )
+    out = _particle_filter_jit(
+        model,
+        ys,
+        key,
+        int(num_particles),
+        proposal,
+        resampling,
+        float(ess_threshold),
+        bool(differentiable),
+        hook,
+    )
+    if raise_on_collapse:
+        raise_if_collapsed(out[0])
+    return out
 
 
 def raise_if_collapsed(result: ParticleFilterResult) -> None:
@@ -409,24 +449,14 @@ def particle_filter(
     print(float(out.log_likelihood), float(exact))
     ```
     """
-    ys = check_filter_args(
+    return checked_filter(
         model,
         observations,
+        key,
         num_particles,
         proposal=proposal,
         resampling=resampling,
         ess_threshold=ess_threshold,
-    )
-    result = _particle_filter_jit(
-        model,
-        ys,
-        key,
-        int(num_particles),
-        proposal,
-        resampling,
-        float(ess_threshold),
-        bool(differentiable),
-    )
-    if raise_on_collapse:
-        raise_if_collapsed(result)
-    return result
+        differentiable=differentiable,
+        raise_on_collapse=raise_on_collapse,
+    )[0]

@@ -33,11 +33,9 @@ from .._base import (
     float_leaf,
     init_position,
     log_density_at,
-    safe_energy_error,
 )
+from .._hamiltonian import RandomWalk, random_walk_step
 from .._metrics import AbstractMetric, IdentityMetric
-from .._mh import metropolis_hastings
-from .._random import draws
 from .._resampling import RESAMPLING_SCHEMES
 from ._filter import (
     ParticleFilterResult,
@@ -301,6 +299,11 @@ class ParticleGibbsState(eqx.Module):
     trajectory: Array
 
 
+def _float_observations(observations) -> Array:
+    ys = jnp.asarray(observations)
+    return ys.astype(jnp.result_type(ys, float))
+
+
 def _initial_key() -> Key:
     # `init` takes no key: the first trajectory / likelihood estimate uses a fixed one
     return jax.random.key(20230101)
@@ -366,26 +369,25 @@ class ParticleGibbs(AbstractSampler):
 
     def _kernel(self) -> AbstractSampler:
         if self.theta_sampler is None:
-            from .._hamiltonian import RandomWalk
-
             return RandomWalk(step_size=0.1)
         return self.theta_sampler
+
+    def _theta_target(self, energy: AbstractEnergy, states: Array) -> _StatesGivenTheta:
+        """The θ-move's energy at the current `states`."""
+        return _StatesGivenTheta(
+            prior=energy,
+            model_fn=self.model_fn,
+            observations=_float_observations(self.observations),
+            states=states,
+            event_shape=energy.event_shape,
+        )
 
     def init(self, energy: AbstractEnergy, x0: Array) -> ParticleGibbsState:
         theta, _, _ = init_position(energy, x0, with_score=False)
         _check_model_fn(self.model_fn, energy, self.observations)
-        ys = jnp.asarray(self.observations)
-        model = self.model_fn(theta)
-        ys = ys.astype(jnp.result_type(ys, float))
-        traj = _initial_reference(model, ys, _initial_key(), self.num_particles)
-        target = _StatesGivenTheta(
-            prior=energy,
-            model_fn=self.model_fn,
-            observations=ys,
-            states=traj,
-            event_shape=energy.event_shape,
-        )
-        logp = log_density_at(target, theta)
+        ys = _float_observations(self.observations)
+        traj = _initial_reference(self.model_fn(theta), ys, _initial_key(), self.num_particles)
+        logp = log_density_at(self._theta_target(energy, traj), theta)
         return ParticleGibbsState(
             position=theta, log_density=logp, trajectory=cast_like(theta, traj)
         )
@@ -393,24 +395,16 @@ class ParticleGibbs(AbstractSampler):
     def step(self, energy: AbstractEnergy, state: ParticleGibbsState, *, key: Key):
         k_csmc, k_theta = jax.random.split(key)
         theta = state.position
-        ys = jnp.asarray(self.observations)
-        ys = ys.astype(jnp.result_type(ys, float))
-        model = self.model_fn(theta)
+        ys = _float_observations(self.observations)
         traj, _, _ = csmc_step(
-            model,
+            self.model_fn(theta),
             ys,
             state.trajectory.astype(ys.dtype),
             k_csmc,
             self.num_particles,
             backward_sampling=self.backward_sampling,
         )
-        target = _StatesGivenTheta(
-            prior=energy,
-            model_fn=self.model_fn,
-            observations=ys,
-            states=traj,
-            event_shape=energy.event_shape,
-        )
+        target = self._theta_target(energy, traj)
         kernel = self._kernel()
         inner = kernel.init(target, theta)
 
@@ -509,8 +503,7 @@ class PMMH(AbstractStepSizeSampler, AbstractMetricSampler):
             )
 
     def _log_likelihood(self, theta, key):
-        ys = jnp.asarray(self.observations)
-        ys = ys.astype(jnp.result_type(ys, float))
+        ys = _float_observations(self.observations)
         model = self.model_fn(theta)
         proposal = None if self.proposal_fn is None else self.proposal_fn(theta)
         result, _, _ = run_filter(
@@ -532,21 +525,15 @@ class PMMH(AbstractStepSizeSampler, AbstractMetricSampler):
         )
 
     def step(self, energy: AbstractEnergy, state: MCMCState, *, key: Key):
+        # random-walk Metropolis with a fresh likelihood estimate at the proposal only
         k_draw, k_filter = jax.random.split(key)
-        dtype = jnp.result_type(state.position)
-        xi, u = draws(k_draw, jnp.shape(state.position), 1, dtype)
-        y = state.position + self.step_size.astype(dtype) * self.metric.position_noise(xi)
-        logp_y = self._target(energy, y, k_filter)
-        proposal = MCMCState(position=y, log_density=logp_y, score=None)
-        delta = state.log_density - logp_y
-        new, acc, _, div = metropolis_hastings(-delta, proposal, state, u=u[0])
-        info = Info(
-            acceptance_rate=acc,
-            is_divergent=div,
-            energy_error=safe_energy_error(delta),
-            num_grad_evals=jnp.asarray(0, jnp.int32),
+        return random_walk_step(
+            lambda y: self._target(energy, y, k_filter),
+            state,
+            k_draw,
+            self.step_size,
+            self.metric,
         )
-        return new, info
 
 
 # ----------------------------------------------------------------------------------------------

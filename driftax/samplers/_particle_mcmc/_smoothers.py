@@ -21,9 +21,7 @@ from ._filter import (
     FilterHook,
     ParticleFilterResult,
     _nan_to_neg_inf,
-    check_filter_args,
-    raise_if_collapsed,
-    run_filter,
+    checked_filter,
 )
 
 BACKWARD_METHODS = ("exact", "rejection")
@@ -232,21 +230,6 @@ class ParisResult(eqx.Module):
     filter: ParticleFilterResult
 
 
-@eqx.filter_jit
-def _paris_jit(model, ys, key, num_particles, proposal, resampling, thr, hook):
-    result, _, estimate = run_filter(
-        model,
-        ys,
-        key,
-        num_particles,
-        proposal=proposal,
-        resampling=resampling,
-        ess_threshold=thr,
-        hook=hook,
-    )
-    return result, estimate
-
-
 def _check_functional(functional, initial_functional, num_backward):
     if not callable(functional):
         raise TypeError(
@@ -306,20 +289,17 @@ def paris_smoother(
     print(out.estimate)
     ```
     """
-    ys = check_filter_args(
+    _check_functional(functional, initial_functional, num_backward)
+    result, _, estimate = checked_filter(
         model,
         observations,
+        key,
         num_particles,
         proposal=proposal,
         resampling=resampling,
         ess_threshold=ess_threshold,
+        hook=ParisHook(functional, initial_functional, int(num_backward)),
     )
-    _check_functional(functional, initial_functional, num_backward)
-    hook = ParisHook(functional, initial_functional, int(num_backward))
-    result, estimate = _paris_jit(
-        model, ys, key, int(num_particles), proposal, resampling, float(ess_threshold), hook
-    )
-    raise_if_collapsed(result)
     return ParisResult(estimate=estimate, filter=result)
 
 
@@ -352,25 +332,6 @@ class FixedLagResult(eqx.Module):
 
     smoothed_means: Array
     filter: ParticleFilterResult
-
-
-@eqx.filter_jit
-def _fixed_lag_jit(model, ys, key, num_particles, proposal, resampling, thr, hook):
-    result, (out0, outs), final = run_filter(
-        model,
-        ys,
-        key,
-        num_particles,
-        proposal=proposal,
-        resampling=resampling,
-        ess_threshold=thr,
-        hook=hook,
-    )
-    T = ys.shape[0]
-    lag = hook.lag
-    outputs = jnp.concatenate([out0[None], outs])  # step s: the estimate for time s - lag
-    tail = final[max(1, lag + 1 - T) :]
-    return result, jnp.concatenate([outputs[lag:], tail])
 
 
 def fixed_lag_smoother(
@@ -409,24 +370,19 @@ def fixed_lag_smoother(
     print(out.smoothed_means.shape)  # (30, 1)
     ```
     """
-    ys = check_filter_args(
+    check_int(lag, "lag", 0)
+    result, (out0, outs), final = checked_filter(
         model,
         observations,
+        key,
         num_particles,
         proposal=proposal,
         resampling=resampling,
         ess_threshold=ess_threshold,
+        hook=FixedLagHook(int(lag)),
     )
-    check_int(lag, "lag", 0)
-    result, means = _fixed_lag_jit(
-        model,
-        ys,
-        key,
-        int(num_particles),
-        proposal,
-        resampling,
-        float(ess_threshold),
-        FixedLagHook(int(lag)),
-    )
-    raise_if_collapsed(result)
+    # the output at step s is the estimate for time s - lag; the last `lag` come from the end
+    T = result.particles.shape[0]
+    outputs = jnp.concatenate([out0[None], outs])
+    means = jnp.concatenate([outputs[lag:], final[max(1, lag + 1 - T) :]])
     return FixedLagResult(smoothed_means=means, filter=result)
