@@ -3,6 +3,7 @@ identities), the model interface, constructors and their bad-input errors."""
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,10 +203,11 @@ def test_lotka_volterra_densities(x64):
     """Transition, initial and observation log densities equal the direct Gaussian formulas;
     the transition's bound is attained at the noise-free Euler path; `simulate` has the
     declared shapes, repeats for the same key, and regenerates the shipped data set."""
+    simulate = eqx.filter_jit(lambda m, k, n: m.simulate(k, n))  # one compile per model shape
     model = de.lotka_volterra_ssm(1.1, 0.04, 0.9, 0.03, volatility=0.2, observation_sd=0.3)
-    xs, ys = model.simulate(jax.random.key(1), 6)
+    xs, ys = simulate(model, jax.random.key(1), 6)
     assert xs.shape == (6, 4, 2) and ys.shape == (6, 2)
-    np.testing.assert_array_equal(xs, model.simulate(jax.random.key(1), 6)[0])
+    np.testing.assert_array_equal(xs, simulate(model, jax.random.key(1), 6)[0])
     t = jnp.asarray(3)
     trans, init, obs = _lv_reference_log_densities(model, xs[2], xs[3], ys[3])
     np.testing.assert_allclose(model.transition_log_density(xs[2], xs[3], t), trans, rtol=1e-12)
@@ -221,7 +223,7 @@ def test_lotka_volterra_densities(x64):
         rtol=1e-12,
     )
     one = de.lotka_volterra_ssm(num_substeps=1, interval=0.2)
-    x1, y1 = one.simulate(jax.random.key(2), 5)
+    x1, y1 = simulate(one, jax.random.key(2), 5)
     assert x1.shape == (5, 1, 2)
     trans, init, _ = _lv_reference_log_densities(one, x1[0], x1[1], y1[1])
     np.testing.assert_allclose(one.transition_log_density(x1[0], x1[1], t), trans, rtol=1e-12)

@@ -317,62 +317,22 @@ def check_filter_args(
     return ys
 
 
-def _particle_filter_impl(model, ys, key, num_particles, proposal, resampling, thr, diff, hook):
-    return run_filter(
-        model,
-        ys,
-        key,
-        num_particles,
-        proposal=proposal,
-        resampling=resampling,
-        ess_threshold=thr,
-        differentiable=diff,
-        hook=hook,
-    )
-
-
-# one compiled program per configuration (and hook); it counts its traces (tests check a second
-# call with the same shapes does not retrace)
-_particle_filter_jit = eqx.filter_jit(
-    eqx.debug.assert_max_traces(_particle_filter_impl, max_traces=None)
-)
+# one compiled program per configuration (options and hook); it counts its traces (tests check a
+# second call with the same shapes does not retrace)
+_particle_filter_jit = eqx.filter_jit(eqx.debug.assert_max_traces(run_filter, max_traces=None))
 
 
 def checked_filter(
-    model,
-    observations,
-    key,
-    num_particles,
-    *,
-    proposal,
-    resampling,
-    ess_threshold,
-    differentiable: bool = False,
-    hook: FilterHook | None = None,
-    raise_on_collapse: bool = True,
+    model, observations, key, num_particles, *, raise_on_collapse: bool = True, **options
 ) -> tuple[ParticleFilterResult, Any, Any]:
     """The front door every forward-pass method shares (`particle_filter`, PaRIS, fixed-lag):
-    the eager argument checks, the compiled `run_filter`, and the collapse check. Returns
-    `run_filter`'s `(result, hook_outputs, hook_final)`."""
-    ys = check_filter_args(
-        model,
-        observations,
-        num_particles,
-        proposal=proposal,
-        resampling=resampling,
-        ess_threshold=ess_threshold,
-    )
-    out = _particle_filter_jit(
-        model,
-        ys,
-        key,
-        int(num_particles),
-        proposal,
-        resampling,
-        float(ess_threshold),
-        bool(differentiable),
-        hook,
-    )
+    the eager argument checks, the compiled `run_filter` (`options`: its keyword arguments),
+    and the collapse check. Returns `run_filter`'s `(result, hook_outputs, hook_final)`."""
+    checked = {k: options[k] for k in ("proposal", "resampling", "ess_threshold") if k in options}
+    ys = check_filter_args(model, observations, num_particles, **checked)
+    if "ess_threshold" in options:
+        options["ess_threshold"] = float(options["ess_threshold"])
+    out = _particle_filter_jit(model, ys, key, int(num_particles), **options)
     if raise_on_collapse:
         raise_if_collapsed(out[0])
     return out
