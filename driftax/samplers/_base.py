@@ -123,6 +123,12 @@ class AbstractMetricSampler(AbstractSampler):
         metric: eqx.Module
 
 
+class AbstractAdaptableSampler(AbstractStepSizeSampler, AbstractMetricSampler):
+    """Both capabilities at once, the common case of the gradient-based kernels (HMC, NUTS,
+    MALA, the Langevin and microcanonical kernels, ...): an adaptable `step_size` and an
+    adaptable `metric`."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +231,12 @@ def safe_energy_error(delta: Array) -> Array:
     and summaries stay finite."""
     cap = jnp.asarray(MAX_ENERGY_ERROR, jnp.result_type(delta))
     return jnp.where(jnp.isfinite(delta), jnp.clip(delta, -cap, cap), cap)
+
+
+def within_energy_bound(delta: Array) -> Array:
+    """Where a step is not divergent: its energy error is finite and below `MAX_ENERGY_ERROR`
+    in size (NaN and ±∞ compare false)."""
+    return jnp.abs(delta) < MAX_ENERGY_ERROR
 
 
 def all_finite(*arrays) -> Array:

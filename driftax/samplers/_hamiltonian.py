@@ -12,9 +12,7 @@ import jax.numpy as jnp
 from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy
 from ._base import (
-    MAX_ENERGY_ERROR,
-    AbstractMetricSampler,
-    AbstractStepSizeSampler,
+    AbstractAdaptableSampler,
     Info,
     KineticState,
     MCMCState,
@@ -25,6 +23,7 @@ from ._base import (
     log_density_at,
     safe_energy_error,
     select,
+    within_energy_bound,
 )
 from ._integrators import (
     AbstractIntegrator,
@@ -119,7 +118,7 @@ def _adjusted_step(integrator, energy, metric, state, step_size, num_steps, xi, 
     return new, info, z1
 
 
-class RandomWalk(AbstractStepSizeSampler, AbstractMetricSampler):
+class RandomWalk(AbstractAdaptableSampler):
     """Random-walk Metropolis: propose `x + step_size · M^{-1/2} ξ`, accept by Metropolis.
 
     Gradient-free (`num_grad_evals = 0`); the metric's inverse mass is the proposal covariance
@@ -157,7 +156,7 @@ class RandomWalk(AbstractStepSizeSampler, AbstractMetricSampler):
         return new, info
 
 
-class _AbstractLangevin(AbstractStepSizeSampler, AbstractMetricSampler):
+class _AbstractLangevin(AbstractAdaptableSampler):
     """What MALA and ULA share: a step size `h` (the Langevin time step, one leapfrog step of
     size `√(2h)` from a fresh momentum) and a metric; the state carries the score."""
 
@@ -210,7 +209,7 @@ class ULA(_AbstractLangevin):
         _, z1, delta, valid = hamiltonian_proposal(
             Leapfrog(), energy, self.metric, state, eps, 1, xi
         )
-        ok = valid & (jnp.abs(delta) < MAX_ENERGY_ERROR)
+        ok = valid & within_energy_bound(delta)
         new = select(ok, _to_mcmc(z1), state)
         info = Info(
             acceptance_rate=ok.astype(dtype),
@@ -221,7 +220,7 @@ class ULA(_AbstractLangevin):
         return new, info
 
 
-class HMC(AbstractStepSizeSampler, AbstractMetricSampler):
+class HMC(AbstractAdaptableSampler):
     """Hamiltonian Monte Carlo with a static trajectory of `num_integration_steps` steps.
 
     **Arguments:**
@@ -295,7 +294,7 @@ def halton(i, base: int = 2, max_bits: int = 20):
     return r
 
 
-class ChEESHMC(AbstractStepSizeSampler, AbstractMetricSampler):
+class ChEESHMC(AbstractAdaptableSampler):
     """Jittered HMC for many chains on an accelerator (Hoffman, Radul & Sountsov 2021).
 
     Every trajectory has length `u · trajectory_length` with `u` from a Halton sequence of the

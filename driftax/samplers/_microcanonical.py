@@ -25,9 +25,7 @@ import jax.numpy as jnp
 from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy
 from ._base import (
-    MAX_ENERGY_ERROR,
-    AbstractMetricSampler,
-    AbstractStepSizeSampler,
+    AbstractAdaptableSampler,
     Info,
     KineticState,
     MCMCState,
@@ -38,6 +36,7 @@ from ._base import (
     init_position,
     safe_energy_error,
     select,
+    within_energy_bound,
 )
 from ._hamiltonian import _check_metric
 from ._integrators import (
@@ -71,7 +70,7 @@ def _unit(metric: AbstractMetric, p: Array) -> Array:
     return p / jnp.sqrt(2.0 * metric.kinetic_energy(p))
 
 
-class MCLMC(AbstractStepSizeSampler, AbstractMetricSampler):
+class MCLMC(AbstractAdaptableSampler):
     """Microcanonical Langevin Monte Carlo (Robnik & Seljak 2023), unadjusted.
 
     Each step is one isokinetic integrator step followed by a partial refresh of the whitened
@@ -121,7 +120,7 @@ class MCLMC(AbstractStepSizeSampler, AbstractMetricSampler):
         new, heat = self.integrator.step(energy, self.metric, state, h)
         # NaN unless the new position, velocity, log density and score are all finite
         delta = checked_hamiltonian(self.metric, new) - hamiltonian(self.metric, state) - heat
-        ok = jnp.isfinite(delta) & (jnp.abs(delta) < MAX_ENERGY_ERROR) & all_finite(new.position)
+        ok = within_energy_bound(delta) & all_finite(new.position)
         xi, _ = draws(key, jnp.shape(state.position), 0, dtype)
         new = partial_refresh(new, self.metric, h, self.L.astype(dtype), xi)
         bounced = eqx.tree_at(lambda s: s.momentum, state, -state.momentum)
@@ -134,7 +133,7 @@ class MCLMC(AbstractStepSizeSampler, AbstractMetricSampler):
         return select(ok, new, bounced), info
 
 
-class MAMS(AbstractStepSizeSampler, AbstractMetricSampler):
+class MAMS(AbstractAdaptableSampler):
     """The Metropolis-adjusted microcanonical sampler (Robnik, Cohn-Gordon & Seljak 2025).
 
     Each step draws a uniformly random whitened unit velocity, integrates the isokinetic

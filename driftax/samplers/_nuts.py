@@ -22,8 +22,7 @@ from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy
 from ._base import (
     MAX_ENERGY_ERROR,
-    AbstractMetricSampler,
-    AbstractStepSizeSampler,
+    AbstractAdaptableSampler,
     Info,
     KineticState,
     MCMCState,
@@ -75,7 +74,7 @@ def _ckpt_range(leaf):
     return hi - num_closed + 1, hi
 
 
-class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
+class NUTS(AbstractAdaptableSampler):
     """The No-U-Turn Sampler (multinomial, generalized U-turn, max tree depth).
 
     **Arguments:**
