@@ -41,11 +41,6 @@ def _hamiltonian_integrator(v):
     return as_integrator(v, stochastic=False)
 
 
-def _check_metric(metric) -> None:
-    if not isinstance(metric, AbstractMetric):
-        raise TypeError(f"`metric` must be an AbstractMetric, got {type(metric).__name__}.")
-
-
 def _check_jitter(value, name: str = "jitter_step_size") -> None:
     if isinstance(value, (bool, str)) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a float in [0, 1), got {value!r}.")
@@ -130,10 +125,6 @@ class RandomWalk(AbstractAdaptableSampler):
 
     default_target_acceptance: ClassVar[float] = 0.234
 
-    def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        _check_metric(self.metric)
-
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
         x0, logp, _ = init_position(energy, x0, with_score=False)
         return MCMCState(position=x0, log_density=logp, score=None)
@@ -162,10 +153,6 @@ class _AbstractLangevin(AbstractAdaptableSampler):
 
     step_size: Array = eqx.field(converter=float_leaf)
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-
-    def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        _check_metric(self.metric)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
         return gradient_init(energy, x0)
@@ -243,8 +230,6 @@ class HMC(AbstractAdaptableSampler):
     jitter_num_steps: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        _check_metric(self.metric)
         check_int(self.num_integration_steps, "num_integration_steps", 1)
         _check_jitter(self.jitter_step_size)
         if not isinstance(self.jitter_num_steps, bool):
@@ -317,9 +302,7 @@ class ChEESHMC(AbstractAdaptableSampler):
     default_target_acceptance: ClassVar[float] = 0.651
 
     def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
         check_hyper(self.trajectory_length, "trajectory_length")
-        _check_metric(self.metric)
         check_int(self.max_num_steps, "max_num_steps", 1)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> ChEESState:

@@ -24,7 +24,6 @@ from ._base import (
     value_and_score_at,
     within_energy_bound,
 )
-from ._hamiltonian import _check_metric
 from ._integrators import (
     AbstractIntegrator,
     as_integrator,
@@ -95,9 +94,7 @@ class UnderdampedLangevin(AbstractAdaptableSampler):
     is_adjusted: ClassVar[bool] = False
 
     def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
         check_hyper(self.friction, "friction")
-        _check_metric(self.metric)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> KineticState:
         return _kinetic_init(self.metric, energy, x0)
@@ -138,9 +135,7 @@ class RandomizedMidpoint(AbstractAdaptableSampler):
     is_adjusted: ClassVar[bool] = False
 
     def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
         check_hyper(self.friction, "friction")
-        _check_metric(self.metric)
         if self.dynamics not in ("kinetic", "overdamped"):
             raise ValueError(
                 f"`dynamics` must be 'kinetic' or 'overdamped', got {self.dynamics!r}."

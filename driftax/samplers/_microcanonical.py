@@ -38,7 +38,6 @@ from ._base import (
     select,
     within_energy_bound,
 )
-from ._hamiltonian import _check_metric
 from ._integrators import (
     AbstractIntegrator,
     as_isokinetic_integrator,
@@ -58,12 +57,6 @@ def _check_dim(x0: Array) -> None:
             "`x0` must have at least 2 coordinates: the isokinetic dynamics of the "
             f"microcanonical samplers need d >= 2, got shape {x0.shape}."
         )
-
-
-def _check_common(sampler) -> None:
-    check_hyper(sampler.step_size, "step_size")
-    check_hyper(sampler.L, "L")
-    _check_metric(sampler.metric)
 
 
 def _unit(metric: AbstractMetric, p: Array) -> Array:
@@ -103,7 +96,7 @@ class MCLMC(AbstractAdaptableSampler):
     is_adjusted: ClassVar[bool] = False
 
     def __check_init__(self):
-        _check_common(self)
+        check_hyper(self.L, "L")
 
     def init(self, energy: AbstractEnergy, x0: Array) -> KineticState:
         x0, logp, score = init_position(energy, x0)
@@ -159,7 +152,7 @@ class MAMS(AbstractAdaptableSampler):
     default_target_acceptance: ClassVar[float] = 0.9
 
     def __check_init__(self):
-        _check_common(self)
+        check_hyper(self.L, "L")
         check_int(self.max_num_steps, "max_num_steps", 1)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:

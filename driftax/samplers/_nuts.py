@@ -32,7 +32,7 @@ from ._base import (
     safe_energy_error,
     select,
 )
-from ._hamiltonian import _check_jitter, _check_metric, _hamiltonian_integrator, gradient_init
+from ._hamiltonian import _check_jitter, _hamiltonian_integrator, gradient_init
 from ._integrators import AbstractIntegrator, Leapfrog
 from ._metrics import AbstractMetric, IdentityMetric
 from ._random import draws, hash_uniforms
@@ -108,8 +108,6 @@ class NUTS(AbstractAdaptableSampler):
     default_target_acceptance: ClassVar[float] = 0.8
 
     def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        _check_metric(self.metric)
         check_int(self.max_tree_depth, "max_tree_depth", 1, 30)
         check_hyper(self.max_energy_error, "max_energy_error")
         _check_jitter(self.jitter_step_size)
