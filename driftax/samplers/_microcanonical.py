@@ -63,7 +63,22 @@ def _unit(metric: AbstractMetric, p: Array) -> Array:
     return p / jnp.sqrt(2.0 * metric.kinetic_energy(p))
 
 
-class MCLMC(AbstractAdaptableSampler):
+class _AbstractMicrocanonical(AbstractAdaptableSampler):
+    """The fields MCLMC and MAMS share, in their order: `step_size`, the length `L` (both in
+    whitened distance), `metric` and the isokinetic `integrator`."""
+
+    step_size: Array = eqx.field(converter=float_leaf, default=1.0)
+    L: Array = eqx.field(converter=float_leaf, default=2.0)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+    integrator: AbstractIntegrator = eqx.field(
+        default="mclachlan", converter=as_isokinetic_integrator
+    )
+
+    def __check_init__(self):
+        check_hyper(self.L, "L")
+
+
+class MCLMC(_AbstractMicrocanonical):
     """Microcanonical Langevin Monte Carlo (Robnik & Seljak 2023), unadjusted.
 
     Each step is one isokinetic integrator step followed by a partial refresh of the whitened
@@ -86,17 +101,7 @@ class MCLMC(AbstractAdaptableSampler):
     (for a whitened `d`-dimensional target, `L ≈ √d` and `step_size ≈ √d/4` are a start).
     """
 
-    step_size: Array = eqx.field(converter=float_leaf, default=1.0)
-    L: Array = eqx.field(converter=float_leaf, default=2.0)
-    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-    integrator: AbstractIntegrator = eqx.field(
-        default="mclachlan", converter=as_isokinetic_integrator
-    )
-
     is_adjusted: ClassVar[bool] = False
-
-    def __check_init__(self):
-        check_hyper(self.L, "L")
 
     def init(self, energy: AbstractEnergy, x0: Array) -> KineticState:
         x0, logp, score = init_position(energy, x0)
@@ -126,7 +131,7 @@ class MCLMC(AbstractAdaptableSampler):
         return select(ok, new, bounced), info
 
 
-class MAMS(AbstractAdaptableSampler):
+class MAMS(_AbstractMicrocanonical):
     """The Metropolis-adjusted microcanonical sampler (Robnik, Cohn-Gordon & Seljak 2025).
 
     Each step draws a uniformly random whitened unit velocity, integrates the isokinetic
@@ -141,18 +146,11 @@ class MAMS(AbstractAdaptableSampler):
     steps per trajectory). Needs at least 2 coordinates.
     """
 
-    step_size: Array = eqx.field(converter=float_leaf, default=1.0)
-    L: Array = eqx.field(converter=float_leaf, default=2.0)
-    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-    integrator: AbstractIntegrator = eqx.field(
-        default="mclachlan", converter=as_isokinetic_integrator
-    )
     max_num_steps: int = eqx.field(static=True, default=1024)
 
     default_target_acceptance: ClassVar[float] = 0.9
 
     def __check_init__(self):
-        check_hyper(self.L, "L")
         check_int(self.max_num_steps, "max_num_steps", 1)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
