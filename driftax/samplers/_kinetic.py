@@ -71,7 +71,21 @@ def _unadjusted_info(state, new, metric, heat, n_grad, extra_ok=None):
     return _reject_kinetic(ok, new, state), info
 
 
-class UnderdampedLangevin(AbstractAdaptableSampler):
+class _AbstractLangevinDynamics(AbstractAdaptableSampler):
+    """The fields the unadjusted Langevin kernels share, in their order: `step_size`, the
+    `friction` `γ` (checked positive) and `metric`."""
+
+    step_size: Array = eqx.field(converter=float_leaf)
+    friction: Array = eqx.field(converter=float_leaf, default=1.0)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+
+    is_adjusted: ClassVar[bool] = False
+
+    def __check_init__(self):
+        check_hyper(self.friction, "friction")
+
+
+class UnderdampedLangevin(_AbstractLangevinDynamics):
     """Unadjusted underdamped (kinetic) Langevin dynamics.
 
     `dx = M⁻¹p dt`, `dp = ∇log π(x) dt - γ p dt + √(2γ) M^{1/2} dW`, discretized by `integrator`
@@ -86,15 +100,7 @@ class UnderdampedLangevin(AbstractAdaptableSampler):
     `integrator`.
     """
 
-    step_size: Array = eqx.field(converter=float_leaf)
-    friction: Array = eqx.field(converter=float_leaf, default=1.0)
-    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
     integrator: AbstractIntegrator = eqx.field(default="BAOAB", converter=_langevin_integrator)
-
-    is_adjusted: ClassVar[bool] = False
-
-    def __check_init__(self):
-        check_hyper(self.friction, "friction")
 
     def init(self, energy: AbstractEnergy, x0: Array) -> KineticState:
         return _kinetic_init(self.metric, energy, x0)
@@ -107,7 +113,7 @@ class UnderdampedLangevin(AbstractAdaptableSampler):
         return _unadjusted_info(state, new, self.metric, heat, self.integrator.num_grad_evals)
 
 
-class RandomizedMidpoint(AbstractAdaptableSampler):
+class RandomizedMidpoint(_AbstractLangevinDynamics):
     """The randomized midpoint method (Shen & Lee 2019; Yu, Karagulyan & Dalalyan 2024).
 
     Each step draws `α ~ U(0, 1)` and evaluates the force at a random point `αh` of the step,
@@ -127,15 +133,9 @@ class RandomizedMidpoint(AbstractAdaptableSampler):
     **Arguments:** `step_size`, `friction` (kinetic only), `metric`, `dynamics`.
     """
 
-    step_size: Array = eqx.field(converter=float_leaf)
-    friction: Array = eqx.field(converter=float_leaf, default=1.0)
-    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
     dynamics: Literal["kinetic", "overdamped"] = eqx.field(static=True, default="kinetic")
 
-    is_adjusted: ClassVar[bool] = False
-
     def __check_init__(self):
-        check_hyper(self.friction, "friction")
         if self.dynamics not in ("kinetic", "overdamped"):
             raise ValueError(
                 f"`dynamics` must be 'kinetic' or 'overdamped', got {self.dynamics!r}."
