@@ -41,6 +41,12 @@ def _hamiltonian_integrator(v):
     return as_integrator(v, stochastic=False)
 
 
+def hamiltonian_integrator_field():
+    """The `integrator` field of the Hamiltonian kernels (HMC, ChEES-HMC, NUTS): a
+    deterministic integrator, a name or an instance, default `Leapfrog()`."""
+    return eqx.field(default_factory=Leapfrog, converter=_hamiltonian_integrator)
+
+
 def _check_jitter(value, name: str = "jitter_step_size") -> None:
     if isinstance(value, (bool, str)) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a float in [0, 1), got {value!r}.")
@@ -223,9 +229,7 @@ class HMC(AbstractAdaptableSampler):
     step_size: Array = eqx.field(converter=float_leaf)
     num_integration_steps: int = eqx.field(static=True, default=10)
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-    integrator: AbstractIntegrator = eqx.field(
-        default_factory=Leapfrog, converter=_hamiltonian_integrator
-    )
+    integrator: AbstractIntegrator = hamiltonian_integrator_field()
     jitter_step_size: float = eqx.field(static=True, default=0.0)
     jitter_num_steps: bool = eqx.field(static=True, default=False)
 
@@ -294,9 +298,7 @@ class ChEESHMC(AbstractAdaptableSampler):
     step_size: Array = eqx.field(converter=float_leaf)
     trajectory_length: Array = eqx.field(converter=float_leaf, default=1.0)
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-    integrator: AbstractIntegrator = eqx.field(
-        default_factory=Leapfrog, converter=_hamiltonian_integrator
-    )
+    integrator: AbstractIntegrator = hamiltonian_integrator_field()
     max_num_steps: int = eqx.field(static=True, default=1000)
 
     default_target_acceptance: ClassVar[float] = 0.651

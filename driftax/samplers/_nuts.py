@@ -32,8 +32,8 @@ from ._base import (
     safe_energy_error,
     select,
 )
-from ._hamiltonian import _check_jitter, _hamiltonian_integrator, gradient_init
-from ._integrators import AbstractIntegrator, Leapfrog
+from ._hamiltonian import _check_jitter, gradient_init, hamiltonian_integrator_field
+from ._integrators import AbstractIntegrator
 from ._metrics import AbstractMetric, IdentityMetric
 from ._random import draws, hash_uniforms
 
@@ -98,9 +98,7 @@ class NUTS(AbstractAdaptableSampler):
 
     step_size: Array = eqx.field(converter=float_leaf, default=1.0)
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-    integrator: AbstractIntegrator = eqx.field(
-        default_factory=Leapfrog, converter=_hamiltonian_integrator
-    )
+    integrator: AbstractIntegrator = hamiltonian_integrator_field()
     max_tree_depth: int = eqx.field(static=True, default=10)
     max_energy_error: float = eqx.field(static=True, default=MAX_ENERGY_ERROR)
     jitter_step_size: float = eqx.field(static=True, default=0.0)
