@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,11 +13,24 @@ from .._custom_types import Array, Key, Shape
 from ._bijection import AbstractBijection, check_input
 
 
-def _normal_parameters(key: Key, init_scale: float, *shapes) -> tuple[Array, ...]:
-    """Initial parameters of the given shapes, independent `N(0, init_scale²)` (one key each)."""
-    dtype = jnp.result_type(float)
-    keys = jax.random.split(key, len(shapes))
-    return tuple(init_scale * jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes))
+class _AbstractVectorLayer(AbstractBijection):
+    """A layer on `R^d` without a condition, built as `cls(key, dim, *, init_scale)`: its
+    parameters, named in `_parameters` with whether each is a `d`-vector or a scalar, are drawn
+    independently from `N(0, init_scale²)` (one key each, in that order)."""
+
+    event_shape: Shape = eqx.field(static=True)
+    cond_shape: None = eqx.field(static=True)
+
+    _parameters: eqx.AbstractClassVar[tuple[tuple[str, bool], ...]]
+
+    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
+        d = check_int(dim, "dim")
+        dtype = jnp.result_type(float)
+        keys = jax.random.split(key, len(self._parameters))
+        for k, (name, vector) in zip(keys, self._parameters):
+            setattr(self, name, init_scale * jax.random.normal(k, (d,) if vector else (), dtype))
+        self.event_shape = (d,)
+        self.cond_shape = None
 
 
 def _planar_m(a):
@@ -23,7 +38,7 @@ def _planar_m(a):
     return -1.0 + jax.nn.softplus(a)
 
 
-class Planar(AbstractBijection):
+class Planar(_AbstractVectorLayer):
     """A planar layer `y = x + û tanh(wᵀx + b)`.
 
     `û = u + (m(wᵀu) - wᵀu) w / ‖w‖²` with `m(a) = -1 + softplus(a)` guarantees `wᵀû > -1`, hence
@@ -41,13 +56,8 @@ class Planar(AbstractBijection):
     u: Array
     w: Array
     b: Array
-    event_shape: Shape = eqx.field(static=True)
-    cond_shape: None = eqx.field(static=True, default=None)
 
-    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = check_int(dim, "dim")
-        self.u, self.w, self.b = _normal_parameters(key, init_scale, (d,), (d,), ())
-        self.event_shape = (d,)
+    _parameters: ClassVar = (("u", True), ("w", True), ("b", False))
 
     @property
     def u_hat(self) -> Array:
@@ -97,7 +107,7 @@ class Planar(AbstractBijection):
         return y - u_hat * t, -jnp.log1p(m * (1.0 - t**2))
 
 
-class Radial(AbstractBijection):
+class Radial(_AbstractVectorLayer):
     """A radial layer `y = x + β h(α, r) (x - x₀)`, `h = 1 / (α + r)`, `r = ‖x - x₀‖`.
 
     `α = softplus(α̃) > 0` and `β = -α + softplus(β̃) > -α` guarantee invertibility; the inverse is
@@ -113,15 +123,8 @@ class Radial(AbstractBijection):
     center: Array
     raw_alpha: Array
     raw_beta: Array
-    event_shape: Shape = eqx.field(static=True)
-    cond_shape: None = eqx.field(static=True, default=None)
 
-    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = check_int(dim, "dim")
-        self.center, self.raw_alpha, self.raw_beta = _normal_parameters(
-            key, init_scale, (d,), (), ()
-        )
-        self.event_shape = (d,)
+    _parameters: ClassVar = (("center", True), ("raw_alpha", False), ("raw_beta", False))
 
     def _alpha_beta(self):
         alpha = jax.nn.softplus(self.raw_alpha)
