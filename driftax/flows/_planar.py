@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -13,24 +11,11 @@ from .._custom_types import Array, Key, Shape
 from ._bijection import AbstractBijection, check_input
 
 
-class _AbstractVectorLayer(AbstractBijection):
-    """A layer on `R^d` without a condition, built as `cls(key, dim, *, init_scale)`: its
-    parameters, named in `_parameters` with whether each is a `d`-vector or a scalar, are drawn
-    independently from `N(0, init_scale²)` (one key each, in that order)."""
-
-    event_shape: Shape = eqx.field(static=True)
-    cond_shape: None = eqx.field(static=True)
-
-    _parameters: eqx.AbstractClassVar[tuple[tuple[str, bool], ...]]
-
-    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
-        d = check_int(dim, "dim")
-        dtype = jnp.result_type(float)
-        keys = jax.random.split(key, len(self._parameters))
-        for k, (name, vector) in zip(keys, self._parameters):
-            setattr(self, name, init_scale * jax.random.normal(k, (d,) if vector else (), dtype))
-        self.event_shape = (d,)
-        self.cond_shape = None
+def _normal_parameters(key: Key, init_scale: float, *shapes) -> tuple[Array, ...]:
+    """Initial parameters of the given shapes, independent `N(0, init_scale²)` (one key each)."""
+    dtype = jnp.result_type(float)
+    keys = jax.random.split(key, len(shapes))
+    return tuple(init_scale * jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes))
 
 
 def _planar_m(a):
@@ -38,7 +23,7 @@ def _planar_m(a):
     return -1.0 + jax.nn.softplus(a)
 
 
-class Planar(_AbstractVectorLayer):
+class Planar(AbstractBijection):
     """A planar layer `y = x + û tanh(wᵀx + b)`.
 
     `û = u + (m(wᵀu) - wᵀu) w / ‖w‖²` with `m(a) = -1 + softplus(a)` guarantees `wᵀû > -1`, hence
@@ -56,8 +41,13 @@ class Planar(_AbstractVectorLayer):
     u: Array
     w: Array
     b: Array
+    event_shape: Shape = eqx.field(static=True)
+    cond_shape: None = eqx.field(static=True, default=None)
 
-    _parameters: ClassVar = (("u", True), ("w", True), ("b", False))
+    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
+        d = check_int(dim, "dim")
+        self.u, self.w, self.b = _normal_parameters(key, init_scale, (d,), (d,), ())
+        self.event_shape = (d,)
 
     @property
     def u_hat(self) -> Array:
@@ -107,7 +97,7 @@ class Planar(_AbstractVectorLayer):
         return y - u_hat * t, -jnp.log1p(m * (1.0 - t**2))
 
 
-class Radial(_AbstractVectorLayer):
+class Radial(AbstractBijection):
     """A radial layer `y = x + β h(α, r) (x - x₀)`, `h = 1 / (α + r)`, `r = ‖x - x₀‖`.
 
     `α = softplus(α̃) > 0` and `β = -α + softplus(β̃) > -α` guarantee invertibility; the inverse is
@@ -123,8 +113,15 @@ class Radial(_AbstractVectorLayer):
     center: Array
     raw_alpha: Array
     raw_beta: Array
+    event_shape: Shape = eqx.field(static=True)
+    cond_shape: None = eqx.field(static=True, default=None)
 
-    _parameters: ClassVar = (("center", True), ("raw_alpha", False), ("raw_beta", False))
+    def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
+        d = check_int(dim, "dim")
+        self.center, self.raw_alpha, self.raw_beta = _normal_parameters(
+            key, init_scale, (d,), (), ()
+        )
+        self.event_shape = (d,)
 
     def _alpha_beta(self):
         alpha = jax.nn.softplus(self.raw_alpha)
