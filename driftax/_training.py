@@ -432,7 +432,7 @@ def train(
     return_best: bool = True,
     progress: bool = False,
     desc: str = "fit",
-    warn_name: str = "fit",
+    warn_name: str | None = None,
 ) -> tuple[Any, TrainHistory]:
     """Minimise `loss(model, batch, *, key) -> (value, aux)` (or a bare scalar `value`) with an
     optax optimizer, in one compiled `lax.scan` over `num_steps` steps.
@@ -460,7 +460,7 @@ def train(
       (default every step) and at the last; with `return_best` the best-scoring parameters
       are returned; `patience` stops after that many evaluations without improvement.
     - `progress`: draw a progress bar (`driftax._progress`; free when off); `desc` labels it.
-    - `warn_name`: the name the non-finite warning gives the fit.
+    - `warn_name`: the name the non-finite warning gives the fit (default: `desc`).
 
     **Returns:** `(trained_model, TrainHistory)`. If any step was skipped as non-finite, a
     single `RuntimeWarning` is raised after the loop.
@@ -499,7 +499,7 @@ def train(
         validation=history.validation,
         wall_time=wall,
     )
-    warn_nonfinite(history, warn_name)
+    warn_nonfinite(history, desc if warn_name is None else warn_name)
     return trained, history
 
 

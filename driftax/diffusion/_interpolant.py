@@ -301,18 +301,33 @@ def _solve_interpolant_full(
             raise ValueError("`key` is required for SDE sampling.")
     if not callable(velocity):
         raise TypeError("`velocity` must be a callable (t, x) -> drift.")
+    field = InterpolantField(velocity_fn=velocity, score_fn=score, path=interpolant)
+    return solve_between_ends(solver, field, x_init, key, num_steps, ts, save_trajectory)
+
+
+def solve_between_ends(
+    solver: AbstractSolver,
+    field: InterpolantField,
+    x_init: Array,
+    key: Key | None,
+    num_steps: int | None,
+    ts: Array | None,
+    save_trajectory: bool,
+) -> Solution:
+    """Run `field` with a fixed-step `solver` from its path's `t_noise` to `t_data`, on a uniform
+    grid of `num_steps` steps or on the explicit grid `ts` (the interpolant and bridge solves)."""
     x_init = _check_x_init(x_init)
+    path = field.path
     if ts is None:
         if num_steps is None:
             raise ValueError("give `num_steps` (or an explicit grid `ts`).")
         n = _check_num_steps(num_steps)
-        ts_arr = jnp.linspace(interpolant.t_noise, interpolant.t_data, n + 1, dtype=x_init.dtype)
+        ts_arr = jnp.linspace(path.t_noise, path.t_data, n + 1, dtype=x_init.dtype)
     else:
-        ts_arr = jnp.asarray(check_grid(interpolant, ts), x_init.dtype)
+        ts_arr = jnp.asarray(check_grid(path, ts), x_init.dtype)
         n = ts_arr.shape[0] - 1
-    model = InterpolantField(velocity_fn=velocity, score_fn=score, path=interpolant)
     x, traj, failed, ts_arr, _ = _integrate(
-        solver, model, x_init, key, ts_arr, None, None, bool(save_trajectory), False
+        solver, field, x_init, key, ts_arr, None, None, bool(save_trajectory), False
     )
     return Solution(
         x=x,
@@ -321,6 +336,14 @@ def _solve_interpolant_full(
         failed_step=failed,
         num_field_evals=n * solver.evals_per_step,
     )
+
+
+def finite_x(sol: Solution) -> Array:
+    """`sol.x`, or a `RuntimeError` if any sample became non-finite."""
+    bad = np.asarray(sol.failed_step)
+    if np.any(bad >= 0):
+        raise RuntimeError(f"{int(np.sum(bad >= 0))} samples became non-finite.")
+    return sol.x
 
 
 def solve_interpolant(
@@ -341,9 +364,4 @@ def solve_interpolant(
     samples in it instead of raising).
     """
     sol = _solve_interpolant_full(solver, interpolant, x_init, **kwargs)
-    if full_output:
-        return sol
-    bad = np.asarray(sol.failed_step)
-    if np.any(bad >= 0):
-        raise RuntimeError(f"{int(np.sum(bad >= 0))} samples became non-finite.")
-    return sol.x
+    return sol if full_output else finite_x(sol)

@@ -93,6 +93,5 @@ def fit(
         ema_decay=ema_decay,
         progress=progress,
         desc="fit",
-        warn_name="fit",
     )
     return trained, history.losses

@@ -11,6 +11,13 @@ from .._custom_types import Array, Key, Shape
 from ._bijection import AbstractBijection, check_input
 
 
+def _normal_parameters(key: Key, init_scale: float, *shapes) -> tuple[Array, ...]:
+    """Initial parameters of the given shapes, independent `N(0, init_scale²)` (one key each)."""
+    dtype = jnp.result_type(float)
+    keys = jax.random.split(key, len(shapes))
+    return tuple(init_scale * jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes))
+
+
 def _planar_m(a):
     # m(a) = -1 + softplus(a) > -1
     return -1.0 + jax.nn.softplus(a)
@@ -39,11 +46,7 @@ class Planar(AbstractBijection):
 
     def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
         d = check_int(dim, "dim")
-        ku, kw, kb = jax.random.split(key, 3)
-        dtype = jnp.result_type(float)
-        self.u = init_scale * jax.random.normal(ku, (d,), dtype)
-        self.w = init_scale * jax.random.normal(kw, (d,), dtype)
-        self.b = init_scale * jax.random.normal(kb, (), dtype)
+        self.u, self.w, self.b = _normal_parameters(key, init_scale, (d,), (d,), ())
         self.event_shape = (d,)
 
     @property
@@ -115,11 +118,9 @@ class Radial(AbstractBijection):
 
     def __init__(self, key: Key, dim: int, *, init_scale: float = 0.1):
         d = check_int(dim, "dim")
-        kc, ka, kb = jax.random.split(key, 3)
-        dtype = jnp.result_type(float)
-        self.center = init_scale * jax.random.normal(kc, (d,), dtype)
-        self.raw_alpha = init_scale * jax.random.normal(ka, (), dtype)
-        self.raw_beta = init_scale * jax.random.normal(kb, (), dtype)
+        self.center, self.raw_alpha, self.raw_beta = _normal_parameters(
+            key, init_scale, (d,), (), ()
+        )
         self.event_shape = (d,)
 
     def _alpha_beta(self):

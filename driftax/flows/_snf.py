@@ -224,6 +224,5 @@ def fit_stochastic_flow(
         filter_spec=_snf_spec(snf),
         progress=progress,
         desc="fit_stochastic_flow",
-        warn_name="fit_stochastic_flow",
     )
     return trained, {"train": history.losses}

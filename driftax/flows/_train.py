@@ -292,7 +292,6 @@ def fit_max_likelihood(
         return_best=return_best,
         progress=progress,
         desc="fit_max_likelihood",
-        warn_name="fit_max_likelihood",
     )
     taken = history.num_steps_taken
     out = {"train": history.losses[:taken]}
@@ -370,7 +369,6 @@ def fit_reverse_kl(
         filter_spec=_flow_spec(flow, train_base),
         progress=progress,
         desc="fit_reverse_kl",
-        warn_name="fit_reverse_kl",
     )
     return trained, {"train": history.losses}
 

@@ -14,6 +14,7 @@ import numpy as np
 from .._checks import check_hyper as check_hyper
 from .._custom_types import Array, Key, PyTree
 from ..energies._base import AbstractEnergy, check_event, check_finite
+from ._metrics import AbstractMetric
 
 MAX_ENERGY_ERROR = 1000.0
 """An energy error above this (or a non-finite one) marks a step as divergent. `Info.energy_error`
@@ -123,6 +124,19 @@ class AbstractMetricSampler(AbstractSampler):
         metric: eqx.Module
 
 
+class AbstractAdaptableSampler(AbstractStepSizeSampler, AbstractMetricSampler):
+    """Both capabilities at once, the common case of the gradient-based kernels (HMC, NUTS,
+    MALA, the Langevin and microcanonical kernels, ...): an adaptable `step_size` and an
+    adaptable `metric`, both checked here (after a subclass's own checks)."""
+
+    def __check_init__(self):
+        check_hyper(self.step_size, "step_size")
+        if not isinstance(self.metric, AbstractMetric):
+            raise TypeError(
+                f"`metric` must be an AbstractMetric, got {type(self.metric).__name__}."
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +239,12 @@ def safe_energy_error(delta: Array) -> Array:
     and summaries stay finite."""
     cap = jnp.asarray(MAX_ENERGY_ERROR, jnp.result_type(delta))
     return jnp.where(jnp.isfinite(delta), jnp.clip(delta, -cap, cap), cap)
+
+
+def within_energy_bound(delta: Array) -> Array:
+    """Where a step is not divergent: its energy error is finite and below `MAX_ENERGY_ERROR`
+    in size (NaN and ±∞ compare false)."""
+    return jnp.abs(delta) < MAX_ENERGY_ERROR
 
 
 def all_finite(*arrays) -> Array:

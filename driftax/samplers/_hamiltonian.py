@@ -13,9 +13,7 @@ import jax.numpy as jnp
 from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy
 from ._base import (
-    MAX_ENERGY_ERROR,
-    AbstractMetricSampler,
-    AbstractStepSizeSampler,
+    AbstractAdaptableSampler,
     Info,
     KineticState,
     MCMCState,
@@ -26,6 +24,7 @@ from ._base import (
     log_density_at,
     safe_energy_error,
     select,
+    within_energy_bound,
 )
 from ._integrators import (
     AbstractIntegrator,
@@ -43,9 +42,10 @@ def _hamiltonian_integrator(v):
     return as_integrator(v, stochastic=False)
 
 
-def _check_metric(metric) -> None:
-    if not isinstance(metric, AbstractMetric):
-        raise TypeError(f"`metric` must be an AbstractMetric, got {type(metric).__name__}.")
+def hamiltonian_integrator_field():
+    """The `integrator` field of the Hamiltonian kernels (HMC, ChEES-HMC, NUTS): a
+    deterministic integrator, a name or an instance, default `Leapfrog()`."""
+    return eqx.field(default_factory=Leapfrog, converter=_hamiltonian_integrator)
 
 
 def _check_jitter(value, name: str = "jitter_step_size") -> None:
@@ -120,7 +120,7 @@ def _adjusted_step(integrator, energy, metric, state, step_size, num_steps, xi, 
     return new, info, z1
 
 
-class RandomWalk(AbstractStepSizeSampler, AbstractMetricSampler):
+class RandomWalk(AbstractAdaptableSampler):
     """Random-walk Metropolis: propose `x + step_size · M^{-1/2} ξ`, accept by Metropolis.
 
     Gradient-free (`num_grad_evals = 0`); the metric's inverse mass is the proposal covariance
@@ -131,10 +131,6 @@ class RandomWalk(AbstractStepSizeSampler, AbstractMetricSampler):
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
 
     default_target_acceptance: ClassVar[float] = 0.234
-
-    def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        _check_metric(self.metric)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
         x0, logp, _ = init_position(energy, x0, with_score=False)
@@ -172,16 +168,12 @@ def random_walk_step(
     return new, info
 
 
-class _AbstractLangevin(AbstractStepSizeSampler, AbstractMetricSampler):
+class _AbstractLangevin(AbstractAdaptableSampler):
     """What MALA and ULA share: a step size `h` (the Langevin time step, one leapfrog step of
     size `√(2h)` from a fresh momentum) and a metric; the state carries the score."""
 
     step_size: Array = eqx.field(converter=float_leaf)
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-
-    def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        _check_metric(self.metric)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:
         return gradient_init(energy, x0)
@@ -225,7 +217,7 @@ class ULA(_AbstractLangevin):
         _, z1, delta, valid = hamiltonian_proposal(
             Leapfrog(), energy, self.metric, state, eps, 1, xi
         )
-        ok = valid & (jnp.abs(delta) < MAX_ENERGY_ERROR)
+        ok = valid & within_energy_bound(delta)
         new = select(ok, _to_mcmc(z1), state)
         info = Info(
             acceptance_rate=ok.astype(dtype),
@@ -236,7 +228,7 @@ class ULA(_AbstractLangevin):
         return new, info
 
 
-class HMC(AbstractStepSizeSampler, AbstractMetricSampler):
+class HMC(AbstractAdaptableSampler):
     """Hamiltonian Monte Carlo with a static trajectory of `num_integration_steps` steps.
 
     **Arguments:**
@@ -252,15 +244,11 @@ class HMC(AbstractStepSizeSampler, AbstractMetricSampler):
     step_size: Array = eqx.field(converter=float_leaf)
     num_integration_steps: int = eqx.field(static=True, default=10)
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-    integrator: AbstractIntegrator = eqx.field(
-        default_factory=Leapfrog, converter=_hamiltonian_integrator
-    )
+    integrator: AbstractIntegrator = hamiltonian_integrator_field()
     jitter_step_size: float = eqx.field(static=True, default=0.0)
     jitter_num_steps: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        _check_metric(self.metric)
         check_int(self.num_integration_steps, "num_integration_steps", 1)
         _check_jitter(self.jitter_step_size)
         if not isinstance(self.jitter_num_steps, bool):
@@ -310,7 +298,7 @@ def halton(i, base: int = 2, max_bits: int = 20):
     return r
 
 
-class ChEESHMC(AbstractStepSizeSampler, AbstractMetricSampler):
+class ChEESHMC(AbstractAdaptableSampler):
     """Jittered HMC for many chains on an accelerator (Hoffman, Radul & Sountsov 2021).
 
     Every trajectory has length `u · trajectory_length` with `u` from a Halton sequence of the
@@ -325,17 +313,13 @@ class ChEESHMC(AbstractStepSizeSampler, AbstractMetricSampler):
     step_size: Array = eqx.field(converter=float_leaf)
     trajectory_length: Array = eqx.field(converter=float_leaf, default=1.0)
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-    integrator: AbstractIntegrator = eqx.field(
-        default_factory=Leapfrog, converter=_hamiltonian_integrator
-    )
+    integrator: AbstractIntegrator = hamiltonian_integrator_field()
     max_num_steps: int = eqx.field(static=True, default=1000)
 
     default_target_acceptance: ClassVar[float] = 0.651
 
     def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
         check_hyper(self.trajectory_length, "trajectory_length")
-        _check_metric(self.metric)
         check_int(self.max_num_steps, "max_num_steps", 1)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> ChEESState:

@@ -11,9 +11,7 @@ import jax.numpy as jnp
 from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy
 from ._base import (
-    MAX_ENERGY_ERROR,
-    AbstractMetricSampler,
-    AbstractStepSizeSampler,
+    AbstractAdaptableSampler,
     Info,
     KineticState,
     MCMCState,
@@ -24,8 +22,8 @@ from ._base import (
     safe_energy_error,
     select,
     value_and_score_at,
+    within_energy_bound,
 )
-from ._hamiltonian import _check_metric
 from ._integrators import (
     AbstractIntegrator,
     as_integrator,
@@ -61,7 +59,7 @@ def _unadjusted_info(state, new, metric, heat, n_grad, extra_ok=None):
     # a non-finite position, momentum, log density (NaN, +inf or -inf) or score makes delta
     # non-finite
     delta = checked_hamiltonian(metric, new) - hamiltonian(metric, state) - heat
-    ok = jnp.abs(delta) < MAX_ENERGY_ERROR
+    ok = within_energy_bound(delta)
     if extra_ok is not None:
         ok = ok & extra_ok
     info = Info(
@@ -73,7 +71,21 @@ def _unadjusted_info(state, new, metric, heat, n_grad, extra_ok=None):
     return _reject_kinetic(ok, new, state), info
 
 
-class UnderdampedLangevin(AbstractStepSizeSampler, AbstractMetricSampler):
+class _AbstractLangevinDynamics(AbstractAdaptableSampler):
+    """The fields the unadjusted Langevin kernels share, in their order: `step_size`, the
+    `friction` `γ` (checked positive) and `metric`."""
+
+    step_size: Array = eqx.field(converter=float_leaf)
+    friction: Array = eqx.field(converter=float_leaf, default=1.0)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+
+    is_adjusted: ClassVar[bool] = False
+
+    def __check_init__(self):
+        check_hyper(self.friction, "friction")
+
+
+class UnderdampedLangevin(_AbstractLangevinDynamics):
     """Unadjusted underdamped (kinetic) Langevin dynamics.
 
     `dx = M⁻¹p dt`, `dp = ∇log π(x) dt - γ p dt + √(2γ) M^{1/2} dW`, discretized by `integrator`
@@ -88,17 +100,7 @@ class UnderdampedLangevin(AbstractStepSizeSampler, AbstractMetricSampler):
     `integrator`.
     """
 
-    step_size: Array = eqx.field(converter=float_leaf)
-    friction: Array = eqx.field(converter=float_leaf, default=1.0)
-    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
     integrator: AbstractIntegrator = eqx.field(default="BAOAB", converter=_langevin_integrator)
-
-    is_adjusted: ClassVar[bool] = False
-
-    def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        check_hyper(self.friction, "friction")
-        _check_metric(self.metric)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> KineticState:
         return _kinetic_init(self.metric, energy, x0)
@@ -111,7 +113,7 @@ class UnderdampedLangevin(AbstractStepSizeSampler, AbstractMetricSampler):
         return _unadjusted_info(state, new, self.metric, heat, self.integrator.num_grad_evals)
 
 
-class RandomizedMidpoint(AbstractStepSizeSampler, AbstractMetricSampler):
+class RandomizedMidpoint(_AbstractLangevinDynamics):
     """The randomized midpoint method (Shen & Lee 2019; Yu, Karagulyan & Dalalyan 2024).
 
     Each step draws `α ~ U(0, 1)` and evaluates the force at a random point `αh` of the step,
@@ -131,17 +133,9 @@ class RandomizedMidpoint(AbstractStepSizeSampler, AbstractMetricSampler):
     **Arguments:** `step_size`, `friction` (kinetic only), `metric`, `dynamics`.
     """
 
-    step_size: Array = eqx.field(converter=float_leaf)
-    friction: Array = eqx.field(converter=float_leaf, default=1.0)
-    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
     dynamics: Literal["kinetic", "overdamped"] = eqx.field(static=True, default="kinetic")
 
-    is_adjusted: ClassVar[bool] = False
-
     def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        check_hyper(self.friction, "friction")
-        _check_metric(self.metric)
         if self.dynamics not in ("kinetic", "overdamped"):
             raise ValueError(
                 f"`dynamics` must be 'kinetic' or 'overdamped', got {self.dynamics!r}."
@@ -210,7 +204,7 @@ class RandomizedMidpoint(AbstractStepSizeSampler, AbstractMetricSampler):
             return -metric.kinetic_energy(metric.velocity_to_momentum(r)) / (2.0 * h)  # -rᵀMr/(4h)
 
         delta = -(logp_y - state.log_density + log_q(x, y, score_y) - log_q(y, x, state.score))
-        ok = all_finite(y, logp_y, score_y, logp_mid) & (jnp.abs(delta) < MAX_ENERGY_ERROR)
+        ok = all_finite(y, logp_y, score_y, logp_mid) & within_energy_bound(delta)
         new = select(ok, MCMCState(position=y, log_density=logp_y, score=score_y), state)
         return new, Info(
             acceptance_rate=ok.astype(dtype),

@@ -25,9 +25,7 @@ import jax.numpy as jnp
 from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy
 from ._base import (
-    MAX_ENERGY_ERROR,
-    AbstractMetricSampler,
-    AbstractStepSizeSampler,
+    AbstractAdaptableSampler,
     Info,
     KineticState,
     MCMCState,
@@ -38,8 +36,8 @@ from ._base import (
     init_position,
     safe_energy_error,
     select,
+    within_energy_bound,
 )
-from ._hamiltonian import _check_metric
 from ._integrators import (
     AbstractIntegrator,
     as_isokinetic_integrator,
@@ -61,17 +59,26 @@ def _check_dim(x0: Array) -> None:
         )
 
 
-def _check_common(sampler) -> None:
-    check_hyper(sampler.step_size, "step_size")
-    check_hyper(sampler.L, "L")
-    _check_metric(sampler.metric)
-
-
 def _unit(metric: AbstractMetric, p: Array) -> Array:
     return p / jnp.sqrt(2.0 * metric.kinetic_energy(p))
 
 
-class MCLMC(AbstractStepSizeSampler, AbstractMetricSampler):
+class _AbstractMicrocanonical(AbstractAdaptableSampler):
+    """The fields MCLMC and MAMS share, in their order: `step_size`, the length `L` (both in
+    whitened distance), `metric` and the isokinetic `integrator`."""
+
+    step_size: Array = eqx.field(converter=float_leaf, default=1.0)
+    L: Array = eqx.field(converter=float_leaf, default=2.0)
+    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
+    integrator: AbstractIntegrator = eqx.field(
+        default="mclachlan", converter=as_isokinetic_integrator
+    )
+
+    def __check_init__(self):
+        check_hyper(self.L, "L")
+
+
+class MCLMC(_AbstractMicrocanonical):
     """Microcanonical Langevin Monte Carlo (Robnik & Seljak 2023), unadjusted.
 
     Each step is one isokinetic integrator step followed by a partial refresh of the whitened
@@ -94,17 +101,7 @@ class MCLMC(AbstractStepSizeSampler, AbstractMetricSampler):
     (for a whitened `d`-dimensional target, `L ≈ √d` and `step_size ≈ √d/4` are a start).
     """
 
-    step_size: Array = eqx.field(converter=float_leaf, default=1.0)
-    L: Array = eqx.field(converter=float_leaf, default=2.0)
-    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-    integrator: AbstractIntegrator = eqx.field(
-        default="mclachlan", converter=as_isokinetic_integrator
-    )
-
     is_adjusted: ClassVar[bool] = False
-
-    def __check_init__(self):
-        _check_common(self)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> KineticState:
         x0, logp, score = init_position(energy, x0)
@@ -121,7 +118,7 @@ class MCLMC(AbstractStepSizeSampler, AbstractMetricSampler):
         new, heat = self.integrator.step(energy, self.metric, state, h)
         # NaN unless the new position, velocity, log density and score are all finite
         delta = checked_hamiltonian(self.metric, new) - hamiltonian(self.metric, state) - heat
-        ok = jnp.isfinite(delta) & (jnp.abs(delta) < MAX_ENERGY_ERROR) & all_finite(new.position)
+        ok = within_energy_bound(delta) & all_finite(new.position)
         xi, _ = draws(key, jnp.shape(state.position), 0, dtype)
         new = partial_refresh(new, self.metric, h, self.L.astype(dtype), xi)
         bounced = eqx.tree_at(lambda s: s.momentum, state, -state.momentum)
@@ -134,7 +131,7 @@ class MCLMC(AbstractStepSizeSampler, AbstractMetricSampler):
         return select(ok, new, bounced), info
 
 
-class MAMS(AbstractStepSizeSampler, AbstractMetricSampler):
+class MAMS(_AbstractMicrocanonical):
     """The Metropolis-adjusted microcanonical sampler (Robnik, Cohn-Gordon & Seljak 2025).
 
     Each step draws a uniformly random whitened unit velocity, integrates the isokinetic
@@ -149,18 +146,11 @@ class MAMS(AbstractStepSizeSampler, AbstractMetricSampler):
     steps per trajectory). Needs at least 2 coordinates.
     """
 
-    step_size: Array = eqx.field(converter=float_leaf, default=1.0)
-    L: Array = eqx.field(converter=float_leaf, default=2.0)
-    metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-    integrator: AbstractIntegrator = eqx.field(
-        default="mclachlan", converter=as_isokinetic_integrator
-    )
     max_num_steps: int = eqx.field(static=True, default=1024)
 
     default_target_acceptance: ClassVar[float] = 0.9
 
     def __check_init__(self):
-        _check_common(self)
         check_int(self.max_num_steps, "max_num_steps", 1)
 
     def init(self, energy: AbstractEnergy, x0: Array) -> MCMCState:

@@ -22,8 +22,7 @@ from .._custom_types import Array, Key
 from ..energies._base import AbstractEnergy
 from ._base import (
     MAX_ENERGY_ERROR,
-    AbstractMetricSampler,
-    AbstractStepSizeSampler,
+    AbstractAdaptableSampler,
     Info,
     KineticState,
     MCMCState,
@@ -33,8 +32,8 @@ from ._base import (
     safe_energy_error,
     select,
 )
-from ._hamiltonian import _check_jitter, _check_metric, _hamiltonian_integrator, gradient_init
-from ._integrators import AbstractIntegrator, Leapfrog
+from ._hamiltonian import _check_jitter, gradient_init, hamiltonian_integrator_field
+from ._integrators import AbstractIntegrator
 from ._metrics import AbstractMetric, IdentityMetric
 from ._random import draws, hash_uniforms
 
@@ -75,7 +74,7 @@ def _ckpt_range(leaf):
     return hi - num_closed + 1, hi
 
 
-class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
+class NUTS(AbstractAdaptableSampler):
     """The No-U-Turn Sampler (multinomial, generalized U-turn, max tree depth).
 
     **Arguments:**
@@ -99,9 +98,7 @@ class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
 
     step_size: Array = eqx.field(converter=float_leaf, default=1.0)
     metric: AbstractMetric = eqx.field(default_factory=IdentityMetric)
-    integrator: AbstractIntegrator = eqx.field(
-        default_factory=Leapfrog, converter=_hamiltonian_integrator
-    )
+    integrator: AbstractIntegrator = hamiltonian_integrator_field()
     max_tree_depth: int = eqx.field(static=True, default=10)
     max_energy_error: float = eqx.field(static=True, default=MAX_ENERGY_ERROR)
     jitter_step_size: float = eqx.field(static=True, default=0.0)
@@ -109,8 +106,6 @@ class NUTS(AbstractStepSizeSampler, AbstractMetricSampler):
     default_target_acceptance: ClassVar[float] = 0.8
 
     def __check_init__(self):
-        check_hyper(self.step_size, "step_size")
-        _check_metric(self.metric)
         check_int(self.max_tree_depth, "max_tree_depth", 1, 30)
         check_hyper(self.max_energy_error, "max_energy_error")
         _check_jitter(self.jitter_step_size)

@@ -102,6 +102,5 @@ def fit_bridge(
         ema_decay=ema_decay,
         progress=progress,
         desc="fit_bridge",
-        warn_name="fit_bridge",
     )
     return trained, history.losses

@@ -7,12 +7,10 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
 
 from ..._custom_types import Array, Key
-from .._grid import _check_num_steps, check_grid
-from .._interpolant import InterpolantField, StochasticInterpolant
-from .._solve import Solution, _check_x_init, _integrate
+from .._interpolant import InterpolantField, StochasticInterpolant, finite_x, solve_between_ends
+from .._solve import Solution
 from .._solvers import AbstractSolver, Euler, EulerMaruyama, Heun
 
 # the time carriers of the solver core: from t = 0 (source) to t = 1 (target), and back
@@ -86,33 +84,10 @@ def solve_bridge(
         ode = True
     else:
         raise TypeError("bridges are solved with EulerMaruyama() (SDE), Euler() or Heun() (ODE).")
-    x_init = _check_x_init(x_init)
-    if ts is None:
-        if num_steps is None:
-            raise ValueError("give `num_steps` (or an explicit grid `ts`).")
-        n = _check_num_steps(num_steps)
-        ts_arr = jnp.linspace(float(reverse), 1.0 - float(reverse), n + 1, dtype=x_init.dtype)
-    else:
-        ts_arr = jnp.asarray(check_grid(_BACKWARD if reverse else _FORWARD, ts), x_init.dtype)
-        n = ts_arr.shape[0] - 1
     if reverse:
         drift = _Reversed(model.backward_drift)
     else:
         drift = model.velocity if ode else model.drift
     field = InterpolantField(drift, _no_score, _BACKWARD if reverse else _FORWARD)
-    x, traj, failed, ts_arr, _ = _integrate(
-        solver, field, x_init, key, ts_arr, None, None, bool(save_trajectory), False
-    )
-    sol = Solution(
-        x=x,
-        ts=ts_arr,
-        trajectory=traj,
-        failed_step=failed,
-        num_field_evals=n * solver.evals_per_step,
-    )
-    if full_output:
-        return sol
-    bad = np.asarray(sol.failed_step)
-    if np.any(bad >= 0):
-        raise RuntimeError(f"{int(np.sum(bad >= 0))} samples became non-finite.")
-    return sol.x
+    sol = solve_between_ends(solver, field, x_init, key, num_steps, ts, save_trajectory)
+    return sol if full_output else finite_x(sol)

@@ -139,7 +139,6 @@ def fit_sampler(
             filter_spec=_trainable_spec(sampler),
             progress=progress,
             desc="fit_sampler",
-            warn_name="fit_sampler",
         )
     for w in caught:  # re-raise here, pointing at the caller
         warnings.warn(w.message, w.category, stacklevel=2)
