@@ -189,7 +189,8 @@ def _numpyro_check(target, *, warmup, draws, chains, dense, accept, seed):
         mcse**2 + np.asarray(target.reference_mcse_mean) ** 2
     )
     # |z| < 4.5 for every coordinate: P(any exceeds) < d · 7e-6 under agreement
-    assert np.max(np.abs(z)) < 4.5, np.argmax(np.abs(z))
+    assert np.max(np.abs(z)) < 4.5, (np.argmax(np.abs(z)), np.max(np.abs(z)))
+    print(f"max |z| {np.max(np.abs(z)):.2f}, min ESS {np.min(effective_sample_size(x)):.0f}")
 
 
 @pytest.mark.slow
@@ -204,7 +205,7 @@ def test_horseshoe_reference_against_numpyro_nuts(x64):
     _numpyro_check(
         de.horseshoe_logistic_regression(),
         warmup=500,
-        draws=600,
+        draws=300,
         chains=2,
         dense=True,
         accept=0.9,
