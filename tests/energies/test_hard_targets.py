@@ -189,7 +189,7 @@ def _numpyro_check(target, *, warmup, draws, chains, dense, accept, seed):
         mcse**2 + np.asarray(target.reference_mcse_mean) ** 2
     )
     # |z| < 4.5 for every coordinate: P(any exceeds) < d · 7e-6 under agreement
-    assert np.max(np.abs(z)) < 4.5, np.argmax(np.abs(z))
+    assert np.max(np.abs(z)) < 4.5, (np.argmax(np.abs(z)), np.max(np.abs(z)))
 
 
 @pytest.mark.slow

@@ -214,7 +214,7 @@ def test_dw4_reference_against_numpyro_hmc():
 def test_lj13_reference_against_numpyro_hmc():
     init = np.stack([_config(13, 3, s, spread=1.1) for s in range(32)])
     _numpyro_reference_check(
-        de.lj13(), init, trajectory_length=1.5, num_warmup=500, num_samples=500, seed=4
+        de.lj13(), init, trajectory_length=1.5, num_warmup=400, num_samples=250, seed=4
     )
 
 
