@@ -109,11 +109,14 @@ from ._stochastic_gradient import (
     PolynomialSchedule as PolynomialSchedule,
     PreconditionedSGLD as PreconditionedSGLD,
     SGState as SGState,
+    StructuredSGLD as StructuredSGLD,
+    StructuredState as StructuredState,
     TabulatedSchedule as TabulatedSchedule,
     data_gradient_evaluations as data_gradient_evaluations,
     fit_l2hmc as fit_l2hmc,
     learned_leapfrog as learned_leapfrog,
     stationary_moments as stationary_moments,
+    structured_stationary_covariance as structured_stationary_covariance,
 )
 from ._tempering import (
     ParallelTempering as ParallelTempering,

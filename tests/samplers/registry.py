@@ -77,6 +77,10 @@ DATA_SAMPLERS = {
     "PreconditionedSGLD": lambda: ds.PreconditionedSGLD(step_size=0.05, batch_size=8),
     "SGHMC": lambda: ds.SGHMC(step_size=0.2, batch_size=8),
     "SGNHT": lambda: ds.SGNHT(step_size=0.1, batch_size=8),
+    "StructuredSGLD": lambda: ds.StructuredSGLD(step_size=0.05, batch_size=8, buffer_size=20),
+    "StructuredSGLD-dropout": lambda: ds.StructuredSGLD(
+        step_size=0.05, batch_size=8, buffer_size=20, keep_probability=0.5
+    ),
 }
 
 ALL_SAMPLERS = {**SAMPLERS, **COMPOSITE_SAMPLERS, **DATA_SAMPLERS}
