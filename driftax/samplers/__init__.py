@@ -23,6 +23,13 @@ from ._core import (
     StreamStats as StreamStats,
     run_chains as run_chains,
 )
+from ._cslc import (
+    CoarseToFineMALA as CoarseToFineMALA,
+    WaveletConditionalEnergy as WaveletConditionalEnergy,
+    haar_analysis as haar_analysis,
+    haar_blocks as haar_blocks,
+    haar_synthesis as haar_synthesis,
+)
 from ._diagnostics import ess as ess, mcse as mcse, rhat as rhat
 from ._driver import sample as sample
 from ._hamiltonian import (

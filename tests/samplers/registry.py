@@ -65,6 +65,7 @@ COMPOSITE_SAMPLERS = {
     "ParticleGibbs": lambda: ds.ParticleGibbs(
         _ssm_model, _SSM_OBSERVATIONS, num_particles=4, theta_sampler=ds.RandomWalk(step_size=0.8)
     ),
+    "CoarseToFineMALA": lambda: ds.CoarseToFineMALA(step_sizes=(0.3, 0.2)),
     "L2HMC": lambda: ds.L2HMC(
         ds.learned_leapfrog(jax.random.key(3), 2, num_layers=3, step_size=0.3, init_scale=0.1)
     ),
