@@ -32,7 +32,7 @@ import numpy as np
 
 from ..._custom_types import Array, Key
 from ...energies._base import AbstractEnergy
-from .._base import Info, all_finite, float_leaf, init_position, select
+from .._base import Info, all_finite, check_int, float_leaf, init_position, select
 from .._random import draws
 from ._schedules import AbstractSchedule, ConstantSchedule
 from ._sgmcmc import AbstractSGMCMC
@@ -77,14 +77,6 @@ def _check_groups(groups) -> tuple[int, ...] | None:
             f"`groups` must use the labels 0, 1, ..., M-1 (each at least once), got {used}."
         )
     return labels
-
-
-def _check_count(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
-    if value < 1:
-        raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
-    return int(value)
 
 
 class StructuredSGLD(AbstractSGMCMC):
@@ -148,8 +140,8 @@ class StructuredSGLD(AbstractSGMCMC):
 
     def __check_init__(self):
         self._check_common()
-        _check_count(self.buffer_size, "buffer_size")
-        _check_count(self.num_draws, "num_draws")
+        check_int(self.buffer_size, "buffer_size", 1)
+        check_int(self.num_draws, "num_draws", 1)
         rho = self.keep_probability
         if rho is not None:
             if isinstance(rho, (bool, np.bool_)) or not isinstance(
