@@ -61,18 +61,22 @@ def _principal(xs):
     return np.asarray(xs, np.float64) @ _rotation()
 
 
-def _run(sampler, target, seed, chains, steps):
-    x0 = target.sample(jax.random.key(seed), chains)
-    res = dx.sample(
+def _sample(sampler, target, x0, seed, steps, num_warmup=0):
+    """Fixed-parameter chains from `x0` (no adaptation)."""
+    return dx.sample(
         sampler,
         target,
         x0,
-        key=jax.random.key(seed + 1),
+        key=jax.random.key(seed),
         num_steps=steps,
-        num_warmup=0,
+        num_warmup=num_warmup,
         adaptation=None,
         check_health=False,
     )
+
+
+def _run(sampler, target, seed, chains, steps):
+    res = _sample(sampler, target, target.sample(jax.random.key(seed), chains), seed + 1, steps)
     return _principal(res.kernel_samples), res
 
 
@@ -182,16 +186,7 @@ class _FlatU1(AbstractEnergy):
 def _u1_chains(sampler, target, lattice, seed, chains, steps):
     dim = target.event_shape[0]
     x0 = jax.random.uniform(jax.random.key(seed), (chains, dim), minval=-np.pi, maxval=np.pi)
-    res = dx.sample(
-        sampler,
-        target,
-        x0,
-        key=jax.random.key(seed + 1),
-        num_steps=steps,
-        num_warmup=200,
-        adaptation=None,
-        check_health=False,
-    )
+    res = _sample(sampler, target, x0, seed + 1, steps, num_warmup=200)
     xs = jnp.reshape(res.kernel_samples, (chains, steps, *lattice.event_shape))
     per = jax.jit(
         jax.vmap(jax.vmap(lambda x: (lattice.topological_charge(x), lattice.mean_plaquette(x))))
