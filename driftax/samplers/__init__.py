@@ -25,7 +25,9 @@ from ._core import (
 )
 from ._cslc import (
     CoarseToFineMALA as CoarseToFineMALA,
+    PolynomialFieldAnsatz as PolynomialFieldAnsatz,
     WaveletConditionalEnergy as WaveletConditionalEnergy,
+    fit_conditional_ansatz as fit_conditional_ansatz,
     haar_analysis as haar_analysis,
     haar_blocks as haar_blocks,
     haar_synthesis as haar_synthesis,

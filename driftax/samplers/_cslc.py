@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Key, Scalar, Shape
+from .._training import Minibatches, check_count, train
 from ..energies._base import AbstractEnergy
 from ._base import (
     AbstractSampler,
@@ -326,3 +327,162 @@ class CoarseToFineMALA(AbstractSampler):
             num_grad_evals=jnp.asarray(len(masks), jnp.int32),
         )
         return new, info
+
+
+class PolynomialFieldAnsatz(AbstractEnergy):
+    """The learned-ansatz energy of a lattice field, linear in its parameters:
+
+    `−log_density(φ) = kinetic · Σ_x Σ_μ (φ(x+μ̂) − φ(x))² + Σ_k potential[k] · Σ_x φ(x)^(2k+2)`
+
+    (periodic nearest-neighbour differences; a local even polynomial potential of degree
+    `2 · len(potential)`). Its conditional energies of one Haar scale given the others
+    ([`WaveletConditionalEnergy`][driftax.samplers.WaveletConditionalEnergy] of this energy) are
+    the CSLC ansatz: quadratic in the fine coefficients through the kinetic and `φ²` terms, with
+    local quartic (and higher) couplings of fine and coarse through `φ = W^T (coarse, fine)`.
+
+    The exact φ⁴ lattice energy ([`phi4`][driftax.energies.phi4] with `variant="lattice"`) lies in
+    the family: `kinetic = 1`, `potential = (m², λ)`. Fit the parameters from field samples with
+    [`fit_conditional_ansatz`][driftax.samplers.fit_conditional_ansatz]; then sample with
+    [`CoarseToFineMALA`][driftax.samplers.CoarseToFineMALA] on this energy. The density is
+    normalizable when the last `potential` coefficient is positive (not checked while training).
+
+    **Arguments:** `kinetic` (a float), `potential` (floats: the coefficients of `φ², φ⁴, …`),
+    `shape` (the field's shape: `(n,)` or `(L, L)`).
+    """
+
+    kinetic: Array
+    potential: Array
+    event_shape: Shape = eqx.field(static=True)
+
+    def __init__(self, kinetic, potential, shape):
+        shape = tuple(int(s) for s in np.atleast_1d(np.asarray(shape)))
+        if len(shape) not in (1, 2) or min(shape) < 2:
+            raise ValueError(f"`shape` must be (n,) or (L, L) with sides >= 2, got {shape}.")
+        kinetic = jnp.asarray(kinetic, float)
+        potential = jnp.atleast_1d(jnp.asarray(potential, float))
+        if kinetic.shape != () or potential.ndim != 1 or potential.shape[0] < 1:
+            raise ValueError(
+                "`kinetic` must be a float and `potential` a non-empty 1-D array, got shapes "
+                f"{kinetic.shape} and {potential.shape}."
+            )
+        try:
+            finite = bool(jnp.all(jnp.isfinite(kinetic)) & jnp.all(jnp.isfinite(potential)))
+        except jax.errors.ConcretizationTypeError:  # traced parameters: checked by the fit
+            finite = True
+        if not finite:
+            raise ValueError("`kinetic` and `potential` must be finite.")
+        self.kinetic, self.potential, self.event_shape = kinetic, potential, shape
+
+    def features(self, x) -> Array:
+        """The sufficient statistics `(Σ (∇φ)², Σ φ², Σ φ⁴, …)`: `−log_density = θ · features`."""
+        x = jnp.asarray(x)
+        kin = sum(jnp.sum((jnp.roll(x, -1, a) - x) ** 2) for a in range(x.ndim))
+        powers = [jnp.sum(x ** (2 * k + 2)) for k in range(self.potential.shape[0])]
+        return jnp.stack([kin, *powers])
+
+    @property
+    def parameters(self) -> Array:
+        """`(kinetic, *potential)`, the coefficients of `features`."""
+        return jnp.concatenate([self.kinetic[None], self.potential])
+
+    def log_density(self, x) -> Scalar:
+        return -jnp.dot(self.parameters.astype(jnp.result_type(x)), self.features(x))
+
+
+class _ConditionalSlicedSM(eqx.Module):
+    """Sliced score matching (variance-reduced) of one Haar scale's conditional: for a field
+    `φ`, block coefficients `d` and `v ~ N(0, I)` on the block, `½‖∇_d log p‖² + vᵀ ∇²_d log p v`.
+    The Haar basis is orthonormal, so `∇_d` is the block of `W ∇_φ` and the block Hessian's
+    quadratic form is the field Hessian's along `u = Wᵀ v`."""
+
+    shape: tuple[int, ...] = eqx.field(static=True)
+    levels: int = eqx.field(static=True)
+    block: int = eqx.field(static=True)
+
+    def __call__(self, model: PolynomialFieldAnsatz, batch, *, key):
+        mask = haar_blocks(self.shape, self.levels)[self.block]
+        idx = np.nonzero(mask)
+        n_block = int(mask.sum())
+
+        def one(x, k):
+            v = jax.random.normal(k, (n_block,), x.dtype)
+            u = haar_synthesis(jnp.zeros_like(x).at[idx].set(v), self.levels)
+            score, hu = jax.jvp(jax.grad(model.log_density), (x,), (u,))
+            s_block = haar_analysis(score, self.levels)[idx]
+            return 0.5 * jnp.sum(s_block**2) + jnp.sum(u * hu)
+
+        keys = jax.random.split(key, batch.shape[0])
+        return jnp.mean(jax.vmap(one)(batch, keys))
+
+
+def fit_conditional_ansatz(
+    samples,
+    *,
+    key: Key,
+    optimizer,
+    num_steps: int,
+    batch_size: int,
+    levels: int = 1,
+    block: int | None = None,
+    degree: int = 4,
+    init: PolynomialFieldAnsatz | None = None,
+):
+    """Fit a [`PolynomialFieldAnsatz`][driftax.samplers.PolynomialFieldAnsatz] to field samples by
+    **conditional score matching** of one Haar scale given the others (the CSLC / wavelet
+    conditional renormalization-group fit): the loss is the sliced, variance-reduced Hyvärinen
+    score matching of the block's coefficients, whose minimizer over a family that contains the
+    true conditional is the true conditional (here: the true field energy's parameters, up to
+    those the block does not see). The ansatz is linear in its parameters, so the loss is
+    quadratic in them. Runs on the shared training loop.
+
+    **Arguments:**
+
+    - `samples`: field configurations `(n, *shape)` (e.g. from HMC on the finer level).
+    - `key`, `optimizer` (optax), `num_steps`, `batch_size`: as every driftax fit.
+    - `levels`: Haar levels; `block`: the scale whose conditional is fitted (0 = coarsest,
+      `levels` = finest, the default).
+    - `degree`: the potential's degree (even, ≥ 2); ignored with `init`.
+    - `init`: the starting ansatz (default `kinetic = 1`, `potential = (0, …, 0, 1)`).
+
+    **Returns:** `(ansatz, losses)`, `losses` of shape `(num_steps,)`.
+    """
+    x = jnp.asarray(samples)
+    if x.ndim not in (2, 3) or x.shape[0] < 1:
+        raise ValueError(f"`samples` must have shape (n, L) or (n, L, L), got {x.shape}.")
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError("`samples` must be finite.")
+    shape = tuple(x.shape[1:])
+    levels = check_levels(levels, shape)
+    block = levels if block is None else block
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)):
+        raise TypeError(f"`block` must be an int, got {block!r}.")
+    if not 0 <= block <= levels:
+        raise ValueError(f"`block` must be in [0, {levels}], got {block}.")
+    if init is None:
+        if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)):
+            raise TypeError(f"`degree` must be an int, got {degree!r}.")
+        if degree < 2 or degree % 2:
+            raise ValueError(f"`degree` must be even and >= 2, got {degree}.")
+        potential = np.zeros(degree // 2)
+        potential[-1] = 1.0
+        init = PolynomialFieldAnsatz(1.0, potential, shape)
+    elif not isinstance(init, PolynomialFieldAnsatz):
+        raise TypeError(f"`init` must be a PolynomialFieldAnsatz, got {type(init).__name__}.")
+    elif tuple(init.event_shape) != shape:
+        raise ValueError(
+            f"`init` has shape {tuple(init.event_shape)} but the samples have shape {shape}."
+        )
+    batch_size = check_count(batch_size, "batch_size")
+    loss = _ConditionalSlicedSM(shape, levels, int(block))
+    batches = Minibatches(x.astype(init.kinetic.dtype), batch_size, replace=True)
+    trained, history = train(
+        init,
+        loss,
+        batches,
+        key=key,
+        optimizer=optimizer,
+        num_steps=num_steps,
+        desc="fit_conditional_ansatz",
+        warn_name="fit_conditional_ansatz",
+    )
+    return trained, history.losses

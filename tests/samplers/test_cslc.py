@@ -152,3 +152,74 @@ def test_bad_input(phi4):
         ds.WaveletConditionalEnergy(phi4, jnp.zeros((4, 4)), levels=1, block=1)
     with pytest.raises(TypeError, match="energy"):
         ds.WaveletConditionalEnergy("phi4", jnp.zeros((8, 8)), levels=1, block=1)
+
+
+# ---- the learned ansatz (PolynomialFieldAnsatz + conditional score matching) --------------
+
+
+def test_ansatz_contains_exact_phi4():
+    target = dx.energies.phi4(8, variant="lattice", m2=-1.8, lam=2.0)
+    ansatz = ds.PolynomialFieldAnsatz(1.0, (-1.8, 2.0), (8, 8))
+    x = jax.random.normal(jax.random.key(3), (8, 8))
+    np.testing.assert_allclose(
+        float(ansatz.log_density(x)), float(target.log_density(x)), rtol=1e-5
+    )
+    feats = ansatz.features(x)
+    assert feats.shape == (3,)
+    np.testing.assert_allclose(float(feats[2]), float(jnp.sum(x**4)), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_fit_conditional_ansatz_recovers_phi4():
+    """Conditional (finest-scale-given-coarse) sliced score matching on exact φ⁴ samples
+    recovers `(kinetic, m², λ) = (1, -1.8, 2)`, which lie in the ansatz family, within 5 %
+    (1600 correlated samples of an 8×8 field; the exact-trace least-squares score-matching
+    estimate on these samples is (1.014, -1.788, 1.973))."""
+    import optax
+
+    target = dx.energies.phi4(8, variant="lattice", m2=-1.8, lam=2.0)
+    sampler = ds.CoarseToFineMALA(step_sizes=(0.08, 0.05, 0.015), levels=2)
+    result = dx.sample(sampler, target, jnp.zeros((8, 8)), key=jax.random.key(0),
+                       num_steps=400, num_warmup=100, num_chains=4, check_health=False)  # fmt: skip
+    xs = result.samples.reshape(-1, 8, 8)
+    opt = optax.adam(optax.cosine_decay_schedule(0.05, 600))
+    ansatz, losses = ds.fit_conditional_ansatz(
+        xs, key=jax.random.key(1), optimizer=opt, num_steps=600, batch_size=64, levels=2
+    )
+    assert losses.shape == (600,) and bool(jnp.all(jnp.isfinite(losses)))
+    truth = np.array([1.0, -1.8, 2.0])
+    np.testing.assert_array_less(
+        np.abs(np.asarray(ansatz.parameters) - truth), 0.05 * np.abs(truth)
+    )
+    # the fitted ansatz drives the coarse-to-fine sampler in place of the exact energy
+    fitted = dx.sample(sampler, ansatz, jnp.zeros((8, 8)), key=jax.random.key(2),
+                       num_steps=20, num_chains=2, check_health=False)  # fmt: skip
+    assert bool(jnp.all(jnp.isfinite(fitted.samples)))
+
+
+def test_ansatz_bad_input():
+    import optax
+
+    xs = jnp.zeros((4, 8, 8))
+    fit = ds.fit_conditional_ansatz
+    kw = dict(key=jax.random.key(0), optimizer=optax.adam(0.1), num_steps=2, batch_size=2)
+    with pytest.raises(ValueError, match="samples"):
+        fit(jnp.zeros((4, 8, 8, 2)), **kw)
+    with pytest.raises(ValueError, match="samples"):
+        fit(xs.at[0, 0, 0].set(jnp.nan), **kw)
+    with pytest.raises(ValueError, match="block"):
+        fit(xs, levels=2, block=3, **kw)
+    with pytest.raises(ValueError, match="levels"):
+        fit(xs, levels=4, **kw)
+    with pytest.raises(ValueError, match="degree"):
+        fit(xs, degree=3, **kw)
+    with pytest.raises(ValueError, match="init"):
+        fit(xs, init=ds.PolynomialFieldAnsatz(1.0, (1.0,), (4, 4)), **kw)
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(xs, **{**kw, "batch_size": 0})
+    with pytest.raises(ValueError, match="potential"):
+        ds.PolynomialFieldAnsatz(1.0, (), (8, 8))
+    with pytest.raises(ValueError, match="shape"):
+        ds.PolynomialFieldAnsatz(1.0, (1.0,), (8, 8, 8))
+    with pytest.raises(ValueError, match="finite"):
+        ds.PolynomialFieldAnsatz(float("nan"), (1.0,), (8, 8))
