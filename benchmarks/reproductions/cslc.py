@@ -134,6 +134,21 @@ def run(out: Path, quick: bool, seed: int) -> Report:
     sub = xs_c.reshape(-1, L, L)[:: max(1, xs_c.shape[0] * xs_c.shape[1] // 40)]
     full, fine, kin_fine = _min_eigs(target, sub)
     acc = np.asarray(c2f.acceptance_rate) if hasattr(c2f, "acceptance_rate") else None
+    # the learned-ansatz option: fit the finest scale's conditional on the HMC samples
+    import optax
+
+    fit_steps = 600 if quick else 3000
+    ansatz, _ = ds.fit_conditional_ansatz(
+        xs_h.reshape(-1, L, L),
+        key=jax.random.fold_in(key_0, 1),
+        optimizer=optax.adam(optax.cosine_decay_schedule(0.05, fit_steps)),
+        num_steps=fit_steps,
+        batch_size=64,
+        levels=LEVELS,
+    )
+    theta = np.asarray(ansatz.parameters, np.float64)
+    truth = np.array([1.0, M2, LAM])
+    rel = np.abs(theta - truth) / np.abs(truth)
 
     rows = [
         Row(
@@ -157,6 +172,14 @@ def run(out: Path, quick: bool, seed: int) -> Report:
             measured=f"max |Δ|/MCSE {z_g.max():.2f}; G(0) {g_c[0]:.3f} vs {g_h[0]:.3f}",
             passed=bool(z_g.max() < 4.0),
         ),
+        Row(
+            claim="learned ansatz: conditional score matching of the finest scale on HMC "
+            "samples recovers the φ⁴ energy (in the ansatz family)",
+            reference=f"(kinetic, m², λ) = (1, {M2}, {LAM}), each within 5 %",
+            measured=f"({theta[0]:.3f}, {theta[1]:.3f}, {theta[2]:.3f}); max rel. error "
+            f"{rel.max():.1%}",
+            passed=bool(rel.max() < 0.05),
+        ),
     ]
     details = {
         "lattice": {"L": L, "m2": M2, "lam": LAM, "levels": LEVELS, "step_sizes": STEP_SIZES},
@@ -173,6 +196,7 @@ def run(out: Path, quick: bool, seed: int) -> Report:
         "full_min_eig": full.tolist(),
         "fine_min_eig": fine.tolist(),
         "c2f_acceptance": None if acc is None else float(np.mean(acc)),
+        "ansatz_parameters": theta.tolist(),
     }
     figure = None
     try:
