@@ -23,6 +23,15 @@ from ._core import (
     StreamStats as StreamStats,
     run_chains as run_chains,
 )
+from ._cslc import (
+    CoarseToFineMALA as CoarseToFineMALA,
+    PolynomialFieldAnsatz as PolynomialFieldAnsatz,
+    WaveletConditionalEnergy as WaveletConditionalEnergy,
+    fit_conditional_ansatz as fit_conditional_ansatz,
+    haar_analysis as haar_analysis,
+    haar_blocks as haar_blocks,
+    haar_synthesis as haar_synthesis,
+)
 from ._diagnostics import ess as ess, mcse as mcse, rhat as rhat
 from ._driver import sample as sample
 from ._hamiltonian import (
@@ -109,11 +118,14 @@ from ._stochastic_gradient import (
     PolynomialSchedule as PolynomialSchedule,
     PreconditionedSGLD as PreconditionedSGLD,
     SGState as SGState,
+    StructuredSGLD as StructuredSGLD,
+    StructuredState as StructuredState,
     TabulatedSchedule as TabulatedSchedule,
     data_gradient_evaluations as data_gradient_evaluations,
     fit_l2hmc as fit_l2hmc,
     learned_leapfrog as learned_leapfrog,
     stationary_moments as stationary_moments,
+    structured_stationary_covariance as structured_stationary_covariance,
 )
 from ._tempering import (
     ParallelTempering as ParallelTempering,

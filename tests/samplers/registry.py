@@ -65,6 +65,7 @@ COMPOSITE_SAMPLERS = {
     "ParticleGibbs": lambda: ds.ParticleGibbs(
         _ssm_model, _SSM_OBSERVATIONS, num_particles=4, theta_sampler=ds.RandomWalk(step_size=0.8)
     ),
+    "CoarseToFineMALA": lambda: ds.CoarseToFineMALA(step_sizes=(0.3, 0.2)),
     "L2HMC": lambda: ds.L2HMC(
         ds.learned_leapfrog(jax.random.key(3), 2, num_layers=3, step_size=0.3, init_scale=0.1)
     ),
@@ -77,6 +78,10 @@ DATA_SAMPLERS = {
     "PreconditionedSGLD": lambda: ds.PreconditionedSGLD(step_size=0.05, batch_size=8),
     "SGHMC": lambda: ds.SGHMC(step_size=0.2, batch_size=8),
     "SGNHT": lambda: ds.SGNHT(step_size=0.1, batch_size=8),
+    "StructuredSGLD": lambda: ds.StructuredSGLD(step_size=0.05, batch_size=8, buffer_size=20),
+    "StructuredSGLD-dropout": lambda: ds.StructuredSGLD(
+        step_size=0.05, batch_size=8, buffer_size=20, keep_probability=0.5
+    ),
 }
 
 ALL_SAMPLERS = {**SAMPLERS, **COMPOSITE_SAMPLERS, **DATA_SAMPLERS}

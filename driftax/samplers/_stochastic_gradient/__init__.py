@@ -24,4 +24,9 @@ from ._sgmcmc import (
     SGState as SGState,
     data_gradient_evaluations as data_gradient_evaluations,
 )
+from ._structured import (
+    StructuredSGLD as StructuredSGLD,
+    StructuredState as StructuredState,
+    structured_stationary_covariance as structured_stationary_covariance,
+)
 from ._theory import stationary_moments as stationary_moments
