@@ -52,6 +52,10 @@ from ._interpolant import (
     StochasticInterpolant as StochasticInterpolant,
     solve_interpolant as solve_interpolant,
 )
+from ._kinetic_optimal import (
+    KineticOptimalPath as KineticOptimalPath,
+    gaussian_kinetic_energy as gaussian_kinetic_energy,
+)
 from ._losses import (
     AbstractLoss as AbstractLoss,
     DenoisingLoss as DenoisingLoss,
@@ -65,6 +69,14 @@ from ._models import (
     Denoiser as Denoiser,
     MeanFlowModel as MeanFlowModel,
     NetworkField as NetworkField,
+)
+from ._multimarginal import (
+    MultimarginalGaussianFields as MultimarginalGaussianFields,
+    MultimarginalInterpolant as MultimarginalInterpolant,
+    MultimarginalLoss as MultimarginalLoss,
+    MultimarginalMLP as MultimarginalMLP,
+    fit_multimarginal as fit_multimarginal,
+    solve_multimarginal as solve_multimarginal,
 )
 from ._nets import MLP as MLP
 from ._path import (
