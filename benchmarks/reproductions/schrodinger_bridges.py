@@ -16,6 +16,11 @@ Claims checked.
    at NFE 1, 2 and 4 against the same model's NFE-128 solution is lower (each NFE), so a target
    error needs fewer steps; the energy distances to held-out target data are reported. SB-CFM
    (entropic coupling with Brownian-bridge noise) is reported alongside.
+4. Phase-space bridges (AGM, Chen et al. 2024) sample well at few steps: on the same 8 Gaussians
+   -> moons problem, with the same network size and training budget as I-CFM, the AGM data
+   predictor (`PhaseSpaceBridge(sigma=1, velocity_scale=1)`, closed-form conditional sampler)
+   reaches a lower energy distance to held-out target data than I-CFM with Euler at NFE 2, 4
+   and 8.
 
 The figure shows the learned I-CFM and OT-CFM trajectories (NFE 16) and the LightSB / DSBM
 errors against the floor.
@@ -162,6 +167,34 @@ def run(out: Path, quick: bool, seed: int) -> Report:
                 errs["OT-CFM"][k] < errs["I-CFM"][k],
             )
         )
+
+    # ------------------------------------------- 4. phase-space bridges (AGM) at few steps
+    k_net, k_fit = jax.random.split(jax.random.key(seed + 2))
+    ps = dd.PhaseSpaceBridge(sigma=1.0, velocity_scale=1.0)
+    predictor = dd.PhaseSpaceMLP(2, key=k_net, hidden=64, depth=3)
+    opt = optax.adam(optax.cosine_decay_schedule(3e-3, steps, alpha=0.05))
+    predictor, _ = dd.fit_bridge(
+        predictor, dd.PhaseSpaceLoss(ps), src, tgt, key=k_fit, optimizer=opt, num_steps=steps,
+        batch_size=256,
+    )  # fmt: skip
+    agm = {}
+    for k in (2, 4, 8):
+        x, _ = dd.solve_phase_space(
+            ps, predictor, x_eval, key=jax.random.key(seed + 4), num_steps=k
+        )
+        agm[k] = float(de.energy_distance(x, held))
+        if k not in eds["I-CFM"]:
+            x = dd.solve_bridge(flows["I-CFM"], x_eval, num_steps=k, solver=dd.Euler())
+            eds["I-CFM"][k] = float(de.energy_distance(x, held))
+        rows.append(
+            Row(
+                f"8 Gaussians → moons: phase-space bridge (AGM) beats the plain interpolant at NFE {k}",
+                f"I-CFM Euler energy distance {eds['I-CFM'][k]:.3f}",
+                f"AGM {agm[k]:.3f} (data-data {baseline:.4f})",
+                agm[k] < eds["I-CFM"][k],
+            )
+        )
+    details["agm"] = {"energy_distance": agm}
 
     # ----------------------------------------------------------------------------- figure
     from matplotlib.figure import Figure

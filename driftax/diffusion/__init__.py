@@ -21,6 +21,12 @@ from ._bridges._ot import (
     entropic_plan as entropic_plan,
     exact_assignment as exact_assignment,
 )
+from ._bridges._phase_space import (
+    PhaseSpaceBridge as PhaseSpaceBridge,
+    PhaseSpaceLoss as PhaseSpaceLoss,
+    PhaseSpaceMLP as PhaseSpaceMLP,
+    solve_phase_space as solve_phase_space,
+)
 from ._bridges._solve import solve_bridge as solve_bridge
 from ._closed_form import (
     ClosedFormDiffusion as ClosedFormDiffusion,
