@@ -7,6 +7,13 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
+from ._bridges._egneot import (
+    EgNEOT as EgNEOT,
+    EgNEOTConditional as EgNEOTConditional,
+    EgNEOTLoss as EgNEOTLoss,
+    QuadraticPotential as QuadraticPotential,
+    quadratic_plan as quadratic_plan,
+)
 from ._bridges._fit import fit_bridge as fit_bridge
 from ._bridges._gaussian import GaussianBridge as GaussianBridge
 from ._bridges._lightsb import LightSB as LightSB, LightSBLoss as LightSBLoss
