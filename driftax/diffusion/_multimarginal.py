@@ -50,7 +50,8 @@ class MultimarginalInterpolant(eqx.Module):
     **Arguments:**
 
     - `num_marginals`: `K >= 2` (with `K = 2` and the edge `alpha = (t, 1 - t)` this is the
-      two-sided linear `StochasticInterpolant`).
+      two-sided linear `StochasticInterpolant` with its `gamma_scale` = `sqrt(2)` times this
+      one).
     - `gamma_scale`: `>= 0` (`0`: a deterministic interpolant; `1`: `sqrt(2 t (1 - t))` on edges).
     - `concentration`: the Dirichlet concentration of the training `alpha` (`1`: uniform on
       the simplex; `< 1` puts more of them near edges and vertices).
