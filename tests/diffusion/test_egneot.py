@@ -146,10 +146,10 @@ def test_trained_plan_recovers_the_gaussian_coupling():
         errs.append(np.linalg.norm(c_hat - c) / np.linalg.norm(c))
     assert max(errs) < 0.08, errs
     x = jnp.asarray(M0)
-    ys = jax.vmap(lambda kk: model.sample_conditional(kk, x, num_steps=200))(
-        jax.random.split(jax.random.key(9), 2000)
+    ys = jax.vmap(lambda kk: model.sample_conditional(kk, x, num_steps=100))(
+        jax.random.split(jax.random.key(9), 1000)
     )
     kmat, cvec, cov = dd.quadratic_plan(model)
-    # ULA with h = 0.05 eps is biased by O(h) on the variance; 5 MCSE + that bias
+    # 1000 draws: mean MCSE ~0.03, variance MCSE ~0.04; ULA (h = 0.05 eps) adds O(h) bias
     np.testing.assert_allclose(np.asarray(ys).mean(0), kmat @ x + cvec, atol=0.1)
     np.testing.assert_allclose(np.cov(np.asarray(ys).T), cov, atol=0.12)
