@@ -66,6 +66,7 @@ from ._interpolant import (
     solve_interpolant as solve_interpolant,
 )
 from ._kinetic_optimal import (
+    AnisotropicKineticOptimalPath as AnisotropicKineticOptimalPath,
     KineticOptimalPath as KineticOptimalPath,
     gaussian_kinetic_energy as gaussian_kinetic_energy,
 )

@@ -234,3 +234,69 @@ def test_kinetic_optimal_path_values_and_errors(x64):
         dd.gaussian_kinetic_energy(p, jnp.zeros(2), -jnp.eye(2))
     with pytest.raises(TypeError, match="path"):
         dd.gaussian_kinetic_energy("linear", jnp.zeros(2), jnp.eye(2))  # type: ignore[arg-type]
+
+
+def _rotated_cov(lam):
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(11), (3, 3)))
+    return (q * lam) @ q.T
+
+
+class _BumpedAniso(dd.AnisotropicKineticOptimalPath):
+    """The anisotropic KO path with Sigma_t multiplied by 1 + 0.2 t (1 - t) (same ends)."""
+
+    def sigma_matrix(self, t):
+        return super().sigma_matrix(t) * (1 + 0.2 * t * (1 - t))
+
+
+def test_anisotropic_kinetic_optimal_path_meets_the_bound(x64):
+    """On N(m, S) with eigenvalues 0.04, 1, 4 (rotated) the anisotropic path's energy, computed
+    by the general matrix formula, equals |m|^2 + sum (1 - sqrt(lam))^2 and is below the
+    linear, trigonometric and every isotropic KO path's, and below a perturbed one."""
+    lam = jnp.array([0.04, 1.0, 4.0])
+    m, cov = jnp.array([1.0, -0.5, 0.3]), _rotated_cov(lam)
+    path = dd.AnisotropicKineticOptimalPath(cov)
+    ke = float(dd.gaussian_kinetic_energy(path, m, cov))
+    np.testing.assert_allclose(ke, float(m @ m + jnp.sum((1 - jnp.sqrt(lam)) ** 2)), rtol=1e-10)
+    others = [
+        dd.LinearInterpolant(t_data=0.0),
+        dd.TrigonometricInterpolant(t_data=0.0),
+        *[dd.KineticOptimalPath(data_scale=s, t_data=0.0) for s in (0.2, 0.7, 1.0, 1.5, 2.0)],
+        _BumpedAniso(cov),
+    ]
+    for p in others:
+        assert float(dd.gaussian_kinetic_energy(p, m, cov, num_points=128)) > ke + 1e-3
+
+
+def test_anisotropic_path_velocity_transports_its_marginal(x64):
+    """The closed-form velocity's mean and covariance flux match d/dt of the marginal
+    (jax.jacfwd): E[u] = d mean/dt, A C + C A^T = d cov/dt for u = b + A x."""
+    m, cov = jnp.array([1.0, -0.5, 0.3]), _rotated_cov(jnp.array([0.04, 1.0, 4.0]))
+    path = dd.AnisotropicKineticOptimalPath(cov)
+    for t in (0.1, 0.5, 0.9):
+        mu, c = path.marginal(t, m)
+        dmu, dc = jax.jacfwd(lambda tt: path.marginal(tt, m))(jnp.asarray(t))
+        amat = jax.jacfwd(lambda x, t=t: path.velocity(t, x, m))(mu)
+        np.testing.assert_allclose(path.velocity(t, mu, m), dmu, atol=1e-12)
+        np.testing.assert_allclose(amat @ c + c @ amat.T, dc, atol=1e-10)
+
+
+def test_anisotropic_path_reduces_to_isotropic(x64):
+    """For S = s^2 I it is KineticOptimalPath(s): same noise scale, same energy; bad input."""
+    m, s = jnp.array([1.0, -0.5, 0.3]), 0.5
+    iso = dd.KineticOptimalPath(data_scale=s, t_data=0.0)
+    path = dd.AnisotropicKineticOptimalPath(s**2 * jnp.eye(3))
+    for t in (0.0, 0.3, 1.0):
+        np.testing.assert_allclose(path.sigma_matrix(t), iso.sigma(t) * jnp.eye(3), atol=1e-14)
+    np.testing.assert_allclose(
+        float(dd.gaussian_kinetic_energy(path, m, s**2 * jnp.eye(3))),
+        float(dd.gaussian_kinetic_energy(iso, m, s**2 * jnp.eye(3))),
+        rtol=1e-10,
+    )
+    x = path.sample(0.4, m, jnp.ones(3))
+    np.testing.assert_allclose(x, 0.6 * m + iso.sigma(0.4) * jnp.ones(3), atol=1e-14)
+    with pytest.raises(ValueError, match="cov"):
+        dd.AnisotropicKineticOptimalPath(jnp.ones(3))
+    with pytest.raises(ValueError, match="cov"):
+        dd.AnisotropicKineticOptimalPath(-jnp.eye(2))
+    with pytest.raises(ValueError, match="t_data"):
+        dd.AnisotropicKineticOptimalPath(jnp.eye(2), t_data=1.0)
