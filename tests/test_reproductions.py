@@ -29,13 +29,6 @@ def _names():
 # name -> (phrases of the failing claims, reason): claims that do not hold in the quick profile
 # (kept honest in the report). Every OTHER claim of these scripts must still pass.
 KNOWN_FAILURES: dict[str, tuple[tuple[str, ...], str]] = {
-    "schrodinger_bridges": (
-        ("phase-space bridge (AGM) beats the plain interpolant",),
-        "quick profile (8 Gaussians -> moons, 64-wide nets, 1000 steps each, seed 0): the AGM "
-        "data predictor with the first-order closed-form conditional sampler has energy distance "
-        "0.720 / 0.309 / 0.122 at NFE 2 / 4 / 8 against I-CFM Euler's 0.334 / 0.113 / 0.046; "
-        "the paper's few-NFE advantage was not reproduced",
-    ),
     "l2hmc": (
         ("L2HMC beats HMC in ESS per gradient",),
         "quick profile (10 layers, 1500 ESJD training steps, 8x1500 draws): training raises the "
