@@ -7,6 +7,13 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
+from ._bridges._egneot import (
+    EgNEOT as EgNEOT,
+    EgNEOTConditional as EgNEOTConditional,
+    EgNEOTLoss as EgNEOTLoss,
+    QuadraticPotential as QuadraticPotential,
+    quadratic_plan as quadratic_plan,
+)
 from ._bridges._fit import fit_bridge as fit_bridge
 from ._bridges._gaussian import GaussianBridge as GaussianBridge
 from ._bridges._lightsb import LightSB as LightSB, LightSBLoss as LightSBLoss
@@ -20,6 +27,12 @@ from ._bridges._matching import (
 from ._bridges._ot import (
     entropic_plan as entropic_plan,
     exact_assignment as exact_assignment,
+)
+from ._bridges._phase_space import (
+    PhaseSpaceBridge as PhaseSpaceBridge,
+    PhaseSpaceLoss as PhaseSpaceLoss,
+    PhaseSpaceMLP as PhaseSpaceMLP,
+    solve_phase_space as solve_phase_space,
 )
 from ._bridges._solve import solve_bridge as solve_bridge
 from ._closed_form import (
@@ -52,6 +65,11 @@ from ._interpolant import (
     StochasticInterpolant as StochasticInterpolant,
     solve_interpolant as solve_interpolant,
 )
+from ._kinetic_optimal import (
+    AnisotropicKineticOptimalPath as AnisotropicKineticOptimalPath,
+    KineticOptimalPath as KineticOptimalPath,
+    gaussian_kinetic_energy as gaussian_kinetic_energy,
+)
 from ._losses import (
     AbstractLoss as AbstractLoss,
     DenoisingLoss as DenoisingLoss,
@@ -65,6 +83,14 @@ from ._models import (
     Denoiser as Denoiser,
     MeanFlowModel as MeanFlowModel,
     NetworkField as NetworkField,
+)
+from ._multimarginal import (
+    MultimarginalGaussianFields as MultimarginalGaussianFields,
+    MultimarginalInterpolant as MultimarginalInterpolant,
+    MultimarginalLoss as MultimarginalLoss,
+    MultimarginalMLP as MultimarginalMLP,
+    fit_multimarginal as fit_multimarginal,
+    solve_multimarginal as solve_multimarginal,
 )
 from ._nets import MLP as MLP
 from ._path import (

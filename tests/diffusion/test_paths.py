@@ -18,6 +18,7 @@ PATHS = [
     dd.EDM(),
     dd.LinearInterpolant(),
     dd.TrigonometricInterpolant(),
+    dd.KineticOptimalPath(data_scale=0.5),
 ]
 IDS = [type(p).__name__ for p in PATHS]
 
