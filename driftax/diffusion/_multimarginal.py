@@ -282,7 +282,6 @@ def fit_multimarginal(
         ema_decay=ema_decay,
         progress=progress,
         desc="fit_multimarginal",
-        warn_name="fit_multimarginal",
     )
     return trained, history.losses
 

@@ -483,6 +483,5 @@ def fit_conditional_ansatz(
         optimizer=optimizer,
         num_steps=num_steps,
         desc="fit_conditional_ansatz",
-        warn_name="fit_conditional_ansatz",
     )
     return trained, history.losses
