@@ -47,6 +47,10 @@ from ._conditional import (
 )
 from ._energy_models import EnergyModel as EnergyModel, TimeEnergy as TimeEnergy
 from ._fewstep import DEIS as DEIS, IPNDM as IPNDM
+from ._forward_processes import (
+    OrnsteinUhlenbeck as OrnsteinUhlenbeck,
+    OrnsteinUhlenbeckMixtureFields as OrnsteinUhlenbeckMixtureFields,
+)
 from ._grid import check_grid as check_grid, time_grid as time_grid
 from ._guidance import (
     FKCResult as FKCResult,
