@@ -107,6 +107,11 @@ from ._path import (
     SubVP as SubVP,
     TrigonometricInterpolant as TrigonometricInterpolant,
 )
+from ._pfgm import (
+    PFGMPP as PFGMPP,
+    PFGMPPEmpiricalField as PFGMPPEmpiricalField,
+    PFGMPPLoss as PFGMPPLoss,
+)
 from ._samplers._buffer import LocalSearch as LocalSearch
 from ._samplers._cmcd import CMCD as CMCD
 from ._samplers._core import (
