@@ -35,6 +35,11 @@ from ._bridges._phase_space import (
     solve_phase_space as solve_phase_space,
 )
 from ._bridges._solve import solve_bridge as solve_bridge
+from ._cld import (
+    LinearDiffusion as LinearDiffusion,
+    critically_damped as critically_damped,
+    solve_cld as solve_cld,
+)
 from ._closed_form import (
     ClosedFormDiffusion as ClosedFormDiffusion,
     gaussian_approximation as gaussian_approximation,
