@@ -169,7 +169,7 @@ def ou_setup():
     return mixture, path, exact, x_init, ref
 
 
-FAST = ("euler", "dpmpp2m", "unipc")
+FAST = ("dpmpp2m",)  # the others run in the slow suite
 
 
 @pytest.mark.parametrize(
