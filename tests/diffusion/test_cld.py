@@ -76,10 +76,17 @@ def test_perturb_draws_the_marginal():
 def test_sscs_on_the_exact_gaussian_score_reaches_the_data_law():
     """From the stationary prior, SSCS (1000 steps) with the exact score of N(mu, 0.3^2 I) data
     ends with x of mean mu and variance 0.09 (the exact marginal at t_data) within 4 MCSE
-    (n = 2000; the splitting bias at 1000 steps, ~1e-3 in the variance, is below that)."""
+    (n = 2000; the splitting bias at 1000 steps, ~1e-3 in the variance, is below that); the
+    same key gives the same draws and a second call does not retrace."""
     cld = dd.critically_damped()
     mu, s2, n = jnp.array([1.5, -0.5]), 0.09, 2000
-    score = cld.gaussian_score(mu, s2)
+    exact = cld.gaussian_score(mu, s2)
+    traces = []
+
+    def score(t, u):
+        traces.append(1)  # runs only while tracing
+        return exact(t, u)
+
     u0 = cld.prior_sample(jax.random.key(0), (n, 2))
     u = dd.solve_cld(cld, score, u0, num_steps=1000, key=jax.random.key(1))
     x = np.asarray(u[..., 0])
@@ -88,8 +95,10 @@ def test_sscs_on_the_exact_gaussian_score_reaches_the_data_law():
     var = float(cov[0, 0])
     assert np.all(np.abs(x.mean(0) - want_mean) < 4 * math.sqrt(var / n))
     assert np.all(np.abs(x.var(0) - var) < 4 * var * math.sqrt(2 / n))
+    n_traces = len(traces)
     again = dd.solve_cld(cld, score, u0, num_steps=1000, key=jax.random.key(1))
     np.testing.assert_array_equal(u, again)
+    assert len(traces) == n_traces  # the second call with the same shapes does not retrace
 
 
 def test_bad_input():
