@@ -35,6 +35,11 @@ from ._bridges._phase_space import (
     solve_phase_space as solve_phase_space,
 )
 from ._bridges._solve import solve_bridge as solve_bridge
+from ._cld import (
+    LinearDiffusion as LinearDiffusion,
+    critically_damped as critically_damped,
+    solve_cld as solve_cld,
+)
 from ._closed_form import (
     ClosedFormDiffusion as ClosedFormDiffusion,
     gaussian_approximation as gaussian_approximation,
@@ -47,6 +52,10 @@ from ._conditional import (
 )
 from ._energy_models import EnergyModel as EnergyModel, TimeEnergy as TimeEnergy
 from ._fewstep import DEIS as DEIS, IPNDM as IPNDM
+from ._forward_processes import (
+    OrnsteinUhlenbeck as OrnsteinUhlenbeck,
+    OrnsteinUhlenbeckMixtureFields as OrnsteinUhlenbeckMixtureFields,
+)
 from ._grid import check_grid as check_grid, time_grid as time_grid
 from ._guidance import (
     FKCResult as FKCResult,
@@ -102,6 +111,11 @@ from ._path import (
     LinearInterpolant as LinearInterpolant,
     SubVP as SubVP,
     TrigonometricInterpolant as TrigonometricInterpolant,
+)
+from ._pfgm import (
+    PFGMPP as PFGMPP,
+    PFGMPPEmpiricalField as PFGMPPEmpiricalField,
+    PFGMPPLoss as PFGMPPLoss,
 )
 from ._samplers._buffer import LocalSearch as LocalSearch
 from ._samplers._cmcd import CMCD as CMCD

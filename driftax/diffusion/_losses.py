@@ -18,6 +18,7 @@ from .._checks import check_fraction
 from .._custom_types import Array, Key, Scalar
 from ._bridges._ot import ot_coupling as ot_coupling
 from ._conditional import ConditionalModel
+from ._forward_processes import OrnsteinUhlenbeck
 from ._model import declared_parameterization
 from ._path import AbstractPath, LinearInterpolant, check_parameterization
 
@@ -158,13 +159,15 @@ class DenoisingLoss(AbstractLoss):
             drop = jax.random.bernoulli(kd, self.label_dropout, (n,))
 
         def one(x0, e, ti, c, d):
-            (a, da), (s, ds) = path.alpha_and_derivative(ti), path.sigma_and_derivative(ti)
-            xt = a * x0 + s * e
+            (_, da), (s, ds) = path.alpha_and_derivative(ti), path.sigma_and_derivative(ti)
+            xt = path.noised(x0, e, ti)
             out = evaluate(ti, xt, c, d)
             pred = path.convert(out, ti, xt, source=source, target=self.target)
             want = {"data": x0, "noise": e, "score": -e / s, "velocity": da * x0 + ds * e}[
                 self.target
             ]
+            if self.target == "velocity" and isinstance(path, OrnsteinUhlenbeck):  # has a mean
+                want = da * (x0 - path.mean) + ds * e
             return self.weight(ti) * jnp.mean((pred - want) ** 2)
 
         return jnp.mean(jax.vmap(one)(batch, eps, t, context, drop))

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._custom_types import Array, Key
 from ._fewstep import DEIS, IPNDM, can_use_table, solve_by_table, table_form
+from ._forward_processes import centre_for_solve
 from ._grid import SCHEDULES, _check_num_steps, _grid_impl, check_grid, check_log_snr_ends
 from ._model import ParameterizedField, declared_parameterization, declared_path
 from ._path import (
@@ -253,6 +254,7 @@ def solve(
             f"`solver` must be a driftax.diffusion AbstractSolver, got {type(solver).__name__}."
         )
     model, x_init = _checked_model(field, path, x_init, parameterization, check_finite=False)
+    model, x_init, offset = centre_for_solve(model, x_init)  # paths with a mean: centred
     if ts is None:
         if num_steps is None:
             raise ValueError("give `num_steps` (or an explicit time grid `ts`).")
@@ -301,6 +303,8 @@ def solve(
             True,
         )
     _post_checks(diag, solver, parameterization, ts_out)
+    if offset is not None:
+        x, traj = x + offset, (None if traj is None else traj + offset)
     sol = Solution(x=x, ts=ts_out, trajectory=traj, failed_step=failed, num_field_evals=nfe)
     if full_output:
         return sol

@@ -19,6 +19,7 @@ PATHS = [
     dd.LinearInterpolant(),
     dd.TrigonometricInterpolant(),
     dd.KineticOptimalPath(data_scale=0.5),
+    dd.OrnsteinUhlenbeck(theta=0.8, sigma_inf=1.5),  # mean 0: NoisedGaussianMixture is exact
 ]
 IDS = [type(p).__name__ for p in PATHS]
 
