@@ -45,6 +45,11 @@ from ._conditional import (
     ConditionalMLP as ConditionalMLP,
     ConditionalModel as ConditionalModel,
 )
+from ._dpm_v3 import (
+    DPMSolverV3 as DPMSolverV3,
+    EmpiricalModelStatistics as EmpiricalModelStatistics,
+    estimate_model_statistics as estimate_model_statistics,
+)
 from ._energy_models import EnergyModel as EnergyModel, TimeEnergy as TimeEnergy
 from ._fewstep import DEIS as DEIS, IPNDM as IPNDM
 from ._grid import check_grid as check_grid, time_grid as time_grid
