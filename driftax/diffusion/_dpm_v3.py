@@ -84,7 +84,7 @@ def _interp(lams: Array, table: Array, lam: Array) -> Array:
 
 def _interp_integral(lams: Array, values: Array, cumulative: Array, lam: Array) -> Array:
     """The exact integral from `lams[0]` to `lam` of the piecewise-linear interpolant of `values`
-    (`cumulative` is its value at the grid points): consistent with [`_interp`][] of `values`,
+    (`cumulative` is its value at the grid points): consistent with `_interp` of `values`,
     which makes the integrating factor exact for the interpolated `l`."""
     i = jnp.clip(jnp.searchsorted(lams, lam, side="right") - 1, 0, lams.shape[0] - 2)
     h = lams[i + 1] - lams[i]
