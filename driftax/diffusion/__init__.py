@@ -63,6 +63,7 @@ from ._guidance import (
     product_of_experts as product_of_experts,
     weighted_moments as weighted_moments,
 )
+from ._iia import IIASolver as IIASolver, fit_iia as fit_iia
 from ._interpolant import (
     InterpolantField as InterpolantField,
     InterpolantLoss as InterpolantLoss,
