@@ -7,6 +7,7 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
+from ._adjoint import adjoint_deis as adjoint_deis
 from ._bridges._egneot import (
     EgNEOT as EgNEOT,
     EgNEOTConditional as EgNEOTConditional,
