@@ -13,7 +13,8 @@ Claimed ordering (FID, lower is better):
 
 How it is checked here, with no network: the "same network" is the exact probability-flow field of a
 Gaussian mixture noised along the EDM path (`driftax.energies.NoisedGaussianMixture`), the same
-field for every solver, in 2-D (`gmm9`) and 16-D (a random 8-component anisotropic mixture). FID is
+field for every solver, in 2-D (`gmm9`) and 16-D (the 8-component anisotropic mixture of
+`fast_diffusion_solvers`, imported from it). FID is
 replaced by the solver's error at `t_data` against a tight adaptive diffrax solve (Tsit5, rtol =
 atol = 1e-9, float64) from the same initial noise: mean over the batch of `|x - x_ref|`. This
 measures discretisation error only (an exact field has no network error for the solvers to
@@ -46,6 +47,7 @@ import driftax.energies as de
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Report, Row, main, save_figure  # noqa: E402
+from fast_diffusion_solvers import _targets  # noqa: E402  (the same two mixtures)
 
 NAME = "solver_ordering"
 PAPER = "zju-pi/diff-sampler same-network comparison (iPNDM, DEIS, UniPC, DPM-Solver++, Euler)"
@@ -77,18 +79,6 @@ PAPER_FID = {
     5: {"iPNDM": 13.59, "DEIS": 14.39, "UniPC": 23.98, "DPM-Solver++(3M)": 24.97, "Euler": 49.66},
     10: {"iPNDM": 2.77, "DEIS": 4.09, "UniPC": 2.89, "DPM-Solver++(3M)": 3.00, "Euler": 15.69},
 }
-
-
-def _targets(seed: int):
-    rng = np.random.default_rng(2000 + seed)
-    k, d = 8, 16
-    means = 3.0 * rng.standard_normal((k, d))
-    variances = np.exp(rng.uniform(np.log(0.05), np.log(1.0), size=(k, d)))
-    weights = rng.uniform(0.5, 1.5, size=k)
-    return {
-        "gmm9 (2-D)": de.gmm9(),
-        "8-mode anisotropic (16-D)": de.gaussian_mixture(weights, means, variances),
-    }
 
 
 def _errors(mixture, key, batch, nfes, quick):
