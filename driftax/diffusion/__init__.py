@@ -7,6 +7,7 @@ from ._adaptive import (
     log_likelihood as log_likelihood,
     solve_adaptive as solve_adaptive,
 )
+from ._adjoint import adjoint_deis as adjoint_deis
 from ._bridges._egneot import (
     EgNEOT as EgNEOT,
     EgNEOTConditional as EgNEOTConditional,
@@ -50,6 +51,11 @@ from ._conditional import (
     ConditionalMLP as ConditionalMLP,
     ConditionalModel as ConditionalModel,
 )
+from ._dpm_v3 import (
+    DPMSolverV3 as DPMSolverV3,
+    EmpiricalModelStatistics as EmpiricalModelStatistics,
+    estimate_model_statistics as estimate_model_statistics,
+)
 from ._energy_models import EnergyModel as EnergyModel, TimeEnergy as TimeEnergy
 from ._fewstep import DEIS as DEIS, IPNDM as IPNDM
 from ._forward_processes import (
@@ -67,6 +73,7 @@ from ._guidance import (
     product_of_experts as product_of_experts,
     weighted_moments as weighted_moments,
 )
+from ._iia import IIASolver as IIASolver, fit_iia as fit_iia
 from ._interpolant import (
     InterpolantField as InterpolantField,
     InterpolantLoss as InterpolantLoss,

@@ -13,6 +13,19 @@ from driftax.diffusion._solve import _integrate
 
 from .helpers import mmd2, mmd_null_band, small_mixture
 
+
+def _dpm_solver_v3():
+    """DPM-Solver-v3 on statistics of the registry's field (small_mixture on VP): the generic
+    tests below use exactly that field and path."""
+    path = dd.VP()
+    field = de.NoisedGaussianMixture(small_mixture(), path)
+    data = field.sample(jax.random.key(3), path.t_data, 32)
+    key = jax.random.key(4)
+    return dd.DPMSolverV3(
+        dd.estimate_model_statistics(field.score, path, data, key=key, num_times=100)
+    )
+
+
 ODE_SOLVERS = [
     dd.Euler(),
     dd.Heun(),
@@ -24,6 +37,7 @@ ODE_SOLVERS = [
     dd.UniPC(),
     dd.IPNDM(),
     dd.DEIS(),
+    _dpm_solver_v3(),
 ]
 SDE_SOLVERS = [
     dd.EulerMaruyama(),
