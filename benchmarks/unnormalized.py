@@ -270,30 +270,38 @@ FAB_TARGETS = ("gmm40", "many_well")
 FAB_BUDGET: dict[str, int] = {}  # target -> FAB's energy evaluations (training + evaluation)
 
 
-def _fab(t: Target, key, quick: bool) -> Output:
-    """FAB with the prioritized buffer, then importance sampling with the trained flow."""
+def fab_initial_flow(energy, name: str, key):
+    """The flow FAB starts from: a coupling flow followed by a scale to the target's spread
+    (the coupling layers start at the identity). `key` is `fab_run`'s key."""
+    import driftax.flows as fl
+
+    d = energy.dim
+    base = fl.coupling_flow(
+        jax.random.split(key, 4)[0], dim=d, num_layers=8 if d > 2 else 6, hidden=64
+    )
+    spread = {"gmm40": 20.0, "many_well": 1.5}[name]
+    return fl.Flow(base.base, fl.Chain([base.bijection, fl.Affine(0.0, spread * jnp.ones(d))]))
+
+
+def fab_run(energy, name: str, key, *, iters: int, batch: int, n: int) -> tuple[Output, dict]:
+    """Train a coupling flow with FAB (prioritized buffer of 8 batches) on `energy` (`name`
+    picks the flow's scale and the AIS settings), then importance-sample `n` draws from it.
+    Returns the `Output` and a dict of extra numbers (ESS, the training's energy evaluations)."""
     import optax
 
     import driftax.flows as fl
 
-    if t.name not in FAB_TARGETS:
-        raise Skip("FAB rows: gmm40 and many_well")
-    d = t.energy.dim
-    iters, batch = (400, 128) if quick else (10_000, 512)
-    k_flow, k_fit, k_run, k_res = jax.random.split(key, 4)
-    base = fl.coupling_flow(k_flow, dim=d, num_layers=8 if d > 2 else 6, hidden=64)
-    # scale the flow to the target's spread (the coupling layers start at the identity)
-    spread = {"gmm40": 20.0, "many_well": 1.5}[t.name]
-    flow = fl.Flow(base.base, fl.Chain([base.bijection, fl.Affine(0.0, spread * jnp.ones(d))]))
+    _, k_fit, k_run, k_res = jax.random.split(key, 4)
+    flow = fab_initial_flow(energy, name, key)
     ais = ds.AIS(
-        ds.HMC(step_size=0.5 if t.name == "gmm40" else 0.1, num_integration_steps=5),
-        schedule=jnp.linspace(0.0, 1.0, 3 if t.name == "gmm40" else 5),
+        ds.HMC(step_size=0.5 if name == "gmm40" else 0.1, num_integration_steps=5),
+        schedule=jnp.linspace(0.0, 1.0, 3 if name == "gmm40" else 5),
         num_mcmc_steps=1,
         target_acceptance=0.65,
     )
     flow, losses = fl.fit_fab(
         flow,
-        t.energy,
+        energy,
         key=k_fit,
         optimizer=optax.adam(1e-3),
         num_steps=iters,
@@ -301,9 +309,8 @@ def _fab(t: Target, key, quick: bool) -> Output:
         ais=ais,
         buffer_size=8 * batch,
     )
-    n = 2000 if quick else 10_000
     x, log_q = flow.sample_and_log_density(k_run, (n,))
-    log_w = np.asarray(jax.vmap(t.energy.log_density)(x) - log_q, np.float64)
+    log_w = np.asarray(jax.vmap(energy.log_density)(x) - log_q, np.float64)
     finite = np.isfinite(log_w)
     lw = np.where(finite, log_w, -np.inf)
     m = lw.max()
@@ -311,10 +318,10 @@ def _fab(t: Target, key, quick: bool) -> Output:
     log_z = float(m + np.log(w.mean()))
     stderr = float(np.std(w / w.mean(), ddof=1) / math.sqrt(n))  # delta method on log Ẑ
     ess = float(w.sum() ** 2 / (w**2).sum())
-    evals = int(losses["buffer_fill_energy_evals"]) + int(np.sum(losses["num_energy_evals"])) + n
-    FAB_BUDGET[t.name] = evals
+    train_evals = int(losses["buffer_fill_energy_evals"]) + int(np.sum(losses["num_energy_evals"]))
+    evals = train_evals + n
     dropped = int(np.sum(losses["num_nonfinite_weights"]))
-    return Output(
+    out = Output(
         samples=_resample(k_res, np.asarray(x), jnp.asarray(lw), n).reshape(n, -1),
         log_z=log_z,
         log_z_stderr=stderr,
@@ -324,6 +331,17 @@ def _fab(t: Target, key, quick: bool) -> Output:
         notes=f"{iters} steps × {batch} AIS draws, buffer {8 * batch}, ESS {ess:.0f}/{n}, "
         f"{int((~finite).sum())} non-finite IS weights, {dropped} AIS draws dropped in training",
     )
+    return out, {"ess": ess, "train_energy_evals": train_evals, "dropped": dropped}
+
+
+def _fab(t: Target, key, quick: bool) -> Output:
+    """FAB with the prioritized buffer, then importance sampling with the trained flow."""
+    if t.name not in FAB_TARGETS:
+        raise Skip("FAB rows: gmm40 and many_well")
+    iters, batch = (400, 128) if quick else (10_000, 512)
+    out, _ = fab_run(t.energy, t.name, key, iters=iters, batch=batch, n=2000 if quick else 10_000)
+    FAB_BUDGET[t.name] = int(out.energy_evals or 0)
+    return out
 
 
 def _smc_at_fab_budget(t: Target, key, quick: bool) -> Output:
