@@ -256,7 +256,7 @@ def fit_fab(
     drawn from the flow and annealed towards `p^α q^{1-α}` (`p²/q` at the default α = 2).
 
     Every step runs one AIS of `batch_size` trajectories from the current flow (the library's
-    [`AIS`][], HMC moves by default) and takes one optimizer step on the
+    `driftax.samplers.AIS`, HMC moves by default) and takes one optimizer step on the
     surrogate `-Σ_i w̄_i log q(x_i)` (normalised AIS weights `w̄`, not differentiated), whose
     gradient is `∇ log ∫ p^α q^{1-α} / (α - 1)`. The flow is mass-covering: it is trained
     towards where `p` has mass, not only where the flow already is.
@@ -269,7 +269,7 @@ def fit_fab(
       [`fit_reverse_kl`][] (`batch_size` AIS trajectories per step, and the loss batch).
     - `alpha`: the divergence's α, at least 1 (α = 1: the forward KL with AIS towards `p`;
       α = 2: the paper's choice, the target `p²/q` of minimum importance variance).
-    - `ais`: the AIS settings, an [`AIS`][] (or [`SMC`][])
+    - `ais`: the AIS settings, an `driftax.samplers.AIS` (or `SMC`)
       without `reference` or `transport`: kernel, `schedule`, `num_mcmc_steps`, step-size
       adaptation. Default: 2 intermediate distributions, one 5-step HMC move each, step size
       adapted and carried from step to step (`default_ais`).
