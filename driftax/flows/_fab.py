@@ -30,7 +30,7 @@ from ..samplers._base import AbstractStepSizeSampler
 from ..samplers._hamiltonian import HMC
 from ..samplers._smc import SMC, _smc_single
 from ._distribution import Flow
-from ._train import _check_flow, _flow_spec, _log_densities
+from ._train import _flow_spec, _log_densities, check_flow_and_energy
 
 # ----------------------------------------------------------------------------------------------
 # the AIS target and one AIS run from the flow
@@ -287,16 +287,7 @@ def fit_fab(
     evaluations per step (the buffer's initial fill is `losses["buffer_fill_energy_evals"]`);
     `losses["step_size"]` the AIS kernel's step size used at each step.
     """
-    _check_flow(flow)
-    if not isinstance(energy, AbstractEnergy):
-        raise TypeError(f"`energy` must be a driftax AbstractEnergy, got {type(energy).__name__}.")
-    if tuple(energy.event_shape) != tuple(flow.event_shape):
-        raise ValueError(
-            f"the flow's event shape {tuple(flow.event_shape)} must equal the target's "
-            f"(`energy` event shape {tuple(energy.event_shape)})."
-        )
-    if flow.cond_shape is not None:
-        raise ValueError("fit_fab needs an unconditional flow.")
+    check_flow_and_energy(flow, energy, "fit_fab")
     if flow.bijection.stochastic_log_det:
         raise ValueError("fit_fab needs an exact log density (not a Hutchinson CNF).")
     batch_size = check_count(batch_size, "batch_size")
