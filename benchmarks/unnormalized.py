@@ -2,7 +2,8 @@
 
 Targets: gmm25, gmm40, funnel(10), many_well(32), dw4, lj13, phi4 (1-D chain), lgcp(40).
 Methods: SMC (adaptive tempering, MALA moves), AIS (the same without resampling), parallel
-tempering (through `driftax.sample`), and the learned diffusion samplers of `driftax.diffusion`
+tempering (through `driftax.sample`), FAB (`driftax.flows.fit_fab`, on gmm40 and many_well,
+with an SMC row given the same number of energy evaluations), and the learned diffusion samplers of `driftax.diffusion`
 (PIS, DDS, CMCD) where they are available. Every method runs once cold (compilation included)
 and once warm with a new key; the warm run's samples are scored.
 
@@ -116,6 +117,7 @@ class Output:
     eubo: float | None = None
     grad_evals: int = 0
     notes: str = ""
+    energy_evals: int | None = None  # target evaluations, training included (where counted)
 
 
 def _resample(key, particles, log_weights, n):
@@ -260,7 +262,124 @@ def learned_methods() -> dict[str, Callable]:
     return methods
 
 
-METHODS: dict[str, Callable] = {"SMC": _smc("multinomial"), "AIS": _smc("never"), "PT": _pt}
+# ---------------------------------------------------------------------------------------------
+# FAB (driftax.flows.fit_fab) and SMC given the same number of energy evaluations
+# ---------------------------------------------------------------------------------------------
+
+FAB_TARGETS = ("gmm40", "many_well")
+FAB_BUDGET: dict[str, int] = {}  # target -> FAB's energy evaluations (training + evaluation)
+
+
+def fab_initial_flow(energy, name: str, key):
+    """The flow FAB starts from: a coupling flow followed by a scale to the target's spread
+    (the coupling layers start at the identity). `key` is `fab_run`'s key."""
+    import driftax.flows as fl
+
+    d = energy.dim
+    base = fl.coupling_flow(
+        jax.random.split(key, 4)[0], dim=d, num_layers=8 if d > 2 else 6, hidden=64
+    )
+    spread = {"gmm40": 20.0, "many_well": 1.5}[name]
+    return fl.Flow(base.base, fl.Chain([base.bijection, fl.Affine(0.0, spread * jnp.ones(d))]))
+
+
+def fab_run(energy, name: str, key, *, iters: int, batch: int, n: int) -> tuple[Output, dict]:
+    """Train a coupling flow with FAB (prioritized buffer of 8 batches) on `energy` (`name`
+    picks the flow's scale and the AIS settings), then importance-sample `n` draws from it.
+    Returns the `Output` and a dict of extra numbers (ESS, the training's energy evaluations)."""
+    import optax
+
+    import driftax.flows as fl
+
+    _, k_fit, k_run, k_res = jax.random.split(key, 4)
+    flow = fab_initial_flow(energy, name, key)
+    ais = ds.AIS(
+        ds.HMC(step_size=0.5 if name == "gmm40" else 0.1, num_integration_steps=5),
+        schedule=jnp.linspace(0.0, 1.0, 3 if name == "gmm40" else 5),
+        num_mcmc_steps=1,
+        target_acceptance=0.65,
+    )
+    flow, losses = fl.fit_fab(
+        flow,
+        energy,
+        key=k_fit,
+        optimizer=optax.adam(1e-3),
+        num_steps=iters,
+        batch_size=batch,
+        ais=ais,
+        buffer_size=8 * batch,
+    )
+    x, log_q = flow.sample_and_log_density(k_run, (n,))
+    log_w = np.asarray(jax.vmap(energy.log_density)(x) - log_q, np.float64)
+    finite = np.isfinite(log_w)
+    lw = np.where(finite, log_w, -np.inf)
+    m = lw.max()
+    w = np.exp(lw - m)
+    log_z = float(m + np.log(w.mean()))
+    stderr = float(np.std(w / w.mean(), ddof=1) / math.sqrt(n))  # delta method on log Ẑ
+    ess = float(w.sum() ** 2 / (w**2).sum())
+    train_evals = int(losses["buffer_fill_energy_evals"]) + int(np.sum(losses["num_energy_evals"]))
+    evals = train_evals + n
+    dropped = int(np.sum(losses["num_nonfinite_weights"]))
+    out = Output(
+        samples=_resample(k_res, np.asarray(x), jnp.asarray(lw), n).reshape(n, -1),
+        log_z=log_z,
+        log_z_stderr=stderr,
+        elbo=float(np.mean(log_w[finite])),
+        grad_evals=evals,  # AIS/HMC: (nearly) every evaluation takes a gradient
+        energy_evals=evals,
+        notes=f"{iters} steps × {batch} AIS draws, buffer {8 * batch}, ESS {ess:.0f}/{n}, "
+        f"{int((~finite).sum())} non-finite IS weights, {dropped} AIS draws dropped in training",
+    )
+    return out, {"ess": ess, "train_energy_evals": train_evals, "dropped": dropped}
+
+
+def _fab(t: Target, key, quick: bool) -> Output:
+    """FAB with the prioritized buffer, then importance sampling with the trained flow."""
+    if t.name not in FAB_TARGETS:
+        raise Skip("FAB rows: gmm40 and many_well")
+    iters, batch = (400, 128) if quick else (10_000, 512)
+    out, _ = fab_run(t.energy, t.name, key, iters=iters, batch=batch, n=2000 if quick else 10_000)
+    FAB_BUDGET[t.name] = int(out.energy_evals or 0)
+    return out
+
+
+def _smc_at_fab_budget(t: Target, key, quick: bool) -> Output:
+    """SMC (MALA moves, fixed schedule β = (k/K)^4) given FAB's energy evaluations."""
+    if t.name not in FAB_BUDGET:
+        raise Skip("needs the FAB row on this target first (its budget)")
+    budget = FAB_BUDGET[t.name]
+    n, moves = 2000, 10
+    # evaluations: n (initial) + K · n · (moves + 2) (each MALA move and two re-evaluations)
+    stages = max(1, round((budget / n - 1) / (moves + 2)))
+    step = {"gmm40": 1.0}.get(t.name, 0.1)
+    smc = ds.SMC(
+        ds.MALA(step_size=step),
+        schedule=jnp.linspace(0.0, 1.0, stages + 1) ** 4,
+        reference_scale=t.scale,
+        num_mcmc_steps=moves,
+    )
+    k_run, k_res = jax.random.split(key)
+    r = smc.run(t.energy, key=k_run, num_particles=n)
+    return Output(
+        samples=_resample(k_res, r.samples, r.log_weights, n).reshape(n, -1),
+        log_z=float(r.log_normalizer.value),
+        log_z_stderr=float(r.log_normalizer.stderr),
+        grad_evals=int(r.num_grad_evals),
+        energy_evals=int(r.num_energy_evals),
+        notes=f"{stages} stages × {moves} MALA moves for FAB's budget of {budget:,} evaluations",
+    )
+
+
+_fab.train_once = True  # training is the cost: one run, compilation included
+
+METHODS: dict[str, Callable] = {
+    "SMC": _smc("multinomial"),
+    "AIS": _smc("never"),
+    "PT": _pt,
+    "FAB": _fab,
+    "SMC (FAB's budget)": _smc_at_fab_budget,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +450,7 @@ TABLES = [
     ("warm wall time (s)", "warm_seconds", 1),
     ("cold wall time incl. compilation (s)", "cold_seconds", 1),
     ("gradient evaluations", "grad_evals", 0),
+    ("energy evaluations (where counted; training included)", "energy_evals", 0),
 ]
 
 
@@ -417,6 +537,8 @@ def main(argv=None) -> int:
                     warm = time.perf_counter() - t0
                 r = score(t, o, jax.random.key(2))
                 r.update(cold_seconds=cold, warm_seconds=warm, grad_evals=o.grad_evals)
+                if o.energy_evals is not None:
+                    r["energy_evals"] = o.energy_evals
                 if o.notes:
                     r["notes"] = o.notes
             except Skip as why:

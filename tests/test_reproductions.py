@@ -82,6 +82,17 @@ KNOWN_FAILURES: dict[str, tuple[tuple[str, ...], str]] = {
         "understates the plaquette error: flowed HMC at beta = 6 measured z = +3.54, HMC at "
         "beta = 8 z = +4.63 (seed 0)",
     ),
+    "fab": (
+        (
+            "FAB improves on its initial flow",
+            "all 40 modes covered",
+            "|Δlog Z| of importance sampling",
+        ),
+        "quick profile (150 steps x 64 AIS draws on gmm40, 100 x 64 on many_well(32); the paper "
+        "trains for hours on a GPU): on gmm40 |Δlog Z| falls 0.168 -> 0.025 (goal 0.01) but the "
+        "IS ESS stays ~70/2000 and 37/40 modes are covered; on many_well(32) the AIS weights are "
+        "degenerate (ESS 1/64 per step) and |Δlog Z| stays ~30 against FAB's 0.0316 (seed 0)",
+    ),
 }
 
 # name -> phrases of claims measured in wall time: the script reports them (benchmark evidence),

@@ -21,6 +21,7 @@ from ._elementwise import (
     Softplus as Softplus,
     Tanh as Tanh,
 )
+from ._fab import fit_fab as fit_fab
 from ._factories import (
     coupling_flow as coupling_flow,
     lattice_coupling_flow as lattice_coupling_flow,

@@ -114,6 +114,20 @@ def _check_flow(flow):
         raise TypeError(f"`flow` must be a driftax.flows.Flow, got {type(flow).__name__}.")
 
 
+def check_flow_and_energy(flow, energy, fit: str) -> None:
+    """Eager checks of a fit to an energy: a `Flow`, unconditional, an `AbstractEnergy` with
+    the flow's event shape (`fit` names the front door in the message)."""
+    _check_flow(flow)
+    if not isinstance(energy, AbstractEnergy):
+        raise TypeError(f"`energy` must be a driftax AbstractEnergy, got {type(energy).__name__}.")
+    if tuple(energy.event_shape) != tuple(flow.event_shape):
+        raise ValueError(
+            f"`energy` event shape {tuple(energy.event_shape)} must equal the flow's {tuple(flow.event_shape)}."
+        )
+    if flow.cond_shape is not None:
+        raise ValueError(f"{fit} needs an unconditional flow.")
+
+
 def _flow_spec(flow: Flow, train_base: bool):
     """What trains: the bijection's float arrays (and the base's if asked)."""
     spec = jax.tree.map(lambda _: False, flow)
@@ -339,15 +353,7 @@ def fit_reverse_kl(
     **Returns:** `(trained_flow, losses)` with `losses["train"]` the per-step loss; for the pure
     reverse KL it estimates `KL(q‖p) - log Z = -ELBO`.
     """
-    _check_flow(flow)
-    if not isinstance(energy, AbstractEnergy):
-        raise TypeError(f"`energy` must be a driftax AbstractEnergy, got {type(energy).__name__}.")
-    if tuple(energy.event_shape) != tuple(flow.event_shape):
-        raise ValueError(
-            f"`energy` event shape {tuple(energy.event_shape)} must equal the flow's {tuple(flow.event_shape)}."
-        )
-    if flow.cond_shape is not None:
-        raise ValueError("fit_reverse_kl needs an unconditional flow.")
+    check_flow_and_energy(flow, energy, "fit_reverse_kl")
     batch_size = check_count(batch_size, "batch_size")
     forward_weight = float(forward_weight)
     if not 0.0 <= forward_weight <= 1.0:
