@@ -28,7 +28,7 @@ from ..energies._base import AbstractEnergy
 from ..samplers._adaptation import WindowAdaptation
 from ..samplers._base import AbstractStepSizeSampler
 from ..samplers._hamiltonian import HMC
-from ..samplers._smc import SMC, _smc_single
+from ..samplers._smc import SMC, smc_one_run
 from ._distribution import Flow
 from ._train import _flow_spec, _log_densities, check_flow_and_energy
 
@@ -73,7 +73,7 @@ def fab_ais(ais: SMC, flow: Flow, energy: AbstractEnergy, alpha: float, key: Key
     """
     flow = jax.lax.stop_gradient(flow)
     target = _AlphaTarget(energy, flow, alpha)
-    out = _smc_single(ais, target, flow, key, n)
+    out = smc_one_run(ais, target, flow, key, n)
     x = out.samples
     # per-trajectory weights: normalised weights · n · Ẑ
     log_w = out.log_weights + jnp.log(n) + out.log_normalizer.value

@@ -448,7 +448,12 @@ def _weighted_variance(x, logw):
     return jnp.where(ok, var, 1.0) + 1e-10
 
 
-def _smc_single(smc: SMC, energy, reference, key, num_particles: int) -> WeightedSampleResult:
+def smc_one_run(smc: SMC, energy, reference, key, num_particles: int) -> WeightedSampleResult:
+    """One traceable SMC / AIS run of `num_particles` from `reference` to `energy` (no checks).
+
+    The internal entry point shared by `SMC.run` and callers that trace SMC inside their own
+    compiled loop (FAB's AIS step); validation is the caller's job.
+    """
     n = num_particles
     # With a transport, a second, independent population of `n` training particles runs
     # alongside (particles `n:`): the maps are fitted on it only, so the estimating population
@@ -650,9 +655,9 @@ def _smc_single(smc: SMC, energy, reference, key, num_particles: int) -> Weighte
 
 def _smc_impl(smc, energy, reference, key, num_particles: int, num_runs: int):
     if num_runs == 0:
-        return _smc_single(smc, energy, reference, key, num_particles)
+        return smc_one_run(smc, energy, reference, key, num_particles)
     keys = jax.random.split(key, num_runs)
-    return jax.vmap(lambda k: _smc_single(smc, energy, reference, k, num_particles))(keys)
+    return jax.vmap(lambda k: smc_one_run(smc, energy, reference, k, num_particles))(keys)
 
 
 _run_traced = eqx.debug.assert_max_traces(_smc_impl, max_traces=None)

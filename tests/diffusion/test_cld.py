@@ -73,6 +73,7 @@ def test_perturb_draws_the_marginal():
     assert np.all(np.abs(emp - cov) < 4 * np.sqrt((cov**2 + np.outer(sd**2, sd**2)) / n))
 
 
+@pytest.mark.slow
 def test_sscs_on_the_exact_gaussian_score_reaches_the_data_law():
     """From the stationary prior, SSCS (1000 steps) with the exact score of N(mu, 0.3^2 I) data
     ends with x of mean mu and variance 0.09 (the exact marginal at t_data) within 4 MCSE
