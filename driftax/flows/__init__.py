@@ -52,6 +52,12 @@ from ._mcmc import (
     neutra as neutra,
 )
 from ._planar import Planar as Planar, Radial as Radial
+from ._smooth import (
+    CircularSmoothTransformer as CircularSmoothTransformer,
+    SmoothInterval as SmoothInterval,
+    SmoothTorus as SmoothTorus,
+    SmoothTransformer as SmoothTransformer,
+)
 from ._snf import (
     MCMCBlock as MCMCBlock,
     StochasticFlow as StochasticFlow,

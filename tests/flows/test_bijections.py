@@ -101,6 +101,20 @@ REGISTRY = {
         "real",
         None,
     ),
+    # smooth bump-function flows (Köhler et al. 2021): inverses by root finding
+    "smooth_interval": (
+        lambda k: fl.SmoothInterval(3, 0.0, 1.0, num_components=3, key=k),
+        "unit",
+        None,
+    ),
+    "smooth_torus": (lambda k: fl.SmoothTorus(3, num_components=3, key=k), "angle", None),
+    "coupling_circular_smooth": (
+        lambda k: fl.Coupling(
+            k, 4, transformer=fl.CircularSmoothTransformer(num_components=3), hidden=8
+        ),
+        "angle",
+        None,
+    ),
     "u1_gauge_flow": (
         lambda k: (
             fl.u1_gauge_flow(k, 4, num_layers=3, hidden=8, knots=4, min_derivative=0.05).bijection
