@@ -21,6 +21,12 @@ from ._elementwise import (
     Softplus as Softplus,
     Tanh as Tanh,
 )
+from ._equivariant import (
+    CentredNormal as CentredNormal,
+    EGNNVectorField as EGNNVectorField,
+    equivariant_flow as equivariant_flow,
+    is_centre_of_mass_free as is_centre_of_mass_free,
+)
 from ._fab import fit_fab as fit_fab
 from ._factories import (
     coupling_flow as coupling_flow,

@@ -20,6 +20,7 @@ from .._custom_types import Array, Key
 from .._training import Minibatches, StepIndex, check_count, train
 from ..energies._base import AbstractEnergy
 from ._distribution import Flow
+from ._equivariant import check_particle_flow
 from ._snf import StochasticFlow
 
 # ----------------------------------------------------------------------------------------------
@@ -126,6 +127,7 @@ def check_flow_and_energy(flow, energy, fit: str) -> None:
         )
     if flow.cond_shape is not None:
         raise ValueError(f"{fit} needs an unconditional flow.")
+    check_particle_flow(flow, energy)  # a particle target needs a centre-of-mass-free flow
 
 
 def _flow_spec(flow: Flow, train_base: bool):
