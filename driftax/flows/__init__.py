@@ -25,6 +25,7 @@ from ._equivariant import (
     CentredNormal as CentredNormal,
     EGNNVectorField as EGNNVectorField,
     equivariant_flow as equivariant_flow,
+    fit_flow_matching as fit_flow_matching,
     is_centre_of_mass_free as is_centre_of_mass_free,
 )
 from ._fab import fit_fab as fit_fab

@@ -134,3 +134,47 @@ def test_bad_input_names_the_argument(key):
         fl.EGNNVectorField(key, 3, 0)
     with pytest.raises(ValueError, match="num_layers"):
         fl.equivariant_flow(key, 3, 2, num_layers=0)
+
+
+@pytest.mark.slow
+def test_flow_matching_fit_on_dw4_raises_held_out_likelihood():
+    """Flow matching on the DW-4 reference samples for 300 steps raises the held-out
+    log-likelihood (exact divergence, adaptive solver) well above the centred base's (measured:
+    −13.09 → −8.9 nats with 400 steps)."""
+    data = dx.energies.dw4().reference_samples()
+    train_x, test_x = data[:-256], data[-256:]
+    scale = float(jnp.sqrt(jnp.mean(jnp.sum(train_x**2, axis=1)) / ((N - 1) * D)))
+    flow = fl.equivariant_flow(
+        jax.random.key(0), N, D, hidden=16, num_layers=2, scale=scale, rtol=1e-4, atol=1e-4
+    )
+    mean_log_q = eqx.filter_jit(lambda f, x: jnp.mean(jax.vmap(f.log_density)(x)))
+    before = float(mean_log_q(flow, test_x))
+    trained, losses = fl.fit_flow_matching(
+        flow,
+        train_x,
+        key=jax.random.key(1),
+        optimizer=optax.adam(3e-3),
+        num_steps=300,
+        batch_size=128,
+    )
+    after = float(mean_log_q(trained, test_x))
+    assert np.all(np.isfinite(losses["train"])) and losses["train"].shape == (300,)
+    assert float(jnp.mean(losses["train"][-50:])) < float(jnp.mean(losses["train"][:50]))
+    assert after > before + 2.0, (before, after)
+
+
+def test_fit_flow_matching_bad_input(key):
+    plain = fl.coupling_flow(key, 8, num_layers=2, hidden=8)
+    with pytest.raises(TypeError, match="`flow`"):
+        fl.fit_flow_matching(
+            plain, jnp.zeros((8, 8)), key=key, optimizer=optax.adam(1e-3), num_steps=1, batch_size=4
+        )
+    flow = fl.equivariant_flow(key, N, D, hidden=4, num_layers=1)
+    with pytest.raises(ValueError, match="`data`"):
+        fl.fit_flow_matching(
+            flow, jnp.zeros((8, 6)), key=key, optimizer=optax.adam(1e-3), num_steps=1, batch_size=4
+        )
+    with pytest.raises(ValueError, match="num_steps"):
+        fl.fit_flow_matching(
+            flow, jnp.zeros((8, 8)), key=key, optimizer=optax.adam(1e-3), num_steps=0, batch_size=4
+        )
