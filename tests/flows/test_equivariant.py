@@ -115,7 +115,7 @@ def test_centred_normal_is_normalized_on_the_subspace(x64):
 
 def test_bad_input_names_the_argument(key):
     target = dx.energies.dw4()
-    plain = fl.coupling_flow(key, 8, num_layers=2, hidden=8)
+    plain = fl.Flow(fl.StandardNormal(8), fl.Affine(jnp.zeros(8), 2.0))
     for fit in (fl.fit_reverse_kl, fl.fit_fab):
         with pytest.raises(ValueError, match="`flow` must be centre-of-mass free"):
             fit(plain, target, key=key, optimizer=optax.adam(1e-3), num_steps=2, batch_size=4)
@@ -164,7 +164,7 @@ def test_flow_matching_fit_on_dw4_raises_held_out_likelihood():
 
 
 def test_fit_flow_matching_bad_input(key):
-    plain = fl.coupling_flow(key, 8, num_layers=2, hidden=8)
+    plain = fl.Flow(fl.StandardNormal(8), fl.Affine(jnp.zeros(8), 2.0))
     with pytest.raises(TypeError, match="`flow`"):
         fl.fit_flow_matching(
             plain, jnp.zeros((8, 8)), key=key, optimizer=optax.adam(1e-3), num_steps=1, batch_size=4
