@@ -25,7 +25,6 @@ from ._equivariant import (
     CentredNormal as CentredNormal,
     EGNNVectorField as EGNNVectorField,
     equivariant_flow as equivariant_flow,
-    fit_flow_matching as fit_flow_matching,
     is_centre_of_mass_free as is_centre_of_mass_free,
 )
 from ._fab import fit_fab as fit_fab
@@ -71,6 +70,7 @@ from ._snf import (
     fit_stochastic_flow as fit_stochastic_flow,
 )
 from ._train import (
+    fit_flow_matching as fit_flow_matching,
     fit_max_likelihood as fit_max_likelihood,
     fit_reverse_kl as fit_reverse_kl,
     forward_kl_loss as forward_kl_loss,

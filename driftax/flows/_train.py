@@ -19,6 +19,7 @@ import numpy as np
 from .._custom_types import Array, Key
 from .._training import Minibatches, StepIndex, check_count, train
 from ..energies._base import AbstractEnergy
+from ._cnf import CNF
 from ._distribution import Flow
 from ._equivariant import check_particle_flow
 from ._snf import StochasticFlow
@@ -201,6 +202,20 @@ class _KL(eqx.Module):
 # maximum likelihood
 
 
+def _check_data(flow: Flow, data) -> Array:
+    """`data` as a finite float array of shape `(n, *flow.event_shape)` (errors name `data`)."""
+    data = jnp.asarray(data)
+    if not jnp.issubdtype(data.dtype, jnp.floating):
+        data = data.astype(jnp.result_type(float))
+    if data.ndim < 1 or tuple(data.shape[1:]) != tuple(flow.event_shape):
+        raise ValueError(
+            f"`data` must have shape (n, *{tuple(flow.event_shape)}), got {tuple(data.shape)}."
+        )
+    if not bool(jnp.all(jnp.isfinite(data))):
+        raise ValueError("`data` must be finite.")
+    return data
+
+
 def fit_max_likelihood(
     flow: Flow,
     data: Array,
@@ -246,15 +261,7 @@ def fit_max_likelihood(
     _check_flow(flow)
     num_steps = check_count(num_steps, "num_steps")
     batch_size = check_count(batch_size, "batch_size")
-    data = jnp.asarray(data)
-    if not jnp.issubdtype(data.dtype, jnp.floating):
-        data = data.astype(jnp.result_type(float))
-    if data.ndim < 1 or tuple(data.shape[1:]) != tuple(flow.event_shape):
-        raise ValueError(
-            f"`data` must have shape (n, *{tuple(flow.event_shape)}), got {tuple(data.shape)}."
-        )
-    if not bool(jnp.all(jnp.isfinite(data))):
-        raise ValueError("`data` must be finite.")
+    data = _check_data(flow, data)
     if condition is not None:
         if flow.cond_shape is None:
             raise ValueError("this flow is unconditional: do not pass `condition`.")
@@ -432,3 +439,76 @@ def importance_diagnostics(
         "reverse_kl": ref - elbo,
         "num_nonfinite": int((~finite).sum()),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# flow matching for continuous flows
+
+
+class _FlowMatching(eqx.Module):
+    """Conditional flow matching on a batch of data: `E‖v(t, x_t) − (x₁ − x₀)/(t₁ − t₀)‖²` with
+    `x₀ ~ base`, `x₁` from the batch and `x_t` on the straight line between them."""
+
+    def __call__(self, flow: Flow, batch: Array, *, key: Key):
+        cnf = flow.bijection
+        assert isinstance(cnf, CNF)
+        k_base, k_time = jax.random.split(key)
+        n = batch.shape[0]
+        x0 = flow.base.sample(k_base, (n,))  # type: ignore[attr-defined]
+        s = jax.random.uniform(k_time, (n,), batch.dtype)
+        xt = (1.0 - s[:, None]) * x0 + s[:, None] * batch
+        t = cnf.t0 + s * (cnf.t1 - cnf.t0)
+        target = (batch - x0) / (cnf.t1 - cnf.t0)
+        v = jax.vmap(cnf.vector_field)(t, xt)
+        return jnp.mean(jnp.sum((v - target) ** 2, axis=-1))
+
+
+def fit_flow_matching(
+    flow: Flow,
+    data: Array,
+    *,
+    key: Key,
+    optimizer,
+    num_steps: int,
+    batch_size: int,
+    progress: bool = False,
+) -> tuple[Flow, dict[str, Array]]:
+    """Fit the vector field of a continuous flow (a [`Flow`][] whose bijection is an
+    unconditional [`CNF`][] on flat points, e.g. an [`equivariant_flow`][]) to samples by
+    conditional flow matching (Lipman et al. 2023): straight paths from base draws to data
+    draws, regressed without solving the ODE. Far cheaper per step than
+    [`fit_max_likelihood`][] through the solver; the likelihood is evaluated afterwards with
+    the flow's own solver. The shared training loop (one compiled scan, non-finite steps
+    skipped and reported).
+
+    For an [`equivariant_flow`][] pass centred data (as the particle targets' reference
+    samples are): the velocity field is centre-of-mass free.
+
+    **Returns:** `(trained_flow, {"train": per-step losses})`.
+    """
+    if not isinstance(flow, Flow) or not isinstance(flow.bijection, CNF):
+        raise TypeError("`flow` must be a Flow whose bijection is a CNF (a continuous flow).")
+    if flow.cond_shape is not None or len(flow.event_shape) != 1:
+        raise ValueError("`flow` must be an unconditional CNF flow on flat (vector) points.")
+    num_steps = check_count(num_steps, "num_steps")
+    batch_size = check_count(batch_size, "batch_size")
+    data = _check_data(flow, data)
+    spec = jax.tree.map(lambda _: False, flow)
+    spec = eqx.tree_at(
+        lambda f: f.bijection.vector_field,
+        spec,
+        replace=jax.tree.map(eqx.is_inexact_array, flow.bijection.vector_field),
+    )
+    trained, history = train(
+        flow,
+        _FlowMatching(),
+        data,
+        batch_size=batch_size,
+        key=key,
+        optimizer=optimizer,
+        num_steps=num_steps,
+        filter_spec=spec,
+        progress=progress,
+        desc="fit_flow_matching",
+    )
+    return trained, {"train": history.losses[: history.num_steps_taken]}
