@@ -520,7 +520,7 @@ class WindowAdaptation(AbstractAdaptation):
             raise ValueError(f"`schedule` must be 'stan' or 'nutpie', got {self.schedule!r}.")
         if self.schedule == "nutpie" and self.metric != "fisher":
             raise ValueError(
-                f"`schedule='nutpie'` is for metric='fisher' only, got metric={self.metric!r}."
+                f"`schedule`='nutpie' is for metric='fisher' only, got metric={self.metric!r}."
             )
         if self.target is not None:
             check_fraction(self.target, "target")
