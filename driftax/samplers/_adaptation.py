@@ -450,6 +450,33 @@ class _ScoreMoments(eqx.Module):
     scores: WelfordState
 
 
+def _scored_batch(states, dtype):
+    """The chains' flat draws `x` and a function `add(moments, flag)` that adds the draws and
+    their scores to pooled `_ScoreMoments` where `flag` holds. A chain whose draw or score is
+    not finite (it should never be: kernels reject such proposals) adds nothing."""
+    x = _flat(states.position).astype(dtype)
+    g = _flat(states.score).astype(dtype)
+    ok = jnp.all(jnp.isfinite(x), axis=1) & jnp.all(jnp.isfinite(g), axis=1)
+
+    def add(moments: _ScoreMoments, flag) -> _ScoreMoments:
+        w = (ok & flag).astype(dtype)
+        return _ScoreMoments(
+            draws=welford_update_batch(moments.draws, x, w),
+            scores=welford_update_batch(moments.scores, g, w),
+        )
+
+    return x, add
+
+
+def _fisher_metric(old: DiagonalMetric, moments: _ScoreMoments, event_shape) -> DiagonalMetric:
+    """The pooled Fisher diagonal from `moments`, in the dtype of the (batched) `old` metric,
+    whose first chain's entries are kept where the estimate is not usable."""
+    dtype = moments.draws.mean.dtype
+    prev = old.inverse_mass[0].reshape(-1).astype(dtype)
+    d = fisher_diagonal(moments.draws, moments.scores, prev)
+    return DiagonalMetric(d.reshape(event_shape).astype(old.inverse_mass.dtype))
+
+
 def _last_window_size(slow: np.ndarray, ends: np.ndarray) -> int:
     """Number of slow steps in the last metric window of a schedule (0: none)."""
     idx = np.flatnonzero(ends)
@@ -709,25 +736,14 @@ class WindowAdaptation(AbstractAdaptation):
         dtype = moments.draws.mean.dtype
         num_chains = states.position.shape[0]
         event_shape = states.position.shape[1:]
-        x = _flat(states.position).astype(dtype)
-        g = _flat(states.score).astype(dtype)
-        # a chain whose draw or score is not finite (it should never be: kernels reject such
-        # proposals) adds nothing
-        ok = jnp.all(jnp.isfinite(x), axis=1) & jnp.all(jnp.isfinite(g), axis=1)
-        w = (ok & slow).astype(dtype)
-        moments = _ScoreMoments(
-            draws=welford_update_batch(moments.draws, x, w),
-            scores=welford_update_batch(moments.scores, g, w),
-        )
+        x, add = _scored_batch(states, dtype)
+        moments = add(moments, slow)
         dense = self.metric == "low_rank"
 
         def new_metric(samplers, moments, da):
             old = samplers.metric
             if self.metric == "fisher":
-                mdtype = old.inverse_mass.dtype
-                prev = old.inverse_mass[0].reshape(-1).astype(dtype)
-                d = fisher_diagonal(moments.draws, moments.scores, prev)
-                metric = DiagonalMetric(d.reshape(event_shape).astype(mdtype))
+                metric = _fisher_metric(old, moments, event_shape)
             else:
                 mdtype = old.diagonal.dtype
                 prev = old.diagonal[0].reshape(-1).astype(dtype)
@@ -761,33 +777,18 @@ class WindowAdaptation(AbstractAdaptation):
         restarts = cast(Array, astate.restart)
         update, switch, restart = astate.slow[i], astate.ends[i], restarts[i]
         fg, bg = cast(tuple[_ScoreMoments, _ScoreMoments], astate.welford)
-        dtype = fg.draws.mean.dtype
         num_chains = states.position.shape[0]
         event_shape = states.position.shape[1:]
-        x = _flat(states.position).astype(dtype)
-        g = _flat(states.score).astype(dtype)
-        ok = jnp.all(jnp.isfinite(x), axis=1) & jnp.all(jnp.isfinite(g), axis=1)
+        _, add = _scored_batch(states, fg.draws.mean.dtype)
         # draws are collected from the first step up to the last metric update
         collect = i <= jnp.argmax(restarts)
-        w = (ok & collect).astype(dtype)
-
-        def add(m: _ScoreMoments) -> _ScoreMoments:
-            return _ScoreMoments(
-                draws=welford_update_batch(m.draws, x, w),
-                scores=welford_update_batch(m.scores, g, w),
-            )
-
-        fg, bg = add(fg), add(bg)
+        fg, bg = add(fg, collect), add(bg, collect)
         # a fresh estimator is all zeros (`welford_init`)
         fg = jax.tree.map(lambda f, b: jnp.where(switch, b, f), fg, bg)
         bg = jax.tree.map(lambda b: jnp.where(switch, jnp.zeros_like(b), b), bg)
 
         def new_metric(samplers):
-            old = samplers.metric
-            mdtype = old.inverse_mass.dtype
-            prev = old.inverse_mass[0].reshape(-1).astype(dtype)
-            d = fisher_diagonal(fg.draws, fg.scores, prev)
-            metric = DiagonalMetric(d.reshape(event_shape).astype(mdtype))
+            metric = _fisher_metric(samplers.metric, fg, event_shape)
             return eqx.tree_at(lambda s: s.metric, samplers, _broadcast_chains(metric, num_chains))
 
         samplers = jax.lax.cond(update, new_metric, lambda s: s, samplers)
