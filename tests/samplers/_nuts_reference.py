@@ -35,7 +35,8 @@ def _cases():
         "one": (ds.NUTS(step_size=0.3), gauss, 0),
         "vmap1": (ds.NUTS(step_size=0.3), gauss, 1),
         "vmap3": (ds.NUTS(step_size=0.2, metric=diag, jitter_step_size=0.3), gauss, 3),
-        "deep": (ds.NUTS(step_size=0.05, max_tree_depth=5), gauss, 2),
+        # 40 chains × 4 numbers: above `_SELECT_CHAIN_MAX`, one kernel per row
+        "deep": (ds.NUTS(step_size=0.05, max_tree_depth=5), gauss, 40),
         "logreg": (ds.NUTS(step_size=0.05), de.logistic_regression(), 2),
     }
 
