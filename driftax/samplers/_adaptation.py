@@ -518,7 +518,7 @@ class WindowAdaptation(AbstractAdaptation):
     - `eigenvalue_cutoff`: `"low_rank"` only: eigenvalues (of the covariance in the coordinates
       scaled by the diagonal) inside `[1/c, c]` are not corrected (default 2).
     - `schedule`: when the metric is re-estimated. `"stan"` (default): at the ends of Stan's
-      doubling slow windows ([`window_schedule`][driftax.samplers._adaptation.window_schedule]).
+      doubling slow windows (`window_schedule` in `driftax.samplers._adaptation`).
       `"nutpie"` (`metric="fisher"` only): nutpie's schedule (`nutpie_schedule` in
       `driftax.samplers._adaptation`): the metric is set at every step from the draws since
       the last-but-one switch of two estimators that switch every 10 steps in the first 30% of
@@ -770,7 +770,7 @@ class WindowAdaptation(AbstractAdaptation):
         return samplers, _WindowState(da=da, welford=moments, slow=astate.slow, ends=astate.ends)
 
     def _update_nutpie(self, samplers, astate: _WindowState, states, da, i):
-        """The Fisher diagonal on nutpie's schedule ([`nutpie_schedule`][]): every draw (and
+        """The Fisher diagonal on nutpie's schedule (`nutpie_schedule`): every draw (and
         score) of every chain goes into a foreground and a background estimator; at a switch
         the background becomes the foreground; at an update the metric is set from the
         foreground (pooled over chains)."""
