@@ -303,6 +303,48 @@ def window_schedule(
     return slow, ends
 
 
+def nutpie_schedule(
+    num_warmup: int,
+    early: float = 0.3,
+    final: float = 0.15,
+    early_switch: int = 10,
+    late_switch: int = 80,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """nutpie's warmup schedule for the Fisher diagonal: `(update, switch, restart)` boolean
+    arrays of length `num_warmup`.
+
+    Two estimators of the draws' and scores' moments run side by side, a foreground and a
+    background; every draw goes into both. At a `switch` step the background (the draws since
+    the last switch) becomes the foreground and a fresh background starts: every `early_switch`
+    steps in the first `early` fraction of the warmup, every `late_switch` steps after. At an
+    `update` step (every step from the first switch until the last `final` fraction) the metric
+    is set from the foreground, so the metric follows the chains from the first few steps on
+    instead of waiting for Stan's doubling windows. The last `final` fraction adapts the step
+    size only; dual averaging restarts at the `restart` step (the last metric update). Fewer
+    than 20 steps: no metric updates.
+    """
+    num_warmup = check_int(num_warmup, "num_warmup", 0)
+    early_switch = check_int(early_switch, "early_switch", 1)
+    late_switch = check_int(late_switch, "late_switch", 1)
+    for value, name in ((early, "early"), (final, "final")):
+        if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+            raise ValueError(f"`{name}` must be a fraction in [0, 1), got {value!r}.")
+    update = np.zeros(num_warmup, bool)
+    switch = np.zeros(num_warmup, bool)
+    restart = np.zeros(num_warmup, bool)
+    last = num_warmup - int(final * num_warmup)  # metric updates at steps < last
+    if num_warmup < 20 or last <= early_switch:
+        return update, switch, restart
+    early_end = int(early * num_warmup)
+    i = early_switch
+    while i <= last:
+        switch[i - 1] = True
+        i += early_switch if i < early_end else late_switch
+    update[early_switch - 1 : last] = True
+    restart[last - 1] = True
+    return update, switch, restart
+
+
 # ---------------------------------------------------------------------------------------------
 # Adaptations
 # ---------------------------------------------------------------------------------------------
@@ -379,9 +421,12 @@ class NoAdaptation(AbstractAdaptation):
 
 class _WindowState(eqx.Module):
     da: DualAveragingState
-    welford: PyTree  # per-chain WelfordStates, or pooled `_ScoreMoments` (fisher / low_rank)
-    slow: Array
-    ends: Array
+    # per-chain WelfordStates, or pooled `_ScoreMoments` (fisher / low_rank), or a pair of
+    # them (foreground, background) with the nutpie schedule
+    welford: PyTree
+    slow: Array  # Stan: in a slow window; nutpie: update the metric
+    ends: Array  # Stan: a window ends; nutpie: switch the estimators
+    restart: Array | None = None  # nutpie: restart dual averaging
 
 
 def _shrink(sampler) -> float:
@@ -403,6 +448,33 @@ class _ScoreMoments(eqx.Module):
 
     draws: WelfordState
     scores: WelfordState
+
+
+def _scored_batch(states, dtype):
+    """The chains' flat draws `x` and a function `add(moments, flag)` that adds the draws and
+    their scores to pooled `_ScoreMoments` where `flag` holds. A chain whose draw or score is
+    not finite (it should never be: kernels reject such proposals) adds nothing."""
+    x = _flat(states.position).astype(dtype)
+    g = _flat(states.score).astype(dtype)
+    ok = jnp.all(jnp.isfinite(x), axis=1) & jnp.all(jnp.isfinite(g), axis=1)
+
+    def add(moments: _ScoreMoments, flag) -> _ScoreMoments:
+        w = (ok & flag).astype(dtype)
+        return _ScoreMoments(
+            draws=welford_update_batch(moments.draws, x, w),
+            scores=welford_update_batch(moments.scores, g, w),
+        )
+
+    return x, add
+
+
+def _fisher_metric(old: DiagonalMetric, moments: _ScoreMoments, event_shape) -> DiagonalMetric:
+    """The pooled Fisher diagonal from `moments`, in the dtype of the (batched) `old` metric,
+    whose first chain's entries are kept where the estimate is not usable."""
+    dtype = moments.draws.mean.dtype
+    prev = old.inverse_mass[0].reshape(-1).astype(dtype)
+    d = fisher_diagonal(moments.draws, moments.scores, prev)
+    return DiagonalMetric(d.reshape(event_shape).astype(old.inverse_mass.dtype))
 
 
 def _last_window_size(slow: np.ndarray, ends: np.ndarray) -> int:
@@ -445,6 +517,12 @@ class WindowAdaptation(AbstractAdaptation):
       is that small, a `driftax.SamplingWarning` says so at the start.
     - `eigenvalue_cutoff`: `"low_rank"` only: eigenvalues (of the covariance in the coordinates
       scaled by the diagonal) inside `[1/c, c]` are not corrected (default 2).
+    - `schedule`: when the metric is re-estimated. `"stan"` (default): at the ends of Stan's
+      doubling slow windows (`window_schedule` in `driftax.samplers._adaptation`).
+      `"nutpie"` (`metric="fisher"` only): nutpie's schedule (`nutpie_schedule` in
+      `driftax.samplers._adaptation`): the metric is set at every step from the draws since
+      the last-but-one switch of two estimators that switch every 10 steps in the first 30% of
+      the warmup and every 80 after, and kept fixed over the last 15% (step size only).
 
     The scores are read from the chains' states (`state.score`), so `"fisher"` and
     `"low_rank"` need a gradient-based sampler. Adapts samplers with a step size
@@ -457,12 +535,19 @@ class WindowAdaptation(AbstractAdaptation):
     pooled: bool = False
     rank: int | None = None
     eigenvalue_cutoff: float = 2.0
+    schedule: Literal["stan", "nutpie"] = "stan"
 
     def __check_init__(self):
         if self.metric not in ("diagonal", "dense", "fisher", "low_rank", None):
             raise ValueError(
                 "`metric` must be 'diagonal', 'dense', 'fisher', 'low_rank' or None, got "
                 f"{self.metric!r}."
+            )
+        if self.schedule not in ("stan", "nutpie"):
+            raise ValueError(f"`schedule` must be 'stan' or 'nutpie', got {self.schedule!r}.")
+        if self.schedule == "nutpie" and self.metric != "fisher":
+            raise ValueError(
+                f"`schedule`='nutpie' is for metric='fisher' only, got metric={self.metric!r}."
             )
         if self.target is not None:
             check_fraction(self.target, "target")
@@ -552,10 +637,15 @@ class WindowAdaptation(AbstractAdaptation):
         return sampler
 
     def init(self, samplers: Any, states, num_warmup):  # a step-size sampler (prepare)
-        slow, ends = window_schedule(num_warmup)
+        restart = None
+        if self.schedule == "nutpie":
+            slow, ends, restart = nutpie_schedule(num_warmup)
+        else:
+            slow, ends = window_schedule(num_warmup)
         if not self._adapts_metric(samplers):
             slow[:] = False
             ends[:] = False
+            restart = None
         num_chains = states.position.shape[0]
         dim = _event_size(states)
         dtype = states.position.dtype
@@ -569,6 +659,8 @@ class WindowAdaptation(AbstractAdaptation):
             welford = _ScoreMoments(
                 draws=welford_init(dim, dense, dtype), scores=welford_init(dim, dense, dtype)
             )
+            if restart is not None:  # nutpie: foreground and background
+                welford = (welford, welford)
             if self.metric == "low_rank":
                 k = self._rank(dim)
                 n_last = _last_window_size(slow, ends) * num_chains
@@ -590,6 +682,7 @@ class WindowAdaptation(AbstractAdaptation):
             welford=welford,
             slow=jnp.asarray(slow),
             ends=jnp.asarray(ends),
+            restart=None if restart is None else jnp.asarray(restart),
         )
 
     def update(self, samplers, astate: _WindowState, states, infos, i):
@@ -601,6 +694,8 @@ class WindowAdaptation(AbstractAdaptation):
         samplers = _set_step_size(samplers, jnp.exp(da.log_step))
         if not self._adapts_metric(samplers):
             return samplers, eqx.tree_at(lambda a: a.da, astate, da)
+        if astate.restart is not None:
+            return self._update_nutpie(samplers, astate, states, da, i)
         if self._scored:
             return self._update_scored(samplers, astate, states, da, i)
         slow, end = astate.slow[i], astate.ends[i]
@@ -641,25 +736,14 @@ class WindowAdaptation(AbstractAdaptation):
         dtype = moments.draws.mean.dtype
         num_chains = states.position.shape[0]
         event_shape = states.position.shape[1:]
-        x = _flat(states.position).astype(dtype)
-        g = _flat(states.score).astype(dtype)
-        # a chain whose draw or score is not finite (it should never be: kernels reject such
-        # proposals) adds nothing
-        ok = jnp.all(jnp.isfinite(x), axis=1) & jnp.all(jnp.isfinite(g), axis=1)
-        w = (ok & slow).astype(dtype)
-        moments = _ScoreMoments(
-            draws=welford_update_batch(moments.draws, x, w),
-            scores=welford_update_batch(moments.scores, g, w),
-        )
+        x, add = _scored_batch(states, dtype)
+        moments = add(moments, slow)
         dense = self.metric == "low_rank"
 
         def new_metric(samplers, moments, da):
             old = samplers.metric
             if self.metric == "fisher":
-                mdtype = old.inverse_mass.dtype
-                prev = old.inverse_mass[0].reshape(-1).astype(dtype)
-                d = fisher_diagonal(moments.draws, moments.scores, prev)
-                metric = DiagonalMetric(d.reshape(event_shape).astype(mdtype))
+                metric = _fisher_metric(old, moments, event_shape)
             else:
                 mdtype = old.diagonal.dtype
                 prev = old.diagonal[0].reshape(-1).astype(dtype)
@@ -684,6 +768,41 @@ class WindowAdaptation(AbstractAdaptation):
             end, new_metric, lambda s, m, d: (s, m, d), samplers, moments, da
         )
         return samplers, _WindowState(da=da, welford=moments, slow=astate.slow, ends=astate.ends)
+
+    def _update_nutpie(self, samplers, astate: _WindowState, states, da, i):
+        """The Fisher diagonal on nutpie's schedule (`nutpie_schedule`): every draw (and
+        score) of every chain goes into a foreground and a background estimator; at a switch
+        the background becomes the foreground; at an update the metric is set from the
+        foreground (pooled over chains)."""
+        restarts = cast(Array, astate.restart)
+        update, switch, restart = astate.slow[i], astate.ends[i], restarts[i]
+        fg, bg = cast(tuple[_ScoreMoments, _ScoreMoments], astate.welford)
+        num_chains = states.position.shape[0]
+        event_shape = states.position.shape[1:]
+        _, add = _scored_batch(states, fg.draws.mean.dtype)
+        # draws are collected from the first step up to the last metric update
+        collect = i <= jnp.argmax(restarts)
+        fg, bg = add(fg, collect), add(bg, collect)
+        # a fresh estimator is all zeros (`welford_init`)
+        fg = jax.tree.map(lambda f, b: jnp.where(switch, b, f), fg, bg)
+        bg = jax.tree.map(lambda b: jnp.where(switch, jnp.zeros_like(b), b), bg)
+
+        def new_metric(samplers):
+            metric = _fisher_metric(samplers.metric, fg, event_shape)
+            return eqx.tree_at(lambda s: s.metric, samplers, _broadcast_chains(metric, num_chains))
+
+        samplers = jax.lax.cond(update, new_metric, lambda s: s, samplers)
+        da = jax.lax.cond(
+            restart,
+            lambda d: jax.vmap(lambda h: dual_averaging_init(h, _shrink(samplers)))(
+                samplers.step_size
+            ),
+            lambda d: d,
+            da,
+        )
+        return samplers, _WindowState(
+            da=da, welford=(fg, bg), slow=astate.slow, ends=astate.ends, restart=astate.restart
+        )
 
     def finalize(self, samplers, astate: _WindowState):
         return _set_step_size(samplers, jnp.exp(astate.da.log_step_avg))

@@ -34,7 +34,7 @@ from ._base import (
 )
 from ._hamiltonian import _check_jitter, gradient_init, hamiltonian_integrator_field
 from ._integrators import AbstractIntegrator
-from ._metrics import AbstractMetric, IdentityMetric
+from ._metrics import AbstractMetric, DiagonalMetric, IdentityMetric
 from ._random import draws, hash_uniforms
 
 # The loop state is packed into three arrays, so that a leaf writes it with a few fused kernels
@@ -43,11 +43,20 @@ from ._random import draws, hash_uniforms
 # Rows of `vec` (the checkpoints follow them):
 _X, _P, _G = 0, 1, 2  # the end being extended: position, momentum, score
 _OX, _OP, _OG = 3, 4, 5  # the opposite end
-_V, _OV = 6, 7  # velocities M⁻¹p at the two ends
-_PX, _PG = 8, 9  # the tree's proposal: position, score
-_SX, _SG = 10, 11  # the open subtree's proposal
-_RHO, _SRHO = 12, 13  # momentum sums of the tree and of the open subtree
-_NUM_VEC = 14
+_PX, _PG = 6, 7  # the tree's proposal: position, score
+_SX, _SG = 8, 9  # the open subtree's proposal
+_RHO, _SRHO = 10, 11  # momentum sums of the tree and of the open subtree
+_V, _OV = 12, 13  # velocities M⁻¹p at the two ends, only for a metric with a costly velocity
+# With an identity or diagonal metric the opposite end's velocity is recomputed from its
+# momentum (one elementwise product, fused into the kernels that read it): two rows fewer to
+# write per leaf, and the same bits as a stored copy.
+# A batch of chains whose rows hold at most this many numbers in all writes the rows of `vec`
+# with one select-chain kernel (`_gather_rows`); a larger batch gives each row a kernel of its
+# own. On the 2-core CPU the select chain is the cheaper up to about 128 numbers per row
+# (4 chains of the 31-d logistic regression: 40 against 64 µs per leaf), and far the dearer
+# above (4 chains of a 100-d Gaussian: 29 against 17 µs per leaf; XLA:CPU then splits the
+# larger kernel over threads).
+_SELECT_CHAIN_MAX = 128
 # `ckpt` stacks ckpt_v (velocity at the first leaf of each open sub-subtree), then ckpt_w
 # (R + p_f/2: R the subtree's momentum sum before that leaf, p_f its momentum)
 # Entries of `flt` (then ckpt_a = -v_f · w per checkpoint):
@@ -135,7 +144,9 @@ class NUTS(AbstractAdaptableSampler):
         # one spare checkpoint row (index depth_max) absorbs the writes of odd leaves
         num_ckpt = depth_max + 1
         zeros = jnp.zeros_like(x)
-        rows = [x, p0, score0, x, p0, score0, v0, v0, x, score0, x, score0, p0, zeros]
+        rows = [x, p0, score0, x, p0, score0, x, score0, x, score0, p0, zeros]
+        if _stores_velocity(metric):
+            rows += [v0, v0]
         vec = jnp.stack(rows)
         ckpt = jnp.zeros((2 * num_ckpt, *jnp.shape(x)), dtype)
         zero, ninf = jnp.zeros((), dtype), jnp.asarray(-jnp.inf, dtype)
@@ -176,8 +187,9 @@ def _leaf(params, s: _Loop, rows_by_select: bool = False) -> _Loop:
     state may change freely, which saves a full select of the loop state per leaf.
 
     `rows_by_select` (static) writes the rows of the vector state in one kernel, a chain of
-    selects on the row index (cheaper for one chain); otherwise each row gets a kernel of its
-    own (cheaper for a batch of chains, where the select chain's work grows with the batch)."""
+    selects on the row index (cheaper for one chain and for small batches); otherwise each row
+    gets a kernel of its own (cheaper for larger batches, where the select chain's work grows
+    with the batch; see `_SELECT_CHAIN_MAX`)."""
     sampler, energy, h0, seed, step_size = params
     metric, integrator = sampler.metric, sampler.integrator
     num_ckpt = sampler.max_tree_depth + 1
@@ -192,7 +204,9 @@ def _leaf(params, s: _Loop, rows_by_select: bool = False) -> _Loop:
     cur = KineticState(position=vec[_X], momentum=vec[_P], log_density=flt[_LOGP], score=vec[_G])
     z = integrator.step(energy, metric, cur, h)[0]
     v = metric.velocity(z.momentum)
-    rho, other_v, other_p = vec[_RHO], vec[_OV], vec[_OP]
+    rho, other_p = vec[_RHO], vec[_OP]
+    stores_velocity = _stores_velocity(metric)
+    other_v = vec[_OV] if stores_velocity else metric.velocity(other_p)
     sub_rho = vec[_SRHO] + z.momentum
     half_last = sub_rho - 0.5 * z.momentum
     ckpt_v, ckpt_w = s.ckpt[:num_ckpt], s.ckpt[num_ckpt:]
@@ -263,24 +277,23 @@ def _leaf(params, s: _Loop, rows_by_select: bool = False) -> _Loop:
     )
     sub_x = jnp.where(take_leaf, z.position, vec[_SX])
     sub_g = jnp.where(take_leaf, z.score, vec[_SG])
-    new_vec = (_gather_rows if rows_by_select else jnp.stack)(
-        [
-            jnp.where(swap, vec[_OX], z.position),
-            jnp.where(swap, other_p, z.momentum),
-            jnp.where(swap, vec[_OG], z.score),
-            jnp.where(swap, z.position, vec[_OX]),
-            jnp.where(swap, z.momentum, other_p),
-            jnp.where(swap, z.score, vec[_OG]),
-            jnp.where(swap, other_v, v),
-            jnp.where(swap, v, other_v),
-            jnp.where(take_sub, sub_x, vec[_PX]),
-            jnp.where(take_sub, sub_g, vec[_PG]),
-            sub_x,
-            sub_g,
-            jnp.where(merge, rho + sub_rho, rho),
-            jnp.where(sub_done, 0.0, sub_rho),
-        ]
-    )
+    new_rows = [
+        jnp.where(swap, vec[_OX], z.position),
+        jnp.where(swap, other_p, z.momentum),
+        jnp.where(swap, vec[_OG], z.score),
+        jnp.where(swap, z.position, vec[_OX]),
+        jnp.where(swap, z.momentum, other_p),
+        jnp.where(swap, z.score, vec[_OG]),
+        jnp.where(take_sub, sub_x, vec[_PX]),
+        jnp.where(take_sub, sub_g, vec[_PG]),
+        sub_x,
+        sub_g,
+        jnp.where(merge, rho + sub_rho, rho),
+        jnp.where(sub_done, 0.0, sub_rho),
+    ]
+    if stores_velocity:
+        new_rows += [jnp.where(swap, other_v, v), jnp.where(swap, v, other_v)]
+    new_vec = (_gather_rows if rows_by_select else jnp.stack)(new_rows)
     # a checkpoint is written in place (a select of the same rows), and both at once
     rows = jnp.concatenate([write, write])
     new_ckpt = jnp.where(
@@ -326,6 +339,12 @@ def _leaf(params, s: _Loop, rows_by_select: bool = False) -> _Loop:
         jnp.int32,
     )
     return _Loop(vec=new_vec, ckpt=new_ckpt, flt=new_flt, ints=new_ints)
+
+
+def _stores_velocity(metric: AbstractMetric) -> bool:
+    """Whether the loop carries the velocities `M⁻¹p` of the two ends (a dense or other costly
+    metric) rather than recomputing the opposite end's from its momentum (static)."""
+    return not isinstance(metric, (IdentityMetric, DiagonalMetric))
 
 
 def _materialize(flags, mask):
@@ -384,7 +403,8 @@ def _build_trajectory(params, loop: _Loop) -> _Loop:
             loop_batched,
         )
         axes = jax.tree.map(lambda b: 0 if b else None, dyn_batched)
-        vleaf = jax.vmap(lambda d, s: leaf(d, s, axis_size == 1), in_axes=(axes, 0))
+        by_select = axis_size == 1 or axis_size * loop.vec[0, 0].size <= _SELECT_CHAIN_MAX
+        vleaf = jax.vmap(lambda d, s: leaf(d, s, by_select), in_axes=(axes, 0))
         out = jax.lax.while_loop(
             lambda s: jnp.any(s.ints[..., _DONE] == 0), lambda s: vleaf(dynamic, s), loop
         )

@@ -15,6 +15,7 @@ import driftax.samplers as ds
 from driftax.samplers._adaptation import (
     fisher_diagonal,
     low_rank_estimate,
+    nutpie_schedule,
     spd_geometric_mean,
     welford_init,
     welford_update_batch,
@@ -302,9 +303,12 @@ def test_fisher_needs_scores():
         )
 
 
-def test_fisher_adaptation_end_to_end_recovers_the_diagonal():
+@pytest.mark.parametrize("schedule", ["stan", "nutpie"])
+def test_fisher_adaptation_end_to_end_recovers_the_diagonal(schedule):
     # HMC (cheap to compile); the Fisher diagonal of a diagonal Gaussian is exact from any
-    # draws, so the adapted metric equals the variances up to float32 rounding
+    # draws, so the adapted metric equals the variances up to float32 rounding. With nutpie's
+    # schedule the metric is set every step from the foreground estimator (the draws since the
+    # last-but-one switch, pooled over chains)
     var = jnp.array([0.01, 1.0, 25.0])
     target = de.gaussian(jnp.zeros(3), jnp.diag(var))
     r = dx.sample(
@@ -315,12 +319,35 @@ def test_fisher_adaptation_end_to_end_recovers_the_diagonal():
         num_steps=20,
         num_warmup=150,
         num_chains=3,
-        adaptation=ds.WindowAdaptation(metric="fisher"),
+        adaptation=ds.WindowAdaptation(metric="fisher", schedule=schedule),
         check_health=False,
     )
     inv = np.asarray(r.sampler.metric.inverse_mass)
     assert np.all(inv == inv[0])  # pooled over chains
     np.testing.assert_allclose(inv[0], var, rtol=1e-3)
+
+
+def test_nutpie_schedule():
+    n = 500
+    update, switch, restart = nutpie_schedule(n)
+    last = n - int(0.15 * n)  # the final 15%: step size only
+    assert np.flatnonzero(restart).tolist() == [last - 1]
+    assert np.flatnonzero(update).tolist() == list(range(9, last))
+    sw = np.flatnonzero(switch) + 1  # number of steps done at each switch
+    gaps = np.diff(np.concatenate([[0], sw]))
+    # every 10 steps through the early window (30%), every 80 after, none in the final window
+    assert np.all(gaps[sw <= int(0.3 * n)] == 10)
+    assert np.all(gaps[sw > int(0.3 * n) + 10] == 80)
+    assert sw[-1] <= last
+    assert not any(a.any() for a in nutpie_schedule(19))
+    with pytest.raises(ValueError, match="`final`"):
+        nutpie_schedule(100, final=1.0)
+    with pytest.raises(ValueError, match="`early_switch`"):
+        nutpie_schedule(100, early_switch=0)
+    with pytest.raises(ValueError, match="`schedule`"):
+        ds.WindowAdaptation(metric="diagonal", schedule="nutpie")
+    with pytest.raises(ValueError, match="`schedule`"):
+        ds.WindowAdaptation(metric="fisher", schedule="pymc")
 
 
 def test_low_rank_fallback_warns_and_stays_diagonal():
@@ -367,10 +394,12 @@ def test_low_rank_adaptation_end_to_end_finds_the_correlation():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("metric", ["fisher", "low_rank"])
+@pytest.mark.parametrize("metric", ["fisher", "low_rank", "fisher_nutpie"])
 def test_nuts_with_nutpie_metrics_moments_within_mcse(metric):
     target = de.ill_conditioned_gaussian(5, 100.0, rotate=True, seed=2)
     kw = {"rank": 2} if metric == "low_rank" else {}
+    if metric == "fisher_nutpie":
+        metric, kw = "fisher", {"schedule": "nutpie"}
     r = dx.sample(
         ds.NUTS(),
         target,
