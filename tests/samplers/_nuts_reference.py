@@ -43,7 +43,7 @@ def _cases():
 
 def run_case(sampler, target, num_chains):
     """Positions and leaf counts of `NUM_STEPS` transitions from a fixed key."""
-    x0 = 0.5 * jnp.ones(target.dim)
+    x0 = 0.5 * jnp.ones(target.dim, jnp.float64)
 
     def chain(key):
         def body(s, k):
@@ -59,10 +59,13 @@ def run_case(sampler, target, num_chains):
 
 
 def compute() -> dict[str, np.ndarray]:
+    """Every case's draws and leaf counts, in float64 (so that another CPU's rounding cannot
+    flip a U-turn or a multinomial choice and change a leaf count)."""
     out = {}
-    for name, case in _cases().items():
-        x, n = run_case(*case)
-        out[f"{name}_x"], out[f"{name}_n"] = np.asarray(x), np.asarray(n)
+    with jax.enable_x64(True):
+        for name, case in _cases().items():
+            x, n = run_case(*case)
+            out[f"{name}_x"], out[f"{name}_n"] = np.asarray(x), np.asarray(n)
     return out
 
 
