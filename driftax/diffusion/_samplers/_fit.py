@@ -188,7 +188,8 @@ def fit_sampler(
             loss,
             batch_size,
             local_search,
-            exploration=jax.numpy.asarray(explore, dtype) if explore > 0 else None,
+            # traced (0 for none): fits that differ only in σ_e share the compiled loop
+            exploration=jax.numpy.asarray(explore, dtype) if loss in OFF_POLICY else None,
             anneal_steps=num_steps,
             subtrajectory_lambda=lam,
         )
@@ -200,7 +201,8 @@ def fit_sampler(
         flow = None
         if loss == "subtrajectory_balance":
             key, k_flow = jax.random.split(key)
-            flow = LogFlow(sampler.dim, key=k_flow, hidden=sampler.control.first.out_features)
+            width = sampler.control.first.weight.shape[0]  # the control network's width
+            flow = LogFlow(sampler.dim, key=k_flow, hidden=int(width))
         model = balanced(sampler, 0.0, flow)
         spec = _balanced_spec(model)
     with warnings.catch_warnings(record=True) as caught:
