@@ -1,6 +1,7 @@
 """The GFlowNet losses of the diffusion samplers (trajectory balance, sub-trajectory balance,
 VarGrad), off-policy exploration and the Langevin parameterization (Sendera et al. 2024)."""
 
+import functools
 import math
 
 import equinox as eqx
@@ -20,6 +21,7 @@ MU = np.array([1.0, -0.5])
 VAR, SIGMA, HORIZON, K, LOG_Z = 0.6, 1.2, 1.5, 6, 0.7
 
 
+@functools.cache  # one energy object: jitted losses compile once per structure
 def _target():
     def log_density(x):
         d = x - jnp.asarray(MU, x.dtype)

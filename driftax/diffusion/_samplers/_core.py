@@ -76,6 +76,17 @@ def _gaussian_log_density(x: Array, mean: ArrayLike, std: Array, dim: int | None
     return full + (x.size - dim) * (jnp.log(std) + 0.5 * _LOG_2PI)
 
 
+def _zero_output(mlp: eqx.nn.MLP) -> eqx.nn.MLP:
+    """`mlp` with its output layer set to zero (the network starts at exactly 0)."""
+    last = mlp.layers[-1]
+    assert last.bias is not None  # eqx.nn.MLP uses biases by default
+    return eqx.tree_at(
+        lambda m: (m.layers[-1].weight, m.layers[-1].bias),
+        mlp,
+        (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)),
+    )
+
+
 class _TimeNet(eqx.Module):
     """`g(t) = MLP(sin/cos features of t)`: a per-coordinate scale of the target score that
     depends on time only. The output layer starts at zero, so an untrained sampler is its
@@ -87,14 +98,7 @@ class _TimeNet(eqx.Module):
 
     def __init__(self, dim: int, hidden: int, *, key: Key):
         self.frequencies = jnp.exp(jnp.linspace(0.0, math.log(10.0), 8))
-        mlp = eqx.nn.MLP(17, dim, hidden, 2, activation=jax.nn.silu, key=key)
-        last = mlp.layers[-1]
-        assert last.bias is not None  # eqx.nn.MLP uses biases by default
-        self.mlp = eqx.tree_at(
-            lambda m: (m.layers[-1].weight, m.layers[-1].bias),
-            mlp,
-            (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)),
-        )
+        self.mlp = _zero_output(eqx.nn.MLP(17, dim, hidden, 2, activation=jax.nn.silu, key=key))
 
     def __call__(self, t: Scalar) -> Array:
         a = t * self.frequencies

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ..._custom_types import Array, Key, Scalar
+from ._core import _zero_output
 
 # `log Z = LOG_Z_SPEED · θ`: an Adam-type optimizer moves `log Z` this many times faster than
 # a network weight (GFlowNet training gives `log Z` its own, larger learning rate; this keeps
@@ -45,13 +46,7 @@ class LogFlow(eqx.Module):
     def __init__(self, dim: int, *, key: Key, hidden: int = 64, depth: int = 2):
         self.frequencies = jnp.exp(jnp.linspace(0.0, math.log(10.0), 8))
         mlp = eqx.nn.MLP(dim + 17, "scalar", hidden, depth, activation=jax.nn.silu, key=key)
-        last = mlp.layers[-1]
-        assert last.bias is not None  # eqx.nn.MLP uses biases by default
-        self.mlp = eqx.tree_at(
-            lambda m: (m.layers[-1].weight, m.layers[-1].bias),
-            mlp,
-            (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)),
-        )
+        self.mlp = _zero_output(mlp)
 
     def __call__(self, t: Scalar, x: Array) -> Scalar:
         t = jnp.asarray(t, x.dtype)
