@@ -237,7 +237,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="target_samples"):
         s.run(target, key=k, num_samples=4, target_samples=jnp.zeros((5, 3)))
     with pytest.raises(ValueError, match="loss"):
-        dd.fit_sampler(s, target, key=k, num_steps=1, loss="trajectory_balance")
+        dd.fit_sampler(s, target, key=k, num_steps=1, loss="balance")
     with pytest.raises(ValueError, match="num_steps"):
         dd.fit_sampler(s, target, key=k, num_steps=0)
     with pytest.raises(ValueError, match="local_search"):

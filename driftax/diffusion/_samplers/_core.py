@@ -76,6 +76,17 @@ def _gaussian_log_density(x: Array, mean: ArrayLike, std: Array, dim: int | None
     return full + (x.size - dim) * (jnp.log(std) + 0.5 * _LOG_2PI)
 
 
+def _zero_output(mlp: eqx.nn.MLP) -> eqx.nn.MLP:
+    """`mlp` with its output layer set to zero (the network starts at exactly 0)."""
+    last = mlp.layers[-1]
+    assert last.bias is not None  # eqx.nn.MLP uses biases by default
+    return eqx.tree_at(
+        lambda m: (m.layers[-1].weight, m.layers[-1].bias),
+        mlp,
+        (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)),
+    )
+
+
 class _TimeNet(eqx.Module):
     """`g(t) = MLP(sin/cos features of t)`: a per-coordinate scale of the target score that
     depends on time only. The output layer starts at zero, so an untrained sampler is its
@@ -87,14 +98,7 @@ class _TimeNet(eqx.Module):
 
     def __init__(self, dim: int, hidden: int, *, key: Key):
         self.frequencies = jnp.exp(jnp.linspace(0.0, math.log(10.0), 8))
-        mlp = eqx.nn.MLP(17, dim, hidden, 2, activation=jax.nn.silu, key=key)
-        last = mlp.layers[-1]
-        assert last.bias is not None  # eqx.nn.MLP uses biases by default
-        self.mlp = eqx.tree_at(
-            lambda m: (m.layers[-1].weight, m.layers[-1].bias),
-            mlp,
-            (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)),
-        )
+        self.mlp = _zero_output(eqx.nn.MLP(17, dim, hidden, 2, activation=jax.nn.silu, key=key))
 
     def __call__(self, t: Scalar) -> Array:
         a = t * self.frequencies
@@ -250,18 +254,26 @@ def _increment(sampler, k, x, x_next, forward, backward) -> Scalar:
     return log_b - log_f
 
 
-def _draw(sampler, key: Key, kernel) -> Array:
+def _draw(sampler, key: Key, kernel, explore=None) -> Array:
     """One draw `mean + std · P z` from a Gaussian kernel `(mean, std)` (`P` the sampler's
-    projection onto the space the paths live in)."""
+    projection onto the space the paths live in). With `explore = σ_e` the draw comes from the
+    behaviour kernel `N(mean, (std² + σ_e²) I)` instead (off-policy exploration)."""
     mean, std = kernel
+    if explore is not None:
+        std = jnp.sqrt(std**2 + explore**2)
     return mean + std * sampler.project(jax.random.normal(key, mean.shape, mean.dtype))
 
 
-def _scan_path(sampler, score, x_start: Array, key: Key, *, forward: bool, detach: bool):
+def _scan_path(
+    sampler, score, x_start: Array, key: Key, *, forward: bool, detach: bool, explore=None
+):
     """Run a path from `x_start` (`x_0` forward, `x_K` backward): each step draws the next state
     from one kernel (the forward kernel going up, the backward kernel going down), evaluates the
     other kernel at the new pair and accumulates `_increment`. Returns `(end state, Σ log
-    increments)`; with `detach` the drawn states are constants."""
+    increments, visited states, increments)`, the last two in scan order (`K` rows; reversed
+    for a backward path); with `detach` the drawn states are constants. `explore` (forward
+    only) draws from the widened behaviour kernel while the increments keep the model's own
+    kernel: the weight stays that of the target policy."""
     kernel, other = sampler.forward_kernel, sampler.backward_kernel
     if not forward:
         kernel, other = other, kernel
@@ -270,7 +282,7 @@ def _scan_path(sampler, score, x_start: Array, key: Key, *, forward: bool, detac
         y, g_y, acc = carry
         k, kk = inputs
         drawn_from = kernel(k, y, g_y)
-        z = _draw(sampler, kk, drawn_from)
+        z = _draw(sampler, kk, drawn_from, explore if forward else None)
         if detach:
             z = jax.lax.stop_gradient(z)
         g_z = score(z)
@@ -279,13 +291,64 @@ def _scan_path(sampler, score, x_start: Array, key: Key, *, forward: bool, detac
             inc = _increment(sampler, k, y, z, drawn_from, at_pair)
         else:  # y = x_{k+1}, z = x_k
             inc = _increment(sampler, k, z, y, at_pair, drawn_from)
-        return (z, g_z, acc + inc), None
+        return (z, g_z, acc + inc), (z, inc)
 
     ks = jnp.arange(sampler.num_steps)
     keys = jax.random.split(key, sampler.num_steps)
     init = (x_start, score(x_start), jnp.zeros((), x_start.dtype))
-    (x_end, _, acc), _ = jax.lax.scan(step, init, (ks if forward else ks[::-1], keys))
-    return x_end, acc
+    (x_end, _, acc), (states, incs) = jax.lax.scan(step, init, (ks if forward else ks[::-1], keys))
+    return x_end, acc, states, incs
+
+
+class PathSteps(eqx.Module):
+    """One simulated path, step by step (what the sub-trajectory balance loss needs).
+
+    **Fields:** `states` (`x_0, …, x_K`, shape `(K + 1, dim)`), `increments` (`log B_k(x_k |
+    x_{k+1}) - log F_k(x_{k+1} | x_k)` for `k = 0, …, K-1`), `log_target` (`log p̃(x_K)`),
+    `log_initial` (`log q_0(x_0)`). The path log-weight is `log_target - log_initial +
+    Σ increments`."""
+
+    states: Array
+    increments: Array
+    log_target: Scalar
+    log_initial: Scalar
+
+    @property
+    def log_weight(self) -> Scalar:
+        """`log w` of the path."""
+        return self.log_target - self.log_initial + jnp.sum(self.increments)
+
+
+def path_steps(
+    sampler: AbstractDiffusionSampler,
+    energy: AbstractEnergy,
+    key: Key,
+    *,
+    x_final: Array | None = None,
+    detach: bool = True,
+    explore=None,
+) -> PathSteps:
+    """Simulate ONE path and return it step by step ([`PathSteps`][]): forward from `q_0`
+    (`x_final=None`; `explore = σ_e` draws from the behaviour kernels widened by `σ_e`, the
+    increments staying those of the model), or backward from `x_K = x_final` (detached)."""
+    score = _score_fn(sampler, energy)
+    if x_final is None:
+        dtype = jnp.result_type(float)
+        k0, kpath = jax.random.split(key)
+        x0, log_q0 = sampler.initial(k0, dtype)
+        if detach:
+            x0 = jax.lax.stop_gradient(x0)
+        x, _, states, incs = _scan_path(
+            sampler, score, x0, kpath, forward=True, detach=detach, explore=explore
+        )
+        states = jnp.concatenate([x0[None], states])
+    else:
+        x = jax.lax.stop_gradient(x_final)
+        x0, _, states, incs = _scan_path(sampler, score, x, key, forward=False, detach=True)
+        states = jnp.concatenate([states[::-1], x[None]])
+        incs = incs[::-1]
+        log_q0 = sampler.initial_log_density(x0)
+    return PathSteps(states, incs, energy.log_density(x), log_q0)
 
 
 def forward_path(
@@ -301,14 +364,8 @@ def forward_path(
     KL loss). With `detach=True` the states are constants and only the kernels' dependence on
     the parameters is differentiated (the log-variance loss).
     """
-    dtype = jnp.result_type(float)
-    k0, kpath = jax.random.split(key)
-    x0, log_q0 = sampler.initial(k0, dtype)
-    if detach:
-        x0 = jax.lax.stop_gradient(x0)
-    score = _score_fn(sampler, energy)
-    x, acc = _scan_path(sampler, score, x0, kpath, forward=True, detach=detach)
-    return x, energy.log_density(x) - log_q0 + acc
+    path = path_steps(sampler, energy, key, detach=detach)
+    return path.states[-1], path.log_weight
 
 
 def backward_path(
@@ -317,10 +374,8 @@ def backward_path(
     """Simulate ONE backward (target-side) path from `x_K = x_final` down to `x_0`, and return
     `(x_0, log w)` with the same weight as [`forward_path`][]. The states are detached; the
     weight is differentiable in the parameters (log-variance training on off-policy paths)."""
-    x_final = jax.lax.stop_gradient(x_final)
-    score = _score_fn(sampler, energy)
-    x0, acc = _scan_path(sampler, score, x_final, key, forward=False, detach=True)
-    return x0, energy.log_density(x_final) - sampler.initial_log_density(x0) + acc
+    path = path_steps(sampler, energy, key, x_final=x_final)
+    return path.states[0], path.log_weight
 
 
 @eqx.filter_jit

@@ -8,53 +8,111 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..._custom_types import Array
 from ..._training import AbstractBatcher
 from ...energies._base import AbstractEnergy
 from ._buffer import LocalSearch, _local_search
-from ._core import _clip, _score_fn, backward_path, forward_path
+from ._core import _clip, _score_fn, forward_path, path_steps
+from ._gflownet import subtrajectory_balance, trajectory_balance
 
-LOSSES: tuple[str, ...] = ("kl", "log_variance", "adjoint")
+LOSSES: tuple[str, ...] = (
+    "kl",
+    "log_variance",
+    "vargrad",
+    "trajectory_balance",
+    "subtrajectory_balance",
+    "adjoint",
+)
+# the losses valid on off-policy paths (exploration, replay buffer)
+OFF_POLICY: tuple[str, ...] = ("log_variance", "trajectory_balance", "subtrajectory_balance")
+# the losses with a learned log Z
+BALANCE: tuple[str, ...] = ("trajectory_balance", "subtrajectory_balance")
 
 
 class PathLoss(eqx.Module):
-    """`"kl"`: `-mean log w` over reparameterized forward paths; `"log_variance"`: `Var[log w]`
-    over detached forward paths plus, with a replay buffer, backward paths from buffer samples.
-    Batch: the buffer state `(data, count, acceptance)` or `None`. Aux: `(x_K, elbo, log Z,
-    acceptance)` of the on-policy paths (the acceptance of the local search that fed this
-    step's buffer)."""
+    """The path losses, one implementation each, for every sampler:
+
+    - `"kl"`: `-mean log w` over reparameterized forward paths;
+    - `"log_variance"` (VarGrad): `Var[log w]` over detached paths;
+    - `"trajectory_balance"`: `mean (log Z - log w)²` with the learned `log Z`;
+    - `"subtrajectory_balance"`: the λ-weighted balance of every sub-path with the learned
+      `log Z` and log-flow (`_gflownet.subtrajectory_balance`).
+
+    The off-policy losses take detached forward paths drawn from the behaviour kernels widened
+    by `σ_e = exploration · max(0, 1 - step / anneal_steps)` (scored by the model's own
+    kernels) and, with a replay buffer, backward paths from buffer samples. The model is the
+    sampler, or the `_Balanced` wrapper for the balance losses. Batch: the step index, or
+    `((data, count, acceptance), step)` with a buffer. Aux: `(x_K, elbo, log Z, acceptance,
+    learned log Z)` of the on-policy paths (the acceptance of the local search that fed this
+    step's buffer; the learned log Z is NaN without one)."""
 
     energy: AbstractEnergy
     loss: str = eqx.field(static=True)
     batch_size: int = eqx.field(static=True)
     search: LocalSearch | None
+    exploration: Array | None = None
+    anneal_steps: int = eqx.field(static=True, default=1)
+    subtrajectory_lambda: float = eqx.field(static=True, default=0.9)
 
-    def __call__(self, sampler, batch, *, key):
+    def __call__(self, model, batch, *, key):
         energy, search, n = self.energy, self.search, self.batch_size
+        balance = self.loss in BALANCE
+        sampler = model.sampler if balance else model
+        if search is None:
+            buffer, step = None, batch
+        else:
+            buffer, step = batch
+        explore = None
+        if self.exploration is not None:
+            frac = jnp.maximum(0.0, 1.0 - step / self.anneal_steps)
+            explore = self.exploration * frac.astype(self.exploration.dtype)
         k_on, k_off = jax.random.split(key)
         n_on = n if search is None else n - int(round(n * search.fraction))
-        detach = self.loss == "log_variance"
+        detach = self.loss != "kl"
         on_keys = jax.random.split(k_on, n_on)
-        x, log_w = jax.vmap(lambda k: forward_path(sampler, energy, k, detach=detach))(on_keys)
-        all_w = log_w
+        paths = jax.vmap(lambda k: path_steps(sampler, energy, k, detach=detach, explore=explore))(
+            on_keys
+        )
+        x, log_w = paths.states[:, -1], jax.vmap(lambda p: p.log_weight)(paths)
+        all_paths, all_w = paths, log_w
         acc = jnp.zeros((), x.dtype)
-        if search is not None:
-            data, count, acc = batch
+        if buffer is not None:
+            assert search is not None
+            data, count, acc = buffer
             k_idx, k_path = jax.random.split(k_off)
             n_off = n - n_on
             idx = jax.random.randint(k_idx, (n_off,), 0, jnp.maximum(count, 1))
             fallback = jax.lax.stop_gradient(x[jnp.arange(n_off) % n_on])
             starts = jnp.where(count > 0, data[idx], fallback)
-            _, log_w_off = jax.vmap(lambda y, k: backward_path(sampler, energy, y, k))(
+            off = jax.vmap(lambda y, k: path_steps(sampler, energy, k, x_final=y))(
                 starts, jax.random.split(k_path, n_off)
             )
-            all_w = jnp.concatenate([log_w, log_w_off])
-        value = -jnp.mean(all_w) if self.loss == "kl" else jnp.var(all_w)
+            all_paths = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), paths, off)
+            all_w = jnp.concatenate([log_w, jax.vmap(lambda p: p.log_weight)(off)])
+        learned = jnp.full((), jnp.nan, x.dtype)
+        if self.loss == "kl":
+            value = -jnp.mean(all_w)
+        elif self.loss == "log_variance":
+            value = jnp.var(all_w)
+        elif self.loss == "trajectory_balance":
+            value = trajectory_balance(model.log_z, all_w)
+        else:
+            value = subtrajectory_balance(
+                model.log_z,
+                model.log_flow,
+                all_paths,
+                sampler.num_steps,
+                self.subtrajectory_lambda,
+            )
+        if balance:
+            learned = jax.lax.stop_gradient(model.log_z).astype(x.dtype)
         log_w = jax.lax.stop_gradient(log_w)
         aux = (
             jax.lax.stop_gradient(x),
             jnp.mean(log_w),
             jax.nn.logsumexp(log_w) - jnp.log(n_on),
             acc,
+            learned,
         )
         return value, aux
 
@@ -62,7 +120,8 @@ class PathLoss(eqx.Module):
 class ReplayBuffer(AbstractBatcher):
     """A FIFO buffer of terminal samples refined by MCMC local search: after a step the
     on-policy samples wait in the state; before the next step they take the local-search
-    moves and enter the buffer, which is that step's batch."""
+    moves and enter the buffer, which (with the step index, for the exploration schedule) is
+    that step's batch."""
 
     energy: AbstractEnergy
     search: LocalSearch
@@ -89,7 +148,7 @@ class ReplayBuffer(AbstractBatcher):
         data = jnp.where(has_pending, pushed, data)
         count = jnp.where(has_pending, jnp.minimum(count + fresh.shape[0], size), count)
         acc = jnp.where(has_pending, jnp.mean(acc_each), 0.0).astype(data.dtype)
-        return (data, count, acc), (data, count, pending, has_pending, acc)
+        return ((data, count, acc), step), (data, count, pending, has_pending, acc)
 
     def update(self, state, model, aux, key):
         data, count, _, _, acc = state
@@ -119,7 +178,7 @@ class AdjointLoss(eqx.Module):
         xt = (t / horizon)[:, None] * x1 + std[:, None] * noise
         f = jax.vmap(sampler.drift)(t, xt, jax.vmap(score)(xt))
         value = jnp.mean(jnp.sum((f / sigma**2 + a1) ** 2, axis=-1))
-        return value, (None, lower, log_z, acc)
+        return value, (None, lower, log_z, acc, jnp.full((), jnp.nan, lower.dtype))
 
 
 class AdjointBuffer(AbstractBatcher):
