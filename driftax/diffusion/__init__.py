@@ -63,6 +63,7 @@ from ._forward_processes import (
     OrnsteinUhlenbeckMixtureFields as OrnsteinUhlenbeckMixtureFields,
 )
 from ._grid import check_grid as check_grid, time_grid as time_grid
+from ._grid_opt import optimize_grid as optimize_grid
 from ._guidance import (
     FKCResult as FKCResult,
     Guided as Guided,

@@ -266,14 +266,21 @@ class DPMSolverV3(AbstractSolver):
     - `statistics`: an [`EmpiricalModelStatistics`][].
     - `max_order`: 1 to 3 (default 3); the first steps use lower orders while the history fills.
     - `lower_order_final`: lower the order over the last steps when `num_steps < 15` (default True).
+    - `corrector`: add the UniC-style corrector (default False): at the start of each step after
+      the first, the previous step is redone with the field's value at its predicted end point as
+      one more interpolation node (order + 1), and the step starts from that corrected point.
+      The field is evaluated at the predicted point as before, so there is no extra evaluation;
+      the last step is not corrected.
 
-    Differences from the paper: the step interpolates `g` through the last `max_order` values
-    (Lagrange, the multistep predictor), without the paper's pseudo-order corrector.
+    Differences from the paper: the predictor interpolates `g` through the last `max_order`
+    values (Lagrange); the corrector interpolates through the new value and the predictor's
+    nodes, not the paper's pseudo-order differences.
     """
 
     statistics: EmpiricalModelStatistics
     max_order: int = eqx.field(default=3, static=True)
     lower_order_final: bool = eqx.field(default=True, static=True)
+    corrector: bool = eqx.field(default=False, static=True)
 
     exponential: ClassVar[bool] = True
 
@@ -302,8 +309,9 @@ class DPMSolverV3(AbstractSolver):
                 f"`statistics` have event shape {st.event_shape} but the points have shape "
                 f"{tuple(x0.shape)}."
             )
-        k = self.max_order
-        return (jnp.zeros((k - 1,) + x0.shape, x0.dtype), jnp.zeros((k - 1,), x0.dtype))
+        size = self.max_order - 1 + int(self.corrector)
+        hist = (jnp.zeros((size,) + x0.shape, x0.dtype), jnp.zeros((size,), x0.dtype))
+        return (*hist, x0) if self.corrector else hist
 
     def _g(self, model, t, lam, x):
         st = self.statistics
@@ -313,23 +321,12 @@ class DPMSolverV3(AbstractSolver):
         f = (sigma * eps - _interp(st.lams, st.l, lam) * x) / alpha
         return jnp.exp(-_interp(st.lams, st.S, lam)) * f - _interp(st.lams, st.B, lam)
 
-    def step(self, model, ts, index, x0, state, *, key):
-        del key
+    def _advance(self, path, t0, t1, x0, node_lams, node_gs, num_nodes):
+        """The exponential-integrator update from `t0` to `t1` with `g` replaced by its Lagrange
+        interpolant through the first `num_nodes` (a traced integer) of `node_lams/node_gs`."""
         st = self.statistics
-        path = model.path
-        t0, t1 = ts[index], ts[index + 1]
         lam0, lam1 = path.half_log_snr(t0), path.half_log_snr(t1)
-        g0 = self._g(model, t0, lam0, x0)
-        g_hist, lam_hist = state
-        k = self.max_order
-        n = ts.shape[0] - 1
-        order = jnp.minimum(index + 1, k)
-        if self.lower_order_final:
-            order = jnp.where(n < 15, jnp.minimum(order, n - index), order)
-        order = jnp.maximum(order, 1)
-        # interpolation nodes: lam0 and the previous k - 1 (most recent first)
-        node_lams = jnp.concatenate([lam0[None], lam_hist])
-        node_gs = jnp.concatenate([g0[None], g_hist])
+        k = node_lams.shape[0]
         h = lam1 - lam0
         q = lam0 + 0.5 * h * (jnp.asarray(_GL_NODES, x0.dtype) + 1.0)
         w = 0.5 * h * jnp.asarray(_GL_WEIGHTS, x0.dtype)
@@ -340,8 +337,8 @@ class DPMSolverV3(AbstractSolver):
             )
         )(q)  # (Q, *event)
         Bq = jax.vmap(lambda lq: _interp(st.lams, st.B, lq))(q)
-        # Lagrange basis of the first `order` nodes at the quadrature points, (k, Q)
-        active = jnp.arange(k) < order
+        # Lagrange basis of the first `num_nodes` nodes at the quadrature points, (k, Q)
+        active = jnp.arange(k) < num_nodes
         basis = []
         for m in range(k):
             val = jnp.ones_like(q)
@@ -358,8 +355,42 @@ class DPMSolverV3(AbstractSolver):
         integral = jnp.sum(w.reshape((-1,) + extra) * kern * (g_q + Bq), axis=0)
         a0, a1 = path.alpha(t0), path.alpha(t1)
         L0 = _interp_integral(st.lams, st.l, st.L, lam0)
-        x1 = (a1 / a0) * jnp.exp(-(L1 - L0)) * x0 - a1 * integral
-        if k > 1:
+        return (a1 / a0) * jnp.exp(-(L1 - L0)) * x0 - a1 * integral
+
+    def _order(self, index, n):
+        order = jnp.minimum(index + 1, self.max_order)
+        if self.lower_order_final:
+            order = jnp.where(n < 15, jnp.minimum(order, n - index), order)
+        return jnp.maximum(order, 1)
+
+    def step(self, model, ts, index, x0, state, *, key):
+        del key
+        path = model.path
+        t0, t1 = ts[index], ts[index + 1]
+        lam0 = path.half_log_snr(t0)
+        g0 = self._g(model, t0, lam0, x0)
+        k = self.max_order
+        n = ts.shape[0] - 1
+        if self.corrector:
+            g_hist, lam_hist, x_prev = state
+            # UniC-style: redo the previous step with the new value g0 as one more node (the
+            # field was evaluated at the predicted x0 anyway: no extra evaluation)
+            t_prev = ts[jnp.maximum(index - 1, 0)]
+            nodes_c = jnp.concatenate([lam0[None], lam_hist])
+            gs_c = jnp.concatenate([g0[None], g_hist])
+            num_c = jnp.minimum(self._order(jnp.maximum(index - 1, 0), n) + 1, k + 1)
+            x_corr = self._advance(path, t_prev, t0, x_prev, nodes_c, gs_c, num_c)
+            x0 = jnp.where(index > 0, x_corr, x0)
+        else:
+            g_hist, lam_hist = state
+        # predictor: interpolation nodes lam0 and the previous k - 1 (most recent first)
+        node_lams = jnp.concatenate([lam0[None], lam_hist[: k - 1]])
+        node_gs = jnp.concatenate([g0[None], g_hist[: k - 1]])
+        x1 = self._advance(path, t0, t1, x0, node_lams, node_gs, self._order(index, n))
+        size = g_hist.shape[0]
+        if size:
             g_hist = jnp.concatenate([g0[None], g_hist[:-1]])
             lam_hist = jnp.concatenate([lam0[None], lam_hist[:-1]])
+        if self.corrector:
+            return x1, (g_hist, lam_hist, x0)
         return x1, (g_hist, lam_hist)

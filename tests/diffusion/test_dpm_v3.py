@@ -70,6 +70,38 @@ def test_first_order_is_exact_on_gaussian_data(gaussian_case, num_steps, x64):
     assert err < 0.02 * err_ddim, (err, err_ddim)
 
 
+@pytest.mark.parametrize("max_order", [1, 3])
+def test_corrector_keeps_exactness_on_gaussian_data(gaussian_case, max_order, x64):
+    """g is constant in lam for Gaussian data, so the corrector's extra node changes nothing
+    the interpolant can get wrong: still exact up to the statistics' quadrature."""
+    path, field, _, _, stats, x0, ref = gaussian_case
+    solver = dd.DPMSolverV3(stats, max_order=max_order, corrector=True)
+    for n in (3, 10):
+        x = dd.solve(solver, field.score, path, x0, num_steps=n)
+        assert float(jnp.max(jnp.abs(x - ref))) < 2e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", [1, 2])
+def test_corrector_raises_the_order_on_mixture(mixture_case, order, x64):
+    """On gmm9 (log-SNR grid, 20 -> 40 steps) the corrector lowers the error at every NFE and
+    raises the measured order by about one (measured with 200 statistics times: order 1 slope
+    1.3 -> 2.4, order 2 2.2 -> 3.4; errors at NFE 10 0.44 -> 0.24 and 0.59 -> 0.35)."""
+    path, field, stats, x0, ref = mixture_case
+
+    def err(corrector, n):
+        solver = dd.DPMSolverV3(stats, max_order=order, corrector=corrector)
+        x = dd.solve(solver, field.score, path, x0, num_steps=n, schedule="log_snr")
+        return float(jnp.mean(jnp.linalg.norm(x - ref, axis=-1)))
+
+    plain = [err(False, n) for n in (10, 20, 40)]
+    corrected = [err(True, n) for n in (10, 20, 40)]
+    assert all(c < p for c, p in zip(corrected, plain)), (plain, corrected)
+    slope_plain = np.log2(plain[1] / plain[2])
+    slope_corrected = np.log2(corrected[1] / corrected[2])
+    assert slope_corrected > slope_plain + 0.7, (plain, corrected)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("order,slope", [(1, 0.9), (2, 1.8), (3, 2.4)])
 def test_convergence_order_on_mixture(mixture_case, order, slope, x64):
