@@ -845,6 +845,13 @@ def run_cell(method: Callable, t: Target, quick: bool) -> dict:
     return r
 
 
+def _write(out: Path, results: dict, meta: dict, methods: dict) -> None:
+    (out / "unnormalized.json").write_text(json.dumps({"_meta": meta, **results}, indent=2))
+    order = [m for m in [*methods, "exact samples"] if m in results]
+    targets = [t for t in ALL_TARGETS if any(t in results[m] for m in order)]
+    (out / "unnormalized.md").write_text(markdown(results, targets, order, meta))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     profile = parser.add_mutually_exclusive_group()
@@ -919,10 +926,8 @@ def main(argv=None) -> int:
                 r = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             results[m][tname] = r
             print(f"[unnormalized]   {json.dumps(r)[:300]}", flush=True)
-    json_path.write_text(json.dumps({"_meta": meta, **results}, indent=2))
-    order = [m for m in [*methods, "exact samples"] if m in results]
-    targets = [t for t in ALL_TARGETS if any(t in results[m] for m in order)]
-    (out / "unnormalized.md").write_text(markdown(results, targets, order, meta))
+            _write(out, results, meta, methods)  # after every cell: a cut-off run keeps its rows
+    _write(out, results, meta, methods)
     print("[unnormalized] goals:")
     for g, measured, verdict in goals(results):
         print(f"[unnormalized]   {verdict:8s} {g}: {measured}")
