@@ -1,28 +1,51 @@
 """Benchmark: samplers of unnormalized densities on the standard targets (method × target).
 
 Targets: gmm25, gmm40, funnel(10), many_well(32), dw4, lj13, phi4 (1-D chain), lgcp(40).
-Methods: SMC (adaptive tempering, MALA moves), AIS (the same without resampling), parallel
-tempering (through `driftax.sample`), FAB (`driftax.flows.fit_fab`, on gmm40 and many_well,
-with an SMC row given the same number of energy evaluations), and the learned diffusion samplers of `driftax.diffusion`
-(PIS, DDS, CMCD) where they are available. Every method runs once cold (compilation included)
-and once warm with a new key; the warm run's samples are scored.
 
-Metrics, where the target allows them:
+Rows:
 
-- `|Δlog Z|` of the importance-sampling estimate (and of the ELBO for learned samplers) against
-  the exact `log Z` (gmm, funnel, many_well, phi4) or the shipped reference (lgcp, with its error);
-- EUBO (learned samplers, on exact or reference samples);
-- Sinkhorn divergence (ε = 0.1 · mean squared scale) or MMD to exact / reference samples;
-- mode coverage and mode-weight TV (gmm25, gmm40; the two-sign modes of phi4);
-- energy-W2 and interatomic-distance-W2 (dw4, lj13, against the shipped reference samples);
-- wall time (cold and warm) and target evaluations (gradient evaluations).
+- SMC (adaptive tempering, MALA moves), AIS (the same without resampling), parallel tempering
+  (through `driftax.sample`);
+- FAB (`driftax.flows.fit_fab`, on gmm40 and many_well) and the learned diffusion samplers of
+  `driftax.diffusion` (PIS, DDS, CMCD; log-variance loss);
+- the honest baseline: `"<kind> @ <row>"` gives SMC (fixed schedule), MALA, HMC and NUTS
+  (through `driftax.sample` with its default adaptation, several chains, warmup included) the
+  energy evaluations that the learned row `<row>` spent on that target, training included
+  (`units_for_budget` picks the number of moves; `smc_at_budget`, `mcmc_at_budget`).
 
-Output: `out/unnormalized.json` and `out/unnormalized.md` (a table per metric in the layout of
-published benchmark tables: rows are methods, columns targets).
+Every row reports its energy evaluations (a value, a gradient or both at one point count once):
+counted by the sampler (SMC, AIS, MCMC, FAB) or computed from the configuration
+(`learned_sampler_evals`, marked `*`). Each method runs once cold (compilation included) and
+warm with a new key (repeated three times when under 2 s, median); the warm run's draws are
+scored. Learned samplers and FAB run once (training is the cost).
+
+Metrics, where the target allows them: `|Δlog Z|` of the importance-sampling estimate and of
+the ELBO against the exact (or reference) `log Z`; EUBO − log Z on exact samples (learned
+samplers); exact W2 (scipy's assignment solver, 1,000 against 1,000, raw coordinates);
+Sinkhorn divergence and MMD; mode coverage (gmm) and the signs of the 16 double wells
+(many_well); energy-W2 and interatomic-distance W2 (dw4, lj13); phi4's mode weight; energy and
+gradient evaluations; warm, compilation and cold wall time. The output ends with the goals of
+issue 18 (met / missed with the measured value).
+
+Profiles (sizes):
+
+- `--quick` (CPU): SMC/AIS 2,000 particles × 10 MALA moves (lgcp 512); PT 8 replicas × 4 chains
+  × (1,000 warmup + 1,000 steps); PIS/DDS/CMCD 400 iterations × 128 paths of 30 steps, width
+  64 (gmm25, gmm40, funnel, many_well; PIS also on dw4); FAB 400 steps × 128 AIS draws, buffer
+  1,024 (gmm40, many_well); baselines: SMC 2,000 particles, MCMC 8 chains, 2,000 kept draws;
+  2,000 exact samples per target.
+- `--full` (a GPU; not run here): SMC/AIS 10,000 particles × 20 moves (lgcp 2,000); PT 10,000
+  + 10,000 steps; learned samplers 20,000 iterations × 256 paths of 100 steps, width 128, on
+  every target but lgcp; FAB 10,000 steps × 512; baselines: SMC 10,000 particles, MCMC 32 chains,
+  10,000 kept draws; 10,000 exact samples.
+
+Output: `<out>/unnormalized.json` and `<out>/unnormalized.md` (a table per metric, rows are
+methods and columns targets; the command lines in the header), rewritten after every cell.
 
 Usage: `python benchmarks/unnormalized.py [--quick | --full] [--out out] [--targets ...]
-[--methods ...]`. `--quick` is the CPU profile (minutes on 2 cores); `--full` is the GPU profile
-(more particles, longer training).
+[--methods ...] [--merge] [--render]`. `--merge` adds to the results already in `--out` (and
+takes the budgets of the learned rows run before from them); `--render` only rewrites the
+markdown from the JSON.
 """
 
 from __future__ import annotations
@@ -397,12 +420,12 @@ def _fab(t: Target, key, quick: bool) -> Output:
 # ---------------------------------------------------------------------------------------------
 
 
-def units_for_budget(budget: int, per_unit: int, fixed: int = 0) -> int:
+def units_for_budget(budget: int, per_unit: float, fixed: int = 0) -> int:
     """The number `u >= 1` of moves of cost `per_unit` (after a fixed cost `fixed`) whose total
     `fixed + u · per_unit` is nearest to `budget`: within half a move of it whenever the budget
-    affords one move."""
-    if per_unit < 1:
-        raise ValueError(f"`per_unit` must be a positive count, got {per_unit!r}.")
+    affords one move. `per_unit` may be a measured average (NUTS)."""
+    if not per_unit > 0:
+        raise ValueError(f"`per_unit` must be a positive cost, got {per_unit!r}.")
     return max(1, round((budget - fixed) / per_unit))
 
 
@@ -496,7 +519,7 @@ def mcmc_at_budget(
         **common,
     )
     counted = int(first.num_grad_evals + first.num_grad_evals_warmup)
-    per_step = max(1, round(int(first.num_grad_evals) / (first_n * chains)))  # per chain step
+    per_step = max(1.0, int(first.num_grad_evals) / (first_n * chains))  # per chain step
     parts = [np.asarray(first.samples).reshape(-1, t.energy.dim)]
     more = 0
     if budget - counted >= chains * per_step:
@@ -519,7 +542,7 @@ def mcmc_at_budget(
         rhat = float(np.nanmax(np.asarray(first.rhat)))
     draws = np.concatenate(parts)
     note = (
-        f"{chains} chains × ({warm_n} warmup + {first_n + more:,} steps), about {per_step} gradients "
+        f"{chains} chains × ({warm_n} warmup + {first_n + more:,} steps), {per_step:.1f} gradients "
         f"per step, max R-hat {rhat:.2f}"
     )
     return draws, counted, note
@@ -864,7 +887,9 @@ def main(argv=None) -> int:
         "--render", action="store_true", help="only rewrite unnormalized.md from the JSON in --out"
     )
     parser.add_argument(
-        "--merge", action="store_true", help="add to the results already in --out (same profile)"
+        "--merge",
+        action="store_true",
+        help="add the cells missing from the results already in --out (same profile)",
     )
     args = parser.parse_args(argv)
     quick = not args.full
@@ -906,6 +931,9 @@ def main(argv=None) -> int:
             base = score(t, Output(samples=t.truth2.reshape(len(t.truth2), -1)), None)
             results["exact samples"][tname] = base
         for m in names:
+            old = results[m].get(tname, {})
+            if args.merge and old and not ({"skipped", "error"} & set(old)):
+                continue  # already measured
             print(f"[unnormalized] {m} on {tname} ...", flush=True)
             source = getattr(methods[m], "budget_source", None)
             same = None
