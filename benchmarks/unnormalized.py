@@ -868,6 +868,18 @@ def run_cell(method: Callable, t: Target, quick: bool) -> dict:
     return r
 
 
+def _same_budget_row(results: dict, name: str, source: str, target: str) -> str | None:
+    """A baseline row of the same kind already measured at the same budget on `target`."""
+    kind = name.split(" @ ")[0]
+    for other in BUDGET_SOURCES:
+        row = f"{kind} @ {other}"
+        cell = results.get(row, {}).get(target, {})
+        same = BUDGET.get((other, target)) == BUDGET[(source, target)]
+        if other != source and same and cell and not ({"skipped", "error"} & set(cell)):
+            return row
+    return None
+
+
 def _write(out: Path, results: dict, meta: dict, methods: dict) -> None:
     (out / "unnormalized.json").write_text(json.dumps({"_meta": meta, **results}, indent=2))
     order = [m for m in [*methods, "exact samples"] if m in results]
@@ -919,7 +931,6 @@ def main(argv=None) -> int:
         meta["commands"] = [*meta.get("commands", []), command]
     for m in [*names, "exact samples"]:
         results.setdefault(m, {})
-    done: dict[tuple[str, str, int], str] = {}  # (kind, target, budget) -> the row that ran it
     for tname in args.targets:
         try:
             t = make_target(tname, n_truth=2000 if quick else 10_000)
@@ -938,13 +949,12 @@ def main(argv=None) -> int:
             source = getattr(methods[m], "budget_source", None)
             same = None
             if source is not None and (source, tname) in BUDGET:
-                cell = (m.split(" @ ")[0], tname, BUDGET[(source, tname)])
-                same = done.get(cell)
-                done.setdefault(cell, m)
+                same = _same_budget_row(results, m, source, tname)
             if same is not None:  # e.g. PIS and DDS spend the same evaluations
                 r = dict(results[same][tname])
                 r["notes"] = f"the same budget as `{same}`: that run. " + r.get("notes", "")
                 results[m][tname] = r
+                _write(out, results, meta, methods)
                 continue
             try:
                 r = run_cell(methods[m], t, quick)
