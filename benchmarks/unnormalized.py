@@ -793,7 +793,7 @@ def markdown(results: dict, targets: list[str], methods: list[str], meta: dict) 
         "",
         "| goal | measured | verdict |",
         "|---|---|---|",
-        *[f"| {g} | {m} | {v} |" for g, m, v in goals(results)],
+        *["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in goals(results)],
         "",
     ]
     for title, field, digits in TABLES:
