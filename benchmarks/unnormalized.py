@@ -1,28 +1,51 @@
 """Benchmark: samplers of unnormalized densities on the standard targets (method × target).
 
 Targets: gmm25, gmm40, funnel(10), many_well(32), dw4, lj13, phi4 (1-D chain), lgcp(40).
-Methods: SMC (adaptive tempering, MALA moves), AIS (the same without resampling), parallel
-tempering (through `driftax.sample`), FAB (`driftax.flows.fit_fab`, on gmm40 and many_well,
-with an SMC row given the same number of energy evaluations), and the learned diffusion samplers of `driftax.diffusion`
-(PIS, DDS, CMCD) where they are available. Every method runs once cold (compilation included)
-and once warm with a new key; the warm run's samples are scored.
 
-Metrics, where the target allows them:
+Rows:
 
-- `|Δlog Z|` of the importance-sampling estimate (and of the ELBO for learned samplers) against
-  the exact `log Z` (gmm, funnel, many_well, phi4) or the shipped reference (lgcp, with its error);
-- EUBO (learned samplers, on exact or reference samples);
-- Sinkhorn divergence (ε = 0.1 · mean squared scale) or MMD to exact / reference samples;
-- mode coverage and mode-weight TV (gmm25, gmm40; the two-sign modes of phi4);
-- energy-W2 and interatomic-distance-W2 (dw4, lj13, against the shipped reference samples);
-- wall time (cold and warm) and target evaluations (gradient evaluations).
+- SMC (adaptive tempering, MALA moves), AIS (the same without resampling), parallel tempering
+  (through `driftax.sample`);
+- FAB (`driftax.flows.fit_fab`, on gmm40 and many_well) and the learned diffusion samplers of
+  `driftax.diffusion` (PIS, DDS, CMCD; log-variance loss);
+- the honest baseline: `"<kind> @ <row>"` gives SMC (fixed schedule), MALA, HMC and NUTS
+  (through `driftax.sample` with its default adaptation, several chains, warmup included) the
+  energy evaluations that the learned row `<row>` spent on that target, training included
+  (`units_for_budget` picks the number of moves; `smc_at_budget`, `mcmc_at_budget`).
 
-Output: `out/unnormalized.json` and `out/unnormalized.md` (a table per metric in the layout of
-published benchmark tables: rows are methods, columns targets).
+Every row reports its energy evaluations (a value, a gradient or both at one point count once):
+counted by the sampler (SMC, AIS, MCMC, FAB) or computed from the configuration
+(`learned_sampler_evals`, marked `*`). Each method runs once cold (compilation included) and
+warm with a new key (repeated three times when under 2 s, median); the warm run's draws are
+scored. Learned samplers and FAB run once (training is the cost).
+
+Metrics, where the target allows them: `|Δlog Z|` of the importance-sampling estimate and of
+the ELBO against the exact (or reference) `log Z`; EUBO − log Z on exact samples (learned
+samplers); exact W2 (scipy's assignment solver, 1,000 against 1,000, raw coordinates);
+Sinkhorn divergence and MMD; mode coverage (gmm) and the signs of the 16 double wells
+(many_well); energy-W2 and interatomic-distance W2 (dw4, lj13); phi4's mode weight; energy and
+gradient evaluations; warm, compilation and cold wall time. The output ends with the goals of
+issue 18 (met / missed with the measured value).
+
+Profiles (sizes):
+
+- `--quick` (CPU): SMC/AIS 2,000 particles × 10 MALA moves (lgcp 512); PT 8 replicas × 4 chains
+  × (1,000 warmup + 1,000 steps); PIS/DDS/CMCD 400 iterations × 128 paths of 30 steps, width
+  64 (gmm25, gmm40, funnel, many_well; PIS also on dw4); FAB 400 steps × 128 AIS draws, buffer
+  1,024 (gmm40, many_well); baselines: SMC 2,000 particles, MCMC 8 chains, 2,000 kept draws;
+  2,000 exact samples per target.
+- `--full` (a GPU; not run here): SMC/AIS 10,000 particles × 20 moves (lgcp 2,000); PT 10,000
+  + 10,000 steps; learned samplers 20,000 iterations × 256 paths of 100 steps, width 128, on
+  every target but lgcp; FAB 10,000 steps × 512; baselines: SMC 10,000 particles, MCMC 32 chains,
+  10,000 kept draws; 10,000 exact samples.
+
+Output: `<out>/unnormalized.json` and `<out>/unnormalized.md` (a table per metric, rows are
+methods and columns targets; the command lines in the header), rewritten after every cell.
 
 Usage: `python benchmarks/unnormalized.py [--quick | --full] [--out out] [--targets ...]
-[--methods ...]`. `--quick` is the CPU profile (minutes on 2 cores); `--full` is the GPU profile
-(more particles, longer training).
+[--methods ...] [--merge] [--render]`. `--merge` adds to the results already in `--out` (and
+takes the budgets of the learned rows run before from them); `--render` only rewrites the
+markdown from the JSON.
 """
 
 from __future__ import annotations
@@ -31,6 +54,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,7 +141,9 @@ class Output:
     eubo: float | None = None
     grad_evals: int = 0
     notes: str = ""
-    energy_evals: int | None = None  # target evaluations, training included (where counted)
+    # target evaluations (value, gradient or both at one point count as one), training included
+    energy_evals: int = 0
+    evals_counted: bool = True  # False: computed from the method's configuration
 
 
 def _resample(key, particles, log_weights, n):
@@ -154,6 +180,7 @@ def _smc(resampling: str):
             log_z_stderr=float(r.log_normalizer.stderr),
             elbo=None if r.elbo is None else float(r.elbo.value),  # AIS only
             grad_evals=int(r.num_grad_evals),
+            energy_evals=int(r.num_energy_evals),
             notes=f"{stages} stages, final ESS {stage_ess:.0f}",
         )
 
@@ -180,11 +207,14 @@ def _pt(t: Target, key, quick: bool) -> Output:
         num_warmup=steps,
         num_chains=chains,
         adaptation=ds.ParallelTemperingAdaptation(),
+        check_health=False,
     )
     x = np.asarray(res.samples).reshape(steps * chains, -1)
+    grads = int(res.num_grad_evals + res.num_grad_evals_warmup)
     return Output(
         samples=x,
-        grad_evals=int(res.num_grad_evals + res.num_grad_evals_warmup),
+        grad_evals=grads,
+        energy_evals=grads,  # MALA moves: one value-and-gradient per replica step
         notes=f"max R-hat {float(np.nanmax(res.rhat)):.2f}",
     )
 
@@ -194,8 +224,38 @@ class Skip(Exception):
 
 
 QUICK_LEARNED_TARGETS = ("gmm25", "gmm40", "funnel", "many_well")
+QUICK_PARTICLE_LEARNED = ("PIS",)  # the learned samplers with a particle (CoM-free) mode
 # the prior / reference scale of the learned samplers (about the target's spread)
-LEARNED_SIGMA = {"gmm25": 8.0, "gmm40": 30.0, "funnel": 3.0, "many_well": 1.5}
+LEARNED_SIGMA = {"gmm25": 8.0, "gmm40": 30.0, "funnel": 3.0, "many_well": 1.5, "dw4": 2.0}
+
+# (method, target) -> the energy evaluations that method spent (training included): the budget
+# the equal-budget baselines below are given
+BUDGET: dict[tuple[str, str], int] = {}
+
+
+def learned_sampler_evals(
+    *,
+    num_steps: int,
+    iters: int,
+    batch: int,
+    num_samples: int,
+    uses_score: bool = True,
+    local_search_moves: int = 0,
+    local_search_fraction: float = 0.0,
+) -> int:
+    """Energy evaluations of `fit_sampler(loss="log_variance")` then `run`, computed from the
+    configuration: a path of `num_steps` steps evaluates the target's score at its
+    `num_steps + 1` states and its log density at the terminal one (counted once with that
+    state's score); without the score term only the terminal log density. Local search moves
+    the batch's on-policy share (`batch - round(batch · fraction)`) by `local_search_moves`
+    MALA steps (one value-and-gradient each, plus one at the start) every iteration. The EUBO's
+    backward paths from target samples are evaluation, not sampling, and are not counted."""
+    per_path = num_steps + 1 if uses_score else 1
+    train = iters * batch * per_path
+    if local_search_moves:
+        on_policy = batch - int(round(batch * local_search_fraction))
+        train += iters * on_policy * (local_search_moves + 1)
+    return train + num_samples * per_path
 
 
 def _learned(kind: str, loss: str = "log_variance"):
@@ -205,7 +265,8 @@ def _learned(kind: str, loss: str = "log_variance"):
         import driftax.diffusion as dd
 
         if quick and t.name not in QUICK_LEARNED_TARGETS:
-            raise Skip("full (GPU) profile only")
+            if not (t.name == "dw4" and kind in QUICK_PARTICLE_LEARNED):
+                raise Skip("full (GPU) profile only")
         if t.name == "lgcp":
             raise Skip("not run: 1600-D")
         d = t.energy.dim
@@ -236,14 +297,25 @@ def _learned(kind: str, loss: str = "log_variance"):
         target_samples = None if t.truth is None else jnp.asarray(t.truth.reshape(len(t.truth), -1))
         r = sampler.run(t.energy, key=k_run, num_samples=n, target_samples=target_samples)
         x = _resample(jax.random.fold_in(k_run, 1), r.samples, r.log_weights, n)
-        grads = (iters * batch + 2 * n) * steps  # every path step evaluates the target score
+        evals = learned_sampler_evals(
+            num_steps=steps,
+            iters=iters,
+            batch=batch,
+            num_samples=n,
+            uses_score=sampler.uses_score,
+            local_search_moves=0 if search is None else search.num_steps,
+            local_search_fraction=0.0 if search is None else search.fraction,
+        )
+        BUDGET[(kind, t.name)] = evals
         return Output(
             samples=x.reshape(n, -1),
             log_z=float(r.log_normalizer.value),
             log_z_stderr=float(r.log_normalizer.stderr),
             elbo=float(r.elbo.value),
             eubo=None if r.eubo is None else float(r.eubo.value),
-            grad_evals=grads,
+            grad_evals=evals,
+            energy_evals=evals,
+            evals_counted=False,
             notes=f"{iters} steps ({loss}), ESS {float(r.ess):.0f}/{n}, "
             f"{r.num_nonfinite} non-finite paths",
         )
@@ -267,7 +339,6 @@ def learned_methods() -> dict[str, Callable]:
 # ---------------------------------------------------------------------------------------------
 
 FAB_TARGETS = ("gmm40", "many_well")
-FAB_BUDGET: dict[str, int] = {}  # target -> FAB's energy evaluations (training + evaluation)
 
 
 def fab_initial_flow(energy, name: str, key):
@@ -340,35 +411,180 @@ def _fab(t: Target, key, quick: bool) -> Output:
         raise Skip("FAB rows: gmm40 and many_well")
     iters, batch = (400, 128) if quick else (10_000, 512)
     out, _ = fab_run(t.energy, t.name, key, iters=iters, batch=batch, n=2000 if quick else 10_000)
-    FAB_BUDGET[t.name] = int(out.energy_evals or 0)
+    BUDGET[("FAB", t.name)] = out.energy_evals
     return out
 
 
-def _smc_at_fab_budget(t: Target, key, quick: bool) -> Output:
-    """SMC (MALA moves, fixed schedule β = (k/K)^4) given FAB's energy evaluations."""
-    if t.name not in FAB_BUDGET:
-        raise Skip("needs the FAB row on this target first (its budget)")
-    budget = FAB_BUDGET[t.name]
-    n, moves = 2000, 10
-    # evaluations: n (initial) + K · n · (moves + 2) (each MALA move and two re-evaluations)
-    stages = max(1, round((budget / n - 1) / (moves + 2)))
-    step = {"gmm40": 1.0}.get(t.name, 0.1)
+# ---------------------------------------------------------------------------------------------
+# The honest baseline: SMC and tuned MCMC given a learned sampler's energy evaluations
+# ---------------------------------------------------------------------------------------------
+
+
+def units_for_budget(budget: int, per_unit: float, fixed: int = 0) -> int:
+    """The number `u >= 1` of moves of cost `per_unit` (after a fixed cost `fixed`) whose total
+    `fixed + u · per_unit` is nearest to `budget`: within half a move of it whenever the budget
+    affords one move. `per_unit` may be a measured average (NUTS)."""
+    if not per_unit > 0:
+        raise ValueError(f"`per_unit` must be a positive cost, got {per_unit!r}.")
+    return max(1, round((budget - fixed) / per_unit))
+
+
+BASELINE_KINDS = ("SMC", "MALA", "HMC", "NUTS")
+BUDGET_SOURCES = ("PIS", "DDS", "CMCD", "FAB")
+HMC_LEAPFROG = 10  # HMC's integration steps (its step size and metric are adapted)
+MCMC_STEP = {"gmm40": 1.0, "gmm25": 0.3, "lgcp": 0.05, "lj13": 0.005, "dw4": 0.05}
+
+
+def _keep_every(num_steps: int, keep: int) -> int:
+    return max(1, num_steps // max(1, keep))
+
+
+def _mcmc_x0(t: Target, chains: int, key) -> jax.Array:
+    """Per-chain starting points drawn from SMC's reference `N(0, scale²)` (particles apart)."""
+    shape = (chains, *t.energy.event_shape)
+    return jax.random.normal(key, shape) * t.scale
+
+
+def smc_at_budget(t: Target, key, budget: int, *, num_particles: int = 2000, moves: int = 10):
+    """SMC (MALA moves, fixed schedule `β = (k/K)^4`) with `K` stages chosen so that its energy
+    evaluations `n + K · n · (moves + 2)` (the initial draws; per stage each move and two
+    re-evaluations) are nearest to `budget`. Returns `(WeightedSampleResult, K)`."""
+    n = num_particles
+    stages = units_for_budget(budget, n * (moves + 2), fixed=n)
     smc = ds.SMC(
-        ds.MALA(step_size=step),
+        ds.MALA(step_size=MCMC_STEP.get(t.name, 0.1)),
         schedule=jnp.linspace(0.0, 1.0, stages + 1) ** 4,
         reference_scale=t.scale,
         num_mcmc_steps=moves,
     )
-    k_run, k_res = jax.random.split(key)
-    r = smc.run(t.energy, key=k_run, num_particles=n)
-    return Output(
-        samples=_resample(k_res, r.samples, r.log_weights, n).reshape(n, -1),
-        log_z=float(r.log_normalizer.value),
-        log_z_stderr=float(r.log_normalizer.stderr),
-        grad_evals=int(r.num_grad_evals),
-        energy_evals=int(r.num_energy_evals),
-        notes=f"{stages} stages × {moves} MALA moves for FAB's budget of {budget:,} evaluations",
+    return smc.run(t.energy, key=key, num_particles=n), stages
+
+
+def mcmc_at_budget(
+    t: Target, kind: str, key, budget: int, *, chains: int = 8, keep: int = 2000
+) -> tuple[np.ndarray, int, str]:
+    """`kind` ("MALA", "HMC" or "NUTS") through `dx.sample` with its default adaptation
+    (windowed diagonal metric, dual-averaged step size), `chains` chains started from SMC's
+    reference, warmup included in `budget`. MALA (one value-and-gradient per chain step) and HMC
+    (`HMC_LEAPFROG` per chain step) take the number of steps whose count is nearest to the
+    budget, half of them warmup. NUTS's cost per step is not fixed: a first segment (warmup of at most 500
+    steps, sized to about a quarter of the budget) measures the gradients per step, and a
+    resumed second segment spends the rest (its total is within about one step of every chain
+    of the budget, or over it when the first segment alone exceeds it). About `keep` draws are kept (thinned). Returns `(draws (m, d), counted
+    evaluations, note)`."""
+    k_x0, k1, k2 = jax.random.split(key, 3)
+    x0 = _mcmc_x0(t, chains, k_x0)
+    step = MCMC_STEP.get(t.name, 0.1)
+    per_chain_keep = max(1, keep // chains)
+    common = dict(num_chains=chains, check_health=False)
+    if kind in ("MALA", "HMC"):
+        cost = 1 if kind == "MALA" else HMC_LEAPFROG
+        total = units_for_budget(budget, chains * cost)  # steps per chain, warmup included
+        sampling = max(1, total - total // 2)
+        thin = _keep_every(sampling, per_chain_keep)
+        sampling = max(thin, thin * (sampling // thin))
+        warmup = max(0, total - sampling)
+        kernel = (
+            ds.MALA(step_size=step)
+            if kind == "MALA"
+            else ds.HMC(step_size=step, num_integration_steps=HMC_LEAPFROG)
+        )
+        res = dx.sample(
+            kernel,
+            t.energy,
+            x0,
+            key=k1,
+            num_steps=sampling,
+            num_warmup=warmup,
+            thin=thin,
+            **common,
+        )
+        counted = int(res.num_grad_evals + res.num_grad_evals_warmup)
+        draws = np.asarray(res.samples).reshape(-1, t.energy.dim)
+        rhat = float(np.nanmax(np.asarray(res.rhat)))
+        note = f"{chains} chains × ({warmup:,} warmup + {sampling:,} steps), max R-hat {rhat:.2f}"
+        return draws, counted, note
+    if kind != "NUTS":
+        raise ValueError(f"unknown MCMC kind {kind!r}")
+    # the first segment takes about a quarter of the budget at a guessed 16 gradients per step
+    warm_n = int(np.clip(budget // (chains * 16 * 4), 20, 500))
+    first_n = max(10, warm_n // 5)
+    first = dx.sample(
+        ds.NUTS(step_size=step),
+        t.energy,
+        x0,
+        key=k1,
+        num_steps=first_n,
+        num_warmup=warm_n,
+        **common,
     )
+    counted = int(first.num_grad_evals + first.num_grad_evals_warmup)
+    per_step = max(1.0, int(first.num_grad_evals) / (first_n * chains))  # per chain step
+    parts = [np.asarray(first.samples).reshape(-1, t.energy.dim)]
+    more = 0
+    if budget - counted >= chains * per_step:
+        more = units_for_budget(budget - counted, chains * per_step)
+        thin = _keep_every(more, per_chain_keep)
+        more = max(thin, thin * (more // thin))
+        second = dx.sample(
+            ds.NUTS(step_size=step),  # resuming: the first segment's adapted kernel is used
+            t.energy,
+            first,
+            key=k2,
+            num_steps=more,
+            thin=thin,
+            **common,
+        )
+        counted += int(second.num_grad_evals)
+        parts.append(np.asarray(second.samples).reshape(-1, t.energy.dim))
+        rhat = float(np.nanmax(np.asarray(second.rhat)))
+    else:
+        rhat = float(np.nanmax(np.asarray(first.rhat)))
+    draws = np.concatenate(parts)
+    note = (
+        f"{chains} chains × ({warm_n} warmup + {first_n + more:,} steps), {per_step:.1f} gradients "
+        f"per step, max R-hat {rhat:.2f}"
+    )
+    return draws, counted, note
+
+
+def _at_budget(kind: str, source: str):
+    """A baseline row: `kind` given the energy evaluations of `source`'s row on the target."""
+
+    def method(t: Target, key, quick: bool) -> Output:
+        if (source, t.name) not in BUDGET:
+            raise Skip(f"needs the {source} row on this target first (its budget)")
+        budget = BUDGET[(source, t.name)]
+        if kind == "SMC":
+            r, stages = smc_at_budget(t, key, budget, num_particles=2000 if quick else 10_000)
+            n = int(r.samples.shape[0])
+            return Output(
+                samples=_resample(jax.random.fold_in(key, 1), r.samples, r.log_weights, n).reshape(
+                    n, -1
+                ),
+                log_z=float(r.log_normalizer.value),
+                log_z_stderr=float(r.log_normalizer.stderr),
+                grad_evals=int(r.num_grad_evals),
+                energy_evals=int(r.num_energy_evals),
+                notes=f"{stages} stages × 10 MALA moves for {source}'s {budget:,} evaluations",
+            )
+        draws, counted, note = mcmc_at_budget(
+            t, kind, key, budget, chains=8 if quick else 32, keep=2000 if quick else 10_000
+        )
+        return Output(
+            samples=draws,
+            grad_evals=counted,
+            energy_evals=counted,
+            notes=f"{note}; {source}'s budget {budget:,}",
+        )
+
+    method.budget_source = source
+    return method
+
+
+def baseline_methods() -> dict[str, Callable]:
+    """`"<kind> @ <source>"`: SMC, MALA, HMC and NUTS at each learned row's budget."""
+    return {f"{k} @ {src}": _at_budget(k, src) for src in BUDGET_SOURCES for k in BASELINE_KINDS}
 
 
 _fab.train_once = True  # training is the cost: one run, compilation included
@@ -378,13 +594,27 @@ METHODS: dict[str, Callable] = {
     "AIS": _smc("never"),
     "PT": _pt,
     "FAB": _fab,
-    "SMC (FAB's budget)": _smc_at_fab_budget,
 }
 
 
 # ---------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------
+
+
+W2_SAMPLES = 1000  # exact OT (scipy's assignment solver) between this many draws and truths
+
+
+def many_well_positive_weight(a: float = 1.0, b: float = 6.0, c: float = 0.5) -> float:
+    """The exact probability that a double-well coordinate of many_well is positive (1-D
+    quadrature of `exp(-a x⁴ + b x² + c x)`)."""
+    x = np.linspace(-6.0, 6.0, 240_001)
+    log_p = -a * x**4 + b * x**2 + c * x
+    p = np.exp(log_p - log_p.max())
+    return float(p[x > 0].sum() / p.sum())
+
+
+MANY_WELL_POSITIVE = many_well_positive_weight()
 
 
 def score(t: Target, out: Output, key) -> dict:
@@ -402,6 +632,8 @@ def score(t: Target, out: Output, key) -> dict:
         m["abs_dlogz_elbo"] = abs(out.elbo - t.log_z)
     if out.eubo is not None:
         m["eubo"] = out.eubo
+        if t.log_z is not None:
+            m["eubo_gap"] = out.eubo - t.log_z  # KL(p‖q) >= 0 up to noise
     if t.truth is not None and len(x) > 1:
         n = min(len(x), len(t.truth), 2000)
         xs = jnp.asarray(x[:n], jnp.float32)
@@ -413,11 +645,19 @@ def score(t: Target, out: Output, key) -> dict:
         else:
             m["energy_w2"] = float(de.energy_w2(xs, ys, t.energy))
             m["distance_w2"] = float(de.interatomic_distance_w2(xs, ys, *t.particles))
+        k = min(n, W2_SAMPLES)
+        pick = np.random.default_rng(0).permutation(n)[:k]  # MCMC draws are ordered in time
+        m["w2"] = de.wasserstein2_exact(np.asarray(xs)[pick], np.asarray(ys)[:k])
     if t.modes == "mixture":
         cover = de.mode_coverage(jnp.asarray(x), t.energy)
         m["modes_covered"] = int(cover.num_covered)
         m["num_modes"] = int(np.asarray(cover.counts).shape[0])
         m["mode_weight_tv"] = float(cover.weight_tv)
+    if t.name == "many_well":  # 16 double wells, 2^16 modes: the sign of each well
+        signs = x[:, 0::2] > 0
+        m["wells_both_signs"] = int(np.sum(signs.any(axis=0) & (~signs).any(axis=0)))
+        m["num_wells"] = int(signs.shape[1])
+        m["well_sign_error"] = float(np.mean(np.abs(signs.mean(axis=0) - MANY_WELL_POSITIVE)))
     if t.modes == "sign":
         frac = float(np.mean(x.mean(axis=1) > 0))
         m["positive_mode_weight"] = frac  # exact 0.5
@@ -440,50 +680,145 @@ def _fmt(v, digits=3):
 TABLES = [
     ("|Δlog Z| (importance sampling)", "abs_dlogz", 3),
     ("|Δlog Z| (ELBO)", "abs_dlogz_elbo", 3),
+    ("EUBO − log Z (on exact samples; ≥ 0 up to noise)", "eubo_gap", 3),
+    ("W2 to exact / reference samples (exact OT, raw coordinates)", "w2", 3),
     ("Sinkhorn divergence to exact samples", "sinkhorn", 4),
     ("MMD to exact samples", "mmd", 4),
     ("energy W2 (particles)", "energy_w2", 3),
     ("interatomic-distance W2 (particles)", "distance_w2", 3),
     ("modes covered", "modes_covered", 0),
     ("mode-weight TV", "mode_weight_tv", 3),
+    ("many_well: double wells visited with both signs", "wells_both_signs", 0),
+    ("many_well: mean |P(x > 0) − exact| over the double wells", "well_sign_error", 3),
     ("phi4: weight of the positive mode (exact 0.5)", "positive_mode_weight", 3),
-    ("warm wall time (s)", "warm_seconds", 1),
-    ("cold wall time incl. compilation (s)", "cold_seconds", 1),
+    (
+        "energy evaluations (training included; * computed from the configuration)",
+        "energy_evals",
+        0,
+    ),
     ("gradient evaluations", "grad_evals", 0),
-    ("energy evaluations (where counted; training included)", "energy_evals", 0),
+    ("warm wall time (s; median of repeats when under 2 s)", "warm_seconds", 2),
+    ("compilation (s; cold minus warm)", "compile_seconds", 1),
+    ("cold wall time incl. compilation (s)", "cold_seconds", 1),
 ]
 
+EVALUATORS = (
+    "Evaluators: `|Δlog Z|` against the exact log Z (gmm, funnel, many_well, phi4) or the "
+    "shipped reference (lgcp); ELBO = mean log-weight, EUBO = mean log-weight of backward paths "
+    "from exact samples (learned samplers only). W2: exact optimal transport on raw coordinates "
+    f"(`driftax.energies.wasserstein2_exact`, scipy's assignment solver), {W2_SAMPLES:,} draws "
+    f"against {W2_SAMPLES:,} exact (or reference) samples, no rotation / permutation alignment "
+    "(published DW-4 / LJ-13 W2 of ASBS use an aligned W2; Aggarwal et al.'s raw W2 of exact "
+    "samples is about 2.1 / 4.3). Energy-W2 and interatomic-distance W2: exact 1-D W2 on 2,000 "
+    "against 2,000. Sinkhorn: ε = 0.1 · mean variance, 2,000 against 2,000. Mode coverage: "
+    "most probable component (gmm), sign of each double-well coordinate (many_well; exact "
+    f"P(x > 0) = {MANY_WELL_POSITIVE:.4f}). Energy evaluations: a value, a gradient or both "
+    "at one point count once; counted by the samplers (SMC, AIS, MCMC, FAB) or computed from the "
+    "configuration (`*`, learned diffusion samplers). `X @ Y`: method X given the energy "
+    "evaluations of row Y on that target (training included), warmup included for MCMC; MCMC "
+    "has no log Z estimate (—)."
+)
 
-def markdown(results: dict, targets: list[str], methods: list[str], quick: bool) -> str:
+# the issue's goals: (target, label, threshold)
+GOAL_LOGZ = {"many_well": 0.015, "funnel": 0.002, "gmm40": 0.01}
+GOAL_W2 = {"dw4": 0.45, "lj13": 1.6}
+LEARNED_ROWS = ("PIS", "DDS", "CMCD", "FAB")
+
+
+def _best(results: dict, rows, target: str, field: str):
+    vals = [
+        (r[field], m)
+        for m in rows
+        if isinstance(r := results.get(m, {}).get(target, {}), dict) and field in r
+    ]
+    return min(vals) if vals else None
+
+
+def goals(results: dict) -> list[tuple[str, str, str]]:
+    """The issue's goals: `(goal, measured, verdict)` rows (met / missed / not run)."""
+    rows: list[tuple[str, str, str]] = []
+    for t, thr in GOAL_LOGZ.items():
+        best = _best(results, LEARNED_ROWS, t, "abs_dlogz")
+        every = _best(results, [m for m in results if m != "exact samples"], t, "abs_dlogz")
+        extra = "" if every is None else f"; best of every row: {every[1]} {every[0]:.4f}"
+        goal = f"{t}: best learned sampler |Δlog Z| ≤ {thr}"
+        if t == "gmm40":
+            goal += " and 40/40 modes"
+        if best is None:
+            rows.append((goal, "no learned row run" + extra, "not run"))
+            continue
+        met = best[0] <= thr
+        measured = f"{best[1]} {best[0]:.4f}"
+        if t == "gmm40":
+            modes = results[best[1]][t].get("modes_covered")
+            measured += f", {modes}/40 modes"
+            met = met and modes == 40
+        rows.append((goal, measured + extra, "met" if met else "missed"))
+    for t, thr in GOAL_W2.items():
+        goal = f"{t}: learned sampler W2 ≤ {thr} and energy-W2 below the equal-budget MCMC"
+        best = _best(results, LEARNED_ROWS, t, "energy_w2")
+        if best is None:
+            rows.append((goal, "no learned row run on this target", "not run"))
+            continue
+        name = best[1]
+        r = results[name][t]
+        mcmc = _best(results, [f"{k} @ {name}" for k in ("MALA", "HMC", "NUTS")], t, "energy_w2")
+        measured = f"{name}: W2 {r.get('w2', float('nan')):.3f} (raw), energy-W2 {best[0]:.3f}"
+        met = r.get("w2", math.inf) <= thr
+        if mcmc is None:
+            measured += "; no equal-budget MCMC row"
+            met = False
+        else:
+            measured += f"; {mcmc[1]} energy-W2 {mcmc[0]:.3f}"
+            met = met and best[0] < mcmc[0]
+        rows.append((goal, measured, "met" if met else "missed"))
+    return rows
+
+
+def markdown(results: dict, targets: list[str], methods: list[str], meta: dict) -> str:
     lines = [
         "# Unnormalized-density samplers: method × target",
         "",
-        f"Profile: {'quick (CPU)' if quick else 'full'}; jax {jax.__version__}, "
-        f"backend {jax.default_backend()}. Warm run scored (learned samplers: one run, training "
-        "and compilation included, reported as cold); times include the whole run. "
-        "The row `exact samples` scores a second independent set of exact (or reference) "
-        "samples: the sample-noise floor of each distance.",
+        *[f"Command: `{c}`" for c in meta.get("commands", [])],
+        "",
+        f"Profile: {meta.get('profile', '?')}; jax {jax.__version__}, backend "
+        f"{jax.default_backend()}. Each method runs once cold (compilation included) and warm "
+        "with a new key (the warm run is scored); learned samplers and FAB run once (training "
+        "and compilation included, reported as cold). The row `exact samples` scores a second "
+        "independent set of exact (or reference) samples: the sample-noise floor of each distance.",
+        "",
+        EVALUATORS,
+        "",
+        "## Goals of issue 18",
+        "",
+        "| goal | measured | verdict |",
+        "|---|---|---|",
+        *["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in goals(results)],
         "",
     ]
     for title, field, digits in TABLES:
         cols = [t for t in targets if any(field in results.get(m, {}).get(t, {}) for m in methods)]
+        rows = [m for m in methods if any(field in results.get(m, {}).get(t, {}) for t in cols)]
         if not cols:
             continue
         lines += [f"## {title}", "", "| method | " + " | ".join(cols) + " |"]
         lines.append("|---|" + "---|" * len(cols))
-        for m in methods:
+        for m in rows:
             cells = []
             for t in cols:
                 r = results.get(m, {}).get(t, {})
                 v = r.get(field)
-                if field == "modes_covered" and v is not None:
-                    cells.append(f"{v}/{r['num_modes']}")
+                if field in ("modes_covered", "wells_both_signs") and v is not None:
+                    total = r["num_modes" if field == "modes_covered" else "num_wells"]
+                    cells.append(f"{v}/{total}")
                 elif field == "abs_dlogz" and v is not None and r.get("log_z_stderr") is not None:
                     cells.append(f"{v:.3f} (s.e. {r['log_z_stderr']:.3f})")
+                elif field == "energy_evals" and v is not None:
+                    cells.append(f"{v:,}" + ("" if r.get("evals_counted", True) else "*"))
                 elif "error" in r:
                     cells.append("error")
                 else:
-                    cells.append(_fmt(v, digits) if not isinstance(v, int) else f"{v:,}")
+                    cells.append(_fmt(v, digits))
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     notes = [
@@ -497,6 +832,61 @@ def markdown(results: dict, targets: list[str], methods: list[str], quick: bool)
     return "\n".join(lines)
 
 
+def all_methods() -> dict[str, Callable]:
+    """Every row: the classical samplers, FAB, the learned samplers, then the baselines at
+    their budgets (a baseline runs after its budget's row on each target)."""
+    methods = dict(METHODS)
+    methods.update(learned_methods())
+    methods.update(baseline_methods())
+    return methods
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def run_cell(method: Callable, t: Target, quick: bool) -> dict:
+    """Run one method on one target: cold, then warm (repeated up to three times when under
+    2 s, median), score the warm run's draws."""
+    o, cold = _timed(method, t, jax.random.key(0), quick)
+    warm = None
+    if not getattr(method, "train_once", False):
+        o, warm = _timed(method, t, jax.random.key(1), quick)
+        if warm < 2.0:
+            repeats = [warm] + [_timed(method, t, jax.random.key(i), quick)[1] for i in (2, 3)]
+            warm = float(np.median(repeats))
+    r = score(t, o, jax.random.key(2))
+    r.update(cold_seconds=cold, warm_seconds=warm, grad_evals=o.grad_evals)
+    if warm is not None:
+        r["compile_seconds"] = max(0.0, cold - warm)
+    r["energy_evals"] = o.energy_evals
+    r["evals_counted"] = o.evals_counted
+    if o.notes:
+        r["notes"] = o.notes
+    return r
+
+
+def _same_budget_row(results: dict, name: str, source: str, target: str) -> str | None:
+    """A baseline row of the same kind already measured at the same budget on `target`."""
+    kind = name.split(" @ ")[0]
+    for other in BUDGET_SOURCES:
+        row = f"{kind} @ {other}"
+        cell = results.get(row, {}).get(target, {})
+        same = BUDGET.get((other, target)) == BUDGET[(source, target)]
+        if other != source and same and cell and not ({"skipped", "error"} & set(cell)):
+            return row
+    return None
+
+
+def _write(out: Path, results: dict, meta: dict, methods: dict) -> None:
+    (out / "unnormalized.json").write_text(json.dumps({"_meta": meta, **results}, indent=2))
+    order = [m for m in [*methods, "exact samples"] if m in results]
+    targets = [t for t in ALL_TARGETS if any(t in results[m] for m in order)]
+    (out / "unnormalized.md").write_text(markdown(results, targets, order, meta))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     profile = parser.add_mutually_exclusive_group()
@@ -505,15 +895,42 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="out")
     parser.add_argument("--targets", nargs="*", default=ALL_TARGETS)
     parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite unnormalized.md from the JSON in --out"
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add the cells missing from the results already in --out (same profile)",
+    )
     args = parser.parse_args(argv)
     quick = not args.full
-    methods = dict(METHODS)
-    methods.update(learned_methods())
+    methods = all_methods()
     names = args.methods or list(methods)
+    unknown = [m for m in names if m not in methods]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {list(methods)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {m: {} for m in names}
-    results["exact samples"] = {}
+    json_path = out / "unnormalized.json"
+    results: dict = {}
+    meta = {"profile": "quick (CPU)" if quick else "full (GPU)", "commands": []}
+    if (args.merge or args.render) and json_path.exists():
+        results = json.loads(json_path.read_text())
+        meta = results.pop("_meta", meta)
+        for src in BUDGET_SOURCES:  # the budgets of rows run before
+            for tname, r in results.get(src, {}).items():
+                if "energy_evals" in r:
+                    BUDGET[(src, tname)] = int(r["energy_evals"])
+    command = "python benchmarks/unnormalized.py " + " ".join(
+        f'"{a}"' if " " in a else a for a in (sys.argv[1:] if argv is None else argv)
+    )
+    if args.render:
+        args.targets, names = [], []
+    else:
+        meta["commands"] = [*meta.get("commands", []), command]
+    for m in [*names, "exact samples"]:
+        results.setdefault(m, {})
     for tname in args.targets:
         try:
             t = make_target(tname, n_truth=2000 if quick else 10_000)
@@ -525,31 +942,33 @@ def main(argv=None) -> int:
             base = score(t, Output(samples=t.truth2.reshape(len(t.truth2), -1)), None)
             results["exact samples"][tname] = base
         for m in names:
+            old = results[m].get(tname, {})
+            if args.merge and old and not ({"skipped", "error"} & set(old)):
+                continue  # already measured
             print(f"[unnormalized] {m} on {tname} ...", flush=True)
+            source = getattr(methods[m], "budget_source", None)
+            same = None
+            if source is not None and (source, tname) in BUDGET:
+                same = _same_budget_row(results, m, source, tname)
+            if same is not None:  # e.g. PIS and DDS spend the same evaluations
+                r = dict(results[same][tname])
+                r["notes"] = f"the same budget as `{same}`: that run. " + r.get("notes", "")
+                results[m][tname] = r
+                _write(out, results, meta, methods)
+                continue
             try:
-                t0 = time.perf_counter()
-                o = methods[m](t, jax.random.key(0), quick)
-                cold = time.perf_counter() - t0
-                warm = None
-                if not getattr(methods[m], "train_once", False):
-                    t0 = time.perf_counter()
-                    o = methods[m](t, jax.random.key(1), quick)
-                    warm = time.perf_counter() - t0
-                r = score(t, o, jax.random.key(2))
-                r.update(cold_seconds=cold, warm_seconds=warm, grad_evals=o.grad_evals)
-                if o.energy_evals is not None:
-                    r["energy_evals"] = o.energy_evals
-                if o.notes:
-                    r["notes"] = o.notes
+                r = run_cell(methods[m], t, quick)
             except Skip as why:
                 r = {"skipped": str(why)}
             except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the table
                 r = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             results[m][tname] = r
             print(f"[unnormalized]   {json.dumps(r)[:300]}", flush=True)
-    (out / "unnormalized.json").write_text(json.dumps(results, indent=2))
-    rows = [*names, "exact samples"]
-    (out / "unnormalized.md").write_text(markdown(results, args.targets, rows, quick))
+            _write(out, results, meta, methods)  # after every cell: a cut-off run keeps its rows
+    _write(out, results, meta, methods)
+    print("[unnormalized] goals:")
+    for g, measured, verdict in goals(results):
+        print(f"[unnormalized]   {verdict:8s} {g}: {measured}")
     print(f"[unnormalized] wrote {out / 'unnormalized.md'}")
     return 0
 
