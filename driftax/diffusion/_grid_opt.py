@@ -13,6 +13,7 @@ is kept, so the result is never worse than the starting grid on the fitting batc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import cast
 
@@ -24,6 +25,7 @@ import optax
 
 from .._checks import check_int
 from .._custom_types import Array
+from .._training import train
 from ._forward_processes import centre_for_solve
 from ._grid import Schedule, _check_num_steps, check_grid, time_grid
 from ._path import AbstractPath
@@ -61,37 +63,46 @@ class _GridMap(eqx.Module):
         return jnp.log(d / jnp.sum(d))
 
 
-@eqx.filter_jit
-@eqx.debug.assert_max_traces(max_traces=None)
-def _fit(solver, model, x_init, x_ref, theta0, grid_map, learning_rate, num_iterations):
-    optimizer = optax.adam(learning_rate)
+class _GridLoss(eqx.Module):
+    """Mean squared error of `solver` on the grid `grid_map.times(theta)` against `x_ref`: the
+    loss of the shared training loop (key-only, no batch) and, called as `loss(theta)`, the
+    validation score that keeps the best grid seen."""
 
-    def loss(theta):
-        ts = grid_map.times(theta)
-        x, _, _ = _scan(solver, model, x_init, None, ts, False)
-        err = jnp.sum((x - x_ref).reshape(x.shape[0], -1) ** 2, axis=1)
+    solver: AbstractSolver
+    model: Callable
+    x_init: Array
+    x_ref: Array
+    grid_map: _GridMap
+
+    def __call__(self, theta, batch=None, *, key=None):
+        ts = self.grid_map.times(theta)
+        x, _, _ = _scan(self.solver, self.model, self.x_init, None, ts, False)
+        err = jnp.sum((x - self.x_ref).reshape(x.shape[0], -1) ** 2, axis=1)
         return jnp.mean(err)
 
-    grad = jax.value_and_grad(loss)
 
-    def body(carry, _):
-        theta, opt_state, best, best_loss = carry
-        value, g = grad(theta)
-        ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(g))
-        better = ok & (value < best_loss)
-        best = jnp.where(better, theta, best)
-        best_loss = jnp.where(better, value, best_loss)
-        updates, new_state = optimizer.update(jnp.where(ok, cast(Array, g), 0.0), opt_state)
-        theta = jnp.where(ok, cast(Array, optax.apply_updates(theta, updates)), theta)
-        return (theta, new_state, best, best_loss), value
+@functools.lru_cache(maxsize=16)
+def _adam(learning_rate: float):
+    """One optax Adam per learning rate, so that a second fit reuses the compiled loop."""
+    return optax.adam(learning_rate)
 
-    init = (theta0, optimizer.init(theta0), theta0, jnp.asarray(jnp.inf, theta0.dtype))
-    (theta, _, best, best_loss), losses = jax.lax.scan(body, init, None, length=num_iterations)
-    final = loss(theta)  # the last update is evaluated too
-    better = jnp.isfinite(final) & (final < best_loss)
-    best = jnp.where(better, theta, best)
-    best_loss = jnp.where(better, final, best_loss)
-    return grid_map.times(best), best_loss, losses[0]
+
+def _fit(loss: _GridLoss, theta0: Array, learning_rate: float, num_iterations: int) -> Array:
+    """Adam on the logits through the shared training loop (`driftax._training.train`: one
+    compiled scan, non-finite steps skipped); the loop's validation keeps the best grid seen
+    after each step, and the starting grid is kept if no step beat it."""
+    theta, _ = train(
+        theta0,
+        loss,
+        key=jax.random.key(0),  # the loss is deterministic; the key is unused
+        optimizer=_adam(learning_rate),
+        num_steps=num_iterations,
+        validation=loss,
+        eval_every=1,
+        desc="optimize_grid",
+    )
+    start, best = loss(theta0), loss(theta)
+    return jnp.where(jnp.isfinite(best) & (best < start), theta, theta0)
 
 
 def optimize_grid(
@@ -197,5 +208,5 @@ def optimize_grid(
     theta0 = grid_map.logits(jnp.asarray(ts0, x.dtype))
     if not bool(jnp.all(jnp.isfinite(theta0))):
         raise ValueError("`ts_init` must be strictly monotone in the path's log-SNR.")
-    ts, _, _ = _fit(solver, model, x, ref, theta0, grid_map, float(learning_rate), num_iterations)
-    return ts
+    loss = _GridLoss(solver=solver, model=model, x_init=x, x_ref=ref, grid_map=grid_map)
+    return grid_map.times(_fit(loss, theta0, float(learning_rate), num_iterations))

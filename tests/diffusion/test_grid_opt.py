@@ -8,7 +8,7 @@ import pytest
 
 import driftax.diffusion as dd
 import driftax.energies as de
-from driftax.diffusion._grid_opt import _fit
+from driftax import _training
 
 SOLVER = dd.IPNDM(max_order=3)
 
@@ -53,9 +53,9 @@ def test_fitted_grid_lowers_the_error_on_held_out_points(case, num_steps):
 
 def test_same_inputs_same_grid_and_no_retrace(case):
     path, field, x_fit, *_, grids = case
-    before = eqx.debug.get_num_traces(_fit)
+    before = eqx.debug.get_num_traces(_training._compiled)
     ts = dd.optimize_grid(SOLVER, field.score, path, x_fit, 5, num_iterations=60)
-    assert eqx.debug.get_num_traces(_fit) == before, "second call retraced"
+    assert eqx.debug.get_num_traces(_training._compiled) == before, "second call retraced"
     np.testing.assert_array_equal(ts, grids[5])
 
 
