@@ -503,6 +503,27 @@ def train(
     return trained, history
 
 
+def train_subset(
+    model, loss, data, filter_spec, key, optimizer, num_steps, progress, desc, **options
+) -> tuple[Any, TrainHistory]:
+    """[`train`][] with the arguments the flow front doors share (`fit_reverse_kl`, `fit_fab`,
+    `fit_max_likelihood`, `fit_flow_matching`, `fit_stochastic_flow`): what trains
+    (`filter_spec`), the front door's `key`, `optimizer`, `num_steps` and `progress`, the bar's
+    label `desc`, and any other keyword of `train` in `options`."""
+    options.update(key=key, optimizer=optimizer, num_steps=num_steps, filter_spec=filter_spec)
+    return train(model, loss, data, progress=progress, desc=desc, **options)
+
+
+def fit_losses(model, loss, batcher, key, optimizer, num_steps, ema_decay, progress, desc):
+    """The tail every `(trained_model, losses)` fit front door shares (`fit`, `fit_bridge`,
+    `fit_multimarginal`): [`train`][] on a ready batcher with the front door's `key`,
+    `optimizer`, `num_steps`, `ema_decay` and `progress`, labelled `desc`; returns the trained
+    model and the per-step losses."""
+    args = (model, loss, batcher, eqx.is_inexact_array, key, optimizer, num_steps, progress, desc)
+    trained, history = train_subset(*args, ema_decay=ema_decay)
+    return trained, history.losses
+
+
 def warn_nonfinite(history: TrainHistory, name: str, *, stacklevel: int = 3) -> None:
     """The one non-finite warning: a `RuntimeWarning` if any step taken was skipped."""
     bad = int(history.num_nonfinite)

@@ -24,7 +24,7 @@ import numpy as np
 from .._checks import check_count, check_int
 from .._custom_types import Array, Key, Point, Scalar
 from .._nn import TimeMLP
-from .._training import AbstractBatcher, train
+from .._training import AbstractBatcher, fit_losses
 from ._bridges._solve import solve_bridge
 from ._solve import Solution
 from ._solvers import AbstractSolver, Euler, Heun
@@ -272,18 +272,10 @@ def fit_multimarginal(
         raise TypeError("`interpolant` must be a MultimarginalInterpolant.")
     sets = check_marginal_sets(marginals, interpolant.num_marginals)
     batcher = _IndependentMinibatches(sets, check_count(batch_size, "batch_size"))
-    trained, history = train(
-        model,
-        MultimarginalLoss(interpolant),
-        batcher,
-        key=key,
-        optimizer=optimizer,
-        num_steps=num_steps,
-        ema_decay=ema_decay,
-        progress=progress,
-        desc="fit_multimarginal",
+    loss = MultimarginalLoss(interpolant)
+    return fit_losses(
+        model, loss, batcher, key, optimizer, num_steps, ema_decay, progress, "fit_multimarginal"
     )
-    return trained, history.losses
 
 
 class _SimplexFlow(eqx.Module):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Key
-from .._training import Minibatches, check_count, train
+from .._training import Minibatches, check_count, fit_losses
 from ._conditional import ConditionalModel
 
 
@@ -83,15 +83,4 @@ def fit(
         raise ValueError("a ConditionalModel needs the `context` of each data point.")
     batched = data if context is None else (data, context)
     batches = Minibatches(batched, batch_size, replace=True, sharding=_data_sharding(batch_size))
-    trained, history = train(
-        model,
-        loss,
-        batches,
-        key=key,
-        optimizer=optimizer,
-        num_steps=num_steps,
-        ema_decay=ema_decay,
-        progress=progress,
-        desc="fit",
-    )
-    return trained, history.losses
+    return fit_losses(model, loss, batches, key, optimizer, num_steps, ema_decay, progress, "fit")

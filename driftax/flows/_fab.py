@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Key
-from .._training import AbstractBatcher, check_count, train
+from .._training import AbstractBatcher, check_count, train_subset
 from ..energies._base import AbstractEnergy
 from ..samplers._adaptation import WindowAdaptation
 from ..samplers._base import AbstractStepSizeSampler
@@ -317,16 +317,9 @@ def fit_fab(
         fill_evals = int(draws.num_energy_evals)
         step0 = draws.step_size
     batches = _FABBatches(energy, ais, alpha, batch_size, buffer, step0)
-    trained, history = train(
-        flow,
-        _FABLoss(),
-        batches,
-        key=k_loop,
-        optimizer=optimizer,
-        num_steps=num_steps,
-        filter_spec=_flow_spec(flow, train_base),
-        progress=progress,
-        desc="fit_fab",
+    spec = _flow_spec(flow, train_base)
+    trained, history = train_subset(
+        flow, _FABLoss(), batches, spec, k_loop, optimizer, num_steps, progress, "fit_fab"
     )
     aux = history.aux
     out = {

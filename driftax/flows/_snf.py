@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Key, Shape
-from .._training import check_count, train
+from .._training import check_count, train_subset
 from ..energies._base import (
     AbstractEnergy,
     check_sample_shape,
@@ -214,15 +214,8 @@ def fit_stochastic_flow(
     batch_size = check_count(batch_size, "batch_size")
     if tuple(energy.event_shape) != snf.event_shape:
         raise ValueError(f"`energy` event shape must equal {snf.event_shape}.")
-    trained, history = train(
-        snf,
-        _PathKL(energy, batch_size),
-        None,
-        key=key,
-        optimizer=optimizer,
-        num_steps=num_steps,
-        filter_spec=_snf_spec(snf),
-        progress=progress,
-        desc="fit_stochastic_flow",
+    loss, spec = _PathKL(energy, batch_size), _snf_spec(snf)
+    trained, history = train_subset(
+        snf, loss, None, spec, key, optimizer, num_steps, progress, "fit_stochastic_flow"
     )
     return trained, {"train": history.losses}

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._custom_types import Array, Key
-from .._training import Minibatches, StepIndex, check_count, train
+from .._training import Minibatches, StepIndex, check_count, train_subset
 from ..energies._base import AbstractEnergy
 from ._cnf import CNF
 from ._distribution import Flow
@@ -301,20 +301,22 @@ def fit_max_likelihood(
             None if condition is None else condition[val_idx],
             jax.random.fold_in(key_loop, 0x7FFFFFFF),
         )
-    trained, history = train(
+    batches = Minibatches((train_x, train_c), batch_size)
+    spec = _flow_spec(flow, train_base)
+    trained, history = train_subset(
         flow,
         _MaxLikelihood(),
-        Minibatches((train_x, train_c), batch_size),
-        key=key_loop,
-        optimizer=optimizer,
-        num_steps=num_steps,
-        filter_spec=_flow_spec(flow, train_base),
+        batches,
+        spec,
+        key_loop,
+        optimizer,
+        num_steps,
+        progress,
+        "fit_max_likelihood",
         validation=validation,
         eval_every=eval_every,
         patience=patience,
         return_best=return_best,
-        progress=progress,
-        desc="fit_max_likelihood",
     )
     taken = history.num_steps_taken
     out = {"train": history.losses[:taken]}
@@ -374,16 +376,9 @@ def fit_reverse_kl(
     ):
         raise ValueError(f"`annealing_steps` must be a non-negative int, got {annealing_steps!r}.")
     loss = _KL(energy, batch_size, bool(stick_the_landing), forward_weight, int(annealing_steps))
-    trained, history = train(
-        flow,
-        loss,
-        StepIndex(),
-        key=key,
-        optimizer=optimizer,
-        num_steps=num_steps,
-        filter_spec=_flow_spec(flow, train_base),
-        progress=progress,
-        desc="fit_reverse_kl",
+    spec = _flow_spec(flow, train_base)
+    trained, history = train_subset(
+        flow, loss, StepIndex(), spec, key, optimizer, num_steps, progress, "fit_reverse_kl"
     )
     return trained, {"train": history.losses}
 
@@ -499,16 +494,17 @@ def fit_flow_matching(
         spec,
         replace=jax.tree.map(eqx.is_inexact_array, flow.bijection.vector_field),
     )
-    trained, history = train(
+    loss = _FlowMatching()
+    trained, history = train_subset(
         flow,
-        _FlowMatching(),
+        loss,
         data,
+        spec,
+        key,
+        optimizer,
+        num_steps,
+        progress,
+        "fit_flow_matching",
         batch_size=batch_size,
-        key=key,
-        optimizer=optimizer,
-        num_steps=num_steps,
-        filter_spec=spec,
-        progress=progress,
-        desc="fit_flow_matching",
     )
     return trained, {"train": history.losses[: history.num_steps_taken]}

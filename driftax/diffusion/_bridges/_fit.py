@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from ..._checks import check_count
 from ..._custom_types import Array, Key
-from ..._training import AbstractBatcher, train
+from ..._training import AbstractBatcher, fit_losses
 
 
 def check_marginals(source, target) -> tuple[Array, Array]:
@@ -92,15 +92,6 @@ def fit_bridge(
             f"{x1.shape[0]}."
         )
     batcher = PairedMinibatches(x0, x1, batch_size, bool(paired))
-    trained, history = train(
-        model,
-        loss,
-        batcher,
-        key=key,
-        optimizer=optimizer,
-        num_steps=num_steps,
-        ema_decay=ema_decay,
-        progress=progress,
-        desc="fit_bridge",
+    return fit_losses(
+        model, loss, batcher, key, optimizer, num_steps, ema_decay, progress, "fit_bridge"
     )
-    return trained, history.losses

@@ -230,6 +230,21 @@ class ParisResult(eqx.Module):
     filter: ParticleFilterResult
 
 
+def _smoother_pass(model, observations, key, num_particles, hook, proposal, resampling, ess):
+    """The forward pass of a smoother: [`checked_filter`][] with its `hook` and the filter
+    options a smoother forwards (`proposal`, `resampling`, `ess_threshold`)."""
+    return checked_filter(
+        model,
+        observations,
+        key,
+        num_particles,
+        proposal=proposal,
+        resampling=resampling,
+        ess_threshold=ess,
+        hook=hook,
+    )
+
+
 def _check_functional(functional, initial_functional, num_backward):
     if not callable(functional):
         raise TypeError(
@@ -290,15 +305,9 @@ def paris_smoother(
     ```
     """
     _check_functional(functional, initial_functional, num_backward)
-    result, _, estimate = checked_filter(
-        model,
-        observations,
-        key,
-        num_particles,
-        proposal=proposal,
-        resampling=resampling,
-        ess_threshold=ess_threshold,
-        hook=ParisHook(functional, initial_functional, int(num_backward)),
+    hook = ParisHook(functional, initial_functional, int(num_backward))
+    result, _, estimate = _smoother_pass(
+        model, observations, key, num_particles, hook, proposal, resampling, ess_threshold
     )
     return ParisResult(estimate=estimate, filter=result)
 
@@ -371,15 +380,9 @@ def fixed_lag_smoother(
     ```
     """
     check_int(lag, "lag", 0)
-    result, (out0, outs), final = checked_filter(
-        model,
-        observations,
-        key,
-        num_particles,
-        proposal=proposal,
-        resampling=resampling,
-        ess_threshold=ess_threshold,
-        hook=FixedLagHook(int(lag)),
+    hook = FixedLagHook(int(lag))
+    result, (out0, outs), final = _smoother_pass(
+        model, observations, key, num_particles, hook, proposal, resampling, ess_threshold
     )
     # the output at step s is the estimate for time s - lag; the last `lag` come from the end
     T = result.particles.shape[0]

@@ -134,6 +134,18 @@ class AbstractSGMCMC(AbstractSampler):
         h = self.step_size.astype(dtype) * self.schedule.factor(count).astype(dtype)
         return h, self.schedule.is_sampling(count).astype(dtype)
 
+    def _langevin_move(self, energy, state, drift: Array, key: Key):
+        """The unadjusted Langevin move `y = x + h·drift + √(2h)·ξ` (no noise while the schedule
+        says it is not sampling) from `state.position`, shared by [`SGLD`][] and
+        [`StructuredSGLD`][]. Returns `(checked energy, x, y, key for the evaluation at y)`."""
+        energy = self._check_energy(energy)
+        x = state.position
+        dtype = jnp.result_type(x)
+        h, noise_on = self._schedule(state.count, dtype)
+        k_noise, k_eval = jax.random.split(key)
+        xi, _ = draws(k_noise, jnp.shape(x), 0, dtype)
+        return energy, x, x + h * drift + noise_on * jnp.sqrt(2.0 * h) * xi, k_eval
+
     def _finish(self, state: SGState, new: SGState) -> tuple[SGState, Info]:
         ok = all_finite(new.position, new.log_density, new.score, new.momentum, new.aux)
         kept = eqx.tree_at(lambda s: s.count, state, new.count)
@@ -187,13 +199,7 @@ class SGLD(AbstractSGMCMC):
         self._check_common()
 
     def step(self, energy: AbstractEnergy, state: SGState, *, key: Key):
-        energy = self._check_energy(energy)
-        x = state.position
-        dtype = jnp.result_type(x)
-        h, noise_on = self._schedule(state.count, dtype)
-        k_noise, k_batch = jax.random.split(key)
-        xi, _ = draws(k_noise, jnp.shape(x), 0, dtype)
-        y = x + h * state.score + noise_on * jnp.sqrt(2.0 * h) * xi
+        energy, _, y, k_batch = self._langevin_move(energy, state, state.score, key)
         logp, score, _ = self._estimate(energy, y, k_batch)
         new = SGState(y, logp, score, None, None, state.count + 1)
         return self._finish(state, new)

@@ -33,7 +33,6 @@ import numpy as np
 from ..._custom_types import Array, Key
 from ...energies._base import AbstractEnergy
 from .._base import Info, all_finite, check_int, float_leaf, init_position, select
-from .._random import draws
 from ._schedules import AbstractSchedule, ConstantSchedule
 from ._sgmcmc import AbstractSGMCMC
 
@@ -226,13 +225,8 @@ class StructuredSGLD(AbstractSGMCMC):
         )
 
     def step(self, energy: AbstractEnergy, state: StructuredState, *, key: Key):
-        energy = self._check_energy(energy)
-        x = state.position
+        energy, x, y, k_eval = self._langevin_move(energy, state, state.drift, key)
         dtype = jnp.result_type(x)
-        h, noise_on = self._schedule(state.count, dtype)
-        k_noise, k_eval = jax.random.split(key)
-        xi, _ = draws(k_noise, jnp.shape(x), 0, dtype)
-        y = x + h * state.drift + noise_on * jnp.sqrt(2.0 * h) * xi
         # the buffer holds iterates 0..t (t = count); the new iterate goes in after the draws
         filled = jnp.minimum(state.count + 1, self.buffer_size)
         logp, score, drift = self._evaluate(energy, y, state.buffer, filled, k_eval)
