@@ -4,8 +4,8 @@ x64 on or off); adaptation arguments and hyperparameters are checked eagerly; th
 bases drive the default adaptation.
 
 Sized by compiled programs (a run's CPU is nearly all XLA compilation): the three bad values are
-an array leaf of the target, so one compiled loop per (kernel, dtype mode) meets all three, and
-one `dx.sample` run per (kernel, mode) checks the hole, the dtype and the per-step `Info` at once."""
+an array leaf of the target, so one compiled loop per (kernel, dtype mode) meets all three,
+and one `dx.sample` run per (kernel, mode) checks the hole, the dtype and the per-step `Info`."""
 
 import contextlib
 import warnings
@@ -246,8 +246,8 @@ def test_sample_hole_with_adaptation(name):
 # its `_DRIVER_MODE` (float64 under x64, or a float64 input cast to float32 without x64, which
 # compiles the same program as float32 without x64), each run on the hole target with all three
 # bad values (one compiled loop per kernel and mode). The kernels' own dtype handling in every
-# mode is checked at the kernel level above (in the `_DRIVER_MODE` by these runs' traces), and
-# the driver's casts do not depend on the kernel. One run per (kernel, mode) checks what a hole
+# mode is checked at the kernel level above (by these runs' traces where `_replaces_kernel_case`),
+# and the driver's casts do not depend on the kernel. One run per (kernel, mode) checks what a hole
 # run (one bad value), a dtype run on a plain Gaussian and a kernel-level case checked before
 _SAMPLE_ROTATION = [
     pytest.param(n, m, marks=pytest.mark.xdist_group(f"kernel-{n}"), id=f"{m}-{n}")
