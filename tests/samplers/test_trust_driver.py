@@ -283,8 +283,9 @@ def test_huge_step_without_adaptation_is_low_acceptance():
 def test_check_health_off_is_silent_and_healthy_run_has_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", dx.SamplingWarning)
+        # the loop of the test above (the health checks run outside it): no second compile
         r = dx.sample(
-            ds.MALA(step_size=500.0), GAUSS, jnp.zeros(2), key=jax.random.key(0), num_steps=50,
+            ds.MALA(step_size=500.0), GAUSS, jnp.zeros(2), key=jax.random.key(0), num_steps=200,
             num_warmup=0, num_chains=2, adaptation=None, check_health=False,
         )  # fmt: skip
         assert r.warnings == ()

@@ -1,7 +1,11 @@
 """Runs you can trust, kernel side: non-finite energies (NaN, +inf and -inf log densities) are
 divergent and never entered, by every kernel; the position's dtype decides (float32 or float64,
 x64 on or off); adaptation arguments and hyperparameters are checked eagerly; the capability
-bases drive the default adaptation."""
+bases drive the default adaptation.
+
+Sized by compiled programs (a run's CPU is nearly all XLA compilation): the three bad values are
+an array leaf of the target, so one compiled loop per (kernel, dtype mode) meets all three,
+and one `dx.sample` run per (kernel, mode) checks the hole, the dtype and the per-step `Info`."""
 
 import contextlib
 import warnings
@@ -85,11 +89,23 @@ _GROUPED_KERNELS = [
 ]
 
 
+# the mode of each kernel's second `dx.sample` run below (`_sample_hole`), taking turns over the
+# sorted names: float64 under x64, or a float64 input cast to float32 without x64
+_DRIVER_MODE = {n: ("x64-f64", "x32-f64")[i % 2] for i, n in enumerate(sorted(ALL_SAMPLERS))}
+
+
 # "x32-f32" is not a case of its own: without x64 a float64 input is cast to float32, so "x32-f64"
 # compiles the same program as "x32-f32" and also checks the cast. "x64-f64" runs for the
 # composite and data kernels only: the conformance test (test_conformance.py::test_contract) runs
 # every kernel of SAMPLERS in float64 under x64 on a NaN region, and the default "x64-f32" case
-# here meets all three bad values with every kernel
+# here meets all three bad values with every kernel. A slow case whose mode is the kernel's
+# `_DRIVER_MODE` is not compiled twice: in "x32-f64" and "x64-f64" the driver casts nothing (the
+# kernel's hyperparameters already have the position's dtype), so the `dx.sample` run of
+# `test_sample_hole_and_dtype_every_kernel` in that mode runs the kernel's own dtype handling, and
+# `_check_sampled_hole` checks this test's per-step properties on its trace (three bad values,
+# the state's dtype, the hole never entered, divergent steps with finite energy errors and
+# acceptance 0). Only "x64-f32" (the driver casts the float64 hyperparameters to float32 there)
+# needs the kernel level for every kernel, and it runs in the default suite
 def _kernel_case(name, mode):
     marks = [pytest.mark.xdist_group(f"kernel-{name}")]
     if mode != "x64-f32":
@@ -97,11 +113,16 @@ def _kernel_case(name, mode):
     return pytest.param(name, mode, marks=marks, id=f"{mode}-{name}")
 
 
+def _replaces_kernel_case(name, mode):
+    """Whether the `dx.sample` run of `name` in `mode` stands for the kernel-level case."""
+    return mode == _DRIVER_MODE[name] and not (mode == "x64-f64" and name in SAMPLERS)
+
+
 _KERNEL_CASES = [
     _kernel_case(n, m)
     for m in ("x32-f64", "x64-f32", "x64-f64")
     for n in sorted(ALL_SAMPLERS)
-    if not (m == "x64-f64" and n in SAMPLERS)
+    if not (m == "x64-f64" and n in SAMPLERS) and not _replaces_kernel_case(n, m)
 ]
 
 
@@ -151,108 +172,96 @@ def _quiet_health_checks():
         yield
 
 
-def _sample_hole(name, bad, **kw):
-    energy = HoleGaussian(jnp.asarray(bad, jnp.float32))
-    with _quiet_health_checks():
-        return dx.sample(
-            ALL_SAMPLERS[name](),
-            energy,
-            jnp.array([1.0, 0.0]),
-            key=jax.random.key(3),
-            num_steps=150,
-            num_warmup=150,
-            num_chains=2,
-            **kw,
-        )
-
-
-def _check_sampled_hole(name, r):
-    # only the result's samples, counts and adapted sampler: the kernel-level test above checks
-    # the per-step `Info` (energy errors finite, acceptance 0 on divergent steps)
-    xs = np.asarray(r.samples)
-    assert np.all(np.isfinite(xs))
-    assert np.all(xs[..., 0] <= HOLE)
-    assert r.num_divergent + r.num_divergent_warmup > 0
-    # the chains are not frozen (the issue's failure: a collapsed step size, 100 % acceptance)
-    assert np.all(np.std(xs[..., 0], axis=1) > 0.2), np.std(xs[..., 0], axis=1)
-    if isinstance(r.sampler, ds.AbstractStepSizeSampler):
-        # dual averaging neither collapsed nor exploded (the unit Gaussian needs ~0.1-1)
-        h = np.asarray(r.sampler.step_size)
-        assert np.all((h > 1e-2) & (h < 50.0)), h
-
-
-_SAMPLE_DEFAULT = [("NUTS", -np.inf), ("BAOAB", np.nan), ("RMP-kinetic", np.inf), ("ULA", np.nan)]
-
-
-@pytest.mark.parametrize("name,bad", _SAMPLE_DEFAULT)
-def test_sample_hole_with_adaptation(name, bad):
-    """Through `dx.sample` with the default adaptation: finite samples, hole never entered,
-    divergences counted, acceptance not pinned at 1, step size neither collapsed nor exploded."""
-    _check_sampled_hole(name, _sample_hole(name, bad))
-
-
-# every kernel through `dx.sample` with one bad value, the three values taking turns over the
-# sorted kernel names (each value meets about a third of the kernels, and every step-size and
-# metric adaptation); the kernel-level test above meets every (kernel, bad value) pair
-_SAMPLE_ROTATION = [
-    pytest.param(n, BAD_VALUES[i % len(BAD_VALUES)], marks=pytest.mark.xdist_group(f"kernel-{n}"))
-    for i, n in enumerate(n for n in sorted(ALL_SAMPLERS) if n not in dict(_SAMPLE_DEFAULT))
-]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,bad", _SAMPLE_ROTATION)
-def test_sample_hole_with_adaptation_every_kernel(name, bad):
-    """Every kernel not in the default list above: the same checks, one bad value each."""
-    _check_sampled_hole(name, _sample_hole(name, bad))
-
-
-def _sample_dtype(name, x64, np_dtype):
-    with jax.enable_x64(x64):
-        dtype = jnp.dtype(np.zeros((), np_dtype).dtype) if x64 else jnp.dtype(jnp.float32)
-        energy = de.gaussian(jnp.zeros(2, dtype))
-        with _quiet_health_checks():
+def _sample_hole(name, mode, bads):
+    """`dx.sample` (default adaptation) of one kernel on the hole target in one dtype mode, once
+    per bad value in `bads`: `bad` is an array leaf of the energy, so the runs share one compiled
+    loop (the driver reuses it for a second call with the same shapes and settings)."""
+    x64, np_dtype, _ = _MODES[mode]
+    results = []
+    with jax.enable_x64(x64), _quiet_health_checks():
+        for bad in bads:
+            energy = HoleGaussian(jnp.asarray(np.array(bad, np_dtype)))
             r = dx.sample(
                 ALL_SAMPLERS[name](),
                 energy,
-                np.zeros(2, np_dtype),
-                key=jax.random.key(0),
-                num_steps=20,
-                num_warmup=30,
+                np.array([1.0, 0.0], np_dtype),
+                key=jax.random.key(3),
+                num_steps=150,
+                num_warmup=150,
                 num_chains=2,
             )
-        assert _floating_dtypes(r.final_state) == {dtype}
-        assert np.all(np.isfinite(np.asarray(r.samples)))
+            results.append((bad, r))
+    return results
 
 
-_FLOAT32_DEFAULT = ("NUTS", "UBU", "ChEESHMC", "PT-MALA")
+def _check_sampled_hole(name, mode, results):
+    """The driver's side of the issue, checked on every run of `_sample_hole`: the state keeps
+    the energy's dtype (float32 `x0` and energy under x64 stay float32: the issue's crash;
+    float64 stays float64 under x64 and is float32 without), samples are finite, the hole is
+    never entered, divergences are counted, the chains are not frozen and the adapted step size
+    neither collapsed nor exploded; and on the per-step `Info` of the sampling steps the
+    properties `test_kernel_hole_and_dtype` checks at the kernel level."""
+    expected = jnp.dtype(_MODES[mode][2])
+    for bad, r in results:
+        assert _floating_dtypes(r.final_state) == {expected}, (bad, _floating_dtypes(r.final_state))
+        assert np.all(np.isfinite(np.asarray(r.final_state.log_density))), bad
+        xs = np.asarray(r.samples)
+        assert np.all(np.isfinite(xs)), bad
+        assert np.all(xs[..., 0] <= HOLE), bad
+        assert r.num_divergent + r.num_divergent_warmup > 0, bad
+        # the per-step `Info` of the sampling steps, as at the kernel level: finite energy
+        # errors, and bad proposals (counted divergent) rejected
+        div, acc, err = (np.asarray(a) for a in (r.info.is_divergent, r.info.acceptance_rate,
+                                                 r.info.energy_error))  # fmt: skip
+        if _replaces_kernel_case(name, mode):  # bad proposals are met after warmup too
+            assert div.any(), bad
+        assert np.all(np.isfinite(err)) and np.all(np.isfinite(acc)), bad
+        assert np.all((acc >= 0) & (acc <= 1)), bad
+        if name in _SINGLE_PROPOSAL:
+            assert np.all(acc[div] == 0), bad
+        # the chains are not frozen (the issue's failure: a collapsed step size, 100 % acceptance)
+        assert np.all(np.std(xs[..., 0], axis=1) > 0.2), (bad, np.std(xs[..., 0], axis=1))
+        if isinstance(r.sampler, ds.AbstractStepSizeSampler):
+            # dual averaging neither collapsed nor exploded (the unit Gaussian needs ~0.1-1)
+            h = np.asarray(r.sampler.step_size)
+            assert np.all((h > 1e-2) & (h < 50.0)), (bad, h)
 
 
-@pytest.mark.parametrize("name", _FLOAT32_DEFAULT)
-def test_sample_float32_x0_under_x64(name):
-    """The issue's crash: a float32 `x0` (and a float32 energy) under x64 runs through
-    `dx.sample` with its default adaptation, and stays float32."""
-    _sample_dtype(name, True, np.float32)
+# the default suite: the issue's mode (float32 `x0` and energy under x64) through `dx.sample`
+# with the default adaptation, on the hole target with all three bad values (one compiled loop
+# per kernel), for the kernels of the issue: NUTS, an unadjusted Langevin kernel of each family
+# (they froze) and one kernel of each other adaptation (diagonal window, ChEES, tempering)
+_SAMPLE_DEFAULT = ("NUTS", "BAOAB", "RMP-kinetic", "ULA", "UBU", "ChEESHMC", "PT-MALA")
 
 
-# through `dx.sample` (driver + default adaptation) every kernel runs the issue's mode (float32
-# under x64) and one of the two other programs (float64 under x64; float64 input cast to float32
-# without x64), taking turns over the sorted names: the kernels' own dtype handling in every mode
-# is checked at the kernel level above, and the driver's casts do not depend on the kernel
-# ("x32-f32" compiles the same program as "x32-f64")
-_DTYPE_ROTATION = [
-    pytest.param(n, m, marks=pytest.mark.xdist_group(f"kernel-{n}"))
+@pytest.mark.parametrize("name", _SAMPLE_DEFAULT)
+def test_sample_hole_with_adaptation(name):
+    """Through `dx.sample` with the default adaptation, float32 under x64, NaN / +inf / -inf:
+    the dtype is kept, samples are finite, the hole is never entered, divergences are counted,
+    acceptance is not pinned at 1, the step size neither collapsed nor exploded."""
+    _check_sampled_hole(name, "x64-f32", _sample_hole(name, "x64-f32", BAD_VALUES))
+
+
+# the slow suite: every kernel through `dx.sample` in the issue's mode (float32 under x64) and in
+# its `_DRIVER_MODE` (float64 under x64, or a float64 input cast to float32 without x64, which
+# compiles the same program as float32 without x64), each run on the hole target with all three
+# bad values (one compiled loop per kernel and mode). The kernels' own dtype handling in every
+# mode is checked at the kernel level above (by these runs' traces where `_replaces_kernel_case`),
+# and the driver's casts do not depend on the kernel. One run per (kernel, mode) checks what a hole
+# run (one bad value), a dtype run on a plain Gaussian and a kernel-level case checked before
+_SAMPLE_ROTATION = [
+    pytest.param(n, m, marks=pytest.mark.xdist_group(f"kernel-{n}"), id=f"{m}-{n}")
     for i, n in enumerate(sorted(ALL_SAMPLERS))
-    for m in ("x64-f32", ("x64-f64", "x32-f64")[i % 2])
-    if (n, m) not in {(k, "x64-f32") for k in _FLOAT32_DEFAULT}  # in the default suite
+    for m in ("x64-f32", _DRIVER_MODE[n])
+    if (n, m) not in {(k, "x64-f32") for k in _SAMPLE_DEFAULT}  # in the default suite
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,mode", _DTYPE_ROTATION)
-def test_sample_dtype_matrix(name, mode):
-    x64, np_dtype, _ = _MODES[mode]
-    _sample_dtype(name, x64, np_dtype)
+@pytest.mark.parametrize("name,mode", _SAMPLE_ROTATION)
+def test_sample_hole_and_dtype_every_kernel(name, mode):
+    """Every kernel, the checks of `test_sample_hole_with_adaptation` in its dtype modes."""
+    _check_sampled_hole(name, mode, _sample_hole(name, mode, BAD_VALUES))
 
 
 # ---------------------------------------------------------------------------------------------
