@@ -102,7 +102,7 @@ def test_trained_energy_model_with_mala_corrector():
         data,
         key=jax.random.key(2),
         optimizer=optax.adam(2e-3),
-        num_steps=750,  # was 1500: both properties below still hold at half the training
+        num_steps=1500,
         batch_size=256,
     )
     assert np.all(np.isfinite(np.asarray(losses)))

@@ -191,15 +191,14 @@ def test_particles_stay_centred_and_weights_live_on_the_subspace(x64):
 
 def test_adjoint_sampling_with_local_search_on_a_gaussian():
     """Adjoint Sampling (reciprocal adjoint matching, MALA-refined buffer) learns a Gaussian
-    target: the IS log Z of the trained PIS is within 5 standard errors and the ESS is high.
-    300 steps (was 600): loss 20.5 -> 5.2, log Z -0.05 (standard error 0.023), ESS 967 of 2000."""
+    target: the IS log Z of the trained PIS is within 5 standard errors and the ESS is high."""
     target = de.gaussian(jnp.array([2.0, -1.0]), jnp.diag(jnp.array([0.3, 1.0])))
     s = dd.PIS(2, key=jax.random.key(0), sigma=2.0, num_steps=10, hidden=32, depth=2)
     trained, info = dd.fit_sampler(
         s,
         target,
         key=jax.random.key(1),
-        num_steps=300,
+        num_steps=600,
         batch_size=64,
         loss="adjoint",
         optimizer=OPT,
@@ -207,7 +206,7 @@ def test_adjoint_sampling_with_local_search_on_a_gaussian():
         buffer_size=512,
         local_search=dd.LocalSearch(num_steps=5),
     )
-    assert info.num_nonfinite == 0 and info.losses.shape == (300,)
+    assert info.num_nonfinite == 0 and info.losses.shape == (600,)
     assert np.mean(info.losses[-30:]) < 0.5 * float(info.losses[0])
     r = trained.run(target, key=jax.random.key(2), num_samples=2000)
     assert abs(float(r.log_normalizer.value)) < 5 * float(r.log_normalizer.stderr)
