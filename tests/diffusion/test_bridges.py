@@ -1,6 +1,9 @@
 """Schrödinger bridges and minibatch OT: the closed-form Gaussian bridge (exact identities and
 Sinkhorn on samples), exact OT assignments (brute force), LightSB (exact when its potential is
-the Gaussian solution; trained, against the closed form), bridge matching and DSBM."""
+the Gaussian solution; trained, against the closed form), bridge matching and DSBM.
+
+Sized (CPU): the LightSB fits take 400 full-batch steps (the optimization error stays about half
+its bound); DSBM keeps 300 steps per fit (150 fail its 3x-floor bound)."""
 
 from __future__ import annotations
 

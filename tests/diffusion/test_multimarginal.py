@@ -1,7 +1,9 @@
 """Multimarginal (simplex-time) stochastic interpolants and the kinetic-optimal Gaussian path:
 vertex marginals exact, the exact Gaussian velocities against the marginals' time derivative
 (jax.jacfwd), transport along edges and paths, a trained velocity against the closed form, and
-the kinetic-optimal path's minimal energy."""
+the kinetic-optimal path's minimal energy.
+
+Sized (CPU): the trained velocity takes 750 Adam steps (its tolerances unchanged)."""
 
 from __future__ import annotations
 

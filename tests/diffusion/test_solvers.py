@@ -1,4 +1,7 @@
-"""Fixed-step solvers: conformance, convergence orders against diffrax, sample quality, bad input."""
+"""Fixed-step solvers: conformance, convergence orders against diffrax, sample quality, bad input.
+
+Sized (CPU): each solver's conformance checks (shape, finiteness, determinism, no retrace) run on
+the compiled program of its sample-quality test, one program per solver."""
 
 import diffrax
 import equinox as eqx
