@@ -82,6 +82,7 @@ def test_corrector_keeps_exactness_on_gaussian_data(gaussian_case, max_order, x6
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("dpm_v3_mixture")  # one worker builds `mixture_case` once
 @pytest.mark.parametrize("order", [1, 2])
 def test_corrector_raises_the_order_on_mixture(mixture_case, order, x64):
     """On gmm9 (log-SNR grid, 20 -> 40 steps) the corrector lowers the error at every NFE and
@@ -103,6 +104,7 @@ def test_corrector_raises_the_order_on_mixture(mixture_case, order, x64):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("dpm_v3_mixture")
 @pytest.mark.parametrize("order,slope", [(1, 0.9), (2, 1.8), (3, 2.4)])
 def test_convergence_order_on_mixture(mixture_case, order, slope, x64):
     """Error against diffrax at 20 -> 80 steps (log-SNR grid) falls at the solver's order."""

@@ -31,6 +31,7 @@ def _name(s):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("fewstep_order")  # one worker builds `ode_problem` once
 @pytest.mark.parametrize(
     "solver,order,steps",
     [

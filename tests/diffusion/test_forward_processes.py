@@ -173,7 +173,14 @@ FAST = ("dpmpp2m",)  # the others run in the slow suite
 
 
 @pytest.mark.parametrize(
-    "name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in SOLVERS]
+    "name",
+    [
+        n
+        if n in FAST
+        # the slow cases on one xdist worker (`--dist loadgroup`): `ou_setup` built once
+        else pytest.param(n, marks=[pytest.mark.slow, pytest.mark.xdist_group("ou_solvers")])
+        for n in SOLVERS
+    ],
 )
 def test_every_solver_converges_to_the_flow_map_on_the_ou_path(ou_setup, name):
     """Each fixed-step solver, in its own parameterization, follows the probability-flow map

@@ -187,6 +187,7 @@ def initial_error():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gflownet_fit")  # one worker builds `initial_error` once
 @pytest.mark.parametrize(
     ("loss", "extra"),
     [

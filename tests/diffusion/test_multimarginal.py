@@ -1,7 +1,9 @@
 """Multimarginal (simplex-time) stochastic interpolants and the kinetic-optimal Gaussian path:
 vertex marginals exact, the exact Gaussian velocities against the marginals' time derivative
 (jax.jacfwd), transport along edges and paths, a trained velocity against the closed form, and
-the kinetic-optimal path's minimal energy."""
+the kinetic-optimal path's minimal energy.
+
+Sized (CPU): the trained velocity takes 750 Adam steps (its tolerances unchanged)."""
 
 from __future__ import annotations
 
@@ -148,9 +150,10 @@ def trained():
         jax.random.multivariate_normal(k, MEANS[i], COVS[i], (4000,)) for i, k in enumerate(keys)
     ]
     net = dd.MultimarginalMLP(2, 3, key=jax.random.key(5), hidden=64, depth=3)
-    opt = optax.adam(optax.cosine_decay_schedule(3e-3, 1500))
+    # 750 Adam steps (was 1500): the trained test's tolerances are unchanged and still met
+    opt = optax.adam(optax.cosine_decay_schedule(3e-3, 750))
     net, losses = dd.fit_multimarginal(
-        net, it, sets, key=jax.random.key(6), optimizer=opt, num_steps=1500, batch_size=256
+        net, it, sets, key=jax.random.key(6), optimizer=opt, num_steps=750, batch_size=256
     )
     return it, net, losses, sets
 

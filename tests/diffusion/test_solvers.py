@@ -1,4 +1,7 @@
-"""Fixed-step solvers: conformance, convergence orders against diffrax, sample quality, bad input."""
+"""Fixed-step solvers: conformance, convergence orders against diffrax, sample quality, bad input.
+
+Sized (CPU): each solver's conformance checks (shape, finiteness, determinism, no retrace) run on
+the compiled program of its sample-quality test, one program per solver."""
 
 import diffrax
 import equinox as eqx
@@ -53,22 +56,8 @@ def _name(s):
 
 
 # ------------------------------------------------------------------------------ conformance
-
-
-@pytest.mark.parametrize("solver", ALL_SOLVERS, ids=_name)
-def test_shapes_determinism_and_no_retrace(solver):
-    path = dd.VP()
-    field = de.NoisedGaussianMixture(small_mixture(), path)
-    x0 = path.prior_sample(jax.random.key(0), (5, 2))
-    key = jax.random.key(1)
-    out1 = dd.solve(solver, field.score, path, x0, num_steps=6, key=key)
-    before = eqx.debug.get_num_traces(_integrate)
-    out2 = dd.solve(solver, field.score, path, x0 + 0.1, num_steps=6, key=key)
-    out3 = dd.solve(solver, field.score, path, x0, num_steps=6, key=key)
-    assert eqx.debug.get_num_traces(_integrate) == before, "second call retraced"
-    assert out1.shape == x0.shape and out2.shape == x0.shape
-    np.testing.assert_array_equal(out1, out3)
-    assert np.all(np.isfinite(out1))
+# (shapes, determinism and no retrace of every solver: in `test_samples_match_exact_mixture`,
+# on the compiled program the sample-quality check needs anyway)
 
 
 def test_integrate_returns_trajectory_and_stats():
@@ -299,8 +288,19 @@ def mmd_setup():
     ids=lambda c: _name(c) if isinstance(c, dd.AbstractSolver) else str(c),
 )
 def test_samples_match_exact_mixture(solver, num_steps, mmd_setup):
+    """Every solver (conformance and sample quality on ONE compiled program per solver): the
+    output has the batch's shape and is finite, a second call with the same shapes does not
+    retrace, the same key gives the same output, and the samples pass the MMD band."""
     path, field, x_init, reference, bw, band = mmd_setup
-    x = dd.solve(solver, field.score, path, x_init, num_steps=num_steps, key=jax.random.key(5))
+    key = jax.random.key(5)
+    x = dd.solve(solver, field.score, path, x_init, num_steps=num_steps, key=key)
+    before = eqx.debug.get_num_traces(_integrate)
+    x2 = dd.solve(solver, field.score, path, x_init + 0.1, num_steps=num_steps, key=key)
+    x3 = dd.solve(solver, field.score, path, x_init, num_steps=num_steps, key=key)
+    assert eqx.debug.get_num_traces(_integrate) == before, "second call retraced"
+    assert x.shape == x_init.shape and x2.shape == x_init.shape
+    np.testing.assert_array_equal(x, x3)
+    assert np.all(np.isfinite(x))
     assert float(mmd2(x, reference, bw)) < band
 
 
