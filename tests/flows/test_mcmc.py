@@ -1,4 +1,7 @@
-"""Flow-assisted MCMC and stochastic normalizing flows: exact whatever the flow's quality."""
+"""Flow-assisted MCMC and stochastic normalizing flows: exact whatever the flow's quality.
+
+Sizing: the slow d = 16 tests share one trained flow, one run length (one compiled loop per sampler
+type, for both bases) and one NeuTra run, on one xdist worker (`xdist_group`)."""
 
 import math
 
@@ -190,6 +193,7 @@ def _mode_weights(target, res):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("flow_mcmc_d16")  # one worker trains the shared flow
 def test_flow_mcmc_recovers_mode_weights_where_neutra_does_not(poor_flow_16, neutra_16):
     """Grenioux et al. (2023) on four_mode_gmm(16): with a poorly trained RealNVP, flow
     proposals recover the four equal mode weights; NeuTra-MALA started in one mode stays there."""
@@ -213,6 +217,7 @@ def test_flow_mcmc_recovers_mode_weights_where_neutra_does_not(poor_flow_16, neu
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("flow_mcmc_d16")  # one worker trains the shared flow
 def test_flow_mcmc_and_neutra_moments_at_d16(poor_flow_16, neutra_16):
     """Exactness on four_mode_gmm(16) with the same poor flow (importance ESS ~3 %).
 
