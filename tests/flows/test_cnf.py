@@ -176,6 +176,7 @@ def _exact_twin(flow, tol=1e-6):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("hutchinson_fit")  # one worker trains the shared CNF
 def test_hutchinson_cnf_trains_by_max_likelihood(hutchinson_fit):
     """Fit functions accept a Hutchinson CNF: the exact held-out NLL drops towards the entropy."""
     target, flow, trained, losses, held_out = hutchinson_fit
@@ -198,6 +199,7 @@ def test_hutchinson_cnf_trains_by_max_likelihood(hutchinson_fit):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("hutchinson_fit")  # one worker trains the shared CNF
 def test_hutchinson_log_density_is_unbiased_on_the_trained_flow(hutchinson_fit):
     _, _, trained, _, held_out = hutchinson_fit
     exact, hutch = _exact_twin(trained)

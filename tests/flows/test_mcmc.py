@@ -1,4 +1,7 @@
-"""Flow-assisted MCMC and stochastic normalizing flows: exact whatever the flow's quality."""
+"""Flow-assisted MCMC and stochastic normalizing flows: exact whatever the flow's quality.
+
+Sizing: the slow d = 16 tests share one trained flow, one run length (one compiled loop per sampler
+type, for both bases) and one NeuTra run, on one xdist worker (`xdist_group`)."""
 
 import math
 
@@ -151,54 +154,73 @@ def test_bad_input():
 
 @pytest.fixture(scope="module")
 def poor_flow_16():
-    """four_mode_gmm(16) and a RealNVP poorly trained on its samples (Grenioux et al. 2023)."""
+    """four_mode_gmm(16) and a RealNVP poorly trained on its samples (Grenioux et al. 2023), on
+    its N(0, I) base and on the base widened to N(0, 1.25² I). Both bases are `gaussian` energies
+    of one structure, so each sampler below compiles once for the two flows."""
     target = dx.energies.four_mode_gmm(16)
     data = target.sample(jax.random.key(0), 4000)
     flow = fl.coupling_flow(jax.random.key(1), 16, "affine", num_layers=4, hidden=32)
     flow, _ = fl.fit_max_likelihood(
         flow, data, key=jax.random.key(2), optimizer=optax.adam(1e-3), num_steps=300, batch_size=128
     )
-    return target, flow
+    unit = fl.Flow(dx.energies.gaussian(jnp.zeros(16), 1.0), flow.bijection)
+    wide = fl.Flow(dx.energies.gaussian(jnp.zeros(16), 1.25**2), flow.bijection)
+    return target, unit, wide
+
+
+# One run length for every d = 16 chain below (one compiled loop per sampler type): 16 chains of
+# 1000 steps after 200 of warm-up. The mode-weight bands below are on 16,000 draws, as many as
+# before (8 chains of 2000); the moment checks are ESS-based, so their bands follow the run length:
+# for i-SIR and the hybrid on the wide base they are at most 0.2 sd of the statistic per coordinate
+# (measured), so a first or second moment off by 0.35 sd fails on every coordinate.
+_D16_RUN = dict(num_steps=1000, num_warmup=200, num_chains=16, adaptation=None)
+
+
+@pytest.fixture(scope="module")
+def neutra_16(poor_flow_16):
+    """NeuTra-MALA with the poor flow, started in mode 0: one run for the two tests below."""
+    target, flow, _ = poor_flow_16
+    return dx.sample(
+        fl.NeuTra(dx.samplers.MALA(step_size=0.1), flow),
+        target,
+        target.means[0],
+        key=jax.random.key(5),
+        **_D16_RUN,
+    )
+
+
+def _mode_weights(target, res):
+    comp = jax.vmap(target.assign)(res.samples.reshape(-1, 16))
+    return np.bincount(np.asarray(comp), minlength=4) / comp.size
 
 
 @pytest.mark.slow
-def test_flow_mcmc_recovers_mode_weights_where_neutra_does_not(poor_flow_16):
+@pytest.mark.xdist_group("flow_mcmc_d16")  # one worker trains the shared flow
+def test_flow_mcmc_recovers_mode_weights_where_neutra_does_not(poor_flow_16, neutra_16):
     """Grenioux et al. (2023) on four_mode_gmm(16): with a poorly trained RealNVP, flow
     proposals recover the four equal mode weights; NeuTra-MALA started in one mode stays there."""
-    target, flow = poor_flow_16
+    target, flow, _ = poor_flow_16
     diag = fl.importance_diagnostics(
         flow, target, key=jax.random.key(3), num_samples=4000, log_normalizer=0.0
     )
     assert diag["reverse_kl"] > 1.0  # deliberately poor
-
-    def weights(sampler):
-        res = dx.sample(
-            sampler,
-            target,
-            target.means[0],
-            key=jax.random.key(4),
-            num_steps=2000,
-            num_warmup=200,
-            num_chains=8,
-            adaptation=None,
-        )
-        comp = jax.vmap(target.assign)(res.samples.reshape(-1, 16))
-        return res, np.bincount(np.asarray(comp), minlength=4) / comp.size
 
     for sampler in [
         fl.ISIR(flow, 16),
         fl.IndependentMH(flow),
         fl.FlowLocalHybrid(flow, dx.samplers.MALA(step_size=0.1)),
     ]:
-        res, w = weights(sampler)
+        res = dx.sample(sampler, target, target.means[0], key=jax.random.key(4), **_D16_RUN)
+        w = _mode_weights(target, res)
         assert np.all(np.abs(w - 0.25) < 0.05), (type(sampler).__name__, w)
         # (moments: see the next test)
-    _, w = weights(fl.NeuTra(dx.samplers.MALA(step_size=0.1), flow))
+    w = _mode_weights(target, neutra_16)
     assert np.max(np.abs(w - 0.25)) > 0.2, w
 
 
 @pytest.mark.slow
-def test_flow_mcmc_and_neutra_moments_at_d16(poor_flow_16):
+@pytest.mark.xdist_group("flow_mcmc_d16")  # one worker trains the shared flow
+def test_flow_mcmc_and_neutra_moments_at_d16(poor_flow_16, neutra_16):
     """Exactness on four_mode_gmm(16) with the same poor flow (importance ESS ~3 %).
 
     Flow proposals: global first and second moments within 5 MCSE. Their proposal uses the
@@ -210,27 +232,19 @@ def test_flow_mcmc_and_neutra_moments_at_d16(poor_flow_16):
     chains that stay have that mode's exact moments (mean `means[0]`, unit variance) within
     5 MCSE.
     """
-    target, flow = poor_flow_16
-    wide = fl.Flow(dx.energies.gaussian(jnp.zeros(16), 1.25**2), flow.bijection)
+    target, _, wide = poor_flow_16
     diag = fl.importance_diagnostics(
         wide, target, key=jax.random.key(3), num_samples=4000, log_normalizer=0.0
     )
     assert diag["reverse_kl"] > 1.0 and diag["ess_fraction"] < 0.1  # still a poor flow
-    kw = dict(num_steps=1500, num_warmup=200, num_chains=16, adaptation=None)
     second = target.variance + target.mean**2
     for sampler in [
         fl.ISIR(wide, 16),
         fl.FlowLocalHybrid(wide, dx.samplers.MALA(step_size=0.1)),
     ]:
-        res = dx.sample(sampler, target, target.means[0], key=jax.random.key(4), **kw)
+        res = dx.sample(sampler, target, target.means[0], key=jax.random.key(4), **_D16_RUN)
         _check_moments(res.samples, target.mean, second)
-    res = dx.sample(
-        fl.NeuTra(dx.samplers.MALA(step_size=0.1), flow),
-        target,
-        target.means[0],
-        key=jax.random.key(5),
-        **kw,
-    )
+    res = neutra_16
     comp = np.asarray(jax.vmap(target.assign)(res.samples.reshape(-1, 16)))
     stayed = np.all(comp.reshape(res.samples.shape[:2]) == 0, axis=1)
     assert stayed.sum() >= 8, stayed  # it rarely leaves its mode
