@@ -25,9 +25,8 @@ Profiles: quick (U1-U4, K = 2, 8, 32 with 2,000 / 4,000 / 8,000 steps, 12,000 fo
 batch 256) and full (50,000 steps each, batch 512). The four targets are one energy with the
 target index as traced data and one optimizer object per step count, so the quick profile
 compiles 4 fits instead of 13 and one KL evaluation per flow length (about 80 instead of 113
-CPU-s); the training budget is what the
-claims need (halving every step count, measured: U1 at K = 32 collapses to one mode, KL 0.69,
-and U3 no longer decreases from K = 8 to 32).
+CPU-s); the training budget is what the claims need (halving every step count, measured: U1 at
+K = 32 collapses to one mode, KL 0.69, and U3 no longer decreases from K = 8 to 32).
 """
 
 from __future__ import annotations
