@@ -183,19 +183,15 @@ class _FlatU1(AbstractEnergy):
         return self.lattice.log_density(jnp.reshape(x, self.lattice.event_shape))
 
 
-@eqx.filter_jit
-def _charge_and_plaquette(lattice, xs):
-    # module level (the lattice an argument): one compilation for all the chains' evaluations
-    per = jax.vmap(jax.vmap(lambda x: (lattice.topological_charge(x), lattice.mean_plaquette(x))))
-    return per(xs)
-
-
 def _u1_chains(sampler, target, lattice, seed, chains, steps):
     dim = target.event_shape[0]
     x0 = jax.random.uniform(jax.random.key(seed), (chains, dim), minval=-np.pi, maxval=np.pi)
     res = _sample(sampler, target, x0, seed + 1, steps, num_warmup=200)
     xs = jnp.reshape(res.kernel_samples, (chains, steps, *lattice.event_shape))
-    q, plaq = (np.asarray(a, np.float64) for a in _charge_and_plaquette(lattice, xs))
+    per = jax.jit(
+        jax.vmap(jax.vmap(lambda x: (lattice.topological_charge(x), lattice.mean_plaquette(x))))
+    )
+    q, plaq = (np.asarray(a, np.float64) for a in per(xs))
     q = np.rint(q)
     changes = float(np.mean(np.abs(np.diff(q, axis=1)) > 0))
     return changes, plaq, float(np.mean(res.acceptance_rate))
