@@ -22,12 +22,9 @@ demo: $(STAMP)
 # the default suite (what the README calls the tests): fast, no `slow` marker. The docs pages run
 # in a second pytest process: a worker that has compiled the whole suite once segfaulted inside
 # XLA's compiler on a docs page (not reproducible alone); fresh workers keep the run reliable.
-# The pages' CPU is mostly XLA compilation of small programs: LLVM at -O0 compiles them ~25-40 %
-# cheaper per block, more than their (short) runs lose (tests/test_docs.py's docstring).
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) --ignore=tests/test_docs.py
-	XLA_FLAGS="--xla_backend_optimization_level=0 $${XLA_FLAGS:-}" \
-	  $(PY) -m pytest $(PYTEST_ARGS) tests/test_docs.py
+	$(PY) -m pytest $(PYTEST_ARGS) tests/test_docs.py
 
 # the slow statistical checks and the reproductions' quick profiles (CI runs them too)
 test-slow: $(STAMP)

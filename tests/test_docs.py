@@ -2,10 +2,9 @@
 
 Sizing: each page gets a fresh namespace and working directory but runs in the worker's own
 process, so the imports and the library's compiled programs are shared between pages (no process
-per page). A page's CPU is mostly XLA compilation, so the examples avoid loops of recompiles
-(array, not Python-float, hyperparameters where the loop varies one; one size per function), and
-`make test` runs this file with `XLA_FLAGS=--xla_backend_optimization_level=0`: LLVM at -O0
-compiles these small programs 25-40 % cheaper per block, more than their short runs lose."""
+per page). A page's CPU is mostly XLA compilation, not its loops, so the examples avoid loops of
+recompiles (array, not Python-float, hyperparameters where a loop varies one; one size per
+function) rather than shortening their runs."""
 
 import re
 from pathlib import Path
