@@ -1,4 +1,10 @@
-"""Every ```python block of every docs/*.md page runs (blocks of a page share one namespace)."""
+"""Every ```python block of every docs/*.md page runs (blocks of a page share one namespace).
+
+Sizing: each page gets a fresh namespace and working directory but runs in the worker's own
+process, so the imports and the library's compiled programs are shared between pages (no process
+per page). A page's CPU is mostly XLA compilation, not its loops, so the examples avoid loops of
+recompiles (array, not Python-float, hyperparameters where a loop varies one; one size per
+function) rather than shortening their runs."""
 
 import re
 from pathlib import Path
