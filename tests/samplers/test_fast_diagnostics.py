@@ -40,3 +40,24 @@ def test_fast_ess_rhat_ties_and_constant_coordinates():
     assert np.isnan(rhat[0]) and np.all(np.isfinite(rhat[1:]))
     with pytest.raises(ValueError, match="4 draws"):
         diag.fast_ess_rhat(x[:, :3])
+
+
+def test_arviz_import_warning_stays_out_of_the_users_run(tmp_path):
+    """ArviZ >= 0.22 warns (FutureWarning) once a day on first import; the diagnostics import it
+    without passing that on, so a user's `-W error` run (and this suite) does not fail on the day's
+    first R-hat. A fresh cache directory makes the warning fire."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from driftax.samplers._diagnostics import _arviz; _arviz(); print('ok')"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"
