@@ -14,7 +14,9 @@ def _arviz():
         # ArviZ >= 0.22 announces its coming refactor with a FutureWarning once a day on first
         # import; it is about ArviZ's own API, not the user's run, so it stays out of theirs.
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning)
+            warnings.filterwarnings(
+                "ignore", message=r"\s*ArviZ is undergoing", category=FutureWarning
+            )
             import arviz as az
     except ImportError as e:  # pragma: no cover - arviz is a dependency of the diagnostics
         raise ImportError("diagnostics need ArviZ: `pip install arviz`.") from e
