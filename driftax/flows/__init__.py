@@ -58,6 +58,16 @@ from ._mcmc import (
     neutra as neutra,
 )
 from ._planar import Planar as Planar, Radial as Radial
+from ._rigid import (
+    QuaternionCoupling as QuaternionCoupling,
+    UniformQuaternions as UniformQuaternions,
+    from_hopf as from_hopf,
+    quaternion_flow as quaternion_flow,
+    quaternion_to_rotation as quaternion_to_rotation,
+    rotation_log_density as rotation_log_density,
+    rotation_to_quaternion as rotation_to_quaternion,
+    to_hopf as to_hopf,
+)
 from ._smooth import (
     CircularSmoothTransformer as CircularSmoothTransformer,
     SmoothInterval as SmoothInterval,

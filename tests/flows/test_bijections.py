@@ -122,6 +122,22 @@ REGISTRY = {
         "angle",
         None,
     ),
+    # unit quaternions (rigid-body orientations): log-dets w.r.t. the surface measure of (S³)^n
+    "quaternion_coupling_u": (
+        lambda k: fl.QuaternionCoupling(k, 2, coordinate=0, num_components=3, hidden=8),
+        "quaternion",
+        None,
+    ),
+    "quaternion_coupling_xi": (
+        lambda k: fl.QuaternionCoupling(k, 2, coordinate=1, num_components=3, hidden=8, cond_dim=2),
+        "quaternion",
+        2,
+    ),
+    "quaternion_flow": (
+        lambda k: fl.quaternion_flow(k, 2, num_layers=2, num_components=3, hidden=8).bijection,
+        "quaternion",
+        None,
+    ),
 }
 
 
@@ -148,6 +164,9 @@ def _points(key, domain, shape, n=None):
         return jax.random.uniform(key, full, minval=0.05, maxval=0.95)
     if domain == "angle":
         return jax.random.uniform(key, full, minval=-3.0, maxval=3.0)
+    if domain == "quaternion":
+        g = jax.random.normal(key, full)
+        return g / jnp.linalg.norm(g, axis=-1, keepdims=True)
     raise ValueError(domain)
 
 
@@ -162,8 +181,35 @@ def _condition(cond_dim, seed=3):
     return None if cond_dim is None else jax.random.normal(jax.random.key(seed), (cond_dim,))
 
 
+def _sphere_tangents(q):
+    """An orthonormal basis `(4n, 3n)` of the tangent space of `(S³)^n` at unit quaternions
+    `q` `(n, 4)`: per body `q·i, q·j, q·k` (quaternion products), block-diagonal."""
+    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
+    basis = jnp.stack(
+        [
+            jnp.stack([-x, w, z, -y], -1),
+            jnp.stack([-y, -z, w, x], -1),
+            jnp.stack([-z, y, -x, w], -1),
+        ],
+        -1,
+    )  # (n, 4, 3)
+    n = q.shape[0]
+    eye = jnp.eye(n, dtype=q.dtype)
+    return jnp.einsum("ab,aij->aibj", eye, basis).reshape(4 * n, 3 * n)
+
+
+def _log_volume_change(jac, x, sphere: bool):
+    """`(sign, log|det|)` of a Jacobian; on `(S³)^n` the log volume change of the tangent map,
+    `½ log det((J E)ᵀ J E)` with `E` an orthonormal tangent basis at `x`."""
+    if not sphere:
+        return jnp.linalg.slogdet(jac)
+    je = jac @ _sphere_tangents(x)
+    sign, logdet = jnp.linalg.slogdet(je.T @ je)
+    return sign, 0.5 * logdet
+
+
 @eqx.filter_jit
-def _check_all(bij, xs, cond, cond2):
+def _check_all(bij, xs, cond, cond2, sphere=False):
     """Everything the conformance test needs, in one compiled call (vmapped over points)."""
 
     def one(x):
@@ -171,7 +217,7 @@ def _check_all(bij, xs, cond, cond2):
         jac = jax.jacfwd(lambda z: bij.transform(z, cond))(x).reshape(x.size, x.size)
         x_back, inv_log_det = bij.inverse_and_log_det(y, cond)
         jac_inv = jax.jacfwd(lambda z: bij.inverse(z, cond))(y).reshape(x.size, x.size)
-        sign, expected = jnp.linalg.slogdet(jac)
+        sign, expected = _log_volume_change(jac, x, sphere)
         out = dict(
             y=y,
             log_det=log_det,
@@ -179,7 +225,7 @@ def _check_all(bij, xs, cond, cond2):
             expected=expected,
             x_back=x_back,
             inv_log_det=inv_log_det,
-            inv_expected=jnp.linalg.slogdet(jac_inv)[1],
+            inv_expected=_log_volume_change(jac_inv, y, sphere)[1],
         )
         if cond2 is not None:
             out["y2"], out["log_det2"] = bij.transform_and_log_det(x, cond2)
@@ -198,7 +244,7 @@ def test_conformance(name, x64):
     bij, domain, cond_dim = _build(name)
     cond, cond2 = _condition(cond_dim), _condition(cond_dim, seed=4)
     xs = _points(jax.random.key(10), domain, bij.event_shape, n=3)
-    out, (y0, ld0) = _check_all(bij, xs, cond, cond2)
+    out, (y0, ld0) = _check_all(bij, xs, cond, cond2, domain == "quaternion")
     assert out["y"].shape == xs.shape and out["log_det"].shape == (3,)
     assert np.all(out["sign"] != 0)
     rtol, atol = _TOLERANCE.get(name, (1e-7, 1e-8))
