@@ -73,7 +73,18 @@ class _ExactFlow(eqx.Module):
         return LOG_Z + self.offset - 0.5 * jnp.sum(d**2) / v - jnp.log(2 * math.pi * v)
 
 
-def _loss(name, model, *, search=None, exploration=0.0, steps=0):
+class _ExactResidual(eqx.Module):
+    """FL-SubTB's optimal network: the exact log-flow minus the forward-looking interpolation
+    `(k/K) log p̃(x) + (1 - k/K) log N(x; 0, σ² t_k)` (PIS's reference), `t = k/K`."""
+
+    def __call__(self, t, x):
+        tk = t * HORIZON
+        log_ref = -0.5 * jnp.sum(x**2) / (SIGMA**2 * tk) - jnp.log(2 * math.pi * SIGMA**2 * tk)
+        fl = t * _target().log_density(x) + (1 - t) * log_ref
+        return _ExactFlow()(t, x) - fl
+
+
+def _loss(name, model, *, search=None, exploration=0.0, steps=0, forward_looking=False):
     loss = PathLoss(
         _target(),
         name,
@@ -81,6 +92,7 @@ def _loss(name, model, *, search=None, exploration=0.0, steps=0):
         search,
         exploration=jnp.asarray(exploration),  # traced: one compile for every σ_e
         anneal_steps=10,
+        forward_looking=forward_looking,
     )
     if search is None:
         batch = jnp.asarray(steps)
@@ -119,6 +131,16 @@ def _check_balance(explore):
     assert sub(bad, LOG_Z, _ExactFlow()) > 1e-4
     assert sub(opt, LOG_Z, _ExactFlow(jnp.asarray(0.2))) > 1e-3
     assert vg(bad) > 1e-3
+
+
+def test_forward_looking_subtrajectory_balance_vanishes_at_the_optimum(x64):
+    """FL-SubTB: with the network equal to the exact log-flow minus the forward-looking
+    interpolation (PIS's reference marginal N(0, σ² t) and the target), the loss is zero to
+    round-off; the plain exact log-flow is then off by that interpolation and the loss is not."""
+    fl = lambda s, f: _loss("subtrajectory_balance", balanced(s, LOG_Z, f), forward_looking=True)[0]
+    assert fl(_OptimalPIS(), _ExactResidual()) < 1e-20
+    assert fl(_OptimalPIS(), _ExactFlow()) > 1e-2
+    assert fl(_OptimalPIS(0.1), _ExactResidual()) > 1e-4
 
 
 @pytest.mark.slow
@@ -193,6 +215,7 @@ def initial_error():
     [
         ("trajectory_balance", dict(exploration=0.5)),
         ("subtrajectory_balance", {}),
+        ("subtrajectory_balance", dict(forward_looking=True)),
         ("vargrad", dict(local_search=dd.LocalSearch(num_steps=2, buffer_size=256))),
     ],
 )
@@ -248,4 +271,10 @@ def test_bad_input():
     with pytest.raises(ValueError, match="subtrajectory_lambda"):
         dd.fit_sampler(
             s, GMM, key=k, num_steps=1, loss="subtrajectory_balance", subtrajectory_lambda=0.0
+        )
+    with pytest.raises(ValueError, match="forward_looking"):
+        dd.fit_sampler(s, GMM, key=k, num_steps=1, loss="trajectory_balance", forward_looking=True)
+    with pytest.raises(TypeError, match="forward_looking"):
+        dd.fit_sampler(
+            s, GMM, key=k, num_steps=1, loss="subtrajectory_balance", forward_looking="yes"
         )

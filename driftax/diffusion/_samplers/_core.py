@@ -143,6 +143,12 @@ class AbstractDiffusionSampler(eqx.Module):
         """`log q_0(x_0)` (0 for a point mass)."""
         raise NotImplementedError
 
+    def reference_log_density(self, k, x: Array) -> Scalar:
+        """`log` density at step `k` of the sampler's reference process (no control, no
+        target): what the forward-looking sub-trajectory balance interpolates from. Default:
+        `q_0`, the stationary start of the Gaussian-start samplers."""
+        return self.initial_log_density(x)
+
     def forward_kernel(self, k, x: Array, score: Array) -> tuple[Array, Array]:
         """Mean and standard deviation of `x_{k+1} | x_k = x` (`score` = `∇log p̃(x)`)."""
         raise NotImplementedError

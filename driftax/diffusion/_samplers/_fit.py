@@ -83,6 +83,7 @@ def fit_sampler(
     buffer_size: int = 4096,
     exploration: float = 0.0,
     subtrajectory_lambda: float = 0.9,
+    forward_looking: bool = False,
     progress: bool = False,
 ) -> tuple[AbstractDiffusionSampler, TrainHistory]:
     """Train a diffusion sampler ([`PIS`][], [`DDS`][], [`CMCD`][]) from the energy alone.
@@ -104,7 +105,11 @@ def fit_sampler(
       `log F_i(x_i) - log F_j(x_j) = Σ_{i<=k<j} (log P_B - log P_F)`, squared and weighted by
       `subtrajectory_lambda^(j-i)` (normalized per path), with a learned log-flow network
       `F(t, x)` in between the boundary flows `log F_0 = log Z_θ + log q_0(x_0)` and
-      `log F_K = log p̃(x_K)`.
+      `log F_K = log p̃(x_K)`. With `forward_looking=True` this is FL-SubTB (Zhang et al.
+      2023, "DGFS"; Sendera et al. 2024): the interior log-flow is the network plus the known
+      interpolation `(k/K) log p̃(x) + (1 - k/K) log r_k(x)` between the reference process's
+      marginal `r_k` (`sampler.reference_log_density`) and the target, so the network only
+      learns a residual; it costs `K - 1` more energy evaluations per path.
     - `"adjoint"` ([`PIS`][] only, a memoryless point-mass start): Adjoint Sampling (Havens et
       al. 2025). Every `num_updates` steps, `batch_size` paths are simulated without
       gradients and their terminal states enter a FIFO buffer of `buffer_size` with the lean
@@ -136,6 +141,7 @@ def fit_sampler(
       model's own kernels (the losses keep their minimiser; the reverse KL does not, and
       raises).
     - `subtrajectory_lambda`: the λ of `"subtrajectory_balance"` (positive).
+    - `forward_looking`: FL-SubTB (`"subtrajectory_balance"` only; see above).
     - `progress`: draw a progress bar.
 
     **Returns:** `(trained_sampler, history)`: the shared loop's `TrainHistory` (`losses`,
@@ -158,6 +164,12 @@ def fit_sampler(
     if not (math.isfinite(lam) and lam > 0):
         raise ValueError(
             f"`subtrajectory_lambda` must be a positive finite number, got {subtrajectory_lambda!r}."
+        )
+    if not isinstance(forward_looking, bool):
+        raise TypeError(f"`forward_looking` must be a bool, got {forward_looking!r}.")
+    if forward_looking and loss != "subtrajectory_balance":
+        raise ValueError(
+            f"`forward_looking=True` is FL-SubTB: it needs loss='subtrajectory_balance', got {loss!r}."
         )
     if local_search is not None:
         if not isinstance(local_search, LocalSearch):
@@ -192,6 +204,7 @@ def fit_sampler(
             exploration=jax.numpy.asarray(explore, dtype) if loss in OFF_POLICY else None,
             anneal_steps=num_steps,
             subtrajectory_lambda=lam,
+            forward_looking=forward_looking,
         )
         batches = StepIndex()
         if local_search is not None:

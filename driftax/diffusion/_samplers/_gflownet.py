@@ -79,16 +79,23 @@ def trajectory_balance(log_z: Scalar, log_w: Array) -> Scalar:
     return jnp.mean((log_z - log_w) ** 2)
 
 
-def subtrajectory_balance(log_z: Scalar, log_flow, paths, num_steps: int, lam: float) -> Scalar:
+def subtrajectory_balance(
+    log_z: Scalar, log_flow, paths, num_steps: int, lam: float, forward_looking=None
+) -> Scalar:
     """The λ-weighted sub-trajectory balance loss of a batch of [`PathSteps`][] (leading batch
     axis): for every pair `i < j` of steps the residual `D_i - D_j` with `D_k = log F_k(x_k) +
     Σ_{m<k} inc_m`, squared and weighted by `λ^(j-i)`, the weights normalized to sum to 1
-    over the pairs of one path; the mean over paths. Interior flows are `log_flow(k/K, x_k)`."""
+    over the pairs of one path; the mean over paths. Interior flows are `log_flow(k/K, x_k)`,
+    plus `forward_looking(k, x_k)` when given (FL-SubTB: the network learns the residual of a
+    known interpolation; Zhang et al. 2023)."""
     k = num_steps
     ts = jnp.arange(1, k, dtype=paths.states.dtype) / k
+    steps = jnp.arange(1, k)
 
     def one(states, incs, log_target, log_initial):
         inner = jax.vmap(log_flow)(ts, states[1:-1])
+        if forward_looking is not None:
+            inner = inner + jax.vmap(forward_looking)(steps, states[1:-1])
         flows = jnp.concatenate(
             [jnp.reshape(log_z + log_initial, (1,)), inner, jnp.reshape(log_target, (1,))]
         )

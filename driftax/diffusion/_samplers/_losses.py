@@ -36,7 +36,9 @@ class PathLoss(eqx.Module):
     - `"log_variance"` (VarGrad): `Var[log w]` over detached paths;
     - `"trajectory_balance"`: `mean (log Z - log w)²` with the learned `log Z`;
     - `"subtrajectory_balance"`: the λ-weighted balance of every sub-path with the learned
-      `log Z` and log-flow (`_gflownet.subtrajectory_balance`).
+      `log Z` and log-flow (`_gflownet.subtrajectory_balance`); with `forward_looking`, the
+      log-flow is the network plus the FL interpolation `(k/K) log p̃ + (1 - k/K) log r_k`
+      (`K - 1` more energy evaluations per path).
 
     The off-policy losses take detached forward paths drawn from the behaviour kernels widened
     by `σ_e = exploration · max(0, 1 - step / anneal_steps)` (scored by the model's own
@@ -53,6 +55,21 @@ class PathLoss(eqx.Module):
     exploration: Array | None = None
     anneal_steps: int = eqx.field(static=True, default=1)
     subtrajectory_lambda: float = eqx.field(static=True, default=0.9)
+    forward_looking: bool = eqx.field(static=True, default=False)
+
+    def _forward_looking(self, sampler):
+        """FL-SubTB's known part of the log-flow at step `k`: `(k/K) log p̃(x) + (1 - k/K)
+        log r_k(x)` with `r_k` the reference process's density (Zhang et al. 2023)."""
+        if not self.forward_looking:
+            return None
+        num_steps = sampler.num_steps
+
+        def fl(k, x):
+            frac = (k / num_steps).astype(x.dtype)
+            log_ref = sampler.reference_log_density(k, x)
+            return frac * self.energy.log_density(x) + (1 - frac) * log_ref
+
+        return fl
 
     def __call__(self, model, batch, *, key):
         energy, search, n = self.energy, self.search, self.batch_size
@@ -103,6 +120,7 @@ class PathLoss(eqx.Module):
                 all_paths,
                 sampler.num_steps,
                 self.subtrajectory_lambda,
+                self._forward_looking(sampler),
             )
         if balance:
             learned = jax.lax.stop_gradient(model.log_z).astype(x.dtype)

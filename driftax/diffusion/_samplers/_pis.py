@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ..._checks import check_count
 from ..._custom_types import Array, Key, Scalar
-from ._core import _clip, _positive, _ScoreScaled
+from ._core import _clip, _gaussian_log_density, _positive, _ScoreScaled
 
 
 class PIS(_ScoreScaled):
@@ -117,6 +117,13 @@ class PIS(_ScoreScaled):
 
     def initial_log_density(self, x0):
         return jnp.zeros((), x0.dtype)
+
+    def reference_log_density(self, k, x):
+        """`log N(x; 0, σ² t_k)` of the reference Brownian motion from 0 (`t_k` kept at least
+        `0.01 T`: the start is a point mass), on the CoM-free subspace for particles."""
+        t = jnp.maximum(self.times().astype(x.dtype)[k], 0.01 * self.horizon)
+        std = jnp.asarray(self.sigma, x.dtype) * jnp.sqrt(t)
+        return _gaussian_log_density(x, 0.0, std, self.event_dim)
 
     def forward_kernel(self, k, x, score):
         ts = self.times().astype(x.dtype)
