@@ -122,12 +122,14 @@ def test_nonfinite_losses_are_reported_not_hidden(small_flow):
 
 
 def test_conditional_max_likelihood():
-    # p(x | c) = N(c, 0.5²) in 1-D... embedded in 2-D: x = (c + 0.5 e1, e2)
+    # p(x | c) = N(c, 0.5²) in 1-D... embedded in 2-D: x = (c + 0.5 e1, e2), e1, e2 independent
+    # of c (e2 once reused c's key, which made it a near-deterministic function of c: a density
+    # concentrated on a curve, whose fit went wrong or right with the CPU's rounding)
     key = jax.random.key(9)
-    k1, k2 = jax.random.split(key)
+    k1, k2, k3 = jax.random.split(key, 3)
     c = jax.random.uniform(k1, (1000, 1), minval=-2.0, maxval=2.0)
     x = jnp.concatenate(
-        [c + 0.5 * jax.random.normal(k2, (1000, 1)), jax.random.normal(k1, (1000, 1))], 1
+        [c + 0.5 * jax.random.normal(k2, (1000, 1)), jax.random.normal(k3, (1000, 1))], 1
     )
     flow = fl.coupling_flow(jax.random.key(0), 2, "affine", num_layers=2, hidden=16, cond_dim=1)
     flow, _ = fl.fit_max_likelihood(
@@ -135,6 +137,7 @@ def test_conditional_max_likelihood():
     )
     xs = flow.sample(jax.random.key(1), (2000,), condition=jnp.array([1.5]))
     assert abs(float(jnp.mean(xs[:, 0])) - 1.5) < 0.15
+    assert abs(float(jnp.std(xs[:, 0])) - 0.5) < 0.1  # measured 0.48-0.52 over six data seeds
     with pytest.raises(ValueError, match="condition"):
         fl.fit_max_likelihood(flow, x, key=key, optimizer=OPT, num_steps=3, batch_size=10)
 
