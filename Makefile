@@ -5,14 +5,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow" -n 2
 SLOW_ARGS ?= -m slow -n 2 --dist loadgroup
-# The test targets share one on-disk XLA compilation cache (every program, however small): test
-# time is almost all compilation, and the per-module `jax.clear_caches()` of tests/conftest.py, the
-# second pytest process of `make test` and `make test-slow` otherwise compile the same programs
-# again. JAX keys each entry on the program, the compile options and the jax/jaxlib versions.
-# `make clean` empties it; `JAX_CACHE=` (empty) turns it off.
-JAX_CACHE ?= $(CURDIR)/.cache/jax
-TEST_ENV = $(if $(JAX_CACHE),JAX_COMPILATION_CACHE_DIR=$(JAX_CACHE) \
-	JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=0)
 
 .PHONY: setup demo test test-slow test-all reproduce lint typecheck docs format bench clean
 
@@ -31,16 +23,16 @@ demo: $(STAMP)
 # in a second pytest process: a worker that has compiled the whole suite once segfaulted inside
 # XLA's compiler on a docs page (not reproducible alone); fresh workers keep the run reliable.
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) --ignore=tests/test_docs.py
-	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests/test_docs.py
+	$(PY) -m pytest $(PYTEST_ARGS) --ignore=tests/test_docs.py
+	$(PY) -m pytest $(PYTEST_ARGS) tests/test_docs.py
 
 # the slow statistical checks and the reproductions' quick profiles (CI runs them too)
 test-slow: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest $(SLOW_ARGS)
+	$(PY) -m pytest $(SLOW_ARGS)
 
 # everything in one run
 test-all: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -n 2
+	$(PY) -m pytest -n 2
 
 reproduce: $(STAMP)
 	$(PY) benchmarks/reproductions --out out
@@ -66,4 +58,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix driftax tests benchmarks
 
 clean:
-	rm -rf out site .pytest_cache .cache/jax
+	rm -rf out site .pytest_cache
