@@ -30,9 +30,15 @@ def _names():
 # (kept honest in the report). Every OTHER claim of these scripts must still pass.
 KNOWN_FAILURES: dict[str, tuple[tuple[str, ...], str]] = {
     "l2hmc": (
-        ("L2HMC beats HMC in ESS per gradient", "L2HMC tunnels between topological sectors"),
-        "quick profile (10 layers, 1500 ESJD training steps, 8x1500 draws): training raises the "
-        "ESJD (0.91 -> 1.17) but the long-axis ESS per gradient is half of the best-step HMC's "
+        (
+            "L2HMC beats HMC in ESS per gradient",
+            "L2HMC tunnels between topological sectors",
+            "training on the ESJD loss raises the expected squared jump",
+        ),
+        "quick profile (10 layers, 1500 ESJD training steps, 8x1500 draws): training raised the "
+        "ESJD (0.91 -> 1.17) on the last machine, but on an AMD EPYC (other rounding, same seed) "
+        "it fell 0.91 -> 0.43 (step size 0.061, acceptance 0.56): at this budget the ESJD "
+        "training's outcome depends on rounding; the long-axis ESS per gradient is half of the best-step HMC's "
         "(1.4e-4 vs 2.9e-4, seed 0); the paper's ~100x was not reproduced. On u1_lattice (L = 4, "
         "beta = 4, 4 layers, 150 ESJD training steps) the trained kernel is exact but changes "
         "the topological charge no more often per gradient than HMC (8.4e-4 vs 9.4e-4, about 20 "
@@ -76,12 +82,21 @@ KNOWN_FAILURES: dict[str, tuple[tuple[str, ...], str]] = {
             "tunnels between topological sectors",
             "flow-transformed HMC, beta = 6: mean plaquette",
             "HMC, L = 8, beta = 8: mean plaquette",
+            "HMC, L = 8, beta = 6: mean plaquette",
         ),
         "quick profile (gauge flow trained 300 steps, KL ~45 nats; 4x1000 draws): neither HMC nor "
         "flowed HMC changes Q at beta = 6, so the >= 2x tunnelling claim fails; and the chains "
         "stay in their topological sectors (R-hat 3.3, bulk ESS ~1 per chain), so the MCSE "
         "understates the plaquette error: flowed HMC at beta = 6 measured z = +3.54, HMC at "
-        "beta = 8 z = +4.63 (seed 0)",
+        "beta = 8 z = +4.63 (seed 0); on an AMD EPYC (other rounding) also HMC at beta = 6, "
+        "0.91469 +- 0.00069 against 0.91245 (z = +3.26)",
+    ),
+    "sendera_table": (
+        ("TB with the Langevin parameterization beats TB without",),
+        "quick profile (gmm25, K = 10, 150 iterations of batch 64): the margin was inside the "
+        "noise on the last machine (ELBO error 5.43 with the Langevin parameterization, 5.52 "
+        "without) and is zero on an AMD EPYC (5.52 and 5.52, seed 0); the paper's budget is far "
+        "larger",
     ),
     "fab": (
         (
